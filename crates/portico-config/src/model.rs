@@ -1,0 +1,348 @@
+//! The raw config model: what the YAML file says, with defaults filled in.
+//!
+//! Every struct rejects unknown fields. Every field has a default that is safe in
+//! production, documented here (the doc comments become the JSON Schema descriptions)
+//! and in docs/config.md.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Duration};
+
+/// A Portico configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of this file. Must be `1`. A file without it is rejected, which
+    /// also keeps a half-written file (an editor's save in progress) from being applied.
+    pub version: u32,
+    /// Where Portico accepts client traffic. At least one listener is required.
+    pub listeners: Vec<Listener>,
+    /// The admin listener: `/health`, `/ready` and `/metrics`.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Process-wide settings: worker threads and the shutdown drain timeout.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// The JSON access log: one line per request.
+    #[serde(default)]
+    pub access_log: AccessLog,
+    /// How the request ID is kept, generated and forwarded.
+    #[serde(default)]
+    pub request_id: RequestId,
+    /// How the client IP is determined when Portico sits behind other proxies.
+    #[serde(default)]
+    pub client_ip: ClientIp,
+    /// Named groups of backend targets that routes send traffic to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Routes, matched by host, path, method, headers and query. Precedence is by
+    /// specificity, not by order in the file (see docs/routing.md).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// A listening socket for client traffic. It speaks HTTP/1.1 and cleartext HTTP/2
+/// (h2c with prior knowledge) on the same port.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// A unique name, used in logs and metrics.
+    pub name: String,
+    /// Address and port to bind, e.g. `0.0.0.0:8080` or `[::]:8080`.
+    #[schemars(with = "String")]
+    pub bind: SocketAddr,
+    /// Accept cleartext HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Per-connection and per-request limits.
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+/// Limits that protect the gateway from slow, large or abusive clients.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerLimits {
+    /// Largest request body accepted. Larger bodies get 413 and are not read further.
+    pub max_body: ByteSize,
+    /// Largest total size of the request line and headers. Larger gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Time allowed for a client to send a complete request head (slowloris protection).
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once on this listener. Further connections wait
+    /// in the kernel's accept queue until one closes.
+    pub max_connections: u32,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_body: ByteSize::mib(1),
+            max_header_bytes: ByteSize::kib(16),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// The admin listener. Bind it to loopback or a private network only.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Serve the admin endpoints at all.
+    pub enabled: bool,
+    /// Address and port of the admin listener.
+    #[schemars(with = "String")]
+    pub bind: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { enabled: true, bind: SocketAddr::from(([127, 0, 0, 1], 9901)) }
+    }
+}
+
+/// Process-wide settings. Changing them needs a restart; a reload logs that they were kept.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Worker threads serving traffic. `0` means one per CPU core.
+    pub worker_threads: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
+    pub drain_timeout: Duration,
+    /// Poll the config file for changes at this interval and reload when it changes.
+    /// `0s` turns file watching off (SIGHUP still reloads).
+    pub watch_interval: Duration,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self { worker_threads: 0, drain_timeout: Duration::from_secs(30), watch_interval: Duration::from_secs(1) }
+    }
+}
+
+/// The access log: one JSON line per request, written by a background writer.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// Write the access log at all.
+    pub enabled: bool,
+    /// `stdout`, `stderr`, or a file path (appended to).
+    pub output: String,
+    /// Lines waiting to be written. When the queue is full, lines are dropped and counted
+    /// in `gateway_access_log_dropped_total`; requests never wait for the log.
+    pub queue_size: usize,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self { enabled: true, output: "stdout".into(), queue_size: 8192 }
+    }
+}
+
+/// Request IDs: kept from the client when well formed, else generated; sent upstream and
+/// back to the client.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestId {
+    /// Header that carries the request ID.
+    pub header: String,
+    /// Keep an incoming ID when it is 1-128 characters of `[A-Za-z0-9._:-]`. When false,
+    /// every request gets a new ID.
+    pub trust_incoming: bool,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self { header: "x-request-id".into(), trust_incoming: true }
+    }
+}
+
+/// Where the client IP comes from.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIp {
+    /// Peers whose `X-Forwarded-For` is believed, as CIDRs (`10.0.0.0/8`, `::1/128`).
+    /// From any other peer, incoming `X-Forwarded-*` and `Forwarded` headers are
+    /// replaced, not appended to.
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A named group of backend targets.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Backend targets. At least one.
+    pub targets: Vec<Target>,
+    /// How requests are spread over targets.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Protocol spoken to the targets: `http1`, or `http2` (cleartext, prior knowledge).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Timeouts toward this upstream.
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+    /// The keep-alive connection pool to each target.
+    #[serde(default)]
+    pub pool: Pool,
+}
+
+/// One backend target.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `http://host:port`. No path: use a route's `rewrite` for that.
+    pub url: String,
+    /// Relative share of requests, 1 to 1000.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+/// Load-balancing algorithm.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Smooth weighted round robin (as in nginx): weights are respected and the picks of
+    /// a heavy target are interleaved with the others rather than sent in bursts.
+    #[default]
+    RoundRobin,
+}
+
+/// Protocol toward an upstream.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (h2c), multiplexed.
+    Http2,
+}
+
+/// Timeouts toward an upstream.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    /// Time allowed to open a TCP connection to a target. Past it: 504.
+    pub connect: Duration,
+    /// Time allowed from sending the request to receiving the response head. Past it: 504,
+    /// and the upstream connection is closed. A route's `timeout` overrides it.
+    pub request: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self { connect: Duration::from_secs(5), request: Duration::from_secs(60) }
+    }
+}
+
+/// Keep-alive connection pool.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    /// Idle connections kept per target.
+    pub max_idle_per_target: usize,
+    /// An idle pooled connection is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self { max_idle_per_target: 128, idle_timeout: Duration::from_secs(90) }
+    }
+}
+
+/// A route: what requests it matches, where they go, how they are rewritten.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A unique name, used as the `route` label in metrics and logs.
+    pub name: String,
+    /// What the route matches.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The upstream that serves the route (a key of `upstreams`).
+    pub upstream: String,
+    /// Path rewriting before the request is sent upstream.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    /// Send the client's `Host` header upstream. When false, `Host` is the target's
+    /// `host:port`.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Overrides the upstream's `timeouts.request` for this route.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+/// Match conditions of a route. All given conditions must hold.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteMatch {
+    /// Hosts: exact (`api.example.com`) or one leading wildcard label (`*.example.com`,
+    /// which matches `a.example.com` but not `example.com`). Empty: any host.
+    pub hosts: Vec<String>,
+    /// Exact path or template: `/health`, `/users/{id}`, `/files/{*rest}`. `{name}`
+    /// captures one segment; `{*name}` captures the rest and must come last.
+    pub path: Option<String>,
+    /// Path prefix on segment boundaries: `/api` matches `/api` and `/api/x`, not
+    /// `/apix`. Exactly one of `path` and `prefix` is required.
+    pub prefix: Option<String>,
+    /// HTTP methods. Empty: any method.
+    pub methods: Vec<String>,
+    /// Header conditions.
+    pub headers: Vec<ValueMatch>,
+    /// Query parameter conditions.
+    pub query: Vec<ValueMatch>,
+}
+
+/// A condition on a header or query parameter. Give at most one of `value`, `prefix` and
+/// `present`; with none, the condition is that the header or parameter is present.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    /// Header or parameter name (headers: case-insensitive).
+    pub name: String,
+    /// The value must equal this.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The value must start with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `true`: must be present. `false`: must be absent.
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+/// Path rewriting. Give one of `strip_prefix` and `path`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Remove this prefix from the path (`/api` turns `/api/users` into `/users`).
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Replace the path with this template; `{name}` inserts a captured parameter
+    /// (`/v2/users/{id}`). The query string is kept.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}

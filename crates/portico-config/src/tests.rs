@@ -1,0 +1,128 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+const BASE: &str = r#"version: 1
+listeners:
+  - name: public
+    bind: 127.0.0.1:8080
+upstreams:
+  users:
+    targets: [{ url: http://127.0.0.1:9000 }]
+routes:
+  - name: users
+    match: { path: "/users/{id}", methods: [GET] }
+    upstream: users
+"#;
+
+fn errors(src: &str) -> Vec<String> {
+    match parse(src, no_env) {
+        Ok(_) => panic!("expected errors for:\n{src}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_safe_defaults() {
+    let p = parse(BASE, no_env).unwrap();
+    let c = p.config;
+    let l = &c.listeners[0].limits;
+    assert_eq!(l.max_body, ByteSize::mib(1));
+    assert_eq!(l.max_header_bytes, ByteSize::kib(16));
+    assert_eq!(l.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.admin.bind.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.runtime.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.upstreams["users"].timeouts.connect, Duration::from_secs(5));
+    assert_eq!(c.upstreams["users"].targets[0].weight, 1);
+    assert!(c.access_log.enabled);
+}
+
+#[test]
+fn unknown_field_names_its_path_and_line() {
+    let src = BASE.replace("upstream: users\n", "upstream: users\n    upstrem: x\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("upstrem"), "{errs:?}");
+    assert!(errs[0].contains("line 12"), "{errs:?}");
+    assert!(errs[0].starts_with("routes[0]"), "{errs:?}");
+}
+
+#[test]
+fn bad_duration_and_size_are_typed_errors() {
+    let src =
+        BASE.replace("    bind: 127.0.0.1:8080\n", "    bind: 127.0.0.1:8080\n    limits: { header_timeout: 5 }\n");
+    let errs = errors(&src);
+    assert!(errs[0].contains("bare number"), "{errs:?}");
+    assert!(errs[0].starts_with("listeners[0].limits.header_timeout"), "{errs:?}");
+
+    let src = BASE.replace("    bind: 127.0.0.1:8080\n", "    bind: 127.0.0.1:8080\n    limits: { max_body: 1 MB }\n");
+    let errs = errors(&src);
+    assert!(errs[0].contains("invalid size"), "{errs:?}");
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_its_path() {
+    let src = r#"version: 1
+listeners:
+  - { name: a, bind: 127.0.0.1:8080 }
+  - { name: a, bind: 127.0.0.1:8080 }
+upstreams:
+  users:
+    targets: [{ url: ftp://x }, { url: http://h:1, weight: 0 }]
+routes:
+  - name: r
+    match: { path: users }
+    upstream: nope
+  - name: r
+    match: { prefix: /a, methods: [get] }
+    upstream: users
+    rewrite: { path: "/b/{id}" }
+"#;
+    let errs = errors(src);
+    let want = [
+        "listeners[1].name: duplicate listener name \"a\"",
+        "listeners[1].bind: address 127.0.0.1:8080 is already used",
+        "upstreams.users.targets[0].url:",
+        "upstreams.users.targets[1].weight:",
+        "routes[0].match.path: \"users\" must start with '/'",
+        "routes[0].upstream: unknown upstream \"nope\" (defined: users)",
+        "routes[1].name: duplicate route name \"r\"",
+        "routes[1].match.methods[0]: methods are case-sensitive",
+        "routes[1].rewrite.path: {id} is not captured",
+    ];
+    for w in want {
+        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    // Positions are known for semantic errors too.
+    assert!(errs.iter().all(|e| e.contains("(line ")), "{errs:#?}");
+}
+
+#[test]
+fn environment_variables_are_interpolated_and_missing_ones_named() {
+    let src = BASE.replace("127.0.0.1:9000", "${UPSTREAM_ADDR}");
+    let p = parse(&src, |n| (n == "UPSTREAM_ADDR").then(|| "10.0.0.1:80".to_owned())).unwrap();
+    assert_eq!(p.config.upstreams["users"].targets[0].url, "http://10.0.0.1:80");
+    let errs = errors(&src);
+    assert_eq!(errs, ["environment variable UPSTREAM_ADDR is not set (line 7, column 29)"]);
+}
+
+#[test]
+fn version_is_required_so_half_written_files_are_not_applied() {
+    let errs = errors(BASE.trim_start_matches("version: 1\n"));
+    assert!(errs[0].contains("version"), "{errs:?}");
+    let half = &BASE[..BASE.len() / 2];
+    assert!(parse(half, no_env).is_err());
+}
+
+#[test]
+fn committed_schema_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schema/portico.schema.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == json_schema(),
+        "schema/portico.schema.json is stale: run `cargo run -- schema > schema/portico.schema.json`"
+    );
+}

@@ -1,0 +1,261 @@
+//! Semantic checks that serde cannot express. Every problem is collected, each with the
+//! config path of the offending field, so one `portico validate` run shows them all.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use http::{HeaderName, Method, Uri};
+
+use crate::model::{Config, Route, Upstream, ValueMatch};
+use crate::template::PathTemplate;
+use crate::{ConfigError, ConfigErrors};
+
+/// Checks `config` and returns every problem found.
+pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
+
+    if config.version != 1 {
+        err("version".into(), format!("unsupported version {}: this Portico reads version 1", config.version));
+    }
+
+    if config.listeners.is_empty() {
+        err("listeners".into(), "at least one listener is required".into());
+    }
+    let mut names = HashMap::new();
+    let mut binds = HashMap::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.trim().is_empty() {
+            err(format!("{p}.name"), "must not be empty".into());
+        } else if let Some(first) = names.insert(l.name.as_str(), i) {
+            err(format!("{p}.name"), format!("duplicate listener name {:?} (also listeners[{first}])", l.name));
+        }
+        if let Some(first) = binds.insert(l.bind, i) {
+            err(format!("{p}.bind"), format!("address {} is already used by listeners[{first}]", l.bind));
+        }
+        if config.admin.enabled && l.bind == config.admin.bind {
+            err(format!("{p}.bind"), format!("address {} is also the admin listener's", l.bind));
+        }
+        let lim = &l.limits;
+        if lim.max_header_bytes.get() < 1024 {
+            err(format!("{p}.limits.max_header_bytes"), "must be at least 1KiB".into());
+        }
+        if lim.max_header_bytes.get() > 1024 * 1024 {
+            err(format!("{p}.limits.max_header_bytes"), "must be at most 1MiB".into());
+        }
+        if lim.header_timeout.get().is_zero() {
+            err(format!("{p}.limits.header_timeout"), "must be greater than 0s".into());
+        }
+        if lim.idle_timeout.get().is_zero() {
+            err(format!("{p}.limits.idle_timeout"), "must be greater than 0s".into());
+        }
+        if lim.max_connections == 0 {
+            err(format!("{p}.limits.max_connections"), "must be at least 1".into());
+        }
+        if lim.max_concurrent_streams == 0 {
+            err(format!("{p}.limits.max_concurrent_streams"), "must be at least 1".into());
+        }
+    }
+
+    if config.runtime.worker_threads > 1024 {
+        err("runtime.worker_threads".into(), "must be at most 1024 (0 means one per core)".into());
+    }
+    if config.access_log.output.trim().is_empty() {
+        err("access_log.output".into(), "must be stdout, stderr or a file path".into());
+    }
+    if config.access_log.queue_size == 0 {
+        err("access_log.queue_size".into(), "must be at least 1".into());
+    }
+    if HeaderName::from_bytes(config.request_id.header.as_bytes()).is_err() {
+        err("request_id.header".into(), format!("{:?} is not a valid header name", config.request_id.header));
+    }
+
+    for (name, up) in &config.upstreams {
+        check_upstream(name, up, &mut err);
+    }
+
+    let mut route_names: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.trim().is_empty() {
+            err(format!("{p}.name"), "must not be empty".into());
+        } else if let Some(first) = route_names.insert(r.name.as_str(), i) {
+            err(format!("{p}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
+        }
+        if !config.upstreams.contains_key(&r.upstream) {
+            let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+            let known =
+                if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", known.join(", ")) };
+            err(format!("{p}.upstream"), format!("unknown upstream {:?} ({known})", r.upstream));
+        }
+        check_route(&p, r, &mut err);
+    }
+
+    if errs.is_empty() { Ok(()) } else { Err(ConfigErrors(errs)) }
+}
+
+fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String)) {
+    let p = format!("upstreams.{name}");
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        err(p.clone(), format!("upstream name {name:?} may only use letters, digits, '-', '_' and '.'"));
+    }
+    if up.targets.is_empty() {
+        err(format!("{p}.targets"), "at least one target is required".into());
+    }
+    let mut seen = HashSet::new();
+    for (i, t) in up.targets.iter().enumerate() {
+        let tp = format!("{p}.targets[{i}]");
+        match check_target_url(&t.url) {
+            Ok(authority) => {
+                if !seen.insert(authority.clone()) {
+                    err(format!("{tp}.url"), format!("target {authority} is listed twice; use weight instead"));
+                }
+            }
+            Err(msg) => err(format!("{tp}.url"), msg),
+        }
+        if !(1..=1000).contains(&t.weight) {
+            err(format!("{tp}.weight"), format!("weight {} is out of range 1..=1000", t.weight));
+        }
+    }
+    if up.timeouts.connect.get().is_zero() {
+        err(format!("{p}.timeouts.connect"), "must be greater than 0s".into());
+    }
+    if up.timeouts.request.get().is_zero() {
+        err(format!("{p}.timeouts.request"), "must be greater than 0s".into());
+    }
+}
+
+/// Checks a target URL and returns its `host:port`.
+pub fn check_target_url(url: &str) -> Result<String, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("{url:?}: https targets are not supported yet; use http://")),
+        Some(other) => return Err(format!("{url:?}: unsupported scheme {other:?}; use http://")),
+        None => return Err(format!("{url:?}: missing scheme; write http://{url}")),
+    }
+    let Some(auth) = uri.authority() else {
+        return Err(format!("{url:?}: missing host"));
+    };
+    if auth.as_str().contains('@') {
+        return Err(format!("{url:?}: credentials in target URLs are not supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{url:?}: a target URL has no path or query; use a route's rewrite"));
+    }
+    let port = auth.port_u16().unwrap_or(80);
+    Ok(format!("{}:{port}", auth.host()))
+}
+
+fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
+    let m = &r.matcher;
+    let mut captures: Option<BTreeSet<String>> = None;
+    match (&m.path, &m.prefix) {
+        (Some(_), Some(_)) => err(format!("{p}.match"), "give either path or prefix, not both".into()),
+        (None, None) => err(format!("{p}.match"), "a route needs match.path or match.prefix".into()),
+        (Some(path), None) => match PathTemplate::parse(path) {
+            Ok(t) => captures = Some(t.params().map(str::to_owned).collect()),
+            Err(e) => err(format!("{p}.match.path"), e),
+        },
+        (None, Some(prefix)) => {
+            if !prefix.starts_with('/') {
+                err(format!("{p}.match.prefix"), format!("{prefix:?} must start with '/'"));
+            } else if prefix.contains(['{', '}', '?', '#']) {
+                err(
+                    format!("{p}.match.prefix"),
+                    format!("{prefix:?}: a prefix is literal; use path with {{*rest}} for captures"),
+                );
+            }
+        }
+    }
+    for (i, h) in m.hosts.iter().enumerate() {
+        if let Err(e) = check_host(h) {
+            err(format!("{p}.match.hosts[{i}]"), e);
+        }
+    }
+    for (i, method) in m.methods.iter().enumerate() {
+        let upper = method.to_ascii_uppercase();
+        if Method::from_bytes(method.as_bytes()).is_err() {
+            err(format!("{p}.match.methods[{i}]"), format!("{method:?} is not a valid HTTP method"));
+        } else if upper != *method && Method::from_bytes(upper.as_bytes()).is_ok() {
+            err(
+                format!("{p}.match.methods[{i}]"),
+                format!("methods are case-sensitive: write {upper:?}, not {method:?}"),
+            );
+        }
+    }
+    check_value_matches(&format!("{p}.match.headers"), &m.headers, true, err);
+    check_value_matches(&format!("{p}.match.query"), &m.query, false, err);
+    if let Some(rw) = &r.rewrite {
+        match (&rw.strip_prefix, &rw.path) {
+            (Some(_), Some(_)) => err(format!("{p}.rewrite"), "give either strip_prefix or path, not both".into()),
+            (None, None) => err(format!("{p}.rewrite"), "give strip_prefix or path".into()),
+            (Some(sp), None) => {
+                let base = m.prefix.as_deref().or(m.path.as_deref()).unwrap_or("");
+                if !sp.starts_with('/') {
+                    err(format!("{p}.rewrite.strip_prefix"), format!("{sp:?} must start with '/'"));
+                } else if !base.starts_with(sp.as_str()) {
+                    err(
+                        format!("{p}.rewrite.strip_prefix"),
+                        format!("{sp:?} is not a prefix of the route's path {base:?}, so it would never apply"),
+                    );
+                }
+            }
+            (None, Some(tpl)) => match PathTemplate::parse(tpl) {
+                Ok(t) => {
+                    let have = captures.clone().unwrap_or_default();
+                    for name in t.params() {
+                        if !have.contains(name) {
+                            let hint = if have.is_empty() {
+                                "the route's match.path captures nothing".to_owned()
+                            } else {
+                                format!("captured: {}", have.iter().cloned().collect::<Vec<_>>().join(", "))
+                            };
+                            err(
+                                format!("{p}.rewrite.path"),
+                                format!("{{{name}}} is not captured by match.path ({hint})"),
+                            );
+                        }
+                    }
+                }
+                Err(e) => err(format!("{p}.rewrite.path"), e),
+            },
+        }
+    }
+    if let Some(t) = r.timeout
+        && t.get().is_zero()
+    {
+        err(format!("{p}.timeout"), "must be greater than 0s".into());
+    }
+}
+
+fn check_value_matches(p: &str, list: &[ValueMatch], header: bool, err: &mut impl FnMut(String, String)) {
+    for (i, v) in list.iter().enumerate() {
+        let given = [v.value.is_some(), v.prefix.is_some(), v.present.is_some()].iter().filter(|b| **b).count();
+        if given > 1 {
+            err(format!("{p}[{i}]"), "give at most one of value, prefix and present".into());
+        }
+        if v.name.is_empty() {
+            err(format!("{p}[{i}].name"), "must not be empty".into());
+        } else if header && HeaderName::from_bytes(v.name.as_bytes()).is_err() {
+            err(format!("{p}[{i}].name"), format!("{:?} is not a valid header name", v.name));
+        }
+    }
+}
+
+fn check_host(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.contains('*') {
+        return Err(format!("{h:?}: only one leading wildcard label is allowed (*.example.com)"));
+    }
+    if name.contains(':') {
+        return Err(format!("{h:?}: hosts match without the port; remove it"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(format!("{h:?} is not a valid host name"));
+    }
+    Ok(())
+}

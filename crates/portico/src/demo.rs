@@ -1,0 +1,152 @@
+//! `portico demo`: built-in demo services and a gateway in front of them, on loopback,
+//! with an embedded config. Needs no files and no other software.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::body::Body;
+
+/// The demo's config. `${NAME}` placeholders are filled with the demo services' ports.
+pub const DEMO_CONFIG: &str = r#"version: 1
+listeners:
+  - name: public
+    bind: "${GATEWAY_ADDR}"
+admin:
+  bind: "${ADMIN_ADDR}"
+access_log:
+  output: stderr
+upstreams:
+  users:
+    targets: [{ url: "http://${USERS}" }]
+  orders:
+    targets: [{ url: "http://${ORDERS}" }]
+  products:
+    # Two instances, 3:1: watch the "instance" field alternate a, a, b, a, ...
+    targets: [{ url: "http://${PRODUCTS_A}", weight: 3 }, { url: "http://${PRODUCTS_B}", weight: 1 }]
+  recommendations:
+    targets: [{ url: "http://${RECOMMENDATIONS}" }]
+    timeouts: { request: 2s }
+routes:
+  - name: users
+    match: { path: "/api/users/{id}", methods: [GET] }
+    upstream: users
+    rewrite: { path: "/users/{id}" }
+  - name: orders
+    match: { prefix: /api/orders, methods: [GET, POST] }
+    upstream: orders
+    rewrite: { strip_prefix: /api }
+  - name: products
+    match: { prefix: /api/products }
+    upstream: products
+    rewrite: { strip_prefix: /api }
+  - name: recommendations
+    match: { path: "/api/recommendations/{user}", methods: [GET] }
+    upstream: recommendations
+    rewrite: { path: "/recommendations/{user}" }
+"#;
+
+/// One demo service: answers JSON that says who it is and what it received.
+async fn demo_service(name: &'static str, instance: &'static str, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let seen = serde_json::json!({
+        "requestId": header("x-request-id"),
+        "forwardedFor": header("x-forwarded-for"),
+        "host": header("host"),
+    });
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (status, body) = match (name, segments.as_slice()) {
+        (_, ["health"]) => (StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        ("users", ["users", id]) => match *id {
+            "1" => (StatusCode::OK, serde_json::json!({ "id": "1", "name": "Ada Lovelace", "plan": "pro" })),
+            "2" => (StatusCode::OK, serde_json::json!({ "id": "2", "name": "Alan Turing", "plan": "free" })),
+            _ => (StatusCode::NOT_FOUND, serde_json::json!({ "error": "no such user" })),
+        },
+        ("orders", ["orders", ..]) => (
+            StatusCode::OK,
+            serde_json::json!([{ "id": "o-100", "user": "1", "total": 42.5 }, { "id": "o-101", "user": "1", "total": 7.0 }]),
+        ),
+        ("products", ["products"]) => {
+            (StatusCode::OK, serde_json::json!([{ "id": "p-1", "name": "Keyboard" }, { "id": "p-2", "name": "Mouse" }]))
+        }
+        ("products", ["products", id]) => (StatusCode::OK, serde_json::json!({ "id": id, "name": "Keyboard" })),
+        ("recommendations", ["recommendations", user]) => {
+            (StatusCode::OK, serde_json::json!({ "user": user, "items": ["p-2", "p-1"] }))
+        }
+        _ => (StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
+    };
+    let body = serde_json::json!({ "service": name, "instance": instance, "path": path, "data": body, "seen": seen });
+    let mut res = Response::new(Body::full(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// Starts a demo service on an OS-chosen loopback port.
+pub async fn start_service(name: &'static str, instance: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    service_fn(move |req| async move { Ok::<_, Infallible>(demo_service(name, instance, req).await) });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Starts every demo service and returns the placeholder values for [`DEMO_CONFIG`].
+pub async fn start_services() -> std::io::Result<HashMap<&'static str, String>> {
+    let mut vars = HashMap::new();
+    for (key, name, instance) in [
+        ("USERS", "users", "a"),
+        ("ORDERS", "orders", "a"),
+        ("PRODUCTS_A", "products", "a"),
+        ("PRODUCTS_B", "products", "b"),
+        ("RECOMMENDATIONS", "recommendations", "a"),
+    ] {
+        vars.insert(key, start_service(name, instance).await?.to_string());
+    }
+    Ok(vars)
+}
+
+/// The `curl` lines printed by `portico demo`.
+pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
+    let g = format!("http://{gateway}");
+    let mut s = format!(
+        "Portico demo: gateway on {g}\n\nTry:\n\
+         \x20 curl -s {g}/api/users/1                      # route with a captured id, rewritten to /users/1\n\
+         \x20 curl -s {g}/api/orders?user=1                # prefix route, /api stripped\n\
+         \x20 for i in 1 2 3 4; do curl -s {g}/api/products | grep -o '\"instance\":\"[ab]\"'; done   # weighted 3:1\n\
+         \x20 curl -s -H 'X-Request-ID: my-trace-1' -i {g}/api/users/2   # request ID kept and echoed\n\
+         \x20 curl -s -i -X DELETE {g}/api/users/1         # 405 with Allow\n\
+         \x20 curl -s -i {g}/nope                          # 404, JSON error with requestId\n\
+         \x20 curl -s --http2-prior-knowledge {g}/api/users/1   # HTTP/2 cleartext\n"
+    );
+    if let Some(a) = admin {
+        s.push_str(&format!(
+            "\x20 curl -s http://{a}/metrics | grep gateway_requests_total\n\x20 curl -s http://{a}/ready\n"
+        ));
+    }
+    s.push_str("\nAccess log lines go to stderr. Ctrl-C stops the demo.\n");
+    s
+}
+
+/// The demo config with the services' and gateway's addresses filled in.
+pub fn config(vars: &HashMap<&'static str, String>) -> Result<portico_config::Config, portico_config::ConfigErrors> {
+    let vars = Arc::new(vars.clone());
+    portico_config::parse(DEMO_CONFIG, move |k| vars.get(k).cloned()).map(|p| p.config)
+}

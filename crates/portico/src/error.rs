@@ -1,0 +1,201 @@
+//! The one error type of the proxy path, and the one place that turns errors into
+//! responses, so the contract table in docs/errors.md lives here and nowhere else.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::Body;
+
+/// Which side of the gateway a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed or was too slow.
+    Upstream,
+    /// The gateway itself (no target, draining).
+    Internal,
+}
+
+/// What went wrong. Each kind has exactly one HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request (400).
+    BadRequest(&'static str),
+    /// No route matches (404).
+    NotFound,
+    /// A route matches the path but not the method (405); carries the `Allow` value.
+    MethodNotAllowed(String),
+    /// Body over the listener's limit (413).
+    PayloadTooLarge,
+    /// Request head over the listener's limit (431).
+    HeadersTooLarge,
+    /// The upstream refused the connection or could not be reached (502).
+    ConnectFailed,
+    /// The upstream reset the connection or sent a malformed response (502).
+    BadResponse,
+    /// Connecting to the upstream took too long (504).
+    ConnectTimeout(Duration),
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout(Duration),
+    /// The upstream has no target to send to (503).
+    NoTarget,
+}
+
+/// An error on the proxy path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+}
+
+impl GatewayError {
+    /// Wraps a kind.
+    pub fn new(kind: ErrorKind) -> Self {
+        Self { kind }
+    }
+
+    /// The side that caused it.
+    pub fn side(&self) -> Side {
+        match self.kind {
+            ErrorKind::BadRequest(_)
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed(_)
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeadersTooLarge => Side::Downstream,
+            ErrorKind::ConnectFailed
+            | ErrorKind::BadResponse
+            | ErrorKind::ConnectTimeout(_)
+            | ErrorKind::UpstreamTimeout(_) => Side::Upstream,
+            ErrorKind::NoTarget => Side::Internal,
+        }
+    }
+
+    /// Whether the request may be retried elsewhere without risk of doing its work twice:
+    /// only when the upstream cannot have seen it.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self.kind, ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout(_))
+    }
+
+    /// The HTTP status answered to the client.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
+            ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The message shown to the client. Never includes addresses or internal detail.
+    pub fn public_message(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest(m) => m,
+            ErrorKind::NotFound => "no route matches this request",
+            ErrorKind::MethodNotAllowed(_) => "method not allowed for this route",
+            ErrorKind::PayloadTooLarge => "request body too large",
+            ErrorKind::HeadersTooLarge => "request headers too large",
+            ErrorKind::ConnectFailed => "upstream unavailable",
+            ErrorKind::BadResponse => "bad response from upstream",
+            ErrorKind::ConnectTimeout(_) => "upstream connect timeout",
+            ErrorKind::UpstreamTimeout(_) => "upstream timeout",
+            ErrorKind::NoTarget => "no upstream target available",
+        }
+    }
+
+    /// The `kind` label of `gateway_backend_errors_total`, for upstream-side errors.
+    pub fn metric_kind(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::ConnectFailed => "connect",
+            ErrorKind::ConnectTimeout(_) => "connect_timeout",
+            ErrorKind::UpstreamTimeout(_) => "timeout",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::NoTarget => "no_target",
+            _ => "other",
+        }
+    }
+
+    /// The response for this error.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        let mut res = error_response(self.status(), self.public_message(), request_id);
+        if let ErrorKind::MethodNotAllowed(allow) = &self.kind
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            res.headers_mut().insert(header::ALLOW, v);
+        }
+        if self.side() == Side::Upstream || self.kind == ErrorKind::NoTarget {
+            // Tell the client not to hammer: a short, honest hint.
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::ConnectTimeout(d) => write!(f, "upstream connect timeout after {d:?}"),
+            ErrorKind::UpstreamTimeout(d) => write!(f, "upstream timeout after {d:?}"),
+            _ => f.write_str(self.public_message()),
+        }
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// A gateway-made JSON error: `{"error": "...", "status": N, "requestId": "..."}`.
+///
+/// `message` is a static string without quotes or backslashes; the request ID is either
+/// generated or checked to be `[A-Za-z0-9._:-]`, so neither needs JSON escaping.
+pub fn error_response(status: StatusCode, message: &'static str, request_id: &HeaderValue) -> Response<Body> {
+    let id = request_id.to_str().unwrap_or("");
+    let body = format!(r#"{{"error":"{message}","status":{},"requestId":"{id}"}}"#, status.as_u16());
+    let mut res = Response::new(Body::full(body));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_maps_to_the_contract_status() {
+        let table = [
+            (ErrorKind::BadRequest("bad"), 400),
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::MethodNotAllowed("GET".into()), 405),
+            (ErrorKind::PayloadTooLarge, 413),
+            (ErrorKind::HeadersTooLarge, 431),
+            (ErrorKind::ConnectFailed, 502),
+            (ErrorKind::BadResponse, 502),
+            (ErrorKind::NoTarget, 503),
+            (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),
+            (ErrorKind::UpstreamTimeout(Duration::from_secs(1)), 504),
+        ];
+        for (kind, status) in table {
+            assert_eq!(GatewayError::new(kind.clone()).status().as_u16(), status, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn error_body_is_json_with_the_request_id() {
+        let id = HeaderValue::from_static("abc-123");
+        let res = GatewayError::new(ErrorKind::MethodNotAllowed("GET, PUT".into())).to_response(&id);
+        assert_eq!(res.headers()[header::ALLOW], "GET, PUT");
+        let Body::Full(Some(b)) = res.body() else { panic!("full body expected") };
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        assert_eq!(v["status"], 405);
+        assert_eq!(v["requestId"], "abc-123");
+        assert_eq!(v["error"], "method not allowed for this route");
+    }
+}

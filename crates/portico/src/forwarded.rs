@@ -1,0 +1,219 @@
+//! Client IP resolution and the forwarding headers (`X-Forwarded-*`, `Forwarded`), and
+//! removal of hop-by-hop headers (RFC 9110 section 7.6.1).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The client's IP: the peer, unless the peer is a trusted proxy, in which case the
+/// right-most untrusted address of `X-Forwarded-For`. Returns `(client_ip, peer_trusted)`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAddr, bool) {
+    let peer = peer.to_canonical();
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return (peer, false);
+    }
+    let mut client = peer;
+    // Walk the chain from the right (nearest hop) and stop at the first untrusted address.
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for v in values.iter().rev() {
+        let Ok(s) = v.to_str() else { return (client, true) };
+        for part in s.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>() else { return (client, true) };
+            let ip = ip.to_canonical();
+            client = ip;
+            if !is_trusted(ip, trusted) {
+                return (client, true);
+            }
+        }
+    }
+    (client, true)
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream request.
+///
+/// From a trusted peer, the incoming values are kept and the peer is appended. From any
+/// other peer, incoming copies are discarded first, so a client cannot forge its address.
+pub fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let peer = peer.to_canonical();
+    if !peer_trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
+    let mut buf = itoa_ip(peer);
+    // X-Forwarded-For: append to the last value (one comma-separated list).
+    let xff = match headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>() {
+        prev if prev.is_empty() => HeaderValue::from_str(&buf).ok(),
+        prev => {
+            let mut joined = prev.join(&b", "[..]);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(buf.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if let Some(h) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+    // Forwarded (RFC 7239): for=...;proto=...;host=..., appended as a new element.
+    buf.clear();
+    buf.push_str("for=");
+    match peer {
+        IpAddr::V4(v4) => buf.push_str(&v4.to_string()),
+        IpAddr::V6(v6) => {
+            buf.push_str("\"[");
+            buf.push_str(&v6.to_string());
+            buf.push_str("]\"");
+        }
+    }
+    buf.push_str(";proto=");
+    buf.push_str(proto);
+    if let Some(h) = host.and_then(|h| h.to_str().ok())
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        buf.push_str(";host=");
+        buf.push_str(h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&buf) {
+        headers.append(header::FORWARDED, v);
+    }
+}
+
+fn itoa_ip(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// Removes hop-by-hop headers: those named in `Connection`, and the fixed set. With
+/// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (WebSocket handshakes).
+/// `TE: trailers` is kept: gRPC needs it end to end.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+    if headers.get(header::TE).is_some_and(|v| v.as_bytes() != b"trailers") {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_and_its_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        let peer: IpAddr = "203.0.113.7".parse().unwrap();
+        let (ip, trusted) = client_ip(peer, &h, &[net("10.0.0.0/8")]);
+        assert_eq!((ip, trusted), (peer, false));
+        set_forwarding_headers(&mut h, peer, trusted, "http", Some(&HeaderValue::from_static("api.example.com")));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        assert_eq!(h["forwarded"], "for=203.0.113.7;proto=http;host=api.example.com");
+    }
+
+    #[test]
+    fn trusted_chain_yields_the_rightmost_untrusted_address() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 198.51.100.9, 10.0.0.2"));
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let (ip, trusted) = client_ip(peer, &h, &[net("10.0.0.0/8")]);
+        assert!(trusted);
+        assert_eq!(ip.to_string(), "198.51.100.9");
+        set_forwarding_headers(&mut h, peer, trusted, "https", None);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 198.51.100.9, 10.0.0.2, 10.0.0.1");
+    }
+
+    #[test]
+    fn ipv6_is_quoted_in_forwarded() {
+        let mut h = HeaderMap::new();
+        set_forwarding_headers(&mut h, "::1".parse().unwrap(), false, "http", None);
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        assert!(wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+}

@@ -1,0 +1,375 @@
+//! Portico, an API gateway: the library behind the `portico` binary.
+//!
+//! A [`Gateway`] is started from a validated [`portico_config::Config`]. It binds every
+//! listener, serves requests through the pipeline (route match, then the proxy handler),
+//! exports metrics and writes the access log. Config reloads swap a compiled
+//! [`snapshot::Snapshot`] atomically and never touch listeners or open connections.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let yaml = std::fs::read_to_string("portico.yaml")?;
+//! let parsed = portico_config::parse(&yaml, |k| std::env::var(k).ok())?;
+//! let gateway = portico::Gateway::start(parsed.config, Some("portico.yaml".into())).await?;
+//! gateway.run_until_signal().await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod demo;
+pub mod error;
+pub mod forwarded;
+pub mod handlers;
+pub mod observe;
+pub mod pipeline;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portico_config::{Config, ConfigError, ConfigErrors};
+use tokio::sync::watch;
+
+use crate::observe::{AccessLog, Metrics};
+use crate::server::{RunningListener, Tracker};
+use crate::snapshot::{ListenerSettings, Snapshot};
+
+/// State shared by every connection and request.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current compiled config.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics, for the life of the process.
+    pub metrics: Metrics,
+    /// The access log.
+    pub access_log: AccessLog,
+    /// Set once shutdown begins: `/ready` answers 503.
+    pub draining: AtomicBool,
+    /// Open connections and tunnels.
+    pub tracker: Arc<Tracker>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config does not compile.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The access log could not be opened.
+    #[error("cannot open access log {path}: {source}")]
+    AccessLog {
+        /// Path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    listeners: Mutex<HashMap<String, RunningListener>>,
+    conn_shutdown: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
+    admin_addr: Option<SocketAddr>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Gateway {
+    /// Compiles `config`, binds every listener and the admin listener, and starts serving.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Gateway>, StartError> {
+        let metrics = Metrics::new();
+        let access_log = if config.access_log.enabled {
+            AccessLog::start(
+                &config.access_log.output,
+                config.access_log.queue_size,
+                metrics.access_log_dropped.clone(),
+            )
+            .map_err(|source| StartError::AccessLog { path: config.access_log.output.clone(), source })?
+        } else {
+            AccessLog::disabled()
+        };
+        // Bind everything before serving anything, so a bad address fails the start cleanly.
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let sock = server::bind(l.bind).map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+            bound.push((l.clone(), sock));
+        }
+        let admin_sock = if config.admin.enabled {
+            Some(server::bind(config.admin.bind).map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: config.admin.bind,
+                source,
+            })?)
+        } else {
+            None
+        };
+        let snapshot = Snapshot::compile(config, None, &metrics)?;
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            access_log,
+            draining: AtomicBool::new(false),
+            tracker: Arc::new(Tracker::default()),
+        });
+        let (conn_shutdown, conn_shutdown_rx) = watch::channel(false);
+        let mut listeners = HashMap::new();
+        for (l, sock) in bound {
+            let name = l.name.clone();
+            let addr = l.bind;
+            let running = RunningListener::start(sock, l, shared.clone(), conn_shutdown_rx.clone())
+                .map_err(|source| StartError::Bind { name: name.clone(), addr, source })?;
+            tracing::info!(listener = %name, addr = %running.local_addr, "listening");
+            listeners.insert(name, running);
+        }
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let mut admin_addr = None;
+        if let Some(sock) = admin_sock {
+            let addr = sock.local_addr().ok();
+            let listener = tokio::net::TcpListener::from_std(sock).map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            })?;
+            if let Some(a) = addr {
+                tracing::info!(listener = "admin", addr = %a, "listening");
+            }
+            admin_addr = addr;
+            tokio::spawn(admin::serve(listener, shared.clone(), admin_stop_rx));
+        }
+        Ok(Arc::new(Gateway {
+            shared,
+            config_path,
+            listeners: Mutex::new(listeners),
+            conn_shutdown,
+            admin_stop,
+            admin_addr,
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// State shared with requests (metrics, current snapshot).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The bound address of each listener, by name (useful with port 0).
+    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        let map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.local_addr)).collect()
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Re-reads the config file and applies it. On any error the running config stays.
+    pub async fn reload_from_file(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigErrors(vec![ConfigError::new("", "no config file to reload from")]));
+        };
+        let result = match portico_config::read_file(path) {
+            Ok(src) => match portico_config::parse(&src, |k| std::env::var(k).ok()) {
+                Ok(parsed) => self.apply(parsed.config).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.shared.metrics.reload(result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), errors = %e, "config reload rejected; the previous config stays in force")
+            }
+        }
+        result
+    }
+
+    /// Applies a validated config: compiles it, then swaps it in atomically. Listeners
+    /// that are unchanged keep running (their limits apply to new connections); added
+    /// ones start; removed ones stop accepting while their open connections finish.
+    pub async fn apply(&self, config: Config) -> Result<(), ConfigErrors> {
+        let _serial = self.reload_lock.lock().await;
+        let current = self.shared.snapshot.load_full();
+        if config.runtime != current.config.runtime || config.access_log != current.config.access_log {
+            tracing::warn!("runtime and access_log settings change only on restart; keeping the running ones");
+        }
+        // Bind new listeners first: if one fails, nothing changes.
+        let mut to_start = Vec::new();
+        let mut to_stop = Vec::new();
+        {
+            let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for l in &config.listeners {
+                match running.get(&l.name) {
+                    Some(r) if r.config.bind == l.bind => {}
+                    Some(_) => {
+                        to_stop.push(l.name.clone());
+                        to_start.push(l.clone());
+                    }
+                    None => to_start.push(l.clone()),
+                }
+            }
+            for name in running.keys() {
+                if !config.listeners.iter().any(|l| &l.name == name) {
+                    to_stop.push(name.clone());
+                }
+            }
+        }
+        let mut bound = Vec::new();
+        for l in to_start {
+            // A listener moving to another address: the old socket may be the same port.
+            let sock = server::bind(l.bind).map_err(|e| {
+                ConfigErrors(vec![ConfigError::new(
+                    format!("listeners.{}.bind", l.name),
+                    format!("cannot listen on {}: {e}", l.bind),
+                )])
+            })?;
+            bound.push((l, sock));
+        }
+        let snapshot = Snapshot::compile(config, Some(&current), &self.shared.metrics)?;
+        let listeners_cfg = snapshot.config.listeners.clone();
+        self.shared.snapshot.store(Arc::new(snapshot));
+
+        let mut running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for name in to_stop {
+            if let Some(r) = running.remove(&name) {
+                tracing::info!(listener = %name, "listener removed; open connections continue");
+                r.stop();
+            }
+        }
+        for (l, sock) in bound {
+            let name = l.name.clone();
+            match RunningListener::start(sock, l, self.shared.clone(), self.conn_shutdown.subscribe()) {
+                Ok(r) => {
+                    tracing::info!(listener = %name, addr = %r.local_addr, "listening");
+                    running.insert(name, r);
+                }
+                Err(e) => tracing::error!(listener = %name, error = %e, "cannot start listener"),
+            }
+        }
+        for l in &listeners_cfg {
+            if let Some(r) = running.get_mut(&l.name) {
+                r.settings.store(Arc::new(ListenerSettings::new(l)));
+                r.config = l.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains: `/ready` turns 503, listeners stop accepting, open connections are asked to
+    /// finish (in-flight requests complete), and this returns when all are closed or
+    /// `timeout` has passed. Returns the number of connections still open.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        {
+            let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for r in running.values() {
+                r.stop();
+            }
+        }
+        let _ = self.conn_shutdown.send(true);
+        let tracker = self.shared.tracker.clone();
+        let _ = tokio::time::timeout(timeout, tracker.wait_idle()).await;
+        let left = tracker.active();
+        let _ = self.admin_stop.send(true);
+        left
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains for `runtime.drain_timeout`.
+    /// SIGHUP and changes of the config file reload the config.
+    pub async fn run_until_signal(self: Arc<Self>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let watcher = self.config_path.clone().map(|path| {
+            let gw = self.clone();
+            tokio::spawn(async move { gw.watch_file(path).await })
+        });
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    let _ = self.reload_from_file().await;
+                }
+            }
+        }
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        let timeout = self.shared.snapshot.load().config.runtime.drain_timeout.get();
+        tracing::info!(timeout = ?timeout, open = self.shared.tracker.active(), "draining");
+        let left = self.shutdown(timeout).await;
+        if left > 0 {
+            tracing::warn!(open = left, "drain timeout passed; closing remaining connections");
+        } else {
+            tracing::info!("drained; exiting");
+        }
+    }
+
+    /// Polls the config file and reloads when its content changes.
+    ///
+    /// Polling rather than inotify: it sees Kubernetes ConfigMap symlink swaps, editors
+    /// that save by rename, and network filesystems alike, at the cost of one `stat` per
+    /// interval. A file that does not parse (a save in progress) is simply not applied;
+    /// the next change is tried again.
+    async fn watch_file(self: Arc<Self>, path: PathBuf) {
+        let stat = |m: std::fs::Metadata| (m.modified().ok(), m.len(), std::os::unix::fs::MetadataExt::ino(&m));
+        let mut last_stat = tokio::fs::metadata(&path).await.ok().map(stat);
+        let mut last = tokio::fs::read(&path).await.ok();
+        loop {
+            let interval = self.shared.snapshot.load().config.runtime.watch_interval.get();
+            if interval.is_zero() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            tokio::time::sleep(interval).await;
+            // Cheap check first; read only when something about the file changed.
+            let now_stat = tokio::fs::metadata(&path).await.ok().map(stat);
+            if now_stat.is_none() || now_stat == last_stat {
+                continue;
+            }
+            last_stat = now_stat;
+            let Ok(now) = tokio::fs::read(&path).await else { continue };
+            if last.as_ref() == Some(&now) {
+                continue;
+            }
+            last = Some(now);
+            tracing::info!(path = %path.display(), "config file changed; reloading");
+            let _ = self.reload_from_file().await;
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The JSON access log: one line per request, written off the request path.
+//!
+//! Requests hand a small record to a bounded queue and move on; a dedicated thread turns
+//! records into JSON and writes them. When the queue is full the record is dropped and
+//! counted in `gateway_access_log_dropped_total`: a slow disk or a blocked stdout pipe
+//! never slows a request.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Uri, Version};
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// What is known about a finished request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// When the request head arrived.
+    pub start: SystemTime,
+    /// The request ID.
+    pub request_id: HeaderValue,
+    /// Method.
+    pub method: Method,
+    /// Request URI as received (path and query are logged).
+    pub uri: Uri,
+    /// HTTP version.
+    pub version: Version,
+    /// Status sent.
+    pub status: u16,
+    /// Time to the response head.
+    pub latency: Duration,
+    /// The client IP (through trusted proxies).
+    pub client_ip: IpAddr,
+    /// `User-Agent`.
+    pub user_agent: Option<HeaderValue>,
+    /// The authenticated user, when there is one.
+    pub user_id: Option<Arc<str>>,
+    /// Requests left in the tightest rate limit, when one applies.
+    pub rate_limit_remaining: Option<u64>,
+    /// The matched route.
+    pub route: Option<Arc<str>>,
+    /// The upstream's name.
+    pub backend_service: Option<Arc<str>>,
+    /// Time spent waiting for the upstream's response head.
+    pub backend_latency: Option<Duration>,
+    /// Name of the listener.
+    pub listener: Arc<str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Line<'a> {
+    timestamp: String,
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
+    protocol: &'static str,
+    status_code: u16,
+    latency_ms: f64,
+    client_ip: IpAddr,
+    user_agent: Option<&'a str>,
+    user_id: Option<&'a str>,
+    rate_limit_remaining: Option<u64>,
+    route: Option<&'a str>,
+    backend_service: Option<&'a str>,
+    backend_latency_ms: Option<f64>,
+    listener: &'a str,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+impl AccessRecord {
+    /// Appends the JSON line (with newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let line = Line {
+            timestamp: humantime::format_rfc3339_millis(self.start).to_string(),
+            request_id: self.request_id.to_str().unwrap_or(""),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            query: self.uri.query(),
+            protocol: protocol(self.version),
+            status_code: self.status,
+            latency_ms: ms(self.latency),
+            client_ip: self.client_ip,
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            user_id: self.user_id.as_deref(),
+            rate_limit_remaining: self.rate_limit_remaining,
+            route: self.route.as_deref(),
+            backend_service: self.backend_service.as_deref(),
+            backend_latency_ms: self.backend_latency.map(ms),
+            listener: &self.listener,
+        };
+        // Serializing plain strings and numbers into a Vec cannot fail.
+        if serde_json::to_writer(&mut *out, &line).is_ok() {
+            out.push(b'\n');
+        }
+    }
+}
+
+/// The sending side of the access log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: Option<mpsc::Sender<AccessRecord>>,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    /// An access log that writes nothing.
+    pub fn disabled() -> Self {
+        Self { tx: None, dropped: Counter::default() }
+    }
+
+    /// Starts the writer thread. `output` is `stdout`, `stderr` or a file path.
+    pub fn start(output: &str, queue_size: usize, dropped: Counter) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match output {
+            "stdout" => Box::new(std::io::stdout()),
+            "stderr" => Box::new(std::io::stderr()),
+            path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = mpsc::channel(queue_size.max(1));
+        std::thread::Builder::new().name("portico-access-log".into()).spawn(move || writer(rx, sink))?;
+        Ok(Self { tx: Some(tx), dropped })
+    }
+
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a record, or drops and counts it when the queue is full. Never waits.
+    #[inline]
+    pub fn log(&self, record: AccessRecord) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(record).is_err()
+        {
+            self.dropped.inc();
+        }
+    }
+}
+
+fn writer(mut rx: mpsc::Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut buf = Vec::with_capacity(1024);
+    while let Some(rec) = rx.blocking_recv() {
+        buf.clear();
+        rec.write_json(&mut buf);
+        let mut ok = out.write_all(&buf).is_ok();
+        // Drain what is already queued before flushing: one write for a burst.
+        while let Ok(rec) = rx.try_recv() {
+            buf.clear();
+            rec.write_json(&mut buf);
+            ok &= out.write_all(&buf).is_ok();
+        }
+        ok &= out.flush().is_ok();
+        if !ok {
+            // The sink is broken (closed pipe, full disk): keep draining so requests are
+            // never held up; the lines are lost, as a full queue would lose them.
+            tracing::warn!("access log write failed");
+        }
+    }
+}

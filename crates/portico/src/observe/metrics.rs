@@ -1,0 +1,211 @@
+//! Prometheus metrics. The names are a contract (docs/metrics.md).
+//!
+//! Label values are bounded by construction: route and upstream names come from config,
+//! methods outside the standard set are reported as `other`, and status is a number.
+
+use std::sync::Arc;
+
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `gateway_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name, or `none` when nothing matched.
+    pub route: Arc<str>,
+    /// Request method (`other` for non-standard ones).
+    pub method: &'static str,
+    /// Response status.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendErrorLabels {
+    upstream: Arc<str>,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: Arc<str>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// Request durations: 100 µs to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Gateway overhead: 10 µs to 100 ms.
+const OVERHEAD_BUCKETS: &[f64] =
+    &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
+
+/// Every metric the gateway exports. Lives for the whole process, across reloads.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabel, Histogram, Buckets>,
+    backend_latency: Family<UpstreamLabel, Histogram, Buckets>,
+    /// `gateway_overhead_seconds`: total time minus time waiting for the upstream.
+    pub overhead: Histogram,
+    /// `gateway_active_connections`.
+    pub active_connections: Gauge,
+    backend_errors: Family<BackendErrorLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    /// `gateway_access_log_dropped_total`.
+    pub access_log_dropped: Counter,
+    connections_total: Family<ListenerLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("gateway_requests", "Requests handled, by route, method and status", requests.clone());
+        let duration = Family::new_with_constructor(Buckets(LATENCY_BUCKETS));
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time from request head received to response head sent, by route",
+            duration.clone(),
+        );
+        let backend_latency = Family::new_with_constructor(Buckets(LATENCY_BUCKETS));
+        registry.register(
+            "gateway_backend_latency_seconds",
+            "Time from sending a request upstream to receiving its response head, by upstream",
+            backend_latency.clone(),
+        );
+        let overhead = Histogram::new(OVERHEAD_BUCKETS.iter().copied());
+        registry.register(
+            "gateway_overhead_seconds",
+            "Time the gateway itself adds: total minus upstream time",
+            overhead.clone(),
+        );
+        let active_connections = Gauge::default();
+        registry.register("gateway_active_connections", "Open client connections", active_connections.clone());
+        let backend_errors = Family::<BackendErrorLabels, Counter>::default();
+        registry.register(
+            "gateway_backend_errors",
+            "Failed upstream requests, by upstream and kind (connect, connect_timeout, timeout, bad_response, no_target)",
+            backend_errors.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register("gateway_config_reloads", "Config reloads, by result (success, error)", reloads.clone());
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "gateway_access_log_dropped",
+            "Access-log lines dropped because the writer queue was full",
+            access_log_dropped.clone(),
+        );
+        let connections_total = Family::<ListenerLabel, Counter>::default();
+        registry.register("gateway_connections", "Client connections accepted, by listener", connections_total.clone());
+        // Pre-create the reload series so dashboards see zeros, not gaps.
+        for result in ["success", "error"] {
+            reloads.get_or_create(&ResultLabel { result }).get();
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            backend_latency,
+            overhead,
+            active_connections,
+            backend_errors,
+            reloads,
+            access_log_dropped,
+            connections_total,
+        }
+    }
+
+    /// Counts a finished request.
+    #[inline]
+    pub fn count_request(&self, route: &Arc<str>, method: &Method, status: u16) {
+        let labels = RequestLabels { route: route.clone(), method: method_label(method), status };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// The duration histogram of a route (fetched once per config load).
+    pub fn route_duration(&self, route: &str) -> Histogram {
+        self.duration.get_or_create_owned(&RouteLabel { route: route.into() })
+    }
+
+    /// The latency histogram of an upstream (fetched once per config load).
+    pub fn backend_latency(&self, upstream: &str) -> Histogram {
+        self.backend_latency.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// Counts an upstream failure.
+    pub fn backend_error(&self, upstream: &Arc<str>, kind: &'static str) {
+        self.backend_errors.get_or_create(&BackendErrorLabels { upstream: upstream.clone(), kind }).inc();
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts an accepted connection.
+    pub fn connection_accepted(&self, listener: &Arc<str>) {
+        self.connections_total.get_or_create(&ListenerLabel { listener: listener.clone() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// A bounded label for a method.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}

@@ -1,0 +1,225 @@
+//! The request's way through the gateway: context, checks, route match, handler, then
+//! metrics and the access log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
+use crate::forwarded;
+use crate::handlers::proxy;
+use crate::observe::AccessRecord;
+use crate::router::{Lookup, RequestParts};
+use crate::snapshot::ListenerSettings;
+
+/// What a connection knows about itself, shared by its requests.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The listener's settings at accept time.
+    pub listener: Arc<ListenerSettings>,
+}
+
+/// What the handler learned, for metrics and the log.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Time spent waiting for the upstream's response head.
+    pub backend_latency: Option<Duration>,
+}
+
+/// Handles one request. Never fails: every error becomes a response.
+pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc<Shared>) -> Response<Body> {
+    let start = Instant::now();
+    let wall_start = shared.access_log.enabled().then(SystemTime::now);
+    let snap = shared.snapshot.load_full();
+
+    let request_id = request_id(&req, &snap.request_id_header, snap.trust_request_id);
+    let (client_ip, peer_trusted) = forwarded::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
+    let method = req.method().clone();
+    let log_uri = wall_start.map(|_| req.uri().clone());
+    let version = req.version();
+    let user_agent = wall_start.and(req.headers().get(header::USER_AGENT).cloned());
+
+    let mut outcome = Outcome::default();
+    let mut route_idx = None;
+    let result = match check_request(&req, &conn.listener) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let host = host_of(&req).unwrap_or("");
+            let path = req.uri().path();
+            let parts = RequestParts { host, path, query: req.uri().query(), method: &method, headers: req.headers() };
+            match snap.router.lookup(&parts) {
+                Lookup::NotFound => Err(GatewayError::new(ErrorKind::NotFound)),
+                Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(ErrorKind::MethodNotAllowed(allow))),
+                Lookup::Found { index, params } => {
+                    route_idx = Some(index);
+                    let route = &snap.routes[index];
+                    let new_path = route.rewrite.apply(path, &params);
+                    req.headers_mut().insert(snap.request_id_header.clone(), request_id.clone());
+                    let ctx = proxy::ProxyCtx {
+                        route,
+                        new_path,
+                        peer: conn.peer.ip(),
+                        peer_trusted,
+                        proto: conn.proto,
+                        max_body: conn.listener.max_body,
+                        shared: &shared,
+                    };
+                    proxy::forward(req, ctx, &mut outcome).await
+                }
+            }
+        }
+    };
+
+    let route = route_idx.map(|i| &snap.routes[i]);
+    let mut res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            if let Some(r) = route
+                && e.side() != crate::error::Side::Downstream
+            {
+                shared.metrics.backend_error(&r.upstream.name, e.metric_kind());
+                tracing::debug!(route = %r.name, upstream = %r.upstream.name, error = %e, "upstream request failed");
+            }
+            e.to_response(&request_id)
+        }
+    };
+    res.headers_mut().insert(snap.request_id_header.clone(), request_id.clone());
+
+    let elapsed = start.elapsed();
+    let status = res.status().as_u16();
+    let route_name = route.map_or(&snap.no_route, |r| &r.name);
+    shared.metrics.count_request(route_name, &method, status);
+    route.map_or(&snap.no_route_duration, |r| &r.duration).observe(elapsed.as_secs_f64());
+    if let Some(b) = outcome.backend_latency {
+        shared.metrics.overhead.observe(elapsed.saturating_sub(b).as_secs_f64());
+    }
+    if let (Some(wall), Some(uri)) = (wall_start, log_uri) {
+        shared.access_log.log(AccessRecord {
+            start: wall,
+            request_id,
+            method,
+            uri,
+            version,
+            status,
+            latency: elapsed,
+            client_ip,
+            user_agent,
+            user_id: None,
+            rate_limit_remaining: None,
+            route: route.map(|r| r.name.clone()),
+            backend_service: route.map(|r| r.upstream.name.clone()),
+            backend_latency: outcome.backend_latency,
+            listener: conn.listener.name.clone(),
+        });
+    }
+    res
+}
+
+/// The request's host: `:authority` (HTTP/2) or `Host`.
+pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().host().or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Limits and sanity checks before routing.
+fn check_request(req: &Request<Incoming>, limits: &ListenerSettings) -> Result<(), GatewayError> {
+    // Request head size: the request line and every header line.
+    let mut head = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 16;
+    for (name, value) in req.headers() {
+        head += name.as_str().len() + value.len() + 4;
+    }
+    if head > limits.max_header_bytes {
+        return Err(GatewayError::new(ErrorKind::HeadersTooLarge));
+    }
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(GatewayError::new(ErrorKind::BadRequest("invalid content-length")))?;
+        if len > limits.max_body {
+            return Err(GatewayError::new(ErrorKind::PayloadTooLarge));
+        }
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(GatewayError::new(ErrorKind::BadRequest("request target must be an absolute path")));
+    }
+    if has_dot_segment(path) {
+        // `/api/../admin` would match `/api` here and reach `/admin` upstream.
+        return Err(GatewayError::new(ErrorKind::BadRequest("path contains dot segments")));
+    }
+    Ok(())
+}
+
+/// True for `.`/`..` segments, also percent-encoded (`%2e`).
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
+    }
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase();
+        let s = s.replace("%2e", ".");
+        s == "." || s == ".."
+    })
+}
+
+/// Keeps a well-formed incoming request ID (1-128 of `[A-Za-z0-9._:-]`) or makes one.
+fn request_id<B>(req: &Request<B>, header: &http::HeaderName, trust: bool) -> HeaderValue {
+    if trust && let Some(v) = req.headers().get(header) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// A random 128-bit ID as 32 lowercase hex characters.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_detected() {
+        for p in ["/a/../b", "/..", "/a/./b", "/a/%2e%2E/b", "/a/%2e/"] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in ["/a/b", "/a/.well-known/x", "/a/..b", "/v1.2/x", "/"] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_well_formed() {
+        let h = http::HeaderName::from_static("x-request-id");
+        let mk = |v: &str| Request::builder().header("x-request-id", v).body(()).unwrap();
+        assert_eq!(request_id(&mk("abc-1.2:3_x"), &h, true), "abc-1.2:3_x");
+        assert_ne!(request_id(&mk("abc-1.2:3_x"), &h, false), "abc-1.2:3_x");
+        let bad = request_id(&mk("a b"), &h, true);
+        assert_eq!(bad.len(), 32);
+        assert_ne!(request_id(&mk(&"x".repeat(129)), &h, true).len(), 129);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

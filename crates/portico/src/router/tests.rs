@@ -1,0 +1,140 @@
+use super::*;
+
+fn m(yaml: &str) -> RouteMatch {
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+struct Req {
+    host: &'static str,
+    path: &'static str,
+    query: Option<&'static str>,
+    method: Method,
+    headers: HeaderMap,
+}
+
+fn req(method: &str, host: &'static str, path_and_query: &'static str) -> Req {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    Req { host, path, query, method: method.parse().unwrap(), headers: HeaderMap::new() }
+}
+
+impl Req {
+    fn header(mut self, k: &'static str, v: &'static str) -> Self {
+        self.headers.append(k, HeaderValue::from_static(v));
+        self
+    }
+}
+
+/// The name of the matched route, "404" or "405 <allow>".
+fn find(router: &Router, names: &[&str], r: &Req) -> String {
+    let parts = RequestParts { host: r.host, path: r.path, query: r.query, method: &r.method, headers: &r.headers };
+    match router.lookup(&parts) {
+        Lookup::Found { index, .. } => names[index].to_owned(),
+        Lookup::MethodNotAllowed(allow) => format!("405 {allow}"),
+        Lookup::NotFound => "404".to_owned(),
+    }
+}
+
+fn table(routes: &[(&'static str, &str)]) -> (Router, Vec<&'static str>) {
+    let matches: Vec<RouteMatch> = routes.iter().map(|(_, y)| m(y)).collect();
+    (Router::new(&matches).unwrap(), routes.iter().map(|(n, _)| *n).collect())
+}
+
+#[test]
+fn precedence_follows_specificity_not_file_order() {
+    let (r, n) = table(&[
+        ("prefix-root", "prefix: /"),
+        ("prefix-api", "prefix: /api"),
+        ("prefix-api-users", "prefix: /api/users/"),
+        ("template", "path: '/api/users/{id}'"),
+        ("exact", "path: /api/users/me"),
+        ("catch-all", "path: '/api/files/{*rest}'"),
+        ("host-wild", "{ hosts: ['*.example.com'], prefix: /api }"),
+        ("host-exact", "{ hosts: [admin.example.com], prefix: /api }"),
+        ("get-only", "{ path: /things, methods: [GET] }"),
+        ("any-method", "path: /things"),
+        ("v2-header", "{ path: /things, methods: [GET], headers: [{ name: x-api-version, value: '2' }] }"),
+        ("q-beta", "{ path: /things, methods: [GET], query: [{ name: beta, value: 'yes please' }] }"),
+    ]);
+    let cases = [
+        (req("GET", "h", "/api/users/me"), "exact"),
+        (req("GET", "h", "/api/users/42"), "template"),
+        (req("GET", "h", "/api/users/42/orders"), "prefix-api-users"),
+        (req("GET", "h", "/api/users"), "prefix-api-users"),
+        (req("GET", "h", "/api/files/a/b/c.txt"), "catch-all"),
+        (req("GET", "h", "/api"), "prefix-api"),
+        (req("GET", "h", "/apix"), "prefix-root"),
+        (req("GET", "h", "/"), "prefix-root"),
+        (req("GET", "x.example.com", "/api/users/me"), "host-wild"),
+        (req("GET", "a.b.example.com:8443", "/api"), "host-wild"),
+        (req("GET", "ADMIN.example.com", "/api/x"), "host-exact"),
+        // A host-specific group without a matching path falls back to host-less routes.
+        (req("GET", "admin.example.com", "/other"), "prefix-root"),
+        (req("GET", "example.com", "/api"), "prefix-api"),
+        (req("GET", "h", "/things"), "get-only"),
+        (req("POST", "h", "/things"), "any-method"),
+        (req("GET", "h", "/things").header("x-api-version", "2"), "v2-header"),
+        (req("GET", "h", "/things").header("x-api-version", "3"), "get-only"),
+        (req("GET", "h", "/things?beta=yes+please"), "q-beta"),
+        (req("GET", "h", "/things?beta=yes%20please&x=1"), "q-beta"),
+        (req("GET", "h", "/things?beta=no"), "get-only"),
+    ];
+    for (r_, want) in cases {
+        assert_eq!(find(&r, &n, &r_), want, "{} {}{}", r_.method, r_.host, r_.path);
+    }
+}
+
+#[test]
+fn method_mismatch_gives_405_with_allow_and_nothing_gives_404() {
+    let (r, n) = table(&[
+        ("users", "{ path: '/users/{id}', methods: [GET, PUT] }"),
+        ("users-del", "{ path: '/users/{id}', methods: [DELETE], headers: [{ name: x-admin }] }"),
+        ("health", "{ path: /health, methods: [GET] }"),
+    ]);
+    assert_eq!(find(&r, &n, &req("POST", "h", "/users/1")), "405 GET, PUT");
+    assert_eq!(find(&r, &n, &req("POST", "h", "/users/1").header("x-admin", "1")), "405 DELETE, GET, PUT");
+    assert_eq!(find(&r, &n, &req("DELETE", "h", "/users/1").header("x-admin", "1")), "users-del");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/nope")), "404");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/users")), "404");
+    assert_eq!(find(&r, &n, &req("HEAD", "h", "/health")), "405 GET");
+}
+
+#[test]
+fn header_conditions_present_absent_prefix() {
+    let (r, n) = table(&[
+        ("canary", "{ prefix: /, headers: [{ name: cookie, prefix: 'canary=1' }] }"),
+        ("no-auth", "{ prefix: /, headers: [{ name: authorization, present: false }] }"),
+        ("rest", "prefix: /"),
+    ]);
+    assert_eq!(find(&r, &n, &req("GET", "h", "/").header("cookie", "canary=1; a=b")), "canary");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/")), "no-auth");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/").header("authorization", "x")), "rest");
+}
+
+#[test]
+fn captured_params_are_returned() {
+    let (r, _) = table(&[("t", "path: '/users/{id}/files/{*rest}'")]);
+    let h = HeaderMap::new();
+    let parts = RequestParts { host: "h", path: "/users/7/files/a/b", query: None, method: &Method::GET, headers: &h };
+    let Lookup::Found { params, .. } = r.lookup(&parts) else { panic!("no match") };
+    assert_eq!(params.get("id"), Some("7"));
+    assert_eq!(params.get("rest"), Some("a/b"));
+}
+
+#[test]
+fn conflicting_templates_are_config_errors() {
+    let matches = vec![m("path: '/users/{id}'"), m("path: '/users/{uid}'")];
+    let err = Router::new(&matches).unwrap_err();
+    assert_eq!(err.0[0].path, "routes[1].match.path");
+}
+
+#[test]
+fn many_routes_still_match() {
+    let matches: Vec<RouteMatch> = (0..10_000).map(|i| m(&format!("path: '/svc{i}/items/{{id}}'"))).collect();
+    let r = Router::new(&matches).unwrap();
+    let h = HeaderMap::new();
+    let parts = RequestParts { host: "h", path: "/svc9876/items/5", query: None, method: &Method::GET, headers: &h };
+    assert!(matches!(r.lookup(&parts), Lookup::Found { index: 9876, .. }));
+}

@@ -1,0 +1,217 @@
+//! One client connection: HTTP/1.1 or h2c, with the listener's limits, an idle timeout
+//! and a request-head timeout enforced by a per-connection watchdog.
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its
+//! next request, which would make the idle timeout meaningless; so the watchdog tracks the
+//! phase of the connection itself through [`Tracked`], a transparent wrapper of the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::pipeline::{self, ConnInfo};
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const ACTIVE: u8 = 2;
+
+/// The phase of a connection, shared between the socket wrapper, the service and the
+/// watchdog. Times are milliseconds since `epoch`.
+#[derive(Debug)]
+struct Phase {
+    epoch: Instant,
+    state: AtomicU8,
+    in_flight: AtomicU32,
+    since_ms: AtomicU64,
+    h2: AtomicU8,
+}
+
+impl Phase {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            state: AtomicU8::new(IDLE),
+            in_flight: AtomicU32::new(0),
+            since_ms: AtomicU64::new(0),
+            h2: AtomicU8::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.state.store(ACTIVE, Ordering::Relaxed);
+    }
+
+    fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.since_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.state.store(IDLE, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A socket that reports the first bytes of each new request head to its [`Phase`].
+struct Tracked {
+    inner: TcpStream,
+    phase: Arc<Phase>,
+    first: bool,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if this.first {
+                this.first = false;
+                if buf.filled()[before..].starts_with(b"PRI * HTTP/2") {
+                    this.phase.h2.store(1, Ordering::Relaxed);
+                }
+            }
+            if this.phase.state.load(Ordering::Relaxed) == IDLE {
+                this.phase.since_ms.store(this.phase.now_ms(), Ordering::Relaxed);
+                this.phase.state.store(HEAD, Ordering::Relaxed);
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Builds the protocol settings of a listener.
+pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
+    let l = &info.listener;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    if !l.http2 {
+        b = b.http1_only();
+    }
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        // hyper answers 431 itself past this; below it the pipeline answers a JSON 431.
+        .max_buf_size((l.max_header_bytes + 8192).max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(l.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Serves one connection until it closes, is timed out, or the gateway shuts down.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    info: Arc<ConnInfo>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let phase = Arc::new(Phase::new());
+    phase.since_ms.store(0, Ordering::Relaxed);
+    // A new connection counts as receiving a head: the client must start promptly.
+    phase.state.store(HEAD, Ordering::Relaxed);
+    let io = TokioIo::new(Tracked { inner: stream, phase: phase.clone(), first: true });
+
+    let head_ms = info.listener.header_timeout.as_millis() as u64;
+    let idle_ms = info.listener.idle_timeout.as_millis() as u64;
+    let svc_phase = phase.clone();
+    let service = service_fn(move |req| {
+        let info = info.clone();
+        let shared = shared.clone();
+        let phase = svc_phase.clone();
+        async move {
+            phase.request_started();
+            let res = pipeline::handle(req, info, shared).await;
+            phase.request_finished();
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    });
+
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let deadline = next_deadline(&phase, head_ms, idle_ms);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = shutdown.changed(), if !closing => {
+                let _ = changed;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let now = phase.now_ms();
+                let since = phase.since_ms.load(Ordering::Relaxed);
+                match phase.state.load(Ordering::Relaxed) {
+                    HEAD if phase.h2.load(Ordering::Relaxed) == 0 && now.saturating_sub(since) >= head_ms => {
+                        // Slow or stalled request head: close without ceremony.
+                        tracing::debug!("request head timeout");
+                        return;
+                    }
+                    IDLE | HEAD if !closing && now.saturating_sub(since) >= idle_ms => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// When the watchdog should look next.
+fn next_deadline(phase: &Phase, head_ms: u64, idle_ms: u64) -> Instant {
+    let since = phase.since_ms.load(Ordering::Relaxed);
+    let wait = match phase.state.load(Ordering::Relaxed) {
+        HEAD if phase.h2.load(Ordering::Relaxed) == 0 => head_ms.min(idle_ms),
+        IDLE | HEAD => idle_ms,
+        // A request is in flight: nothing to time here; look again later.
+        _ => return Instant::now() + Duration::from_millis(idle_ms.max(1000)),
+    };
+    phase.epoch + Duration::from_millis(since + wait)
+}

@@ -1,0 +1,244 @@
+//! The compiled config: everything a request needs, built once per load and swapped
+//! atomically. A request holds the snapshot it started with until it finishes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use portico_config::template::{PathTemplate, Segment};
+use portico_config::{Config, ConfigError, ConfigErrors, Listener};
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::observe::Metrics;
+use crate::router::{Params, Router};
+use crate::upstream::Upstream;
+
+/// A compiled config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config it was compiled from.
+    pub config: Arc<Config>,
+    /// The route table; its indices point into `routes`.
+    pub router: Router,
+    /// Compiled routes.
+    pub routes: Vec<CompiledRoute>,
+    /// Compiled upstreams by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// The request-ID header.
+    pub request_id_header: HeaderName,
+    /// Whether a well-formed incoming request ID is kept.
+    pub trust_request_id: bool,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `route` label value for requests that matched nothing.
+    pub no_route: Arc<str>,
+    /// Duration histogram for requests that matched nothing.
+    pub no_route_duration: Histogram,
+}
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// Name (the `route` label).
+    pub name: Arc<str>,
+    /// Where it sends requests.
+    pub upstream: Arc<Upstream>,
+    /// Path rewriting.
+    pub rewrite: Rewrite,
+    /// Send the client's `Host` upstream.
+    pub preserve_host: bool,
+    /// Time allowed for the upstream's response head.
+    pub timeout: Duration,
+    /// `gateway_request_duration_seconds{route}`.
+    pub duration: Histogram,
+}
+
+/// Compiled path rewriting.
+#[derive(Debug)]
+pub enum Rewrite {
+    /// Path sent as received.
+    None,
+    /// Remove this prefix.
+    StripPrefix(Box<str>),
+    /// Build the path from literal pieces and captured parameters.
+    Template(Vec<Piece>),
+}
+
+/// A piece of a rewrite template.
+#[derive(Debug)]
+pub enum Piece {
+    /// Literal text.
+    Literal(Box<str>),
+    /// A captured parameter.
+    Param(Box<str>),
+}
+
+impl Rewrite {
+    fn compile(route: &portico_config::Route) -> Rewrite {
+        let Some(rw) = &route.rewrite else { return Rewrite::None };
+        if let Some(p) = &rw.strip_prefix {
+            return Rewrite::StripPrefix(p.trim_end_matches('/').into());
+        }
+        let Some(tpl) = rw.path.as_deref().and_then(|p| PathTemplate::parse(p).ok()) else {
+            return Rewrite::None;
+        };
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        for seg in tpl.segments() {
+            lit.push('/');
+            match seg {
+                Segment::Literal(s) => lit.push_str(s),
+                Segment::Param(n) | Segment::CatchAll(n) => {
+                    pieces.push(Piece::Literal(std::mem::take(&mut lit).into()));
+                    pieces.push(Piece::Param(n.as_str().into()));
+                }
+            }
+        }
+        if !lit.is_empty() {
+            pieces.push(Piece::Literal(lit.into()));
+        }
+        Rewrite::Template(pieces)
+    }
+
+    /// The upstream path for `path`, or `None` when it is unchanged.
+    pub fn apply(&self, path: &str, params: &Params<'_, '_>) -> Option<String> {
+        match self {
+            Rewrite::None => None,
+            Rewrite::StripPrefix(prefix) => {
+                let rest = path.strip_prefix(&**prefix)?;
+                Some(if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") })
+            }
+            Rewrite::Template(pieces) => {
+                let mut out = String::with_capacity(path.len() + 16);
+                for p in pieces {
+                    match p {
+                        Piece::Literal(s) => out.push_str(s),
+                        Piece::Param(n) => out.push_str(params.get(&**n).unwrap_or("")),
+                    }
+                }
+                if out.is_empty() {
+                    out.push('/');
+                }
+                Some(out)
+            }
+        }
+    }
+}
+
+/// Per-listener settings, captured by each connection when it is accepted.
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time allowed to receive a request head.
+    pub header_timeout: Duration,
+    /// Keep-alive idle timeout.
+    pub idle_timeout: Duration,
+    /// Accept h2c.
+    pub http2: bool,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Connections at once.
+    pub max_connections: usize,
+}
+
+impl ListenerSettings {
+    /// From the config.
+    pub fn new(l: &Listener) -> Self {
+        Self {
+            name: l.name.as_str().into(),
+            max_body: l.limits.max_body.get(),
+            max_header_bytes: usize::try_from(l.limits.max_header_bytes.get()).unwrap_or(usize::MAX),
+            header_timeout: l.limits.header_timeout.get(),
+            idle_timeout: l.limits.idle_timeout.get(),
+            http2: l.http2,
+            max_concurrent_streams: l.limits.max_concurrent_streams,
+            max_connections: l.limits.max_connections as usize,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Compiles a validated config. Upstreams whose definition is unchanged since `prev`
+    /// are reused, with their pools and balancing state.
+    pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Metrics) -> Result<Snapshot, ConfigErrors> {
+        let router = Router::new(config.routes.iter().map(|r| &r.matcher))?;
+        let mut upstreams = HashMap::new();
+        for (name, def) in &config.upstreams {
+            let reused = prev.and_then(|p| p.upstreams.get(name)).filter(|u| u.definition == *def).cloned();
+            let up = reused.unwrap_or_else(|| Arc::new(Upstream::new(name, def, metrics)));
+            upstreams.insert(name.clone(), up);
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut errors = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let Some(up) = upstreams.get(&r.upstream) else {
+                errors.push(ConfigError::new(
+                    format!("routes[{i}].upstream"),
+                    format!("unknown upstream {:?}", r.upstream),
+                ));
+                continue;
+            };
+            routes.push(CompiledRoute {
+                name: r.name.as_str().into(),
+                upstream: up.clone(),
+                rewrite: Rewrite::compile(r),
+                preserve_host: r.preserve_host,
+                timeout: r.timeout.map_or(up.request_timeout, |t| t.get()),
+                duration: metrics.route_duration(&r.name),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let request_id_header = HeaderName::from_bytes(config.request_id.header.as_bytes())
+            .map_err(|_| ConfigErrors(vec![ConfigError::new("request_id.header", "invalid header name")]))?;
+        let no_route: Arc<str> = "none".into();
+        Ok(Snapshot {
+            router,
+            routes,
+            upstreams,
+            request_id_header,
+            trust_request_id: config.request_id.trust_incoming,
+            trusted_proxies: config.client_ip.trusted_proxies.clone(),
+            no_route_duration: metrics.route_duration(&no_route),
+            no_route,
+            config: Arc::new(config),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(yaml: &str) -> Rewrite {
+        let r: portico_config::Route = serde_saphyr::from_str(yaml).unwrap();
+        Rewrite::compile(&r)
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        let rw = rewrite("{ name: r, upstream: u, match: { prefix: /api }, rewrite: { strip_prefix: /api } }");
+        let p = Params::new();
+        assert_eq!(rw.apply("/api/users/1", &p).as_deref(), Some("/users/1"));
+        assert_eq!(rw.apply("/api", &p).as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn template_inserts_captured_params() {
+        let rw = rewrite(
+            "{ name: r, upstream: u, match: { path: '/u/{id}/{*rest}' }, rewrite: { path: '/v2/users/{id}/x/{rest}' } }",
+        );
+        let mut router = matchit::Router::new();
+        router.insert("/u/{id}/{*rest}", ()).unwrap();
+        let m = router.at("/u/42/a/b").unwrap();
+        assert_eq!(rw.apply("/u/42/a/b", &m.params).as_deref(), Some("/v2/users/42/x/a/b"));
+    }
+}
