@@ -183,7 +183,8 @@ pub struct ClientIp {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// Backend targets. At least one.
+    /// Backend targets. An upstream with none answers 503 (useful while a service is
+    /// being set up; discovery will fill it in later).
     pub targets: Vec<Target>,
     /// How requests are spread over targets.
     #[serde(default)]

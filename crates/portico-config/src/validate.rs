@@ -30,10 +30,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         } else if let Some(first) = names.insert(l.name.as_str(), i) {
             err(format!("{p}.name"), format!("duplicate listener name {:?} (also listeners[{first}])", l.name));
         }
-        if let Some(first) = binds.insert(l.bind, i) {
+        // Port 0 asks the OS for a free port: never a clash.
+        if l.bind.port() == 0 {
+        } else if let Some(first) = binds.insert(l.bind, i) {
             err(format!("{p}.bind"), format!("address {} is already used by listeners[{first}]", l.bind));
         }
-        if config.admin.enabled && l.bind == config.admin.bind {
+        if config.admin.enabled && l.bind == config.admin.bind && l.bind.port() != 0 {
             err(format!("{p}.bind"), format!("address {} is also the admin listener's", l.bind));
         }
         let lim = &l.limits;
@@ -98,9 +100,6 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
     let p = format!("upstreams.{name}");
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         err(p.clone(), format!("upstream name {name:?} may only use letters, digits, '-', '_' and '.'"));
-    }
-    if up.targets.is_empty() {
-        err(format!("{p}.targets"), "at least one target is required".into());
     }
     let mut seen = HashSet::new();
     for (i, t) in up.targets.iter().enumerate() {

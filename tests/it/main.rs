@@ -1,0 +1,13 @@
+//! Integration tests: the real `portico` binary against real servers on loopback.
+//! One test binary (faster to link than one per file).
+#![allow(unreachable_pub)]
+
+mod cli;
+mod connections;
+mod demo;
+mod docs;
+mod errors;
+mod lifecycle;
+mod observe;
+mod proxy;
+mod support;

@@ -1,0 +1,426 @@
+//! Test harness: real upstream servers on loopback, the real `portico` binary, clients.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+/// A real HTTP/1.1 + h2c upstream server with behaviours chosen by path:
+/// - `/slow?ms=N`: answers after N ms
+/// - `/stream?bytes=N`: streams N bytes in 64 KiB chunks
+/// - `/drip?chunks=N&ms=M`: N small chunks, one every M ms
+/// - `/upload`: reads the whole body, answers `{"bytes": N}`
+/// - `/status/N`: answers status N
+/// - `/ws`: WebSocket echo
+/// - anything else: JSON echo of method, path, query, headers, body length, and the
+///   server's name
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+impl TestUpstream {
+    pub async fn start(name: &str) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let last_headers = Arc::new(Mutex::new(None));
+        let (n, h, lh) = (name.to_owned(), hits.clone(), last_headers.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            *lh.lock().unwrap() = Some(req.headers().clone());
+                            Ok::<_, Infallible>(behave(&n, req).await)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestUpstream { addr, name: name.to_owned(), hits, last_headers }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last_headers(&self) -> HeaderMap {
+        self.last_headers.lock().unwrap().clone().unwrap_or_default()
+    }
+}
+
+fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn behave(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
+    let path = req.uri().path().to_owned();
+    let mut res = if path.starts_with("/slow") {
+        let ms = query_param(&req, "ms").unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Response::new(full(format!("slept {ms}ms")))
+    } else if path.starts_with("/stream") {
+        let total = query_param(&req, "bytes").unwrap_or(1024);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len() as u64);
+                Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))), left - n))
+            }
+        });
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert("content-length", total.to_string().parse().unwrap());
+        r
+    } else if path.starts_with("/drip") {
+        let chunks = query_param(&req, "chunks").unwrap_or(10);
+        let ms = query_param(&req, "ms").unwrap_or(100);
+        let stream = futures_util::stream::unfold(0u64, move |i| async move {
+            if i == chunks {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))), i + 1))
+        });
+        Response::new(BodyExt::boxed(StreamBody::new(stream)))
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => break,
+            }
+        }
+        return Response::new(full(format!("{{\"bytes\":{n}}}")));
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(format!("status {code}")));
+        *r.status_mut() =
+            StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else if path == "/ws" {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let Some(key) = key else {
+            let mut r = Response::new(full("not a websocket request"));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(msg)) = rx.next().await {
+                if msg.is_close() {
+                    break;
+                }
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut().insert("connection", "Upgrade".parse().unwrap());
+        r.headers_mut().insert("sec-websocket-accept", accept.parse().unwrap());
+        return r;
+    } else {
+        let headers: HashMap<String, String> =
+            req.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect();
+        let method = req.method().to_string();
+        let query = req.uri().query().map(str::to_owned);
+        let version = format!("{:?}", req.version());
+        let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let v = serde_json::json!({
+            "upstream": name, "method": method, "path": path, "query": query,
+            "headers": headers, "bodyBytes": body, "version": version,
+        });
+        Response::new(full(v.to_string()))
+    };
+    res.headers_mut().insert("x-upstream", name.parse().unwrap());
+    res
+}
+
+/// The `portico` binary, started with a YAML config; stopped (SIGKILL) when dropped.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// A config with a `public` listener on a free port, the admin on a free port, the
+/// access log in a file, and `body` appended (upstreams, routes).
+pub fn config(body: &str) -> String {
+    format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\n{body}"
+    )
+}
+
+impl Gateway {
+    /// Starts the binary with `yaml` (ACCESS_LOG is replaced by a file in a temp dir) and
+    /// waits until every listener and the admin report their addresses.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::start_with_env(yaml, &[])
+    }
+
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let yaml = yaml.replace("ACCESS_LOG", log.to_str().unwrap());
+        let config_path = dir.path().join("portico.yaml");
+        std::fs::write(&config_path, &yaml).unwrap();
+        let expected = yaml.matches("bind:").count();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+        cmd.args(["run", "-c", config_path.to_str().unwrap()])
+            .env("PORTICO_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start portico");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while addrs.len() < expected {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((name, addr)) = parse_listening(&line) {
+                        addrs.insert(name, addr);
+                    }
+                }
+                Err(_) => panic!("gateway did not start; stderr:\n{}", lines.lock().unwrap().join("\n")),
+            }
+        }
+        Gateway { child: Some(child), addrs, dir, config_path, stderr: lines }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs["public"]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addrs["admin"])
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let r = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        assert!(r.success());
+    }
+
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Rewrites the config file (atomically, by rename).
+    pub fn write_config(&self, yaml: &str) {
+        let log = self.dir.path().join("access.log");
+        let yaml = yaml.replace("ACCESS_LOG", log.to_str().unwrap());
+        let tmp = self.dir.path().join("portico.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Current value of a Prometheus series, 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, _, body) = get(&self.admin_url("/metrics")).await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Polls until `f` holds or `timeout` passes.
+    pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if f().await {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let field =
+        |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.trim_matches('"').to_owned());
+    Some((field("listener=")?, field("addr=")?.parse().ok()?))
+}
+
+/// A shared HTTP/1.1 client with keep-alive.
+pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `url` and return status, headers, body.
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
+    send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, String) {
+    let res = client().request(req).await.expect("request failed");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Runs curl with `args` off the async runtime (the test's upstreams live on it);
+/// returns (exit ok, stdout).
+pub async fn curl(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_tool("curl", &["-s", "--max-time", "20"], args).await
+}
+
+/// Runs a command off the async runtime; returns (exit ok, stdout).
+pub async fn run_tool(program: &str, first: &[&str], args: Vec<String>) -> (bool, String) {
+    let program = program.to_owned();
+    let first: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(&program)
+            .args(&first)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} must be installed: {e}"));
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
+/// Resident set size of a process, in bytes.
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+pub fn portico() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portico"))
+}
+
+pub fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
