@@ -1,6 +1,6 @@
 //! Integration tests: the real `portico` binary against real servers on loopback.
 //! One test binary (faster to link than one per file).
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod cli;
 mod connections;

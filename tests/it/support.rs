@@ -307,6 +307,7 @@ impl Gateway {
             if std::time::Instant::now() > deadline {
                 return None;
             }
+            #[allow(clippy::disallowed_methods)] // called from spawn_blocking, off the runtime
             std::thread::sleep(Duration::from_millis(20));
         }
     }
