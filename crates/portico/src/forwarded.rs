@@ -41,73 +41,78 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAdd
     (client, true)
 }
 
+/// The forwarding header values that depend only on the connection's peer, built once
+/// per connection so requests only clone them (a reference count, no allocation).
+#[derive(Clone, Debug)]
+pub struct PeerHeaders {
+    /// The peer's address.
+    pub ip: IpAddr,
+    /// `X-Forwarded-For` element: the peer's address.
+    xff: HeaderValue,
+    /// `Forwarded` element: `for=...;proto=...`.
+    forwarded: HeaderValue,
+    proto: &'static str,
+}
+
+impl PeerHeaders {
+    /// Values for a peer reached over `proto` (`http` or `https`).
+    pub fn new(peer: IpAddr, proto: &'static str) -> Self {
+        let ip = peer.to_canonical();
+        let text = ip.to_string();
+        let forwarded = match ip {
+            IpAddr::V4(_) => format!("for={text};proto={proto}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\";proto={proto}"),
+        };
+        Self {
+            ip,
+            // An IP address and a scheme name are always valid header values.
+            xff: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded: HeaderValue::from_str(&forwarded).unwrap_or(HeaderValue::from_static("for=unknown")),
+            proto,
+        }
+    }
+}
+
 /// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream request.
 ///
 /// From a trusted peer, the incoming values are kept and the peer is appended. From any
 /// other peer, incoming copies are discarded first, so a client cannot forge its address.
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &PeerHeaders,
     peer_trusted: bool,
-    proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer = peer.to_canonical();
     if !peer_trusted {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(header::FORWARDED);
         headers.remove(&X_REAL_IP);
-    }
-    let mut buf = itoa_ip(peer);
-    // X-Forwarded-For: append to the last value (one comma-separated list).
-    let xff = match headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>() {
-        prev if prev.is_empty() => HeaderValue::from_str(&buf).ok(),
-        prev => {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.xff.clone());
+    } else {
+        // Append to the chain, as one comma-separated value.
+        let prev: Vec<&[u8]> = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+        let value = if prev.is_empty() {
+            peer.xff.clone()
+        } else {
             let mut joined = prev.join(&b", "[..]);
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(buf.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
-        }
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+            joined.extend_from_slice(peer.xff.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.xff.clone())
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.proto));
     }
     if let Some(h) = host
         && !headers.contains_key(&X_FORWARDED_HOST)
     {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
-    // Forwarded (RFC 7239): for=...;proto=...;host=..., appended as a new element.
-    buf.clear();
-    buf.push_str("for=");
-    match peer {
-        IpAddr::V4(v4) => buf.push_str(&v4.to_string()),
-        IpAddr::V6(v6) => {
-            buf.push_str("\"[");
-            buf.push_str(&v6.to_string());
-            buf.push_str("]\"");
-        }
-    }
-    buf.push_str(";proto=");
-    buf.push_str(proto);
-    if let Some(h) = host.and_then(|h| h.to_str().ok())
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-    {
-        buf.push_str(";host=");
-        buf.push_str(h);
-    }
-    if let Ok(v) = HeaderValue::from_str(&buf) {
-        headers.append(header::FORWARDED, v);
-    }
-}
-
-fn itoa_ip(ip: IpAddr) -> String {
-    ip.to_string()
+    // Forwarded (RFC 7239): a new element for this hop. The host is in X-Forwarded-Host.
+    headers.append(header::FORWARDED, peer.forwarded.clone());
 }
 
 /// Removes hop-by-hop headers: those named in `Connection`, and the fixed set. With
@@ -115,11 +120,15 @@ fn itoa_ip(ip: IpAddr) -> String {
 /// `TE: trailers` is kept: gRPC needs it end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if let Some(conn) = headers.get(header::CONNECTION) {
+        // `keep-alive` and `close` are the common values; neither names an extra header to
+        // drop, so the usual case collects nothing (and allocates nothing).
         let named: Vec<HeaderName> = conn
             .to_str()
             .unwrap_or("")
             .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
         for n in named {
@@ -166,12 +175,17 @@ mod tests {
         let peer: IpAddr = "203.0.113.7".parse().unwrap();
         let (ip, trusted) = client_ip(peer, &h, &[net("10.0.0.0/8")]);
         assert_eq!((ip, trusted), (peer, false));
-        set_forwarding_headers(&mut h, peer, trusted, "http", Some(&HeaderValue::from_static("api.example.com")));
+        set_forwarding_headers(
+            &mut h,
+            &PeerHeaders::new(peer, "http"),
+            trusted,
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert_eq!(h.get_all("forwarded").iter().count(), 1);
-        assert_eq!(h["forwarded"], "for=203.0.113.7;proto=http;host=api.example.com");
+        assert_eq!(h["forwarded"], "for=203.0.113.7;proto=http");
     }
 
     #[test]
@@ -182,14 +196,14 @@ mod tests {
         let (ip, trusted) = client_ip(peer, &h, &[net("10.0.0.0/8")]);
         assert!(trusted);
         assert_eq!(ip.to_string(), "198.51.100.9");
-        set_forwarding_headers(&mut h, peer, trusted, "https", None);
+        set_forwarding_headers(&mut h, &PeerHeaders::new(peer, "https"), trusted, None);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 198.51.100.9, 10.0.0.2, 10.0.0.1");
     }
 
     #[test]
     fn ipv6_is_quoted_in_forwarded() {
         let mut h = HeaderMap::new();
-        set_forwarding_headers(&mut h, "::1".parse().unwrap(), false, "http", None);
+        set_forwarding_headers(&mut h, &PeerHeaders::new("::1".parse().unwrap(), "http"), false, None);
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
     }
 

@@ -96,6 +96,9 @@ pub struct Gateway {
     admin_stop: watch::Sender<bool>,
     admin_addr: Option<SocketAddr>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The config file's content as last read (by start, SIGHUP or the watcher), so the
+    /// watcher does not reload what a SIGHUP already did.
+    last_source: Mutex<Option<String>>,
 }
 
 impl Gateway {
@@ -172,6 +175,7 @@ impl Gateway {
             admin_stop,
             admin_addr,
             reload_lock: tokio::sync::Mutex::new(()),
+            last_source: Mutex::new(None),
         }))
     }
 
@@ -197,10 +201,14 @@ impl Gateway {
             return Err(ConfigErrors(vec![ConfigError::new("", "no config file to reload from")]));
         };
         let result = match portico_config::read_file(path) {
-            Ok(src) => match portico_config::parse(&src, |k| std::env::var(k).ok()) {
-                Ok(parsed) => self.apply(parsed.config).await,
-                Err(e) => Err(e),
-            },
+            Ok(src) => {
+                let parsed = portico_config::parse(&src, |k| std::env::var(k).ok());
+                *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
+                match parsed {
+                    Ok(parsed) => self.apply(parsed.config).await,
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         };
         self.shared.metrics.reload(result.is_ok());
@@ -349,7 +357,7 @@ impl Gateway {
     async fn watch_file(self: Arc<Self>, path: PathBuf) {
         let stat = |m: std::fs::Metadata| (m.modified().ok(), m.len(), std::os::unix::fs::MetadataExt::ino(&m));
         let mut last_stat = tokio::fs::metadata(&path).await.ok().map(stat);
-        let mut last = tokio::fs::read(&path).await.ok();
+        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) = tokio::fs::read_to_string(&path).await.ok();
         loop {
             let interval = self.shared.snapshot.load().config.runtime.watch_interval.get();
             if interval.is_zero() {
@@ -363,11 +371,10 @@ impl Gateway {
                 continue;
             }
             last_stat = now_stat;
-            let Ok(now) = tokio::fs::read(&path).await else { continue };
-            if last.as_ref() == Some(&now) {
+            let Ok(now) = tokio::fs::read_to_string(&path).await else { continue };
+            if self.last_source.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(now.as_str()) {
                 continue;
             }
-            last = Some(now);
             tracing::info!(path = %path.display(), "config file changed; reloading");
             let _ = self.reload_from_file().await;
         }

@@ -27,6 +27,15 @@ pub struct ConnInfo {
     pub proto: &'static str,
     /// The listener's settings at accept time.
     pub listener: Arc<ListenerSettings>,
+    /// Forwarding header values for this peer, built once.
+    pub peer_headers: forwarded::PeerHeaders,
+}
+
+impl ConnInfo {
+    /// Describes a connection from `peer` to `listener`.
+    pub fn new(peer: SocketAddr, proto: &'static str, listener: Arc<ListenerSettings>) -> Self {
+        Self { peer, proto, listener, peer_headers: forwarded::PeerHeaders::new(peer.ip(), proto) }
+    }
 }
 
 /// What the handler learned, for metrics and the log.
@@ -68,9 +77,8 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                     let ctx = proxy::ProxyCtx {
                         route,
                         new_path,
-                        peer: conn.peer.ip(),
+                        peer: &conn.peer_headers,
                         peer_trusted,
-                        proto: conn.proto,
                         max_body: conn.listener.max_body,
                         shared: &shared,
                     };

@@ -159,6 +159,7 @@ impl AccessLog {
 fn writer(mut rx: mpsc::Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut buf = Vec::with_capacity(1024);
+    let mut failing = false;
     while let Some(rec) = rx.blocking_recv() {
         buf.clear();
         rec.write_json(&mut buf);
@@ -170,10 +171,14 @@ fn writer(mut rx: mpsc::Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
             ok &= out.write_all(&buf).is_ok();
         }
         ok &= out.flush().is_ok();
-        if !ok {
-            // The sink is broken (closed pipe, full disk): keep draining so requests are
-            // never held up; the lines are lost, as a full queue would lose them.
-            tracing::warn!("access log write failed");
+        // A broken sink (closed pipe, full disk): keep draining so requests are never
+        // held up; the lines are lost, as a full queue would lose them. Say so once per
+        // outage, not once per line.
+        if !ok && !failing {
+            tracing::warn!("access log writes are failing; lines are being lost");
+        } else if ok && failing {
+            tracing::info!("access log writes recovered");
         }
+        failing = !ok;
     }
 }

@@ -145,14 +145,14 @@ async fn accept_loop(
         let builder = match &current {
             Some((cs, b)) if Arc::ptr_eq(cs, &s) => b.clone(),
             _ => {
-                let info = ConnInfo { peer, proto: "http", listener: s.clone() };
+                let info = ConnInfo::new(peer, "http", s.clone());
                 let b = Arc::new(conn::builder(&info));
                 current = Some((s.clone(), b.clone()));
                 b
             }
         };
         shared.metrics.connection_accepted(&s.name);
-        let info = Arc::new(ConnInfo { peer, proto: "http", listener: s });
+        let info = Arc::new(ConnInfo::new(peer, "http", s));
         let shared = shared.clone();
         let guard = shared.tracker.enter();
         let shutdown = conn_shutdown.clone();
