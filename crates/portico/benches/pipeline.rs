@@ -5,6 +5,8 @@
 //!
 //! `cargo bench -p portico --bench pipeline`
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

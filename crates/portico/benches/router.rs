@@ -2,6 +2,8 @@
 //!
 //! `cargo bench -p portico --bench router`
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
 use portico::router::{Lookup, RequestParts, Router};
