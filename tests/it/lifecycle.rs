@@ -219,3 +219,24 @@ async fn drain_timeout_bounds_shutdown() {
     assert_eq!(code, Some(0));
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn shutdown_delay_keeps_serving_while_ready_says_503() {
+    let a = TestUpstream::start("a").await;
+    let mut gw = Gateway::start(&routes_to(&a, "runtime: { shutdown_delay: 1500ms, drain_timeout: 5s }\n"));
+    gw.signal(SIGTERM);
+    let admin = gw.admin_url("/ready");
+    assert!(
+        Gateway::eventually(Duration::from_secs(1), || {
+            let admin = admin.clone();
+            async move { get(&admin).await.0 == 503 }
+        })
+        .await
+    );
+    // Not ready, but still serving new connections until the delay has passed.
+    let (s, _, _) =
+        send(http::Request::get(gw.url("/x")).header("connection", "close").body(Default::default()).unwrap()).await;
+    assert_eq!(s, 200);
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(8))).await.unwrap();
+    assert_eq!(code, Some(0));
+}

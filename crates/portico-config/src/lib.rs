@@ -128,8 +128,8 @@ pub fn parse(src: &str, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, 
     let config: Config = serde_saphyr::from_str(&text).map_err(|e| {
         let plain = e.without_snippet();
         let position = plain.location().map(|l| Position { line: l.line(), column: l.column() });
-        let path = position.and_then(|p| locator.path_at(p)).unwrap_or("").to_owned();
         let mut message = strip_location(&plain.to_string());
+        let path = position.and_then(|p| locator.path_for_error(p, &message)).unwrap_or("").to_owned();
         if message.contains("flow mapping") || message.contains("flow sequence") {
             message
                 .push_str(" (hint: inside { } or [ ], quote values that contain braces, like path: \"/users/{id}\")");

@@ -133,8 +133,25 @@ impl Locator {
         }
     }
 
+    /// The path of the value the parser's error at `pos` is about. An unknown field is
+    /// reported at its key, so its value is the first one at or after `pos` on that line;
+    /// other errors are reported at the value itself or inside it.
+    pub fn path_for_error(&self, pos: Position, message: &str) -> Option<&str> {
+        if message.contains("unknown field") {
+            let same_line = self
+                .entries
+                .iter()
+                .filter(|(_, p)| p.line == pos.line && p.column >= pos.column)
+                .min_by_key(|(_, p)| p.column);
+            if let Some((k, _)) = same_line {
+                return Some(k);
+            }
+        }
+        self.path_at(pos)
+    }
+
     /// The path of the value that starts closest before `pos` (for errors that carry a
-    /// position but no path, such as an unknown field reported by the parser).
+    /// position but no path).
     pub fn path_at(&self, pos: Position) -> Option<&str> {
         self.entries.iter().filter(|(_, p)| *p <= pos).max_by_key(|(k, p)| (*p, k.len())).map(|(k, _)| k.as_str())
     }
@@ -176,6 +193,12 @@ mod tests {
         assert_eq!(l.find("routes[1].match.prefix").map(|p| p.line), Some(7));
         // A missing leaf falls back to its parent.
         assert_eq!(l.find("routes[1].match.path").map(|p| p.line), Some(7));
+    }
+
+    #[test]
+    fn an_unknown_key_maps_to_its_own_path() {
+        let l = Locator::new("a:\n  known: 1\n  unknwn: 2\n");
+        assert_eq!(l.path_for_error(Position { line: 3, column: 3 }, "unknown field `unknwn`"), Some("a.unknwn"));
     }
 
     #[test]

@@ -123,11 +123,20 @@ pub struct Runtime {
     /// Poll the config file for changes at this interval and reload when it changes.
     /// `0s` turns file watching off (SIGHUP still reloads).
     pub watch_interval: Duration,
+    /// On SIGTERM/SIGINT, `/ready` answers 503 for this long before listeners stop
+    /// accepting, so load balancers take the instance out first (e.g. `5s` behind a
+    /// Kubernetes Service).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self { worker_threads: 0, drain_timeout: Duration::from_secs(30), watch_interval: Duration::from_secs(1) }
+        Self {
+            worker_threads: 0,
+            drain_timeout: Duration::from_secs(30),
+            watch_interval: Duration::from_secs(1),
+            shutdown_delay: Duration::from_secs(0),
+        }
     }
 }
 

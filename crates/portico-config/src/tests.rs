@@ -46,7 +46,7 @@ fn unknown_field_names_its_path_and_line() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("upstrem"), "{errs:?}");
     assert!(errs[0].contains("line 12"), "{errs:?}");
-    assert!(errs[0].starts_with("routes[0]"), "{errs:?}");
+    assert!(errs[0].starts_with("routes[0].upstrem: unknown field"), "{errs:?}");
 }
 
 #[test]

@@ -81,6 +81,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         let p = format!("routes[{i}]");
         if r.name.trim().is_empty() {
             err(format!("{p}.name"), "must not be empty".into());
+        } else if r.name == "none" {
+            err(format!("{p}.name"), "the name \"none\" is reserved: it labels requests that match no route".into());
         } else if let Some(first) = route_names.insert(r.name.as_str(), i) {
             err(format!("{p}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
         }
@@ -193,7 +195,7 @@ fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
                 let base = m.prefix.as_deref().or(m.path.as_deref()).unwrap_or("");
                 if !sp.starts_with('/') {
                     err(format!("{p}.rewrite.strip_prefix"), format!("{sp:?} must start with '/'"));
-                } else if !base.starts_with(sp.as_str()) {
+                } else if !on_boundary(base, sp) {
                     err(
                         format!("{p}.rewrite.strip_prefix"),
                         format!("{sp:?} is not a prefix of the route's path {base:?}, so it would never apply"),
@@ -226,6 +228,12 @@ fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
     {
         err(format!("{p}.timeout"), "must be greater than 0s".into());
     }
+}
+
+/// Whether `prefix` is a prefix of `path` that ends on a segment boundary.
+fn on_boundary(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn check_value_matches(p: &str, list: &[ValueMatch], header: bool, err: &mut impl FnMut(String, String)) {

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 
 use crate::observe::{AccessLog, Metrics};
 use crate::server::{RunningListener, Tracker};
-use crate::snapshot::{ListenerSettings, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// State shared by every connection and request.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({name}): {source}")]
+    #[error("cannot listen on {addr} ({name})")]
     Bind {
         /// Listener name.
         name: String,
@@ -77,7 +77,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The access log could not be opened.
-    #[error("cannot open access log {path}: {source}")]
+    #[error("cannot open access log {path}")]
     AccessLog {
         /// Path.
         path: String,
@@ -227,8 +227,14 @@ impl Gateway {
     pub async fn apply(&self, config: Config) -> Result<(), ConfigErrors> {
         let _serial = self.reload_lock.lock().await;
         let current = self.shared.snapshot.load_full();
-        if config.runtime != current.config.runtime || config.access_log != current.config.access_log {
-            tracing::warn!("runtime and access_log settings change only on restart; keeping the running ones");
+        if config.runtime.worker_threads != current.config.runtime.worker_threads {
+            tracing::warn!("runtime.worker_threads changes only on restart; keeping the running value");
+        }
+        if config.access_log != current.config.access_log {
+            tracing::warn!("access_log changes only on restart; keeping the running settings");
+        }
+        if config.admin != current.config.admin {
+            tracing::warn!("admin changes only on restart; keeping the running admin listener");
         }
         // Bind new listeners first: if one fails, nothing changes.
         let mut to_start = Vec::new();
@@ -285,18 +291,20 @@ impl Gateway {
         }
         for l in &listeners_cfg {
             if let Some(r) = running.get_mut(&l.name) {
-                r.settings.store(Arc::new(ListenerSettings::new(l)));
-                r.config = l.clone();
+                r.update(l.clone());
             }
         }
         Ok(())
     }
 
-    /// Drains: `/ready` turns 503, listeners stop accepting, open connections are asked to
-    /// finish (in-flight requests complete), and this returns when all are closed or
-    /// `timeout` has passed. Returns the number of connections still open.
-    pub async fn shutdown(&self, timeout: Duration) -> usize {
+    /// Drains: `/ready` turns 503; after `delay`, listeners stop accepting and open
+    /// connections are asked to finish (in-flight requests complete); this returns when
+    /// all are closed or `timeout` has passed. Returns the number of connections still open.
+    pub async fn shutdown(&self, delay: Duration, timeout: Duration) -> usize {
         self.shared.draining.store(true, Ordering::SeqCst);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         {
             let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
             for r in running.values() {
@@ -338,22 +346,26 @@ impl Gateway {
         if let Some(w) = watcher {
             w.abort();
         }
-        let timeout = self.shared.snapshot.load().config.runtime.drain_timeout.get();
-        tracing::info!(timeout = ?timeout, open = self.shared.tracker.active(), "draining");
-        let left = self.shutdown(timeout).await;
+        let runtime = self.shared.snapshot.load().config.runtime.clone();
+        let (delay, timeout) = (runtime.shutdown_delay.get(), runtime.drain_timeout.get());
+        tracing::info!(delay = ?delay, timeout = ?timeout, open = self.shared.tracker.active(), "draining");
+        let left = self.shutdown(delay, timeout).await;
         if left > 0 {
             tracing::warn!(open = left, "drain timeout passed; closing remaining connections");
         } else {
             tracing::info!("drained; exiting");
         }
+        let log = self.shared.access_log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
     }
 
     /// Polls the config file and reloads when its content changes.
     ///
     /// Polling rather than inotify: it sees Kubernetes ConfigMap symlink swaps, editors
     /// that save by rename, and network filesystems alike, at the cost of one `stat` per
-    /// interval. A file that does not parse (a save in progress) is simply not applied;
-    /// the next change is tried again.
+    /// interval. A change is read only once the file has stayed the same for a whole
+    /// interval, and a file that does not parse (a save in progress) is simply not
+    /// applied; the next change is tried again.
     async fn watch_file(self: Arc<Self>, path: PathBuf) {
         let stat = |m: std::fs::Metadata| (m.modified().ok(), m.len(), std::os::unix::fs::MetadataExt::ino(&m));
         let mut last_stat = tokio::fs::metadata(&path).await.ok().map(stat);
@@ -368,6 +380,12 @@ impl Gateway {
             // Cheap check first; read only when something about the file changed.
             let now_stat = tokio::fs::metadata(&path).await.ok().map(stat);
             if now_stat.is_none() || now_stat == last_stat {
+                continue;
+            }
+            // Changed: let the writer finish. Only a file that stayed the same for a whole
+            // interval is read, so a slow save is not caught halfway.
+            tokio::time::sleep(interval).await;
+            if tokio::fs::metadata(&path).await.ok().map(stat) != now_stat {
                 continue;
             }
             last_stat = now_stat;

@@ -133,9 +133,14 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     res
 }
 
-/// The request's host: `:authority` (HTTP/2) or `Host`.
+/// The request's host, with its port when given: the URI's authority when there is one
+/// (HTTP/2's `:authority`, an absolute-form HTTP/1.1 target; RFC 9112 section 3.2.2 says
+/// it wins over `Host`), else `Host`.
 pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().host().or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().rsplit('@').next().unwrap_or(a.as_str())),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
 }
 
 /// Limits and sanity checks before routing.

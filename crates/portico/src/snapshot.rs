@@ -108,6 +108,10 @@ impl Rewrite {
             Rewrite::None => None,
             Rewrite::StripPrefix(prefix) => {
                 let rest = path.strip_prefix(&**prefix)?;
+                // Only on a segment boundary: `/api` strips `/api/x`, never `/apix`.
+                if !(rest.is_empty() || rest.starts_with('/')) {
+                    return None;
+                }
                 Some(if rest.starts_with('/') { rest.to_owned() } else { format!("/{rest}") })
             }
             Rewrite::Template(pieces) => {
@@ -229,6 +233,7 @@ mod tests {
         let p = Params::new();
         assert_eq!(rw.apply("/api/users/1", &p).as_deref(), Some("/users/1"));
         assert_eq!(rw.apply("/api", &p).as_deref(), Some("/"));
+        assert_eq!(rw.apply("/apix", &p), None);
     }
 
     #[test]

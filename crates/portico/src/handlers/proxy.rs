@@ -68,10 +68,10 @@ pub async fn forward(
         .build()
         .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
 
-    // The client's host: its `Host` header (a cheap clone), else the HTTP/2 authority.
-    let original_host = match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => host_of(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+    // The client's host: the URI authority (HTTP/2) or its `Host` header (a cheap clone).
+    let original_host = match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (None, Some(h)) => Some(h.clone()),
+        _ => host_of(&req).and_then(|h| HeaderValue::from_str(h).ok()),
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;

@@ -4,9 +4,9 @@
 //! table this code implements):
 //! 1. host: exact host, then wildcard hosts (longest suffix first), then routes without
 //!    hosts;
-//! 2. path, within a host group: exact paths and templates in a radix tree (matchit: a
-//!    literal segment beats `{param}`, which beats `{*rest}`), then prefixes, longest
-//!    first;
+//! 2. path, within a host group: exact paths (a hash lookup), then templates in a radix
+//!    tree (matchit: a literal segment beats a parameter; `{param}` and `{*rest}` cannot
+//!    share a position), then prefixes, longest first;
 //! 3. among routes with the same host and path: routes that list methods before those that
 //!    accept any, then routes with more header and query conditions;
 //! 4. file order breaks the remaining ties.
@@ -15,7 +15,8 @@
 //! next candidate. When only the method differs, the answer is 405 with `Allow`.
 //!
 //! Lookup cost does not grow with the number of routes: one hash lookup for the host, one
-//! radix-tree walk, and one hash lookup per path segment for prefixes.
+//! for an exact path, one radix-tree walk, and one hash lookup per path segment for
+//! prefixes.
 
 use std::collections::HashMap;
 
@@ -154,6 +155,9 @@ struct Bucket {
 
 #[derive(Debug, Default)]
 struct HostGroup {
+    /// Literal paths -> bucket.
+    exact: HashMap<Box<str>, usize>,
+    /// Templates -> bucket.
     tree: matchit::Router<usize>,
     /// Pattern -> bucket, to group routes with the same path before inserting into the tree.
     patterns: HashMap<String, usize>,
@@ -289,6 +293,11 @@ impl Router {
         allow: &mut Vec<&'k Method>,
     ) -> Option<Lookup<'k, 'v>> {
         let group = &self.groups[g];
+        if let Some(&b) = group.exact.get(req.path)
+            && let Some(index) = self.pick(&group.buckets[b], req, allow)
+        {
+            return Some(Lookup::Found { index, params: Params::new() });
+        }
         if let Ok(m) = group.tree.at(req.path)
             && let Some(index) = self.pick(&group.buckets[*m.value], req, allow)
         {
@@ -334,6 +343,19 @@ impl HostGroup {
     fn add(&mut self, index: usize, m: &RouteMatch) -> Result<(), String> {
         if let Some(path) = &m.path {
             let tpl = PathTemplate::parse(path)?;
+            if tpl.is_literal() {
+                let bucket = match self.exact.get(tpl.as_str()) {
+                    Some(&b) => b,
+                    None => {
+                        let b = self.buckets.len();
+                        self.buckets.push(Bucket::default());
+                        self.exact.insert(tpl.as_str().into(), b);
+                        b
+                    }
+                };
+                self.buckets[bucket].routes.push(index);
+                return Ok(());
+            }
             let bucket = match self.patterns.get(tpl.as_str()) {
                 Some(&b) => b,
                 None => {

@@ -102,6 +102,20 @@ fn method_mismatch_gives_405_with_allow_and_nothing_gives_404() {
 }
 
 #[test]
+fn an_exact_path_that_declines_falls_through_to_a_template() {
+    let (r, n) = table(&[
+        ("me", "{ path: /users/me, methods: [GET] }"),
+        ("by-id", "path: '/users/{id}'"),
+        ("h-me", "{ path: /h/me, headers: [{ name: x-k }] }"),
+        ("h-id", "path: '/h/{id}'"),
+    ]);
+    assert_eq!(find(&r, &n, &req("GET", "h", "/users/me")), "me");
+    assert_eq!(find(&r, &n, &req("DELETE", "h", "/users/me")), "by-id");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/h/me").header("x-k", "1")), "h-me");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/h/me")), "h-id");
+}
+
+#[test]
 fn header_conditions_present_absent_prefix() {
     let (r, n) = table(&[
         ("canary", "{ prefix: /, headers: [{ name: cookie, prefix: 'canary=1' }] }"),

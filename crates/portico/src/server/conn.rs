@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Shared;
+use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
 
 const IDLE: u8 = 0;
@@ -63,6 +64,57 @@ impl Phase {
             self.since_ms.store(self.now_ms(), Ordering::Relaxed);
             self.state.store(IDLE, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request in flight on a connection, from its head to the end of its response body
+/// (or until either is dropped): a long streamed response is not "idle".
+struct InFlight(Arc<Phase>);
+
+impl InFlight {
+    fn start(phase: &Arc<Phase>) -> Self {
+        phase.request_started();
+        Self(phase.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when it ends.
+pub(crate) struct TrackedBody {
+    inner: Body,
+    in_flight: Option<InFlight>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let res = http_body::Body::poll_frame(Pin::new(&mut this.inner), cx);
+        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.in_flight = None;
+        }
+        res
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
     }
 }
 
@@ -160,10 +212,9 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         let phase = svc_phase.clone();
         async move {
-            phase.request_started();
+            let in_flight = InFlight::start(&phase);
             let res = pipeline::handle(req, info, shared).await;
-            phase.request_finished();
-            Ok::<_, std::convert::Infallible>(res)
+            Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody { inner, in_flight: Some(in_flight) }))
         }
     });
 

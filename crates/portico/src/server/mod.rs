@@ -83,6 +83,8 @@ pub(crate) struct RunningListener {
     pub(crate) config: portico_config::Listener,
     pub(crate) local_addr: SocketAddr,
     pub(crate) settings: Arc<ArcSwap<ListenerSettings>>,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -98,9 +100,37 @@ impl RunningListener {
         let local_addr = std_listener.local_addr()?;
         let listener = TcpListener::from_std(std_listener)?;
         let settings = Arc::new(ArcSwap::from_pointee(ListenerSettings::new(&config)));
+        let max_connections = settings.load().max_connections;
+        let limit = Arc::new(Semaphore::new(max_connections));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, settings.clone(), shared, stop_rx, conn_shutdown));
-        Ok(Self { config, local_addr, settings, stop, task })
+        let task = tokio::spawn(accept_loop(listener, settings.clone(), limit.clone(), shared, stop_rx, conn_shutdown));
+        Ok(Self { config, local_addr, settings, limit, max_connections, stop, task })
+    }
+
+    /// Applies new settings: they take effect for connections accepted from now on, and
+    /// the connection limit is raised or lowered at once.
+    pub(crate) fn update(&mut self, config: portico_config::Listener) {
+        let settings = ListenerSettings::new(&config);
+        let new_max = settings.max_connections;
+        if new_max > self.max_connections {
+            self.limit.add_permits(new_max - self.max_connections);
+        } else if new_max < self.max_connections {
+            let excess = self.max_connections - new_max;
+            let forgotten = self.limit.forget_permits(excess);
+            if forgotten < excess {
+                // Connections hold the rest: take them back as those connections close.
+                let limit = self.limit.clone();
+                let rest = u32::try_from(excess - forgotten).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = limit.acquire_many_owned(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        self.max_connections = new_max;
+        self.settings.store(Arc::new(settings));
+        self.config = config;
     }
 
     /// Stops accepting; open connections carry on.
@@ -113,11 +143,11 @@ impl RunningListener {
 async fn accept_loop(
     listener: TcpListener,
     settings: Arc<ArcSwap<ListenerSettings>>,
+    limit: Arc<Semaphore>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     conn_shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.load().max_connections));
     let mut current: Option<(
         Arc<ListenerSettings>,
         Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
