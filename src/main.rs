@@ -81,7 +81,7 @@ fn env_lookup(name: &str) -> Option<String> {
 }
 
 /// Parses, validates and compiles (without binding anything) a config file.
-fn load(path: &Path) -> Result<portico_config::Config, portico_config::ConfigErrors> {
+fn load(path: &Path) -> Result<(portico_config::Config, String), portico_config::ConfigErrors> {
     let src = portico_config::read_file(path)?;
     let parsed = portico_config::parse(&src, env_lookup)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
@@ -91,12 +91,12 @@ fn load(path: &Path) -> Result<portico_config::Config, portico_config::ConfigErr
     let metrics = portico::observe::Metrics::new();
     let compiled = rt.block_on(async { portico::snapshot::Snapshot::compile(parsed.config.clone(), None, &metrics) });
     compiled.map_err(|e| e.locate(&parsed.locator))?;
-    Ok(parsed.config)
+    Ok((parsed.config, src))
 }
 
 fn validate(path: &Path) -> ExitCode {
     match load(path) {
-        Ok(c) => {
+        Ok((c, _)) => {
             println!(
                 "{}: ok ({} listeners, {} upstreams, {} routes)",
                 path.display(),
@@ -135,10 +135,11 @@ fn build_runtime(configured: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
-    let config = load(path).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))?;
+    let (config, source) = load(path).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))?;
     let rt = build_runtime(config.runtime.worker_threads)?;
     rt.block_on(async {
         let gateway = portico::Gateway::start(config, Some(path.to_path_buf())).await?;
+        gateway.loaded_from(source);
         gateway.run_until_signal().await;
         anyhow::Ok(())
     })?;

@@ -112,7 +112,8 @@ impl Default for Admin {
     }
 }
 
-/// Process-wide settings. Changing them needs a restart; a reload logs that they were kept.
+/// Process-wide settings. `worker_threads` changes only on restart (a reload logs that the
+/// running value was kept); the others take effect on reload.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {

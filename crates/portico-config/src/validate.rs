@@ -195,6 +195,11 @@ fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
                 let base = m.prefix.as_deref().or(m.path.as_deref()).unwrap_or("");
                 if !sp.starts_with('/') {
                     err(format!("{p}.rewrite.strip_prefix"), format!("{sp:?} must start with '/'"));
+                } else if sp.contains(['{', '}']) {
+                    err(
+                        format!("{p}.rewrite.strip_prefix"),
+                        format!("{sp:?} is literal text; to drop captured segments use rewrite.path"),
+                    );
                 } else if !on_boundary(base, sp) {
                     err(
                         format!("{p}.rewrite.strip_prefix"),

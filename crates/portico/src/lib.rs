@@ -3,7 +3,8 @@
 //! A [`Gateway`] is started from a validated [`portico_config::Config`]. It binds every
 //! listener, serves requests through the pipeline (route match, then the proxy handler),
 //! exports metrics and writes the access log. Config reloads swap a compiled
-//! [`snapshot::Snapshot`] atomically and never touch listeners or open connections.
+//! [`snapshot::Snapshot`] atomically and never touch open connections; unchanged
+//! listeners keep their sockets, added ones start, removed ones stop accepting.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -99,6 +100,22 @@ pub struct Gateway {
     /// The config file's content as last read (by start, SIGHUP or the watcher), so the
     /// watcher does not reload what a SIGHUP already did.
     last_source: Mutex<Option<String>>,
+    /// The settings that only a restart changes, as they were at start.
+    fixed: FixedSettings,
+}
+
+/// Settings read once at start; a reload that changes them is told so every time.
+#[derive(Debug, Clone, PartialEq)]
+struct FixedSettings {
+    worker_threads: usize,
+    access_log: portico_config::AccessLog,
+    admin: portico_config::Admin,
+}
+
+impl FixedSettings {
+    fn of(c: &Config) -> Self {
+        Self { worker_threads: c.runtime.worker_threads, access_log: c.access_log.clone(), admin: c.admin.clone() }
+    }
 }
 
 impl Gateway {
@@ -134,6 +151,7 @@ impl Gateway {
         } else {
             None
         };
+        let fixed = FixedSettings::of(&config);
         let snapshot = Snapshot::compile(config, None, &metrics)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -176,7 +194,14 @@ impl Gateway {
             admin_addr,
             reload_lock: tokio::sync::Mutex::new(()),
             last_source: Mutex::new(None),
+            fixed,
         }))
+    }
+
+    /// Records the config file's content this gateway was started from, so the file
+    /// watcher compares later edits with what was really loaded.
+    pub fn loaded_from(&self, source: String) {
+        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     /// State shared with requests (metrics, current snapshot).
@@ -227,13 +252,14 @@ impl Gateway {
     pub async fn apply(&self, config: Config) -> Result<(), ConfigErrors> {
         let _serial = self.reload_lock.lock().await;
         let current = self.shared.snapshot.load_full();
-        if config.runtime.worker_threads != current.config.runtime.worker_threads {
+        let fixed = FixedSettings::of(&config);
+        if fixed.worker_threads != self.fixed.worker_threads {
             tracing::warn!("runtime.worker_threads changes only on restart; keeping the running value");
         }
-        if config.access_log != current.config.access_log {
+        if fixed.access_log != self.fixed.access_log {
             tracing::warn!("access_log changes only on restart; keeping the running settings");
         }
-        if config.admin != current.config.admin {
+        if fixed.admin != self.fixed.admin {
             tracing::warn!("admin changes only on restart; keeping the running admin listener");
         }
         // Bind new listeners first: if one fails, nothing changes.
@@ -261,8 +287,9 @@ impl Gateway {
         for l in to_start {
             // A listener moving to another address: the old socket may be the same port.
             let sock = server::bind(l.bind).map_err(|e| {
+                let i = config.listeners.iter().position(|x| x.name == l.name).unwrap_or(0);
                 ConfigErrors(vec![ConfigError::new(
-                    format!("listeners.{}.bind", l.name),
+                    format!("listeners[{i}].bind"),
                     format!("cannot listen on {}: {e}", l.bind),
                 )])
             })?;
@@ -369,7 +396,12 @@ impl Gateway {
     async fn watch_file(self: Arc<Self>, path: PathBuf) {
         let stat = |m: std::fs::Metadata| (m.modified().ok(), m.len(), std::os::unix::fs::MetadataExt::ino(&m));
         let mut last_stat = tokio::fs::metadata(&path).await.ok().map(stat);
-        *self.last_source.lock().unwrap_or_else(|e| e.into_inner()) = tokio::fs::read_to_string(&path).await.ok();
+        {
+            let mut last = self.last_source.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none() {
+                *last = std::fs::read_to_string(&path).ok();
+            }
+        }
         loop {
             let interval = self.shared.snapshot.load().config.runtime.watch_interval.get();
             if interval.is_zero() {

@@ -175,9 +175,21 @@ impl AccessLog {
     pub fn flush(&self, timeout: Duration) {
         let Some(tx) = &self.tx else { return };
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.try_send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut msg = Msg::Flush(ack_tx);
+        // A full queue drains within one DRAIN_INTERVAL unless the sink is stuck.
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    #[allow(clippy::disallowed_methods)] // off the runtime, by contract
+                    std::thread::sleep(DRAIN_INTERVAL);
+                }
+                Err(_) => return,
+            }
         }
+        let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }
 
