@@ -10,4 +10,5 @@ mod errors;
 mod lifecycle;
 mod observe;
 mod proxy;
+mod resilience;
 mod support;

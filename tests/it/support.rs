@@ -42,6 +42,32 @@ pub struct TestUpstream {
     pub name: String,
     pub hits: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+    pub controls: Arc<Controls>,
+}
+
+/// Knobs a test turns on a running upstream.
+#[derive(Default)]
+pub struct Controls {
+    /// Added to every answer, in ms.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// When non-zero, every request (but `/health`) gets this status.
+    pub fail_status: std::sync::atomic::AtomicU16,
+    /// Status of `/health` (0 means 200).
+    pub health_status: std::sync::atomic::AtomicU16,
+    /// Requests to `/health`.
+    pub health_hits: AtomicUsize,
+}
+
+impl Controls {
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+    pub fn set_fail(&self, status: u16) {
+        self.fail_status.store(status, Ordering::SeqCst);
+    }
+    pub fn set_health(&self, status: u16) {
+        self.health_status.store(status, Ordering::SeqCst);
+    }
 }
 
 impl TestUpstream {
@@ -50,16 +76,38 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let last_headers = Arc::new(Mutex::new(None));
-        let (n, h, lh) = (name.to_owned(), hits.clone(), last_headers.clone());
+        let controls = Arc::new(Controls::default());
+        let (n, h, lh, c) = (name.to_owned(), hits.clone(), last_headers.clone(), controls.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
+                let (n, h, lh, c) = (n.clone(), h.clone(), lh.clone(), c.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (n, h, lh) = (n.clone(), h.clone(), lh.clone());
+                        let (n, h, lh, c) = (n.clone(), h.clone(), lh.clone(), c.clone());
                         async move {
+                            if req.uri().path() == "/health" {
+                                c.health_hits.fetch_add(1, Ordering::SeqCst);
+                                let status = match c.health_status.load(Ordering::SeqCst) {
+                                    0 => 200,
+                                    s => s,
+                                };
+                                let mut r = Response::new(full("health"));
+                                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                                return Ok::<_, Infallible>(r);
+                            }
                             h.fetch_add(1, Ordering::SeqCst);
                             *lh.lock().unwrap() = Some(req.headers().clone());
+                            let delay = c.delay_ms.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            let fail = c.fail_status.load(Ordering::SeqCst);
+                            if fail != 0 {
+                                let mut r = Response::new(full("failing on purpose"));
+                                *r.status_mut() = StatusCode::from_u16(fail).unwrap();
+                                r.headers_mut().insert("x-upstream", n.parse().unwrap());
+                                return Ok(r);
+                            }
                             Ok::<_, Infallible>(behave(&n, req).await)
                         }
                     });
@@ -69,11 +117,15 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, name: name.to_owned(), hits, last_headers }
+        TestUpstream { addr, name: name.to_owned(), hits, last_headers, controls }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn reset_hits(&self) {
+        self.hits.store(0, Ordering::SeqCst);
     }
 
     pub fn hits(&self) -> usize {

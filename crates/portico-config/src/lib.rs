@@ -30,7 +30,7 @@ use std::path::Path;
 
 pub use locate::{Locator, Position};
 pub use model::*;
-pub use units::{ByteSize, Duration};
+pub use units::{ByteSize, Duration, Percent};
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -208,6 +208,87 @@ pub struct Upstream {
     /// The keep-alive connection pool to each target.
     #[serde(default)]
     pub pool: Pool,
+    /// The request key for `balance: consistent_hash`.
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+    /// Active health checks: a request to each target at an interval.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Passive health: targets that keep failing real requests are ejected for a while.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// What `consistent_hash` balancing hashes: the same key goes to the same target while
+/// the target set is unchanged, and removing one of N targets moves only about 1/N of keys.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashOn {
+    /// A request header's value (requests without it are spread at random).
+    Header(String),
+    /// A cookie's value (requests without it are spread at random).
+    Cookie(String),
+    /// The client IP (as resolved through trusted proxies).
+    ClientIp,
+    /// The request path.
+    Path,
+}
+
+/// Active health checking.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// Path requested with GET on each target.
+    pub path: String,
+    /// Time between checks of a target.
+    pub interval: Duration,
+    /// A check that takes longer fails.
+    pub timeout: Duration,
+    /// Statuses that count as healthy, as ranges: `["200-399"]`, `["200", "204"]`.
+    pub expected_statuses: Vec<String>,
+    /// Consecutive failed checks that mark a healthy target unhealthy.
+    pub unhealthy_after: u32,
+    /// Consecutive passed checks that mark an unhealthy target healthy again.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            expected_statuses: vec!["200-399".into()],
+            unhealthy_after: 3,
+            healthy_after: 2,
+        }
+    }
+}
+
+/// Passive outlier ejection, from the outcome of real requests.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    /// Consecutive failures (5xx answers, connect failures, timeouts) that eject a target.
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; each further ejection of the same target lasts
+    /// this much longer (2x, 3x, ...), up to `max_ejection`.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Never eject more than this share of an upstream's targets at once.
+    pub max_ejected_percent: crate::units::Percent,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: crate::units::Percent(50.0),
+        }
+    }
 }
 
 /// One backend target.
@@ -229,6 +310,16 @@ pub enum Balance {
     /// a heavy target are interleaved with the others rather than sent in bursts.
     #[default]
     RoundRobin,
+    /// Of two targets drawn at random, the one with fewer requests in flight per unit of
+    /// weight ("power of two choices").
+    LeastRequest,
+    /// Of two targets drawn at random, the one with the lower peak-EWMA latency times
+    /// (requests in flight + 1), per unit of weight (as Finagle and Linkerd do).
+    PeakEwma,
+    /// A hash ring over `hash_on`: the same key reaches the same target.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
 }
 
 /// Protocol toward an upstream.

@@ -237,6 +237,79 @@ impl JsonSchema for ByteSize {
     }
 }
 
+/// A percentage written with `%`: `20%`, `12.5%`, between 0% and 100%.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Default)]
+pub struct Percent(pub f64);
+
+impl Percent {
+    /// As a fraction between 0 and 1.
+    pub fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+
+    /// Parses `20%`. Returns a message suitable for the user on error.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid percentage {s:?}: expected a number from 0 to 100 followed by %, such as 20%");
+        let n = s.strip_suffix('%').ok_or_else(bad)?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(bad());
+        }
+        let v: f64 = n.parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(bad());
+        }
+        Ok(Self(v))
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a percentage such as 20%")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
+                Percent::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                Err(E::custom(format!("a bare number ({v}) is not a percentage: write {v}%")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Percent, E> {
+                Err(E::custom(format!("a bare number ({v}) is not a percentage: write {v}%")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl JsonSchema for Percent {
+    fn schema_name() -> Cow<'static, str> {
+        "Percent".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]+)?%$",
+            "description": "A percentage from 0% to 100%.",
+            "examples": ["20%", "50%"]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +330,15 @@ mod tests {
     fn durations_display_round_trips() {
         for s in ["250ms", "5s", "1m", "2h", "0s", "1500ms"] {
             assert_eq!(Duration::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn percentages_need_the_sign_and_a_range() {
+        assert_eq!(Percent::parse("20%").unwrap().fraction(), 0.2);
+        assert_eq!(Percent::parse("12.5%").unwrap(), Percent(12.5));
+        for bad in ["20", "101%", "-1%", "%", "a%", "1e2%"] {
+            assert!(Percent::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 

@@ -118,12 +118,68 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
             err(format!("{tp}.weight"), format!("weight {} is out of range 1..=1000", t.weight));
         }
     }
+    if up.balance == crate::model::Balance::ConsistentHash && up.hash_on.is_none() {
+        err(
+            format!("{p}.hash_on"),
+            "balance: consistent_hash needs hash_on (header, cookie, client_ip or path)".into(),
+        );
+    }
+    if up.hash_on.is_some() && up.balance != crate::model::Balance::ConsistentHash {
+        err(format!("{p}.hash_on"), "hash_on is only used with balance: consistent_hash".into());
+    }
+    if let Some(crate::model::HashOn::Header(h)) = &up.hash_on
+        && HeaderName::from_bytes(h.as_bytes()).is_err()
+    {
+        err(format!("{p}.hash_on.header"), format!("{h:?} is not a valid header name"));
+    }
+    if let Some(hc) = &up.health_check {
+        let hp = format!("{p}.health_check");
+        if !hc.path.starts_with('/') {
+            err(format!("{hp}.path"), format!("{:?} must start with '/'", hc.path));
+        }
+        if hc.interval.get().is_zero() {
+            err(format!("{hp}.interval"), "must be greater than 0s".into());
+        }
+        if hc.timeout.get().is_zero() || hc.timeout > hc.interval {
+            err(format!("{hp}.timeout"), "must be greater than 0s and at most the interval".into());
+        }
+        if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+            err(hp.clone(), "unhealthy_after and healthy_after must be at least 1".into());
+        }
+        if hc.expected_statuses.is_empty() {
+            err(format!("{hp}.expected_statuses"), "list at least one status or range".into());
+        }
+        for (i, r) in hc.expected_statuses.iter().enumerate() {
+            if parse_status_range(r).is_none() {
+                err(format!("{hp}.expected_statuses[{i}]"), format!("{r:?} is not a status (200) or range (200-399)"));
+            }
+        }
+    }
+    if let Some(od) = &up.outlier_detection {
+        let op = format!("{p}.outlier_detection");
+        if od.consecutive_failures == 0 {
+            err(format!("{op}.consecutive_failures"), "must be at least 1".into());
+        }
+        if od.base_ejection.get().is_zero() || od.max_ejection < od.base_ejection {
+            err(
+                format!("{op}.max_ejection"),
+                "base_ejection must be > 0s and max_ejection at least base_ejection".into(),
+            );
+        }
+    }
     if up.timeouts.connect.get().is_zero() {
         err(format!("{p}.timeouts.connect"), "must be greater than 0s".into());
     }
     if up.timeouts.request.get().is_zero() {
         err(format!("{p}.timeouts.request"), "must be greater than 0s".into());
     }
+}
+
+/// Parses `200` or `200-399` into an inclusive range of statuses.
+pub fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    ((100..=599).contains(&a) && (100..=599).contains(&b) && a <= b).then_some((a, b))
 }
 
 /// Checks a target URL and returns its `host:port`.

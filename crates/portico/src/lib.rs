@@ -153,6 +153,9 @@ impl Gateway {
         };
         let fixed = FixedSettings::of(&config);
         let snapshot = Snapshot::compile(config, None, &metrics)?;
+        for up in snapshot.upstreams.values() {
+            upstream::health::spawn(up);
+        }
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -296,6 +299,12 @@ impl Gateway {
             bound.push((l, sock));
         }
         let snapshot = Snapshot::compile(config, Some(&current), &self.shared.metrics)?;
+        // Upstreams kept from the running config keep their health-check task.
+        for (name, up) in &snapshot.upstreams {
+            if !current.upstreams.get(name).is_some_and(|old| Arc::ptr_eq(old, up)) {
+                upstream::health::spawn(up);
+            }
+        }
         let listeners_cfg = snapshot.config.listeners.clone();
         self.shared.snapshot.store(Arc::new(snapshot));
 

@@ -79,6 +79,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                         new_path,
                         peer: &conn.peer_headers,
                         peer_trusted,
+                        client_ip,
                         max_body: conn.listener.max_body,
                         shared: &shared,
                     };

@@ -18,6 +18,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
 use crate::snapshot::CompiledRoute;
+use crate::upstream::PickKey;
 
 /// What the proxy needs besides the request.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct ProxyCtx<'a> {
     pub peer: &'a forwarded::PeerHeaders,
     /// Whether the peer is a trusted proxy.
     pub peer_trusted: bool,
+    /// The client's IP (through trusted proxies), for `hash_on: client_ip`.
+    pub client_ip: std::net::IpAddr,
     /// The listener's body limit.
     pub max_body: u64,
     /// Process-wide state.
@@ -43,7 +46,10 @@ pub async fn forward(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let upstream = &ctx.route.upstream;
-    let target = upstream.pick().ok_or(GatewayError::new(ErrorKind::NoTarget))?;
+    let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
+    let index = upstream.pick(&key, None).ok_or(GatewayError::new(ErrorKind::NoTarget))?;
+    let target = &upstream.targets[index];
+    let flight = upstream.start(index);
 
     let upgrade = req.version() == Version::HTTP_11
         && upstream.definition.protocol == UpstreamProtocol::Http1
@@ -103,10 +109,18 @@ pub async fn forward(
     outcome.backend_latency = Some(waited);
     upstream.latency.observe(waited.as_secs_f64());
     let mut res = match result {
-        Err(_) => return Err(GatewayError::new(ErrorKind::UpstreamTimeout(ctx.route.timeout))),
-        Ok(Err(e)) => return Err(classify(&e, upstream.connect_timeout)),
+        Err(_) => {
+            flight.finish(true);
+            return Err(GatewayError::new(ErrorKind::UpstreamTimeout(ctx.route.timeout)));
+        }
+        Ok(Err(e)) => {
+            let e = classify(&e, upstream.connect_timeout);
+            flight.finish(e.side() == crate::error::Side::Upstream);
+            return Err(e);
+        }
         Ok(Ok(res)) => res,
     };
+    flight.finish(res.status().is_server_error());
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {

@@ -41,6 +41,12 @@ struct BackendErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    upstream: Arc<str>,
+    target: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -84,6 +90,8 @@ pub struct Metrics {
     /// `gateway_access_log_dropped_total`.
     pub access_log_dropped: Counter,
     connections_total: Family<ListenerLabel, Counter>,
+    target_healthy: Family<TargetLabels, Gauge>,
+    target_ejections: Family<TargetLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +142,18 @@ impl Metrics {
         );
         let connections_total = Family::<ListenerLabel, Counter>::default();
         registry.register("gateway_connections", "Client connections accepted, by listener", connections_total.clone());
+        let target_healthy = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "gateway_upstream_target_healthy",
+            "1 while active health checks consider a target healthy, else 0",
+            target_healthy.clone(),
+        );
+        let target_ejections = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_ejections",
+            "Times passive outlier detection ejected a target",
+            target_ejections.clone(),
+        );
         // Pre-create the reload series so dashboards see zeros, not gaps.
         for result in ["success", "error"] {
             reloads.get_or_create(&ResultLabel { result }).get();
@@ -149,7 +169,19 @@ impl Metrics {
             reloads,
             access_log_dropped,
             connections_total,
+            target_healthy,
+            target_ejections,
         }
+    }
+
+    /// The health gauge of a target (fetched once per config load).
+    pub fn target_healthy(&self, upstream: &str, target: &str) -> Gauge {
+        self.target_healthy.get_or_create_owned(&TargetLabels { upstream: upstream.into(), target: target.into() })
+    }
+
+    /// The ejection counter of a target (fetched once per config load).
+    pub fn target_ejections(&self, upstream: &str, target: &str) -> Counter {
+        self.target_ejections.get_or_create_owned(&TargetLabels { upstream: upstream.into(), target: target.into() })
     }
 
     /// Counts a finished request.

@@ -1,11 +1,18 @@
-//! Upstreams: a pooled HTTP client per upstream and the choice of target.
+//! Upstreams: a pooled HTTP client per upstream, the choice of target, and target health.
 //!
 //! One hyper client (and so one connection pool) per upstream, so pool locking is never
 //! shared between upstreams. An upstream whose definition did not change keeps its client,
-//! pool and balancing position across reloads.
+//! pool, balancing position and target health across reloads.
+//!
+//! A target takes traffic while it is *available*: not marked down by active health
+//! checks ([`health`]) and not ejected by passive outlier detection. When no target is
+//! available the request gets 503 at once rather than waiting for a timeout.
+
+pub mod balance;
+pub mod health;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -14,12 +21,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_config::{UpstreamProtocol, validate::check_target_url};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::observe::Metrics;
-use prometheus_client::metrics::histogram::Histogram;
 
-/// One backend target.
+pub use balance::PickKey;
+
+/// One backend target and its live state.
 #[derive(Debug)]
 pub struct Target {
     /// `host:port`, as sent in the request URI.
@@ -28,6 +40,24 @@ pub struct Target {
     pub host_header: HeaderValue,
     /// Relative weight.
     pub weight: u32,
+    /// Requests in flight to this target.
+    pub in_flight: AtomicU32,
+    /// Peak-EWMA latency in nanoseconds, and when it was last updated (ms since the
+    /// upstream's epoch).
+    ewma_ns: AtomicU64,
+    ewma_at_ms: AtomicU64,
+    /// Marked up by active health checks (always true without them).
+    pub healthy: AtomicBool,
+    /// Consecutive failures seen by passive outlier detection.
+    consecutive_failures: AtomicU32,
+    /// Ejected until this time (ms since the upstream's epoch); 0 when not ejected.
+    ejected_until_ms: AtomicU64,
+    /// How many times this target was ejected (each ejection lasts longer).
+    ejections: AtomicU32,
+    /// `gateway_upstream_target_healthy{upstream,target}`.
+    health_gauge: Gauge,
+    /// `gateway_upstream_ejections_total{upstream,target}`.
+    ejections_total: Counter,
 }
 
 /// A compiled upstream.
@@ -41,9 +71,7 @@ pub struct Upstream {
     pub client: Client<HttpConnector, Body>,
     /// Targets, in config order.
     pub targets: Vec<Target>,
-    /// Smooth weighted round-robin order, precomputed (indices into `targets`).
-    schedule: Vec<u32>,
-    next: AtomicUsize,
+    balancer: balance::Balancer,
     /// Scheme toward targets.
     pub scheme: Scheme,
     /// Connect timeout.
@@ -52,6 +80,8 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// `gateway_backend_latency_seconds{upstream}`.
     pub latency: Histogram,
+    /// Start of the millisecond clock used for ejections and EWMA.
+    epoch: Instant,
 }
 
 impl Upstream {
@@ -81,81 +111,119 @@ impl Upstream {
                 // Validation has already checked every URL.
                 let authority: Authority = check_target_url(&t.url).ok()?.parse().ok()?;
                 let host_header = HeaderValue::from_str(authority.as_str()).ok()?;
-                Some(Target { authority, host_header, weight: t.weight })
+                let health_gauge = metrics.target_healthy(name, authority.as_str());
+                health_gauge.set(1);
+                Some(Target {
+                    ejections_total: metrics.target_ejections(name, authority.as_str()),
+                    authority,
+                    host_header,
+                    weight: t.weight,
+                    in_flight: AtomicU32::new(0),
+                    ewma_ns: AtomicU64::new(0),
+                    ewma_at_ms: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
+                    health_gauge,
+                })
             })
             .collect();
-        let schedule = smooth_wrr_schedule(&targets.iter().map(|t| t.weight).collect::<Vec<_>>());
+        let balancer = balance::Balancer::new(def, &targets);
         Self {
             name: name.into(),
             definition: def.clone(),
             client,
             targets,
-            schedule,
-            next: AtomicUsize::new(0),
+            balancer,
             scheme: Scheme::HTTP,
             connect_timeout: def.timeouts.connect.get(),
             request_timeout: def.timeouts.request.get(),
             latency: metrics.backend_latency(name),
+            epoch: Instant::now(),
         }
     }
 
-    /// The next target in smooth weighted round-robin order; `None` when there are none.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether target `i` may take traffic now.
     #[inline]
-    pub fn pick(&self) -> Option<&Target> {
-        if self.schedule.is_empty() {
+    pub fn available(&self, i: usize, now_ms: u64) -> bool {
+        let t = &self.targets[i];
+        t.healthy.load(Ordering::Relaxed) && t.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Picks an available target for a request; `None` when no target is available.
+    /// `exclude` names a target to avoid when another is available (for retries).
+    pub fn pick(&self, key: &PickKey<'_>, exclude: Option<usize>) -> Option<usize> {
+        if self.targets.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let i = self.schedule[n % self.schedule.len()];
-        self.targets.get(i as usize)
+        let now = self.now_ms();
+        self.balancer.pick(self, key, now, exclude)
     }
-}
 
-/// The smooth weighted round-robin sequence (the nginx algorithm), computed once.
-///
-/// Each step adds every target's weight to its current value, picks the largest, and
-/// subtracts the total from it. The sequence repeats with period `sum(weights) / gcd`, so
-/// it is precomputed and a pick is one atomic increment: no lock on the request path.
-pub fn smooth_wrr_schedule(weights: &[u32]) -> Vec<u32> {
-    if weights.is_empty() {
-        return Vec::new();
+    /// Marks the start of a request to target `i`; the guard records its end.
+    pub fn start(self: &Arc<Self>, i: usize) -> InFlight {
+        self.targets[i].in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { upstream: self.clone(), target: i, started: Instant::now(), done: false }
     }
-    let g = weights.iter().copied().fold(0, gcd).max(1);
-    let w: Vec<i64> = weights.iter().map(|&x| i64::from(x / g)).collect();
-    let total: i64 = w.iter().sum();
-    let mut current = vec![0i64; w.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for i in 0..w.len() {
-            current[i] += w[i];
-            if current[i] > current[best] {
-                best = i;
-            }
+
+    /// Records the outcome of a request to target `i` for passive outlier detection and
+    /// the latency estimate.
+    fn record(&self, i: usize, latency: Duration, failed: bool) {
+        let t = &self.targets[i];
+        let now = self.now_ms();
+        balance::update_ewma(t, latency, now);
+        let Some(od) = &self.definition.outlier_detection else { return };
+        if !failed {
+            t.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
         }
-        current[best] -= total;
-        out.push(best as u32);
+        let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < od.consecutive_failures || t.ejected_until_ms.load(Ordering::Relaxed) > now {
+            return;
+        }
+        // Never eject more than the allowed share of targets.
+        let ejected =
+            (0..self.targets.len()).filter(|&j| self.targets[j].ejected_until_ms.load(Ordering::Relaxed) > now).count();
+        let max = (self.targets.len() as f64 * od.max_ejected_percent.fraction()).floor() as usize;
+        if ejected + 1 > max {
+            return;
+        }
+        let times = t.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = od.base_ejection.get().as_millis() as u64;
+        let length = (base.saturating_mul(u64::from(times))).min(od.max_ejection.get().as_millis() as u64);
+        t.ejected_until_ms.store(now + length, Ordering::Relaxed);
+        t.consecutive_failures.store(0, Ordering::Relaxed);
+        t.ejections_total.inc();
+        tracing::warn!(upstream = %self.name, target = %t.authority, ejection_ms = length, "target ejected after consecutive failures");
     }
-    out
 }
 
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
+/// A request in flight to a target. Call [`InFlight::finish`] with the outcome; dropped
+/// without it (the client went away), the request counts as neither success nor failure.
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    target: usize,
+    started: Instant,
+    done: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl InFlight {
+    /// Records the outcome: `failed` for connect failures, timeouts and 5xx answers.
+    pub fn finish(mut self, failed: bool) {
+        self.done = true;
+        self.upstream.record(self.target, self.started.elapsed(), failed);
+    }
+}
 
-    #[test]
-    fn smooth_wrr_interleaves_and_respects_weights() {
-        // nginx's documented example: weights 5, 1, 1 -> a a b a c a a
-        assert_eq!(smooth_wrr_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
-        let s = smooth_wrr_schedule(&[300, 200, 100]);
-        assert_eq!(s.len(), 6, "reduced by the gcd");
-        let count = |t| s.iter().filter(|&&x| x == t).count();
-        assert_eq!((count(0), count(1), count(2)), (3, 2, 1));
-        assert_eq!(smooth_wrr_schedule(&[1]), [0]);
-        assert!(smooth_wrr_schedule(&[]).is_empty());
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.done;
     }
 }

@@ -1,0 +1,103 @@
+//! Active health checks: a background task per upstream requests `health_check.path` on
+//! every target at each interval and marks targets down after `unhealthy_after`
+//! consecutive failures and up again after `healthy_after` consecutive passes.
+//!
+//! Targets start healthy, so a fresh gateway takes traffic at once. The task holds only a
+//! weak reference: when a reload replaces the upstream, the task ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{Request, Uri, header};
+use http_body_util::BodyExt;
+use portico_config::validate::parse_status_range;
+use tokio::task::JoinSet;
+
+use super::Upstream;
+use crate::body::Body;
+
+/// Starts the health-check task of `up`, if it has `health_check` configured.
+pub fn spawn(up: &Arc<Upstream>) {
+    let Some(hc) = up.definition.health_check.clone() else { return };
+    let ranges: Vec<(u16, u16)> = hc.expected_statuses.iter().filter_map(|r| parse_status_range(r)).collect();
+    let weak = Arc::downgrade(up);
+    let n = up.targets.len();
+    tokio::spawn(async move {
+        let mut passes = vec![0u32; n];
+        let mut fails = vec![0u32; n];
+        let mut ticker = tokio::time::interval(hc.interval.get());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(up) = weak.upgrade() else { return };
+            let mut checks = JoinSet::new();
+            for (i, t) in up.targets.iter().enumerate() {
+                let uri = format!("{}://{}{}", up.scheme, t.authority, hc.path);
+                let client = up.client.clone();
+                let host = t.host_header.clone();
+                let timeout = hc.timeout.get();
+                let ranges = ranges.clone();
+                checks.spawn(async move { (i, probe(client, uri, host, timeout, &ranges).await) });
+            }
+            let name = up.name.clone();
+            drop(up);
+            let mut results = Vec::with_capacity(n);
+            while let Some(r) = checks.join_next().await {
+                if let Ok(r) = r {
+                    results.push(r);
+                }
+            }
+            let Some(up) = weak.upgrade() else { return };
+            for (i, outcome) in results {
+                let t = &up.targets[i];
+                let healthy = t.healthy.load(Ordering::Relaxed);
+                match outcome {
+                    Ok(()) => {
+                        fails[i] = 0;
+                        passes[i] += 1;
+                        if !healthy && passes[i] >= hc.healthy_after {
+                            t.healthy.store(true, Ordering::Relaxed);
+                            t.health_gauge.set(1);
+                            tracing::info!(upstream = %name, target = %t.authority, "target healthy again");
+                        }
+                    }
+                    Err(why) => {
+                        passes[i] = 0;
+                        fails[i] += 1;
+                        if healthy && fails[i] >= hc.unhealthy_after {
+                            t.healthy.store(false, Ordering::Relaxed);
+                            t.health_gauge.set(0);
+                            tracing::warn!(upstream = %name, target = %t.authority, reason = %why, "target unhealthy");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One check: GET the path, answer within the timeout with an expected status.
+async fn probe(
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    uri: String,
+    host: http::HeaderValue,
+    timeout: Duration,
+    ranges: &[(u16, u16)],
+) -> Result<(), String> {
+    let uri: Uri = uri.parse().map_err(|e| format!("bad check URI: {e}"))?;
+    let req = Request::get(uri)
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "portico-health-check")
+        .body(Body::Empty)
+        .map_err(|e| e.to_string())?;
+    let res = match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => return Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => return Err(format!("request failed: {e}")),
+        Ok(Ok(res)) => res,
+    };
+    let status = res.status().as_u16();
+    // Read (and discard) the body so the connection can be reused.
+    let _ = tokio::time::timeout(timeout, res.into_body().collect()).await;
+    if ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) { Ok(()) } else { Err(format!("status {status}")) }
+}
