@@ -217,6 +217,126 @@ pub struct Upstream {
     /// Passive health: targets that keep failing real requests are ejected for a while.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Retries of failed attempts, for requests that are safe to repeat. Off when absent.
+    #[serde(default)]
+    pub retries: Option<Retries>,
+    /// Stops sending to an upstream whose error rate is too high, for a while.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Most requests in flight to this upstream at once (0: no limit). Past it, requests
+    /// wait up to `queue_timeout` for a slot, then get 503.
+    #[serde(default)]
+    pub max_in_flight: u32,
+    /// How long a request waits for a slot under `max_in_flight`.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Duration,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_millis(0)
+}
+
+/// Retry policy.
+///
+/// A request is retried only when repeating it is safe: its method is listed in
+/// `methods` (or it carries an `Idempotency-Key` header and `idempotency_key` is on), or
+/// the failure happened before the request reached the upstream (a refused connection).
+/// Retries go to another target when there is one, after an exponential backoff with
+/// full jitter, and only while the retry budget allows.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Attempts after the first (so `2` means at most three tries).
+    pub attempts: u32,
+    /// Base backoff: before retry n, wait a random time up to `backoff * 2^(n-1)`.
+    pub backoff: Duration,
+    /// Upper bound of one backoff.
+    pub max_backoff: Duration,
+    /// Retries stay under this share of requests over the last 10 seconds, so a failing
+    /// upstream is not hammered with extra load.
+    pub budget: crate::units::Percent,
+    /// Retries allowed per second regardless of the budget, so low traffic can retry.
+    pub min_per_second: u32,
+    /// Methods that are safe to repeat.
+    pub methods: Vec<String>,
+    /// Also repeat any method that carries an `Idempotency-Key` header.
+    pub idempotency_key: bool,
+    /// Upstream answers that are retried, besides connection failures and timeouts.
+    pub statuses: Vec<u16>,
+    /// Request bodies up to this size are kept for replay; larger ones are not retried.
+    pub max_body: ByteSize,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(250),
+            budget: crate::units::Percent(20.0),
+            min_per_second: 3,
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].map(String::from).to_vec(),
+            idempotency_key: false,
+            statuses: vec![502, 503, 504],
+            max_body: ByteSize::kib(64),
+        }
+    }
+}
+
+/// Circuit breaker per upstream: closed (normal), open (answer at once without calling
+/// the upstream), half-open (let a few probes through to test recovery).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreaker {
+    /// Opens when failures (5xx, connection failures, timeouts) reach this share of
+    /// requests in the window...
+    pub error_rate: crate::units::Percent,
+    /// ...and the window holds at least this many requests.
+    pub min_requests: u32,
+    /// Sliding window over which the error rate is measured.
+    pub window: Duration,
+    /// How long it stays open before letting probes through.
+    pub open_for: Duration,
+    /// Probes let through when half-open; all must succeed to close again.
+    pub half_open_requests: u32,
+    /// What to answer while open (default: 503 JSON error with `Retry-After`).
+    pub fallback: Option<Fallback>,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            error_rate: crate::units::Percent(50.0),
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(30),
+            half_open_requests: 3,
+            fallback: None,
+        }
+    }
+}
+
+/// A static response.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// Status code.
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// `Content-Type` of the body.
+    #[serde(default = "default_fallback_type")]
+    pub content_type: String,
+}
+
+fn default_fallback_status() -> u16 {
+    503
+}
+
+fn default_fallback_type() -> String {
+    "application/json".into()
 }
 
 /// What `consistent_hash` balancing hashes: the same key goes to the same target while
@@ -339,14 +459,19 @@ pub enum UpstreamProtocol {
 pub struct UpstreamTimeouts {
     /// Time allowed to open a TCP connection to a target. Past it: 504.
     pub connect: Duration,
-    /// Time allowed from sending the request to receiving the response head. Past it: 504,
-    /// and the upstream connection is closed. A route's `timeout` overrides it.
+    /// Deadline for the whole request, all tries and backoffs included, until the
+    /// response head arrives. Past it: 504, and the upstream connection is closed. A
+    /// route's `timeout` overrides it.
     pub request: Duration,
+    /// Time allowed for one try (`0s`: the whole `request` deadline). A route's
+    /// `try_timeout` overrides it.
+    #[serde(rename = "try")]
+    pub per_try: Duration,
 }
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(5), request: Duration::from_secs(60) }
+        Self { connect: Duration::from_secs(5), request: Duration::from_secs(60), per_try: Duration::from_secs(0) }
     }
 }
 
@@ -387,6 +512,16 @@ pub struct Route {
     /// Overrides the upstream's `timeouts.request` for this route.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Overrides the upstream's `timeouts.try` for this route.
+    #[serde(default)]
+    pub try_timeout: Option<Duration>,
+    /// Most requests in flight on this route at once (0: no limit). Past it, requests wait
+    /// up to `queue_timeout` for a slot, then get 503.
+    #[serde(default)]
+    pub max_in_flight: u32,
+    /// How long a request waits for a slot under `max_in_flight`.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Duration,
 }
 
 /// Match conditions of a route. All given conditions must hold.

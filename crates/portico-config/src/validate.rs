@@ -167,6 +167,48 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
             );
         }
     }
+    if let Some(r) = &up.retries {
+        let rp = format!("{p}.retries");
+        if r.attempts > 10 {
+            err(format!("{rp}.attempts"), "at most 10".into());
+        }
+        if r.max_backoff < r.backoff {
+            err(format!("{rp}.max_backoff"), "must be at least backoff".into());
+        }
+        for (i, m) in r.methods.iter().enumerate() {
+            if Method::from_bytes(m.as_bytes()).is_err() || m.to_ascii_uppercase() != *m {
+                err(format!("{rp}.methods[{i}]"), format!("{m:?} is not an upper-case HTTP method"));
+            }
+        }
+        for (i, s) in r.statuses.iter().enumerate() {
+            if !(500..=599).contains(s) {
+                err(format!("{rp}.statuses[{i}]"), format!("{s}: only 5xx answers are retried"));
+            }
+        }
+    }
+    if let Some(cb) = &up.circuit_breaker {
+        let cp = format!("{p}.circuit_breaker");
+        if cb.window.get() < std::time::Duration::from_secs(1) {
+            err(format!("{cp}.window"), "must be at least 1s".into());
+        }
+        if cb.open_for.get().is_zero() {
+            err(format!("{cp}.open_for"), "must be greater than 0s".into());
+        }
+        if cb.half_open_requests == 0 {
+            err(format!("{cp}.half_open_requests"), "must be at least 1".into());
+        }
+        if cb.error_rate.0 == 0.0 {
+            err(format!("{cp}.error_rate"), "must be greater than 0%".into());
+        }
+        if let Some(f) = &cb.fallback {
+            if !(200..=599).contains(&f.status) {
+                err(format!("{cp}.fallback.status"), format!("{} is not a status from 200 to 599", f.status));
+            }
+            if http::HeaderValue::from_str(&f.content_type).is_err() {
+                err(format!("{cp}.fallback.content_type"), "is not a valid header value".into());
+            }
+        }
+    }
     if up.timeouts.connect.get().is_zero() {
         err(format!("{p}.timeouts.connect"), "must be greater than 0s".into());
     }

@@ -42,6 +42,10 @@ pub enum ErrorKind {
     UpstreamTimeout(Duration),
     /// The upstream has no target to send to (503).
     NoTarget,
+    /// A concurrency limit is full and the wait for a slot timed out (503).
+    Overloaded,
+    /// The upstream's circuit breaker is open (503); probes resume after this long.
+    CircuitOpen(Duration),
 }
 
 /// An error on the proxy path.
@@ -69,7 +73,7 @@ impl GatewayError {
             | ErrorKind::BadResponse
             | ErrorKind::ConnectTimeout(_)
             | ErrorKind::UpstreamTimeout(_) => Side::Upstream,
-            ErrorKind::NoTarget => Side::Internal,
+            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::CircuitOpen(_) => Side::Internal,
         }
     }
 
@@ -89,7 +93,7 @@ impl GatewayError {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -106,6 +110,8 @@ impl GatewayError {
             ErrorKind::ConnectTimeout(_) => "upstream connect timeout",
             ErrorKind::UpstreamTimeout(_) => "upstream timeout",
             ErrorKind::NoTarget => "no upstream target available",
+            ErrorKind::Overloaded => "upstream busy",
+            ErrorKind::CircuitOpen(_) => "upstream circuit open",
         }
     }
 
@@ -117,6 +123,8 @@ impl GatewayError {
             ErrorKind::UpstreamTimeout(_) => "timeout",
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::NoTarget => "no_target",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::CircuitOpen(_) => "circuit_open",
             _ => "other",
         }
     }
@@ -129,7 +137,13 @@ impl GatewayError {
         {
             res.headers_mut().insert(header::ALLOW, v);
         }
-        if self.side() == Side::Upstream || self.kind == ErrorKind::NoTarget {
+        if let ErrorKind::CircuitOpen(wait) = self.kind {
+            // Whole seconds, rounded up: when probes are let through again.
+            let secs = wait.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        } else if self.side() != Side::Downstream {
             // Tell the client not to hammer: a short, honest hint.
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -179,6 +193,8 @@ mod tests {
             (ErrorKind::ConnectFailed, 502),
             (ErrorKind::BadResponse, 502),
             (ErrorKind::NoTarget, 503),
+            (ErrorKind::Overloaded, 503),
+            (ErrorKind::CircuitOpen(Duration::from_secs(3)), 503),
             (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),
             (ErrorKind::UpstreamTimeout(Duration::from_secs(1)), 504),
         ];

@@ -49,8 +49,14 @@ pub struct CompiledRoute {
     pub rewrite: Rewrite,
     /// Send the client's `Host` upstream.
     pub preserve_host: bool,
-    /// Time allowed for the upstream's response head.
+    /// Deadline for the upstream's response head, all tries included.
     pub timeout: Duration,
+    /// Time allowed for one try (zero: the whole deadline).
+    pub try_timeout: Duration,
+    /// The route's in-flight limit, when configured.
+    pub limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// How long a request waits for a slot under `limit`.
+    pub queue_timeout: Duration,
     /// `gateway_request_duration_seconds{route}`.
     pub duration: Histogram,
 }
@@ -195,6 +201,9 @@ impl Snapshot {
                 rewrite: Rewrite::compile(r),
                 preserve_host: r.preserve_host,
                 timeout: r.timeout.map_or(up.request_timeout, |t| t.get()),
+                try_timeout: r.try_timeout.map_or(up.definition.timeouts.per_try.get(), |t| t.get()),
+                limit: (r.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(r.max_in_flight as usize))),
+                queue_timeout: r.queue_timeout.get(),
                 duration: metrics.route_duration(&r.name),
             });
         }

@@ -1,24 +1,34 @@
 //! The proxy handler: sends the request to a target of the route's upstream and streams
-//! the answer back. Bodies are never buffered; WebSocket upgrades become a byte tunnel.
+//! the answer back. Bodies stream without buffering, except a small request body kept for
+//! replay when the upstream retries. WebSocket upgrades become a byte tunnel.
+//!
+//! Order of checks: the route's and the upstream's concurrency limits (wait up to
+//! `queue_timeout`, then 503), the circuit breaker (open: 503 or the fallback at once),
+//! then tries: pick an available target (another one on a retry), send with the per-try
+//! timeout, and retry what is safe to retry while attempts, the retry budget and the
+//! request deadline allow.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::{LengthLimitError, Limited};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portico_config::UpstreamProtocol;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::Shared;
 use crate::body::Body;
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{ErrorKind, GatewayError, Side};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
 use crate::snapshot::CompiledRoute;
-use crate::upstream::PickKey;
+use crate::upstream::{PickKey, Upstream, retry};
 
 /// What the proxy needs besides the request.
 #[derive(Debug)]
@@ -39,25 +49,50 @@ pub struct ProxyCtx<'a> {
     pub shared: &'a Shared,
 }
 
+static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
+
+/// Waits for a slot under a concurrency limit.
+async fn acquire(limit: &Option<Arc<Semaphore>>, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
+    let Some(sem) = limit else { return Ok(None) };
+    let overloaded = || GatewayError::new(ErrorKind::Overloaded);
+    if let Ok(p) = sem.clone().try_acquire_owned() {
+        return Ok(Some(p));
+    }
+    if wait.is_zero() {
+        return Err(overloaded());
+    }
+    match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(Some(p)),
+        _ => Err(overloaded()),
+    }
+}
+
 /// Forwards `req` upstream and returns the upstream's response.
 pub async fn forward(
     mut req: Request<Incoming>,
-    ctx: ProxyCtx<'_>,
+    mut ctx: ProxyCtx<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let upstream = &ctx.route.upstream;
-    let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
-    let index = upstream.pick(&key, None).ok_or(GatewayError::new(ErrorKind::NoTarget))?;
-    let target = &upstream.targets[index];
-    let flight = upstream.start(index);
+    let started = Instant::now();
+    let deadline = started + ctx.route.timeout;
+
+    let _route_slot = acquire(&ctx.route.limit, ctx.route.queue_timeout).await?;
+    let _upstream_slot = acquire(&upstream.limit, upstream.queue_timeout).await?;
+    let permit = match &upstream.breaker {
+        Some(b) => match b.allow() {
+            Ok(p) => Some(p),
+            Err(wait) => return Err(GatewayError::new(ErrorKind::CircuitOpen(wait))),
+        },
+        None => None,
+    };
 
     let upgrade = req.version() == Version::HTTP_11
         && upstream.definition.protocol == UpstreamProtocol::Http1
         && forwarded::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    // The URI toward the target: scheme and authority of the target, (rewritten) path.
-    let pq = match ctx.new_path {
+    let pq = match ctx.new_path.take() {
         Some(mut p) => {
             if let Some(q) = req.uri().query() {
                 p.push('?');
@@ -67,60 +102,130 @@ pub async fn forward(
         }
         None => req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
-
     // The client's host: the URI authority (HTTP/2) or its `Host` header (a cheap clone).
     let original_host = match (req.uri().authority(), req.headers().get(header::HOST)) {
         (None, Some(h)) => Some(h.clone()),
         _ => host_of(&req).and_then(|h| HeaderValue::from_str(h).ok()),
     };
-    let (mut parts, body) = req.into_parts();
-    parts.uri = uri;
-    parts.version = match upstream.definition.protocol {
+    let key_path = req.uri().path().to_owned();
+    let (parts, body) = req.into_parts();
+    let method = parts.method;
+    let mut headers = parts.headers;
+    forwarded::remove_hop_by_hop(&mut headers, upgrade);
+    forwarded::set_forwarding_headers(&mut headers, ctx.peer, ctx.peer_trusted, original_host.as_ref());
+    let version = match upstream.definition.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    let headers = &mut parts.headers;
-    forwarded::remove_hop_by_hop(headers, upgrade);
-    forwarded::set_forwarding_headers(headers, ctx.peer, ctx.peer_trusted, original_host.as_ref());
-    match (&original_host, ctx.route.preserve_host) {
-        (Some(h), true) => {
-            headers.insert(header::HOST, h.clone());
-        }
-        _ => {
-            headers.insert(header::HOST, target.host_header.clone());
-        }
-    }
-    let body = if body_is_empty(&body) {
-        Body::Empty
-    } else {
-        Body::Limited(Limited::new(body, usize::try_from(ctx.max_body).unwrap_or(usize::MAX)))
-    };
-    let upstream_req = Request::from_parts(parts, body);
 
-    let sent = Instant::now();
-    let result = tokio::time::timeout(ctx.route.timeout, upstream.client.request(upstream_req)).await;
-    let waited = sent.elapsed();
-    outcome.backend_latency = Some(waited);
-    upstream.latency.observe(waited.as_secs_f64());
-    let mut res = match result {
-        Err(_) => {
-            flight.finish(true);
-            return Err(GatewayError::new(ErrorKind::UpstreamTimeout(ctx.route.timeout)));
-        }
-        Ok(Err(e)) => {
-            let e = classify(&e, upstream.connect_timeout);
-            flight.finish(e.side() == crate::error::Side::Upstream);
-            return Err(e);
-        }
-        Ok(Ok(res)) => res,
+    // Can this request be tried more than once? Its body must be replayable, and a retry
+    // after the upstream may have seen it needs a method that is safe to repeat.
+    let policy = upstream.definition.retries.as_ref().filter(|_| !upgrade);
+    let repeatable = policy.is_some_and(|p| {
+        p.methods.iter().any(|m| m.as_str() == method.as_str())
+            || (p.idempotency_key && headers.contains_key(&IDEMPOTENCY_KEY))
+    });
+    let mut body = Some(body);
+    let replay: Option<Bytes> = match policy {
+        Some(p) => replayable_body(&mut body, &headers, p.max_body.get().min(ctx.max_body)).await?,
+        None => None,
     };
-    flight.finish(res.status().is_server_error());
+    if let Some(budget) = &upstream.budget {
+        budget.record_request();
+    }
+
+    let per_try = ctx.route.try_timeout;
+    let mut tries = 0u32;
+    let mut last_target = None;
+    let result = loop {
+        tries += 1;
+        let key = PickKey { headers: &headers, client_ip: ctx.client_ip, path: &key_path };
+        let Some(index) = upstream.pick(&key, last_target) else {
+            break Err(GatewayError::new(ErrorKind::NoTarget));
+        };
+        last_target = Some(index);
+        let target = &upstream.targets[index];
+        let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replay.is_some();
+        let uri = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(pq.clone())
+            .build()
+            .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
+        let mut h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
+        match (&original_host, ctx.route.preserve_host) {
+            (Some(host), true) => h.insert(header::HOST, host.clone()),
+            _ => h.insert(header::HOST, target.host_header.clone()),
+        };
+        let attempt_body = match (&replay, body.take()) {
+            (Some(bytes), _) if bytes.is_empty() => Body::Empty,
+            (Some(bytes), _) => Body::full(bytes.clone()),
+            (None, Some(b)) if b.is_end_stream_() => Body::Empty,
+            (None, Some(b)) => Body::Limited(Limited::new(b, usize::try_from(ctx.max_body).unwrap_or(usize::MAX))),
+            (None, None) => Body::Empty,
+        };
+        let mut upstream_req = Request::new(attempt_body);
+        *upstream_req.method_mut() = method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = version;
+        *upstream_req.headers_mut() = h;
+
+        let left = deadline.saturating_duration_since(Instant::now());
+        let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
+        let flight = upstream.start(index);
+        let sent = Instant::now();
+        let res = tokio::time::timeout(try_timeout, upstream.client.request(upstream_req)).await;
+        let waited = sent.elapsed();
+        upstream.latency.observe(waited.as_secs_f64());
+        outcome.backend_latency = Some(outcome.backend_latency.unwrap_or_default() + waited);
+
+        let (err, sent_upstream) = match res {
+            Ok(Ok(res)) => {
+                let failed = res.status().is_server_error();
+                flight.finish(failed);
+                let retry_status = policy.is_some_and(|p| p.statuses.contains(&res.status().as_u16()));
+                if !(retry_status && repeatable && can_retry && retry_allowed(upstream, policy, tries, deadline).await)
+                {
+                    break Ok(res);
+                }
+                tracing::debug!(upstream = %upstream.name, target = %target.authority, status = res.status().as_u16(), "retrying");
+                continue;
+            }
+            Err(_) => {
+                flight.finish(true);
+                let total_left = deadline.saturating_duration_since(Instant::now());
+                let e = if total_left.is_zero() {
+                    GatewayError::new(ErrorKind::UpstreamTimeout(ctx.route.timeout))
+                } else {
+                    GatewayError::new(ErrorKind::UpstreamTimeout(try_timeout))
+                };
+                (e, true)
+            }
+            Ok(Err(e)) => {
+                let e = classify(&e, upstream.connect_timeout);
+                flight.finish(e.side() == Side::Upstream);
+                let sent = !e.retry_safe();
+                (e, sent)
+            }
+        };
+        // A failure before the upstream saw the request may be retried for any method; one
+        // after only for requests that are safe to repeat.
+        let may = can_retry && (repeatable || !sent_upstream) && err.side() != Side::Downstream;
+        if may && retry_allowed(upstream, policy, tries, deadline).await {
+            tracing::debug!(upstream = %upstream.name, target = %target.authority, error = %err, "retrying");
+            continue;
+        }
+        break Err(err);
+    };
+
+    if let (Some(b), Some(p)) = (&upstream.breaker, permit) {
+        let failed = match &result {
+            Ok(res) => res.status().is_server_error(),
+            Err(e) => e.side() == Side::Upstream || e.kind == ErrorKind::NoTarget,
+        };
+        b.record(p, failed);
+    }
+    let mut res = result?;
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -150,9 +255,63 @@ pub async fn forward(
     Ok(Response::from_parts(parts, Body::Incoming(body)))
 }
 
-fn body_is_empty(b: &Incoming) -> bool {
-    use http_body::Body as _;
-    b.is_end_stream()
+/// Whether one more try may go: the budget has room and time is left. Waits the backoff.
+async fn retry_allowed(
+    upstream: &Upstream,
+    policy: Option<&portico_config::Retries>,
+    tries: u32,
+    deadline: Instant,
+) -> bool {
+    let (Some(p), Some(budget)) = (policy, &upstream.budget) else { return false };
+    if !budget.try_retry() {
+        upstream.retries_exhausted.inc();
+        return false;
+    }
+    let wait = retry::backoff(tries, p.backoff.get(), p.max_backoff.get());
+    if Instant::now() + wait >= deadline {
+        return false;
+    }
+    upstream.retries_total.inc();
+    tokio::time::sleep(wait).await;
+    true
+}
+
+/// Reads a small body into memory so it can be sent again. `None` when the body is too
+/// large (or of unknown length) to keep: such a request is tried once.
+async fn replayable_body(
+    body: &mut Option<Incoming>,
+    headers: &HeaderMap,
+    max: u64,
+) -> Result<Option<Bytes>, GatewayError> {
+    let Some(b) = body.as_ref() else { return Ok(Some(Bytes::new())) };
+    if b.is_end_stream_() {
+        *body = None;
+        return Ok(Some(Bytes::new()));
+    }
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n <= max => {}
+        _ => return Ok(None),
+    }
+    let Some(b) = body.take() else { return Ok(Some(Bytes::new())) };
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(b, limit).collect().await {
+        Ok(collected) => Ok(Some(collected.to_bytes())),
+        Err(e) if e.is::<LengthLimitError>() => Err(GatewayError::new(ErrorKind::PayloadTooLarge)),
+        Err(_) => Err(GatewayError::new(ErrorKind::BadRequest("request body could not be read"))),
+    }
+}
+
+/// `is_end_stream` without importing the trait name over our `Body`.
+trait EndStream {
+    fn is_end_stream_(&self) -> bool;
+}
+
+impl EndStream for Incoming {
+    fn is_end_stream_(&self) -> bool {
+        http_body::Body::is_end_stream(self)
+    }
 }
 
 /// Maps a client error to the contract: refused/unreachable 502, connect timeout 504,

@@ -92,6 +92,9 @@ pub struct Metrics {
     connections_total: Family<ListenerLabel, Counter>,
     target_healthy: Family<TargetLabels, Gauge>,
     target_ejections: Family<TargetLabels, Counter>,
+    breaker_state: Family<UpstreamLabel, Gauge>,
+    retries: Family<UpstreamLabel, Counter>,
+    retries_exhausted: Family<UpstreamLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -154,6 +157,20 @@ impl Metrics {
             "Times passive outlier detection ejected a target",
             target_ejections.clone(),
         );
+        let breaker_state = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "gateway_circuit_breaker_state",
+            "Circuit breaker state by upstream: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let retries = Family::<UpstreamLabel, Counter>::default();
+        registry.register("gateway_upstream_retries", "Retries sent, by upstream", retries.clone());
+        let retries_exhausted = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent, by upstream",
+            retries_exhausted.clone(),
+        );
         // Pre-create the reload series so dashboards see zeros, not gaps.
         for result in ["success", "error"] {
             reloads.get_or_create(&ResultLabel { result }).get();
@@ -171,7 +188,25 @@ impl Metrics {
             connections_total,
             target_healthy,
             target_ejections,
+            breaker_state,
+            retries,
+            retries_exhausted,
         }
+    }
+
+    /// The breaker-state gauge of an upstream.
+    pub fn breaker_state(&self, upstream: &str) -> Gauge {
+        self.breaker_state.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// The retry counter of an upstream.
+    pub fn retries(&self, upstream: &str) -> Counter {
+        self.retries.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// The counter of retries refused by the budget, of an upstream.
+    pub fn retries_exhausted(&self, upstream: &str) -> Counter {
+        self.retries_exhausted.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
     }
 
     /// The health gauge of a target (fetched once per config load).

@@ -9,7 +9,9 @@
 //! available the request gets 503 at once rather than waiting for a timeout.
 
 pub mod balance;
+pub mod breaker;
 pub mod health;
+pub mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -82,6 +84,18 @@ pub struct Upstream {
     pub latency: Histogram,
     /// Start of the millisecond clock used for ejections and EWMA.
     epoch: Instant,
+    /// The retry budget, when retries are configured.
+    pub budget: Option<retry::RetryBudget>,
+    /// The circuit breaker, when configured.
+    pub breaker: Option<breaker::Breaker>,
+    /// The in-flight limit, when configured.
+    pub limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// How long a request waits for a slot under `limit`.
+    pub queue_timeout: Duration,
+    /// `gateway_upstream_retries_total{upstream}`.
+    pub retries_total: Counter,
+    /// `gateway_upstream_retry_budget_exhausted_total{upstream}`.
+    pub retries_exhausted: Counter,
 }
 
 impl Upstream {
@@ -141,6 +155,15 @@ impl Upstream {
             request_timeout: def.timeouts.request.get(),
             latency: metrics.backend_latency(name),
             epoch: Instant::now(),
+            budget: def.retries.as_ref().map(|r| retry::RetryBudget::new(r.budget.fraction(), r.min_per_second)),
+            breaker: def
+                .circuit_breaker
+                .as_ref()
+                .map(|cb| breaker::Breaker::new(cb.clone(), metrics.breaker_state(name), name.into())),
+            limit: (def.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(def.max_in_flight as usize))),
+            queue_timeout: def.queue_timeout.get(),
+            retries_total: metrics.retries(name),
+            retries_exhausted: metrics.retries_exhausted(name),
         }
     }
 
