@@ -196,3 +196,199 @@ async fn all_targets_down_answers_503_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+fn post_req(gw: &Gateway, key: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = Request::post(gw.url("/x"));
+    if let Some(k) = key {
+        b = b.header("idempotency-key", k);
+    }
+    b.body(Full::new(Bytes::from_static(b"{\"order\":1}"))).unwrap()
+}
+
+const RETRIES: &str = "    retries: { attempts: 2, backoff: 5ms, max_backoff: 20ms, idempotency_key: true }\n";
+
+#[tokio::test]
+async fn safe_requests_are_retried_on_another_target_and_unsafe_ones_are_not() {
+    let bad = TestUpstream::start("bad").await;
+    let good = TestUpstream::start("good").await;
+    bad.controls.set_fail(503);
+    let gw = Gateway::start(&upstream_config(&[&bad, &good], RETRIES));
+    // GET: a 503 from `bad` is retried on `good`, with the body intact.
+    for _ in 0..6 {
+        let (s, h, _) = send(get_req(&gw, "/x")).await;
+        assert_eq!((s.as_u16(), h["x-upstream"].to_str().unwrap()), (200, "good"));
+    }
+    // POST without an Idempotency-Key: the upstream may have acted on it; never retried.
+    bad.reset_hits();
+    good.reset_hits();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(post_req(&gw, None)).await.0.as_u16());
+    }
+    assert_eq!(bad.hits() + good.hits(), 4, "one try each: {statuses:?}");
+    assert!(statuses.contains(&503));
+    // POST with an Idempotency-Key: retried, and the replayed body arrives whole.
+    for i in 0..4 {
+        let (s, _, body) = send(post_req(&gw, Some(&format!("k{i}")))).await;
+        assert_eq!(s, 200);
+        assert_eq!(json(&body)["bodyBytes"], 11);
+    }
+    assert!(gw.metric("gateway_upstream_retries_total{upstream=\"u\"}").await >= 6.0);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_for_any_method() {
+    let refused = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let good = TestUpstream::start("good").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u:\n    targets: [{{ url: \"http://{refused}\" }}, {{ url: \"{}\" }}]\n{RETRIES}routes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: u }}\n",
+        good.url()
+    )));
+    for _ in 0..4 {
+        let (s, _, _) = send(post_req(&gw, None)).await;
+        assert_eq!(s, 200, "the request never reached the refusing target, so it is safe to send again");
+    }
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_during_an_outage() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    a.controls.set_fail(503);
+    b.controls.set_fail(503);
+    let gw = Gateway::start(&upstream_config(
+        &[&a, &b],
+        "    retries: { attempts: 3, backoff: 1ms, max_backoff: 2ms, budget: 20%, min_per_second: 0 }\n",
+    ));
+    let n = 200;
+    for _ in 0..n {
+        assert_eq!(send(get_req(&gw, "/x")).await.0, 503);
+    }
+    let sent = a.hits() + b.hits();
+    // Without a budget, 200 requests x 4 tries = 800; with it, at most 20% extra.
+    assert!(sent <= n + n / 5 + 1, "upstreams saw {sent} requests for {n}");
+    assert!(sent > n, "some retries were allowed");
+    assert!(gw.metric("gateway_upstream_retry_budget_exhausted_total{upstream=\"u\"}").await > 0.0);
+}
+
+#[tokio::test]
+async fn a_slow_try_is_abandoned_for_another_target_within_the_deadline() {
+    let slow = TestUpstream::start("slow").await;
+    let fast = TestUpstream::start("fast").await;
+    slow.controls.set_delay(5_000);
+    let gw = Gateway::start(&upstream_config(
+        &[&slow, &fast],
+        "    timeouts: { try: 200ms, request: 2s }\n    retries: { attempts: 1, backoff: 1ms, max_backoff: 1ms }\n",
+    ));
+    for _ in 0..4 {
+        let start = Instant::now();
+        let (s, h, _) = send(get_req(&gw, "/x")).await;
+        assert_eq!((s.as_u16(), h["x-upstream"].to_str().unwrap()), (200, "fast"));
+        assert!(start.elapsed() < Duration::from_millis(1000));
+    }
+    // With every target slow, the whole-request deadline answers 504 in time.
+    fast.controls.set_delay(5_000);
+    let start = Instant::now();
+    let (s, _, body) = send(get_req(&gw, "/x")).await;
+    assert_eq!(s, 504, "{body}");
+    assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_answers_at_once_and_closes_after_probes() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&upstream_config(
+        &[&up],
+        "    circuit_breaker: { error_rate: 50%, min_requests: 10, window: 10s, open_for: 1s, half_open_requests: 2 }\n",
+    ));
+    let state = "gateway_circuit_breaker_state{upstream=\"u\"}";
+    assert_eq!(gw.metric(state).await, 0.0);
+    up.controls.set_fail(500);
+    for _ in 0..10 {
+        assert_eq!(send(get_req(&gw, "/x")).await.0, 500);
+    }
+    assert_eq!(gw.metric(state).await, 1.0, "open after 10 failures");
+    // Open: answered at once, the upstream is not called.
+    let hits = up.hits();
+    let (s, h, body) = send(get_req(&gw, "/x")).await;
+    assert_eq!(s, 503);
+    assert_eq!(json(&body)["error"], "upstream circuit open");
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(up.hits(), hits);
+    // After open_for, half-open probes: the upstream has recovered, two successes close it.
+    up.controls.set_fail(0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(send(get_req(&gw, "/x")).await.0, 200);
+    assert_eq!(gw.metric(state).await, 2.0, "half-open after the first probe");
+    assert_eq!(send(get_req(&gw, "/x")).await.0, 200);
+    assert_eq!(gw.metric(state).await, 0.0, "closed after both probes passed");
+    // A failing probe re-opens it.
+    up.controls.set_fail(500);
+    for _ in 0..10 {
+        send(get_req(&gw, "/x")).await;
+    }
+    assert_eq!(gw.metric(state).await, 1.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(send(get_req(&gw, "/x")).await.0, 500);
+    assert_eq!(gw.metric(state).await, 1.0, "a failed probe opens it again");
+}
+
+#[tokio::test]
+async fn an_open_breaker_can_answer_with_a_fallback() {
+    let up = TestUpstream::start("u").await;
+    up.controls.set_fail(500);
+    let gw = Gateway::start(&upstream_config(
+        &[&up],
+        "    circuit_breaker:\n      min_requests: 2\n      open_for: 10s\n      fallback: { status: 200, body: '{\"items\":[],\"degraded\":true}' }\n",
+    ));
+    send(get_req(&gw, "/x")).await;
+    send(get_req(&gw, "/x")).await;
+    let (s, h, body) = send(get_req(&gw, "/x")).await;
+    assert_eq!(s, 200);
+    assert_eq!(json(&body)["degraded"], true);
+    assert_eq!(h["content-type"], "application/json");
+    assert!(h.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_does_not_slow_other_routes() {
+    let hung = TestUpstream::start("hung").await;
+    let ok = TestUpstream::start("ok").await;
+    hung.controls.set_delay(60_000);
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  hung: {{ targets: [{{ url: "{}" }}], max_in_flight: 5, queue_timeout: 100ms, timeouts: {{ request: 30s }} }}
+  ok: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - {{ name: hung, match: {{ prefix: /hung }}, upstream: hung }}
+  - {{ name: ok, match: {{ prefix: /ok }}, upstream: ok }}
+"#,
+        hung.url(),
+        ok.url()
+    )));
+    // Fill the hung upstream's slots.
+    let mut stuck = Vec::new();
+    for _ in 0..5 {
+        let url = gw.url("/hung");
+        stuck.push(tokio::spawn(async move { client().get(url.parse().unwrap()).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the limit: 503 after the queue wait, not a hang.
+    let start = Instant::now();
+    let (s, _, body) = get(&gw.url("/hung")).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(json(&body)["error"], "upstream busy");
+    assert!(start.elapsed() < Duration::from_millis(600));
+    // Other routes keep their latency.
+    for _ in 0..50 {
+        let start = Instant::now();
+        assert_eq!(get(&gw.url("/ok")).await.0, 200);
+        assert!(start.elapsed() < Duration::from_millis(100), "{:?}", start.elapsed());
+    }
+    for t in stuck {
+        t.abort();
+    }
+}

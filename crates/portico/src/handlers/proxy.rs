@@ -82,7 +82,12 @@ pub async fn forward(
     let permit = match &upstream.breaker {
         Some(b) => match b.allow() {
             Ok(p) => Some(p),
-            Err(wait) => return Err(GatewayError::new(ErrorKind::CircuitOpen(wait))),
+            Err(wait) => {
+                return match upstream.definition.circuit_breaker.as_ref().and_then(|c| c.fallback.as_ref()) {
+                    Some(f) => Ok(fallback_response(f, wait)),
+                    None => Err(GatewayError::new(ErrorKind::CircuitOpen(wait))),
+                };
+            }
         },
         None => None,
     };
@@ -253,6 +258,19 @@ pub async fn forward(
     let (mut parts, body) = res.into_parts();
     forwarded::remove_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, Body::Incoming(body)))
+}
+
+/// The configured answer while the breaker is open, with `Retry-After`.
+fn fallback_response(f: &portico_config::Fallback, wait: Duration) -> Response<Body> {
+    let mut res = Response::new(Body::full(f.body.clone()));
+    *res.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    if let Ok(v) = HeaderValue::from_str(&f.content_type) {
+        res.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&wait.as_millis().div_ceil(1000).max(1).to_string()) {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    res
 }
 
 /// Whether one more try may go: the budget has room and time is left. Waits the backoff.
