@@ -392,3 +392,107 @@ routes:
         t.abort();
     }
 }
+
+fn split_config(v1: &TestUpstream, v2: &TestUpstream, shadow: &TestUpstream, route_extra: &str) -> String {
+    config(&format!(
+        r#"upstreams:
+  v1: {{ targets: [{{ url: "{}" }}] }}
+  v2: {{ targets: [{{ url: "{}" }}] }}
+  shadow: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: beta-cookie
+    match: {{ prefix: /, cookies: [{{ name: canary, value: "1" }}] }}
+    upstream: v2
+  - name: main
+    match: {{ prefix: / }}
+{route_extra}"#,
+        v1.url(),
+        v2.url(),
+        shadow.url()
+    ))
+}
+
+#[tokio::test]
+async fn a_canary_split_sends_its_share_and_a_cookie_picks_the_version() {
+    let v1 = TestUpstream::start("v1").await;
+    let v2 = TestUpstream::start("v2").await;
+    let shadow = TestUpstream::start("shadow").await;
+    let gw = Gateway::start(&split_config(
+        &v1,
+        &v2,
+        &shadow,
+        "    split: [{ upstream: v1, weight: 95 }, { upstream: v2, weight: 5 }]\n",
+    ));
+    let n = 2000;
+    for _ in 0..n {
+        get(&gw.url("/x")).await;
+    }
+    let share = v2.hits() as f64 / n as f64;
+    // Binomial(2000, 0.05): sd ~0.005; allow 3 sd.
+    assert!((0.035..=0.065).contains(&share), "canary got {share:.3}");
+    assert_eq!(v1.hits() + v2.hits(), n);
+    // `canary=1` always reaches v2.
+    for _ in 0..20 {
+        let req = Request::get(gw.url("/x")).header("cookie", "canary=1").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(served_by(req).await, "v2");
+    }
+    // The access log names the upstream the split chose.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = gw.access_log();
+    assert!(log.iter().any(|l| l["backendService"] == "v2" && l["route"] == "main"));
+}
+
+#[tokio::test]
+async fn a_sticky_split_keeps_each_user_on_one_upstream() {
+    let v1 = TestUpstream::start("v1").await;
+    let v2 = TestUpstream::start("v2").await;
+    let shadow = TestUpstream::start("shadow").await;
+    let gw = Gateway::start(&split_config(
+        &v1,
+        &v2,
+        &shadow,
+        "    split: [{ upstream: v1, weight: 50 }, { upstream: v2, weight: 50 }]\n    sticky: { header: x-user-id }\n",
+    ));
+    let mut seen_versions = std::collections::HashSet::new();
+    for user in 0..20 {
+        let mut versions = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let req = Request::get(gw.url("/x"))
+                .header("x-user-id", format!("u{user}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            versions.insert(served_by(req).await);
+        }
+        assert_eq!(versions.len(), 1, "user u{user} moved between versions");
+        seen_versions.extend(versions);
+    }
+    assert_eq!(seen_versions.len(), 2);
+}
+
+#[tokio::test]
+async fn mirrored_traffic_reaches_the_shadow_and_never_slows_the_client() {
+    let v1 = TestUpstream::start("v1").await;
+    let v2 = TestUpstream::start("v2").await;
+    let shadow = TestUpstream::start("shadow").await;
+    shadow.controls.set_delay(2_000);
+    let gw = Gateway::start(&split_config(
+        &v1,
+        &v2,
+        &shadow,
+        "    upstream: v1\n    mirror: { upstream: shadow, percent: 100% }\n",
+    ));
+    for i in 0..10 {
+        let start = Instant::now();
+        let req = Request::post(gw.url("/orders")).body(Full::new(Bytes::from(format!("{{\"n\":{i}}}")))).unwrap();
+        let (s, h, body) = send(req).await;
+        assert_eq!((s.as_u16(), h["x-upstream"].to_str().unwrap()), (200, "v1"));
+        assert_eq!(json(&body)["bodyBytes"], 7, "the main request keeps its body");
+        assert!(start.elapsed() < Duration::from_millis(500), "a slow shadow never delays the client");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadow.hits() < 10 {
+        assert!(Instant::now() < deadline, "shadow saw {}", shadow.hits());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shadow.last_headers().get("content-length").map(|v| v.to_str().unwrap().to_owned()), Some("7".into()));
+}

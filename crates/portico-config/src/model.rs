@@ -500,8 +500,20 @@ pub struct Route {
     /// What the route matches.
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
-    /// The upstream that serves the route (a key of `upstreams`).
-    pub upstream: String,
+    /// The upstream that serves the route (a key of `upstreams`). Give this or `split`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Weighted shares over several upstreams (a canary: 95/5). Give this or `upstream`.
+    #[serde(default)]
+    pub split: Vec<SplitShare>,
+    /// With `split`: keep each client on one upstream by hashing this key, instead of
+    /// choosing at random per request.
+    #[serde(default)]
+    pub sticky: Option<HashOn>,
+    /// Send a copy of a share of requests to another upstream; its answers are discarded
+    /// and never delay the client.
+    #[serde(default)]
+    pub mirror: Option<Mirror>,
     /// Path rewriting before the request is sent upstream.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,
@@ -524,6 +536,39 @@ pub struct Route {
     pub queue_timeout: Duration,
 }
 
+/// One share of a split.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitShare {
+    /// The upstream (a key of `upstreams`).
+    pub upstream: String,
+    /// Relative weight, 0 to 1000 (0 turns the share off).
+    pub weight: u32,
+}
+
+/// Traffic mirroring (shadowing).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The shadow upstream (a key of `upstreams`).
+    pub upstream: String,
+    /// Share of requests copied.
+    #[serde(default = "full_share")]
+    pub percent: crate::units::Percent,
+    /// Request bodies up to this size are copied; requests with larger (or streamed)
+    /// bodies are not mirrored.
+    #[serde(default = "mirror_max_body")]
+    pub max_body: ByteSize,
+}
+
+fn full_share() -> crate::units::Percent {
+    crate::units::Percent(100.0)
+}
+
+fn mirror_max_body() -> ByteSize {
+    ByteSize::kib(64)
+}
+
 /// Match conditions of a route. All given conditions must hold.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -543,6 +588,8 @@ pub struct RouteMatch {
     pub headers: Vec<ValueMatch>,
     /// Query parameter conditions.
     pub query: Vec<ValueMatch>,
+    /// Cookie conditions (`canary=1`).
+    pub cookies: Vec<ValueMatch>,
 }
 
 /// A condition on a header or query parameter. Give at most one of `value`, `prefix` and

@@ -86,11 +86,36 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         } else if let Some(first) = route_names.insert(r.name.as_str(), i) {
             err(format!("{p}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
         }
-        if !config.upstreams.contains_key(&r.upstream) {
+        let known = || {
             let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
-            let known =
-                if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", known.join(", ")) };
-            err(format!("{p}.upstream"), format!("unknown upstream {:?} ({known})", r.upstream));
+            if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", known.join(", ")) }
+        };
+        match (&r.upstream, r.split.is_empty()) {
+            (Some(_), false) => err(format!("{p}.split"), "give either upstream or split, not both".into()),
+            (None, true) => err(format!("{p}.upstream"), "a route needs upstream or split".into()),
+            (Some(u), true) if !config.upstreams.contains_key(u) => {
+                err(format!("{p}.upstream"), format!("unknown upstream {u:?} ({})", known()));
+            }
+            _ => {}
+        }
+        for (j, share) in r.split.iter().enumerate() {
+            if !config.upstreams.contains_key(&share.upstream) {
+                err(format!("{p}.split[{j}].upstream"), format!("unknown upstream {:?} ({})", share.upstream, known()));
+            }
+            if share.weight > 1000 {
+                err(format!("{p}.split[{j}].weight"), format!("weight {} is out of range 0..=1000", share.weight));
+            }
+        }
+        if !r.split.is_empty() && r.split.iter().all(|s| s.weight == 0) {
+            err(format!("{p}.split"), "at least one share needs a weight above 0".into());
+        }
+        if r.sticky.is_some() && r.split.is_empty() {
+            err(format!("{p}.sticky"), "sticky is only used with split".into());
+        }
+        if let Some(m) = &r.mirror
+            && !config.upstreams.contains_key(&m.upstream)
+        {
+            err(format!("{p}.mirror.upstream"), format!("unknown upstream {:?} ({})", m.upstream, known()));
         }
         check_route(&p, r, &mut err);
     }
@@ -285,6 +310,7 @@ fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
     }
     check_value_matches(&format!("{p}.match.headers"), &m.headers, true, err);
     check_value_matches(&format!("{p}.match.query"), &m.query, false, err);
+    check_value_matches(&format!("{p}.match.cookies"), &m.cookies, false, err);
     if let Some(rw) = &r.rewrite {
         match (&rw.strip_prefix, &rw.path) {
             (Some(_), Some(_)) => err(format!("{p}.rewrite"), "give either strip_prefix or path, not both".into()),

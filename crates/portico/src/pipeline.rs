@@ -43,6 +43,8 @@ impl ConnInfo {
 pub struct Outcome {
     /// Time spent waiting for the upstream's response head.
     pub backend_latency: Option<Duration>,
+    /// The upstream the request went to (a route with `split` chooses per request).
+    pub upstream: Option<Arc<str>>,
 }
 
 /// Handles one request. Never fails: every error becomes a response.
@@ -96,8 +98,9 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
             if let Some(r) = route
                 && e.side() != crate::error::Side::Downstream
             {
-                shared.metrics.backend_error(&r.upstream.name, e.metric_kind());
-                tracing::debug!(route = %r.name, upstream = %r.upstream.name, error = %e, "upstream request failed");
+                let upstream = outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
+                shared.metrics.backend_error(upstream, e.metric_kind());
+                tracing::debug!(route = %r.name, upstream = %upstream, error = %e, "upstream request failed");
             }
             e.to_response(&request_id)
         }
@@ -126,7 +129,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
             user_id: None,
             rate_limit_remaining: None,
             route: route.map(|r| r.name.clone()),
-            backend_service: route.map(|r| r.upstream.name.clone()),
+            backend_service: outcome.upstream.clone().or_else(|| route.map(|r| r.upstream.name.clone())),
             backend_latency: outcome.backend_latency,
             listener: conn.listener.name.clone(),
         });

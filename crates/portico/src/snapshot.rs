@@ -43,8 +43,12 @@ pub struct Snapshot {
 pub struct CompiledRoute {
     /// Name (the `route` label).
     pub name: Arc<str>,
-    /// Where it sends requests.
+    /// Where it sends requests (with `split`: the first share with a weight).
     pub upstream: Arc<Upstream>,
+    /// Weighted shares over several upstreams.
+    pub split: Option<Split>,
+    /// Traffic copied to a shadow upstream.
+    pub mirror: Option<MirrorTo>,
     /// Path rewriting.
     pub rewrite: Rewrite,
     /// Send the client's `Host` upstream.
@@ -59,6 +63,40 @@ pub struct CompiledRoute {
     pub queue_timeout: Duration,
     /// `gateway_request_duration_seconds{route}`.
     pub duration: Histogram,
+}
+
+/// A compiled `split`.
+#[derive(Debug)]
+pub struct Split {
+    /// Upstreams with their cumulative weights.
+    shares: Vec<(Arc<Upstream>, u64)>,
+    total: u64,
+    sticky: Option<portico_config::HashOn>,
+}
+
+/// A compiled `mirror`.
+#[derive(Debug)]
+pub struct MirrorTo {
+    /// The shadow upstream.
+    pub upstream: Arc<Upstream>,
+    /// Share of requests copied, 0 to 1.
+    pub fraction: f64,
+    /// Largest body copied.
+    pub max_body: u64,
+}
+
+impl CompiledRoute {
+    /// The upstream for this request: the route's, or a share of its split (by the sticky
+    /// key's hash when configured, else at random).
+    pub fn choose_upstream(&self, key: &crate::upstream::PickKey<'_>) -> &Arc<Upstream> {
+        let Some(split) = &self.split else { return &self.upstream };
+        let point = match split.sticky.as_ref().and_then(|on| crate::upstream::balance::request_key(on, key)) {
+            Some(k) => crate::upstream::balance::fnv1a(k.as_bytes()) % split.total,
+            None => fastrand::u64(..split.total),
+        };
+        let i = split.shares.partition_point(|(_, c)| *c <= point);
+        split.shares.get(i).map_or(&self.upstream, |(u, _)| u)
+    }
 }
 
 /// Compiled path rewriting.
@@ -188,16 +226,37 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut errors = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
-            let Some(up) = upstreams.get(&r.upstream) else {
-                errors.push(ConfigError::new(
-                    format!("routes[{i}].upstream"),
-                    format!("unknown upstream {:?}", r.upstream),
-                ));
+            let primary =
+                r.upstream.clone().or_else(|| r.split.iter().find(|s| s.weight > 0).map(|s| s.upstream.clone()));
+            let Some(up) = primary.as_ref().and_then(|p| upstreams.get(p)) else {
+                errors.push(ConfigError::new(format!("routes[{i}].upstream"), "unknown upstream"));
                 continue;
             };
+            let split = (!r.split.is_empty()).then(|| {
+                let mut total = 0u64;
+                let shares = r
+                    .split
+                    .iter()
+                    .filter(|s| s.weight > 0)
+                    .filter_map(|s| {
+                        total += u64::from(s.weight);
+                        Some((upstreams.get(&s.upstream)?.clone(), total))
+                    })
+                    .collect();
+                Split { shares, total: total.max(1), sticky: r.sticky.clone() }
+            });
+            let mirror = r.mirror.as_ref().and_then(|m| {
+                Some(MirrorTo {
+                    upstream: upstreams.get(&m.upstream)?.clone(),
+                    fraction: m.percent.fraction(),
+                    max_body: m.max_body.get(),
+                })
+            });
             routes.push(CompiledRoute {
                 name: r.name.as_str().into(),
                 upstream: up.clone(),
+                split,
+                mirror,
                 rewrite: Rewrite::compile(r),
                 preserve_host: r.preserve_host,
                 timeout: r.timeout.map_or(up.request_timeout, |t| t.get()),

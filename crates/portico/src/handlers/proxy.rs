@@ -73,7 +73,12 @@ pub async fn forward(
     mut ctx: ProxyCtx<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    let upstream = &ctx.route.upstream;
+    let upstream = {
+        let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
+        ctx.route.choose_upstream(&key).clone()
+    };
+    let upstream = &upstream;
+    outcome.upstream = Some(upstream.name.clone());
     let started = Instant::now();
     let deadline = started + ctx.route.timeout;
 
@@ -131,10 +136,18 @@ pub async fn forward(
             || (p.idempotency_key && headers.contains_key(&IDEMPOTENCY_KEY))
     });
     let mut body = Some(body);
-    let replay: Option<Bytes> = match policy {
-        Some(p) => replayable_body(&mut body, &headers, p.max_body.get().min(ctx.max_body)).await?,
+    let mirror = ctx.route.mirror.as_ref().filter(|m| !upgrade && fastrand::f64() < m.fraction);
+    let keep = policy.map(|p| p.max_body.get()).max(mirror.map(|m| m.max_body));
+    let replay: Option<Bytes> = match keep {
+        Some(max) => replayable_body(&mut body, &headers, max.min(ctx.max_body)).await?,
         None => None,
     };
+    if let (Some(m), Some(bytes)) = (mirror, &replay) {
+        send_mirror(m, &method, &pq, &headers, bytes.clone(), ctx.client_ip);
+    }
+    // A body kept only for the mirror is still sent to the upstream, but without a retry
+    // policy the request is tried once.
+    let replayable = replay.is_some() && policy.is_some();
     if let Some(budget) = &upstream.budget {
         budget.record_request();
     }
@@ -150,7 +163,7 @@ pub async fn forward(
         };
         last_target = Some(index);
         let target = &upstream.targets[index];
-        let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replay.is_some();
+        let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
         let uri = Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(target.authority.clone())
@@ -258,6 +271,43 @@ pub async fn forward(
     let (mut parts, body) = res.into_parts();
     forwarded::remove_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, Body::Incoming(body)))
+}
+
+/// Sends a copy of the request to the mirror upstream in a task of its own; the answer
+/// is read and dropped. The client's request never waits for it.
+fn send_mirror(
+    m: &crate::snapshot::MirrorTo,
+    method: &http::Method,
+    pq: &PathAndQuery,
+    headers: &HeaderMap,
+    body: Bytes,
+    client_ip: std::net::IpAddr,
+) {
+    let up = m.upstream.clone();
+    let key = PickKey { headers, client_ip, path: pq.path() };
+    let Some(index) = up.pick(&key, None) else { return };
+    let target = &up.targets[index];
+    let Ok(uri) =
+        Uri::builder().scheme(up.scheme.clone()).authority(target.authority.clone()).path_and_query(pq.clone()).build()
+    else {
+        return;
+    };
+    let mut h = headers.clone();
+    h.insert(header::HOST, target.host_header.clone());
+    let mut req = Request::new(if body.is_empty() { Body::Empty } else { Body::full(body) });
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = h;
+    tokio::spawn(async move {
+        let flight = up.start(index);
+        match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
+            Ok(Ok(res)) => {
+                flight.finish(res.status().is_server_error());
+                let _ = res.into_body().collect().await;
+            }
+            _ => flight.finish(true),
+        }
+    });
 }
 
 /// The configured answer while the breaker is open, with `Retry-After`.

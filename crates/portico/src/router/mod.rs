@@ -91,15 +91,17 @@ struct Conditions {
     methods: Vec<Method>,
     headers: Vec<(HeaderName, ValueCond)>,
     query: Vec<(Box<str>, ValueCond)>,
+    cookies: Vec<(Box<str>, ValueCond)>,
 }
 
 impl Conditions {
     fn specificity(&self) -> (bool, usize) {
-        (!self.methods.is_empty(), self.headers.len() + self.query.len())
+        (!self.methods.is_empty(), self.headers.len() + self.query.len() + self.cookies.len())
     }
 
     fn matches_except_method(&self, req: &RequestParts<'_>) -> bool {
         self.headers.iter().all(|(name, cond)| cond.test(req.headers.get_all(name).iter().map(HeaderValue::as_bytes)))
+            && self.cookies.iter().all(|(name, cond)| cond.test(cookie_values(req.headers, name)))
             && (self.query.is_empty() || {
                 let q = req.query.unwrap_or("");
                 self.query.iter().all(|(name, cond)| {
@@ -112,6 +114,16 @@ impl Conditions {
     fn method_ok(&self, m: &Method) -> bool {
         self.methods.is_empty() || self.methods.contains(m)
     }
+}
+
+/// Values of cookie `name` in the request's `Cookie` headers.
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
+        move |kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v.as_bytes())
+        },
+    )
 }
 
 /// Values of query parameter `name` in `q`, percent-decoded (`+` is a space).
@@ -191,6 +203,7 @@ impl Router {
                     .filter_map(|h| Some((HeaderName::from_bytes(h.name.as_bytes()).ok()?, ValueCond::from_config(h))))
                     .collect(),
                 query: m.query.iter().map(|q| (q.name.as_str().into(), ValueCond::from_config(q))).collect(),
+                cookies: m.cookies.iter().map(|c| (c.name.as_str().into(), ValueCond::from_config(c))).collect(),
             });
             let groups: Vec<usize> = if m.hosts.is_empty() {
                 vec![r.group_for_any()]

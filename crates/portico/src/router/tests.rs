@@ -128,6 +128,15 @@ fn header_conditions_present_absent_prefix() {
 }
 
 #[test]
+fn cookie_conditions() {
+    let (r, n) =
+        table(&[("canary", "{ prefix: /, cookies: [{ name: canary, value: '1' }] }"), ("stable", "prefix: /")]);
+    assert_eq!(find(&r, &n, &req("GET", "h", "/").header("cookie", "a=b; canary=1")), "canary");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/").header("cookie", "canary=0")), "stable");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/").header("cookie", "xcanary=1")), "stable");
+}
+
+#[test]
 fn captured_params_are_returned() {
     let (r, _) = table(&[("t", "path: '/users/{id}/files/{*rest}'")]);
     let h = HeaderMap::new();

@@ -122,7 +122,7 @@ fn random_usable(n: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
 }
 
 /// The key `hash_on` names, from the request.
-fn request_key<'a>(on: &HashOn, key: &PickKey<'a>) -> Option<std::borrow::Cow<'a, str>> {
+pub(crate) fn request_key<'a>(on: &HashOn, key: &PickKey<'a>) -> Option<std::borrow::Cow<'a, str>> {
     match on {
         HashOn::Header(name) => key.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(Into::into),
         HashOn::Cookie(name) => key
