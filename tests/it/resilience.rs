@@ -159,6 +159,11 @@ async fn passive_outlier_detection_ejects_a_failing_target_for_a_while() {
     assert_eq!(failures, 3);
     let ejections = format!("gateway_upstream_ejections_total{{upstream=\"u\",target=\"{}\"}}", b.addr);
     assert_eq!(gw.metric(&ejections).await, 1.0);
+    let (_, _, admin) = get(&gw.admin_url("/upstreams")).await;
+    let targets = &json(&admin)["upstreams"][0]["targets"];
+    assert_eq!(targets[1]["ejected"], true, "{admin}");
+    assert_eq!(targets[1]["available"], false);
+    assert_eq!(targets[0]["available"], true);
     for _ in 0..20 {
         assert_eq!(served_by(get_req(&gw, "/x")).await, "a", "an ejected target gets no traffic");
     }
@@ -318,6 +323,8 @@ async fn the_circuit_breaker_opens_answers_at_once_and_closes_after_probes() {
     assert_eq!(json(&body)["error"], "upstream circuit open");
     assert_eq!(h["retry-after"], "1");
     assert_eq!(up.hits(), hits);
+    let (_, _, admin) = get(&gw.admin_url("/upstreams")).await;
+    assert_eq!(json(&admin)["upstreams"][0]["circuitBreaker"], "open", "{admin}");
     // After open_for, half-open probes: the upstream has recovered, two successes close it.
     up.controls.set_fail(0);
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -1,5 +1,6 @@
 //! The admin listener: `/health` (the process is up), `/ready` (it takes traffic; 503
-//! while draining) and `/metrics` (Prometheus text format).
+//! while draining), `/metrics` (Prometheus text format) and `/upstreams` (live target
+//! health, ejections, in-flight counts and circuit-breaker states, as JSON).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,6 +55,13 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             } else {
                 text(StatusCode::OK, "application/json", r#"{"status":"ready"}"#.into())
             }
+        }
+        "/upstreams" => {
+            let snap = shared.snapshot.load();
+            let mut names: Vec<&String> = snap.upstreams.keys().collect();
+            names.sort();
+            let list: Vec<serde_json::Value> = names.iter().map(|n| snap.upstreams[*n].status()).collect();
+            text(StatusCode::OK, "application/json", serde_json::json!({ "upstreams": list }).to_string())
         }
         "/metrics" => {
             text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())

@@ -178,6 +178,41 @@ impl Upstream {
         t.healthy.load(Ordering::Relaxed) && t.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
+    /// The live state of the upstream and its targets, for the admin API.
+    pub fn status(&self) -> serde_json::Value {
+        let now = self.now_ms();
+        let targets: Vec<serde_json::Value> = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let until = t.ejected_until_ms.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "target": t.authority.as_str(),
+                    "weight": t.weight,
+                    "healthy": t.healthy.load(Ordering::Relaxed),
+                    "ejected": until > now,
+                    "ejectedForMs": until.saturating_sub(now),
+                    "ejections": t.ejections.load(Ordering::Relaxed),
+                    "available": self.available(i, now),
+                    "inFlight": t.in_flight.load(Ordering::Relaxed),
+                    "latencyEwmaMs": t.ewma_ns.load(Ordering::Relaxed) as f64 / 1e6,
+                })
+            })
+            .collect();
+        let breaker = self.breaker.as_ref().map(|b| match b.state() {
+            breaker::CLOSED => "closed",
+            breaker::OPEN => "open",
+            _ => "half_open",
+        });
+        serde_json::json!({
+            "name": &*self.name,
+            "balance": format!("{:?}", self.definition.balance),
+            "circuitBreaker": breaker,
+            "targets": targets,
+        })
+    }
+
     /// Picks an available target for a request; `None` when no target is available.
     /// `exclude` names a target to avoid when another is available (for retries).
     pub fn pick(&self, key: &PickKey<'_>, exclude: Option<usize>) -> Option<usize> {
