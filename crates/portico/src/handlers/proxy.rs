@@ -73,12 +73,17 @@ pub async fn forward(
     mut ctx: ProxyCtx<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
-    let upstream = {
-        let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
-        ctx.route.choose_upstream(&key).clone()
+    let route = ctx.route;
+    let upstream = match &route.split {
+        None => &route.upstream,
+        Some(_) => {
+            let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
+            route.choose_upstream(&key)
+        }
     };
-    let upstream = &upstream;
-    outcome.upstream = Some(upstream.name.clone());
+    if route.split.is_some() {
+        outcome.upstream = Some(upstream.name.clone());
+    }
     let started = Instant::now();
     let deadline = started + ctx.route.timeout;
 
@@ -117,7 +122,6 @@ pub async fn forward(
         (None, Some(h)) => Some(h.clone()),
         _ => host_of(&req).and_then(|h| HeaderValue::from_str(h).ok()),
     };
-    let key_path = req.uri().path().to_owned();
     let (parts, body) = req.into_parts();
     let method = parts.method;
     let mut headers = parts.headers;
@@ -157,7 +161,7 @@ pub async fn forward(
     let mut last_target = None;
     let result = loop {
         tries += 1;
-        let key = PickKey { headers: &headers, client_ip: ctx.client_ip, path: &key_path };
+        let key = PickKey { headers: &headers, client_ip: ctx.client_ip, path: pq.path() };
         let Some(index) = upstream.pick(&key, last_target) else {
             break Err(GatewayError::new(ErrorKind::NoTarget));
         };
@@ -188,10 +192,10 @@ pub async fn forward(
         *upstream_req.version_mut() = version;
         *upstream_req.headers_mut() = h;
 
-        let left = deadline.saturating_duration_since(Instant::now());
-        let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
-        let flight = upstream.start(index);
         let sent = Instant::now();
+        let left = deadline.saturating_duration_since(sent);
+        let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
+        let flight = upstream.start_at(index, sent);
         let res = tokio::time::timeout(try_timeout, upstream.client.request(upstream_req)).await;
         let waited = sent.elapsed();
         upstream.latency.observe(waited.as_secs_f64());

@@ -224,18 +224,25 @@ impl Upstream {
     }
 
     /// Marks the start of a request to target `i`; the guard records its end.
-    pub fn start(self: &Arc<Self>, i: usize) -> InFlight {
+    pub fn start(&self, i: usize) -> InFlight<'_> {
+        self.start_at(i, Instant::now())
+    }
+
+    /// As [`Upstream::start`], with the start time the caller already read.
+    pub fn start_at(&self, i: usize, now: Instant) -> InFlight<'_> {
         self.targets[i].in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { upstream: self.clone(), target: i, started: Instant::now(), done: false }
+        InFlight { upstream: self, target: i, started: now }
     }
 
     /// Records the outcome of a request to target `i` for passive outlier detection and
     /// the latency estimate.
     fn record(&self, i: usize, latency: Duration, failed: bool) {
         let t = &self.targets[i];
-        let now = self.now_ms();
-        balance::update_ewma(t, latency, now);
+        if self.definition.balance == portico_config::Balance::PeakEwma {
+            balance::update_ewma(t, latency, self.now_ms());
+        }
         let Some(od) = &self.definition.outlier_detection else { return };
+        let now = self.now_ms();
         if !failed {
             t.consecutive_failures.store(0, Ordering::Relaxed);
             return;
@@ -264,24 +271,21 @@ impl Upstream {
 /// A request in flight to a target. Call [`InFlight::finish`] with the outcome; dropped
 /// without it (the client went away), the request counts as neither success nor failure.
 #[derive(Debug)]
-pub struct InFlight {
-    upstream: Arc<Upstream>,
+pub struct InFlight<'a> {
+    upstream: &'a Upstream,
     target: usize,
     started: Instant,
-    done: bool,
 }
 
-impl InFlight {
+impl InFlight<'_> {
     /// Records the outcome: `failed` for connect failures, timeouts and 5xx answers.
-    pub fn finish(mut self, failed: bool) {
-        self.done = true;
+    pub fn finish(self, failed: bool) {
         self.upstream.record(self.target, self.started.elapsed(), failed);
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.upstream.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.done;
     }
 }
