@@ -12,3 +12,4 @@ mod observe;
 mod proxy;
 mod resilience;
 mod support;
+mod tls_upstream;

@@ -72,6 +72,15 @@ impl Controls {
 
 impl TestUpstream {
     pub async fn start(name: &str) -> TestUpstream {
+        Self::start_inner(name, None).await
+    }
+
+    /// An HTTPS upstream (HTTP/1.1 and h2 by ALPN) with the given TLS settings.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> TestUpstream {
+        Self::start_inner(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -81,6 +90,7 @@ impl TestUpstream {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (n, h, lh, c) = (n.clone(), h.clone(), lh.clone(), c.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (n, h, lh, c) = (n.clone(), h.clone(), lh.clone(), c.clone());
@@ -111,9 +121,18 @@ impl TestUpstream {
                             Ok::<_, Infallible>(behave(&n, req).await)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            // A failed handshake (untrusted client) just closes the connection.
+                            if let Ok(tls_stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -122,6 +141,10 @@ impl TestUpstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     pub fn reset_hits(&self) {
@@ -476,4 +499,74 @@ pub fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// A test PKI made fresh for each test: a CA, a server certificate for
+/// `upstream.internal`, `localhost` and 127.0.0.1, and a client certificate, all signed by
+/// the CA; PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    server_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    server_key_der: Vec<u8>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "Portico Test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+        let mut server_params =
+            CertificateParams::new(vec!["upstream.internal".to_owned(), "localhost".to_owned()]).unwrap();
+        server_params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let server_key = KeyPair::generate().unwrap();
+        let server = server_params.signed_by(&server_key, &ca).unwrap();
+
+        let mut client_params = CertificateParams::new(vec!["portico-gateway".to_owned()]).unwrap();
+        client_params.distinguished_name.push(DnType::CommonName, "portico-gateway");
+        let client_key = KeyPair::generate().unwrap();
+        let client = client_params.signed_by(&client_key, &ca).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = write_temp(dir.path(), "ca.pem", &ca.pem());
+        let client_cert = write_temp(dir.path(), "client.pem", &client.pem());
+        let client_key_path = write_temp(dir.path(), "client.key", &client_key.serialize_pem());
+        Pki {
+            ca_pem,
+            client_cert,
+            client_key: client_key_path,
+            ca_der: ca.der().clone(),
+            server_chain: vec![server.der().clone()],
+            server_key_der: server_key.serialize_der(),
+            dir,
+        }
+    }
+
+    /// Server TLS settings; with `require_client_cert`, clients must present a
+    /// certificate signed by this CA.
+    pub fn server_config(&self, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = rustls_pki_types::PrivateKeyDer::try_from(self.server_key_der.clone()).unwrap();
+        let mut config = builder.with_single_cert(self.server_chain.clone(), key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
 }

@@ -230,6 +230,26 @@ pub struct Upstream {
     /// How long a request waits for a slot under `max_in_flight`.
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Duration,
+    /// TLS toward `https://` targets.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS toward an upstream's `https://` targets. Certificates are verified; there is no
+/// switch to turn verification off.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates that sign the targets' certificates. Default: the
+    /// system's trusted roots.
+    pub ca: Option<String>,
+    /// The name sent as SNI and checked against the targets' certificates. Default: each
+    /// target's host.
+    pub server_name: Option<String>,
+    /// PEM certificate chain presented to the targets (mTLS). Needs `client_key`.
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 fn default_queue_timeout() -> Duration {
@@ -415,7 +435,7 @@ impl Default for OutlierDetection {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// `http://host:port`. No path: use a route's `rewrite` for that.
+    /// `http://host:port` or `https://host:port`. No path: use a route's `rewrite` for that.
     pub url: String,
     /// Relative share of requests, 1 to 1000.
     #[serde(default = "one")]

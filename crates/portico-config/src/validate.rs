@@ -192,6 +192,21 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
             );
         }
     }
+    let https = up.targets.iter().filter(|t| t.url.starts_with("https://")).count();
+    if https > 0 && https < up.targets.len() {
+        err(format!("{p}.targets"), "all targets of an upstream use the same scheme (http:// or https://)".into());
+    }
+    if let Some(tls) = &up.tls {
+        if https == 0 {
+            err(format!("{p}.tls"), "tls settings need https:// targets".into());
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            err(format!("{p}.tls"), "give client_cert and client_key together".into());
+        }
+        if up.protocol == crate::model::UpstreamProtocol::Http2 && https > 0 {
+            // h2 over TLS is negotiated with ALPN: fine. Nothing to check.
+        }
+    }
     if let Some(r) = &up.retries {
         let rp = format!("{p}.retries");
         if r.attempts > 10 {
@@ -252,12 +267,12 @@ pub fn parse_status_range(s: &str) -> Option<(u16, u16)> {
 /// Checks a target URL and returns its `host:port`.
 pub fn check_target_url(url: &str) -> Result<String, String> {
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(format!("{url:?}: https targets are not supported yet; use http://")),
-        Some(other) => return Err(format!("{url:?}: unsupported scheme {other:?}; use http://")),
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        Some(other) => return Err(format!("{url:?}: unsupported scheme {other:?}; use http:// or https://")),
         None => return Err(format!("{url:?}: missing scheme; write http://{url}")),
-    }
+    };
     let Some(auth) = uri.authority() else {
         return Err(format!("{url:?}: missing host"));
     };
@@ -267,7 +282,7 @@ pub fn check_target_url(url: &str) -> Result<String, String> {
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("{url:?}: a target URL has no path or query; use a route's rewrite"));
     }
-    let port = auth.port_u16().unwrap_or(80);
+    let port = auth.port_u16().unwrap_or(default_port);
     Ok(format!("{}:{port}", auth.host()))
 }
 

@@ -218,10 +218,23 @@ impl Snapshot {
     pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Metrics) -> Result<Snapshot, ConfigErrors> {
         let router = Router::new(config.routes.iter().map(|r| &r.matcher))?;
         let mut upstreams = HashMap::new();
+        let mut tls_errors = Vec::new();
         for (name, def) in &config.upstreams {
             let reused = prev.and_then(|p| p.upstreams.get(name)).filter(|u| u.definition == *def).cloned();
-            let up = reused.unwrap_or_else(|| Arc::new(Upstream::new(name, def, metrics)));
+            let up = match reused {
+                Some(up) => up,
+                None => match Upstream::new(name, def, metrics) {
+                    Ok(up) => Arc::new(up),
+                    Err(e) => {
+                        tls_errors.push(e);
+                        continue;
+                    }
+                },
+            };
             upstreams.insert(name.clone(), up);
+        }
+        if !tls_errors.is_empty() {
+            return Err(ConfigErrors(tls_errors));
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut errors = Vec::new();

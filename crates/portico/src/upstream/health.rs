@@ -79,7 +79,10 @@ pub fn spawn(up: &Arc<Upstream>) {
 
 /// One check: GET the path, answer within the timeout with an expected status.
 async fn probe(
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Body,
+    >,
     uri: String,
     host: http::HeaderValue,
     timeout: Duration,

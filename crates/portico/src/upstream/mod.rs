@@ -12,6 +12,7 @@ pub mod balance;
 pub mod breaker;
 pub mod health;
 pub mod retry;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -69,8 +71,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The definition it was built from, to decide reuse on reload.
     pub definition: portico_config::Upstream,
-    /// The pooled client.
-    pub client: Client<HttpConnector, Body>,
+    /// The pooled client (plain or TLS, per the targets' scheme).
+    pub client: Client<HttpsConnector<HttpConnector>, Body>,
     /// Targets, in config order.
     pub targets: Vec<Target>,
     balancer: balance::Balancer,
@@ -99,13 +101,20 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds an upstream from its (validated) definition.
-    pub fn new(name: &str, def: &portico_config::Upstream, metrics: &Metrics) -> Self {
+    /// Builds an upstream from its (validated) definition. Fails when TLS material named
+    /// in the config cannot be read.
+    pub fn new(
+        name: &str,
+        def: &portico_config::Upstream,
+        metrics: &Metrics,
+    ) -> Result<Self, portico_config::ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(def.timeouts.connect.get()));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let https = def.targets.iter().any(|t| t.url.starts_with("https://"));
+        let connector = tls::connector(name, def, https, connector)?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -144,13 +153,13 @@ impl Upstream {
             })
             .collect();
         let balancer = balance::Balancer::new(def, &targets);
-        Self {
+        Ok(Self {
             name: name.into(),
             definition: def.clone(),
             client,
             targets,
             balancer,
-            scheme: Scheme::HTTP,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             connect_timeout: def.timeouts.connect.get(),
             request_timeout: def.timeouts.request.get(),
             latency: metrics.backend_latency(name),
@@ -164,7 +173,7 @@ impl Upstream {
             queue_timeout: def.queue_timeout.get(),
             retries_total: metrics.retries(name),
             retries_exhausted: metrics.retries_exhausted(name),
-        }
+        })
     }
 
     fn now_ms(&self) -> u64 {
