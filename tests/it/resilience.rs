@@ -341,6 +341,10 @@ async fn the_circuit_breaker_opens_answers_at_once_and_closes_after_probes() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(send(get_req(&gw, "/x")).await.0, 500);
     assert_eq!(gw.metric(state).await, 1.0, "a failed probe opens it again");
+    let transitions = |to: &str| format!("gateway_circuit_breaker_transitions_total{{upstream=\"u\",to=\"{to}\"}}");
+    assert_eq!(gw.metric(&transitions("open")).await, 3.0);
+    assert_eq!(gw.metric(&transitions("half_open")).await, 2.0);
+    assert_eq!(gw.metric(&transitions("closed")).await, 1.0);
 }
 
 #[tokio::test]
@@ -389,6 +393,7 @@ routes:
     assert_eq!(s, 503, "{body}");
     assert_eq!(json(&body)["error"], "upstream busy");
     assert!(start.elapsed() < Duration::from_millis(600));
+    assert_eq!(gw.metric("gateway_queue_wait_seconds_count{scope=\"upstream\",name=\"hung\"}").await, 1.0);
     // Other routes keep their latency.
     for _ in 0..50 {
         let start = Instant::now();

@@ -61,6 +61,8 @@ pub struct CompiledRoute {
     pub limit: Option<Arc<tokio::sync::Semaphore>>,
     /// How long a request waits for a slot under `limit`.
     pub queue_timeout: Duration,
+    /// `gateway_queue_wait_seconds{scope="route",name}`.
+    pub queue_wait: Histogram,
     /// `gateway_request_duration_seconds{route}`.
     pub duration: Histogram,
 }
@@ -276,6 +278,7 @@ impl Snapshot {
                 try_timeout: r.try_timeout.map_or(up.definition.timeouts.per_try.get(), |t| t.get()),
                 limit: (r.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(r.max_in_flight as usize))),
                 queue_timeout: r.queue_timeout.get(),
+                queue_wait: metrics.queue_wait("route", &r.name),
                 duration: metrics.route_duration(&r.name),
             });
         }

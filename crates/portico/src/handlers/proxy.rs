@@ -51,8 +51,12 @@ pub struct ProxyCtx<'a> {
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
 
-/// Waits for a slot under a concurrency limit.
-async fn acquire(limit: &Option<Arc<Semaphore>>, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
+/// Waits for a slot under a concurrency limit; a wait is recorded in `waited`.
+async fn acquire(
+    limit: &Option<Arc<Semaphore>>,
+    wait: Duration,
+    waited: &prometheus_client::metrics::histogram::Histogram,
+) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
     let Some(sem) = limit else { return Ok(None) };
     let overloaded = || GatewayError::new(ErrorKind::Overloaded);
     if let Ok(p) = sem.clone().try_acquire_owned() {
@@ -61,7 +65,10 @@ async fn acquire(limit: &Option<Arc<Semaphore>>, wait: Duration) -> Result<Optio
     if wait.is_zero() {
         return Err(overloaded());
     }
-    match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+    let start = Instant::now();
+    let res = tokio::time::timeout(wait, sem.clone().acquire_owned()).await;
+    waited.observe(start.elapsed().as_secs_f64());
+    match res {
         Ok(Ok(p)) => Ok(Some(p)),
         _ => Err(overloaded()),
     }
@@ -87,8 +94,8 @@ pub async fn forward(
     let started = Instant::now();
     let deadline = started + ctx.route.timeout;
 
-    let _route_slot = acquire(&ctx.route.limit, ctx.route.queue_timeout).await?;
-    let _upstream_slot = acquire(&upstream.limit, upstream.queue_timeout).await?;
+    let _route_slot = acquire(&route.limit, route.queue_timeout, &route.queue_wait).await?;
+    let _upstream_slot = acquire(&upstream.limit, upstream.queue_timeout, &upstream.queue_wait).await?;
     let permit = match &upstream.breaker {
         Some(b) => match b.allow() {
             Ok(p) => Some(p),

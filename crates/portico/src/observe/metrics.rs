@@ -47,6 +47,18 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    upstream: Arc<str>,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    scope: &'static str,
+    name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -93,6 +105,8 @@ pub struct Metrics {
     target_healthy: Family<TargetLabels, Gauge>,
     target_ejections: Family<TargetLabels, Counter>,
     breaker_state: Family<UpstreamLabel, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    queue_wait: Family<QueueLabels, Histogram, Buckets>,
     retries: Family<UpstreamLabel, Counter>,
     retries_exhausted: Family<UpstreamLabel, Counter>,
 }
@@ -163,6 +177,18 @@ impl Metrics {
             "Circuit breaker state by upstream: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "gateway_circuit_breaker_transitions",
+            "Circuit breaker state changes, by upstream and new state (open, half_open, closed)",
+            breaker_transitions.clone(),
+        );
+        let queue_wait = Family::new_with_constructor(Buckets(LATENCY_BUCKETS));
+        registry.register(
+            "gateway_queue_wait_seconds",
+            "Time requests waited for a slot under max_in_flight, by scope (upstream, route) and name",
+            queue_wait.clone(),
+        );
         let retries = Family::<UpstreamLabel, Counter>::default();
         registry.register("gateway_upstream_retries", "Retries sent, by upstream", retries.clone());
         let retries_exhausted = Family::<UpstreamLabel, Counter>::default();
@@ -189,6 +215,8 @@ impl Metrics {
             target_healthy,
             target_ejections,
             breaker_state,
+            breaker_transitions,
+            queue_wait,
             retries,
             retries_exhausted,
         }
@@ -197,6 +225,17 @@ impl Metrics {
     /// The breaker-state gauge of an upstream.
     pub fn breaker_state(&self, upstream: &str) -> Gauge {
         self.breaker_state.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// The transition counters of an upstream's breaker: to closed, open, half-open.
+    pub fn breaker_transitions(&self, upstream: &str) -> [Counter; 3] {
+        ["closed", "open", "half_open"]
+            .map(|to| self.breaker_transitions.get_or_create_owned(&TransitionLabels { upstream: upstream.into(), to }))
+    }
+
+    /// The queue-wait histogram of a concurrency limit (`scope` is `upstream` or `route`).
+    pub fn queue_wait(&self, scope: &'static str, name: &str) -> Histogram {
+        self.queue_wait.get_or_create_owned(&QueueLabels { scope, name: name.into() })
     }
 
     /// The retry counter of an upstream.

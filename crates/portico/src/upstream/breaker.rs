@@ -47,12 +47,18 @@ pub struct Breaker {
     slots: Vec<Slot>,
     epoch: Instant,
     gauge: Gauge,
+    transitions: [prometheus_client::metrics::counter::Counter; 3],
     upstream: std::sync::Arc<str>,
 }
 
 impl Breaker {
     /// A closed breaker.
-    pub fn new(config: CircuitBreaker, gauge: Gauge, upstream: std::sync::Arc<str>) -> Self {
+    pub fn new(
+        config: CircuitBreaker,
+        gauge: Gauge,
+        transitions: [prometheus_client::metrics::counter::Counter; 3],
+        upstream: std::sync::Arc<str>,
+    ) -> Self {
         let n = config.window.get().as_secs().max(1) as usize;
         gauge.set(i64::from(CLOSED));
         Self {
@@ -64,6 +70,7 @@ impl Breaker {
             slots: (0..n).map(|_| Slot::default()).collect(),
             epoch: Instant::now(),
             gauge,
+            transitions,
             upstream,
         }
     }
@@ -158,6 +165,7 @@ impl Breaker {
 
     fn changed(&self, to: u8) {
         self.gauge.set(i64::from(to));
+        self.transitions[usize::from(to).min(2)].inc();
         let name = match to {
             CLOSED => "closed",
             OPEN => "open",
@@ -180,7 +188,7 @@ mod tests {
             half_open_requests: 2,
             fallback: None,
         };
-        Breaker::new(config, Gauge::default(), "u".into())
+        Breaker::new(config, Gauge::default(), Default::default(), "u".into())
     }
 
     #[tokio::test(start_paused = true)]

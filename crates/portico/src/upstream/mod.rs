@@ -94,6 +94,8 @@ pub struct Upstream {
     pub limit: Option<Arc<tokio::sync::Semaphore>>,
     /// How long a request waits for a slot under `limit`.
     pub queue_timeout: Duration,
+    /// `gateway_queue_wait_seconds{scope="upstream",name}`.
+    pub queue_wait: Histogram,
     /// `gateway_upstream_retries_total{upstream}`.
     pub retries_total: Counter,
     /// `gateway_upstream_retry_budget_exhausted_total{upstream}`.
@@ -165,12 +167,17 @@ impl Upstream {
             latency: metrics.backend_latency(name),
             epoch: Instant::now(),
             budget: def.retries.as_ref().map(|r| retry::RetryBudget::new(r.budget.fraction(), r.min_per_second)),
-            breaker: def
-                .circuit_breaker
-                .as_ref()
-                .map(|cb| breaker::Breaker::new(cb.clone(), metrics.breaker_state(name), name.into())),
+            breaker: def.circuit_breaker.as_ref().map(|cb| {
+                breaker::Breaker::new(
+                    cb.clone(),
+                    metrics.breaker_state(name),
+                    metrics.breaker_transitions(name),
+                    name.into(),
+                )
+            }),
             limit: (def.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(def.max_in_flight as usize))),
             queue_timeout: def.queue_timeout.get(),
+            queue_wait: metrics.queue_wait("upstream", name),
             retries_total: metrics.retries(name),
             retries_exhausted: metrics.retries_exhausted(name),
         })
