@@ -5,6 +5,7 @@
 mod cli;
 mod connections;
 mod demo;
+mod discovery;
 mod docs;
 mod errors;
 mod lifecycle;

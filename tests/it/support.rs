@@ -72,16 +72,21 @@ impl Controls {
 
 impl TestUpstream {
     pub async fn start(name: &str) -> TestUpstream {
-        Self::start_inner(name, None).await
+        Self::start_inner(name, None, "127.0.0.1:0").await
+    }
+
+    /// An upstream listening on `addr` (another loopback address, a chosen port).
+    pub async fn start_at(name: &str, addr: &str) -> TestUpstream {
+        Self::start_inner(name, None, addr).await
     }
 
     /// An HTTPS upstream (HTTP/1.1 and h2 by ALPN) with the given TLS settings.
     pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> TestUpstream {
-        Self::start_inner(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+        Self::start_inner(name, Some(tokio_rustls::TlsAcceptor::from(tls)), "127.0.0.1:0").await
     }
 
-    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>, addr: &str) -> TestUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let last_headers = Arc::new(Mutex::new(None));

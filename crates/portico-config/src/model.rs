@@ -233,6 +233,44 @@ pub struct Upstream {
     /// TLS toward `https://` targets.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// Find targets in DNS instead of taking them as written.
+    #[serde(default)]
+    pub discovery: Option<Discovery>,
+}
+
+/// Service discovery.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// DNS: every target whose host is a name is resolved (A/AAAA, or SRV), and the
+    /// answers become the targets; re-resolved as the records' TTLs run out.
+    pub dns: DnsDiscovery,
+}
+
+/// DNS discovery settings.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsDiscovery {
+    /// Treat each target's host as an SRV name (`_http._tcp.users.internal`): the SRV
+    /// records give host, port and weight.
+    pub srv: bool,
+    /// Re-resolve at least this often, even when the TTL is longer.
+    pub max_interval: Duration,
+    /// Never re-resolve more often than this, even when the TTL is shorter.
+    pub min_interval: Duration,
+    /// Name servers, `ip` or `ip:port`. Default: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
+}
+
+impl Default for DnsDiscovery {
+    fn default() -> Self {
+        Self {
+            srv: false,
+            max_interval: Duration::from_secs(30),
+            min_interval: Duration::from_secs(1),
+            nameservers: Vec::new(),
+        }
+    }
 }
 
 /// TLS toward an upstream's `https://` targets. Certificates are verified; there is no

@@ -207,6 +207,17 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
             // h2 over TLS is negotiated with ALPN: fine. Nothing to check.
         }
     }
+    if let Some(d) = &up.discovery {
+        let dp = format!("{p}.discovery.dns");
+        if d.dns.min_interval.get().is_zero() || d.dns.max_interval < d.dns.min_interval {
+            err(format!("{dp}.min_interval"), "must be greater than 0s and at most max_interval".into());
+        }
+        for (i, ns) in d.dns.nameservers.iter().enumerate() {
+            if ns.parse::<std::net::IpAddr>().is_err() && ns.parse::<std::net::SocketAddr>().is_err() {
+                err(format!("{dp}.nameservers[{i}]"), format!("{ns:?} is not an IP address or ip:port"));
+            }
+        }
+    }
     if let Some(r) = &up.retries {
         let rp = format!("{p}.retries");
         if r.attempts > 10 {

@@ -52,7 +52,7 @@ pub struct Shared {
     /// The current compiled config.
     pub snapshot: ArcSwap<Snapshot>,
     /// Metrics, for the life of the process.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The access log.
     pub access_log: AccessLog,
     /// Set once shutdown begins: `/ready` answers 503.
@@ -85,6 +85,20 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// Starts the health-check and discovery tasks of upstreams, and waits (at most 3 s) for
+/// discovery's first answer so that traffic does not meet an empty upstream.
+async fn start_upstream_tasks<'a>(ups: impl Iterator<Item = &'a Arc<upstream::Upstream>>) {
+    let mut waits = Vec::new();
+    for up in ups {
+        upstream::health::spawn(up);
+        upstream::discovery::spawn(up);
+        waits.push(up.resolved.subscribe());
+    }
+    for mut w in waits {
+        let _ = tokio::time::timeout(Duration::from_secs(3), w.wait_for(|resolved| *resolved)).await;
+    }
 }
 
 /// A running gateway.
@@ -121,7 +135,7 @@ impl FixedSettings {
 impl Gateway {
     /// Compiles `config`, binds every listener and the admin listener, and starts serving.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Gateway>, StartError> {
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         let access_log = if config.access_log.enabled {
             AccessLog::start(
                 &config.access_log.output,
@@ -153,9 +167,7 @@ impl Gateway {
         };
         let fixed = FixedSettings::of(&config);
         let snapshot = Snapshot::compile(config, None, &metrics)?;
-        for up in snapshot.upstreams.values() {
-            upstream::health::spawn(up);
-        }
+        start_upstream_tasks(snapshot.upstreams.values()).await;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -299,12 +311,15 @@ impl Gateway {
             bound.push((l, sock));
         }
         let snapshot = Snapshot::compile(config, Some(&current), &self.shared.metrics)?;
-        // Upstreams kept from the running config keep their health-check task.
-        for (name, up) in &snapshot.upstreams {
-            if !current.upstreams.get(name).is_some_and(|old| Arc::ptr_eq(old, up)) {
-                upstream::health::spawn(up);
-            }
-        }
+        // Upstreams kept from the running config keep their health-check and discovery
+        // tasks; new ones start theirs, and get their first DNS answer before traffic.
+        let fresh: Vec<&Arc<upstream::Upstream>> = snapshot
+            .upstreams
+            .iter()
+            .filter(|(name, up)| !current.upstreams.get(*name).is_some_and(|old| Arc::ptr_eq(old, up)))
+            .map(|(_, up)| up)
+            .collect();
+        start_upstream_tasks(fresh.into_iter()).await;
         let listeners_cfg = snapshot.config.listeners.clone();
         self.shared.snapshot.store(Arc::new(snapshot));
 

@@ -217,7 +217,7 @@ impl ListenerSettings {
 impl Snapshot {
     /// Compiles a validated config. Upstreams whose definition is unchanged since `prev`
     /// are reused, with their pools and balancing state.
-    pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Metrics) -> Result<Snapshot, ConfigErrors> {
+    pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigErrors> {
         let router = Router::new(config.routes.iter().map(|r| &r.matcher))?;
         let mut upstreams = HashMap::new();
         let mut tls_errors = Vec::new();

@@ -169,11 +169,10 @@ pub async fn forward(
     let result = loop {
         tries += 1;
         let key = PickKey { headers: &headers, client_ip: ctx.client_ip, path: pq.path() };
-        let Some(index) = upstream.pick(&key, last_target) else {
+        let Some(target) = upstream.pick(&key, last_target.as_ref()) else {
             break Err(GatewayError::new(ErrorKind::NoTarget));
         };
-        last_target = Some(index);
-        let target = &upstream.targets[index];
+        last_target = Some(target.clone());
         let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
         let uri = Uri::builder()
             .scheme(upstream.scheme.clone())
@@ -202,7 +201,7 @@ pub async fn forward(
         let sent = Instant::now();
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
-        let flight = upstream.start_at(index, sent);
+        let flight = upstream.start_at(target.clone(), sent);
         let res = tokio::time::timeout(try_timeout, upstream.client.request(upstream_req)).await;
         let waited = sent.elapsed();
         upstream.latency.observe(waited.as_secs_f64());
@@ -296,8 +295,7 @@ fn send_mirror(
 ) {
     let up = m.upstream.clone();
     let key = PickKey { headers, client_ip, path: pq.path() };
-    let Some(index) = up.pick(&key, None) else { return };
-    let target = &up.targets[index];
+    let Some(target) = up.pick(&key, None) else { return };
     let Ok(uri) =
         Uri::builder().scheme(up.scheme.clone()).authority(target.authority.clone()).path_and_query(pq.clone()).build()
     else {
@@ -310,7 +308,7 @@ fn send_mirror(
     *req.uri_mut() = uri;
     *req.headers_mut() = h;
     tokio::spawn(async move {
-        let flight = up.start(index);
+        let flight = up.start(target);
         match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
             Ok(Ok(res)) => {
                 flight.finish(res.status().is_server_error());

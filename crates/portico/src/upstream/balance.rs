@@ -9,7 +9,9 @@ use std::time::Duration;
 use http::HeaderMap;
 use portico_config::{Balance, HashOn};
 
-use super::{Target, Upstream};
+use std::sync::Arc;
+
+use super::{Target, TargetSet};
 
 /// What a request offers to the balancer.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +41,7 @@ pub(super) enum Balancer {
 }
 
 impl Balancer {
-    pub(super) fn new(def: &portico_config::Upstream, targets: &[Target]) -> Self {
+    pub(super) fn new(def: &portico_config::Upstream, targets: &[Arc<Target>]) -> Self {
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         match def.balance {
             Balance::RoundRobin => {
@@ -63,11 +65,11 @@ impl Balancer {
         }
     }
 
-    pub(super) fn pick(&self, up: &Upstream, key: &PickKey<'_>, now: u64, exclude: Option<usize>) -> Option<usize> {
-        let n = up.targets.len();
+    pub(super) fn pick(&self, set: &TargetSet, key: &PickKey<'_>, now: u64, exclude: Option<usize>) -> Option<usize> {
+        let n = set.targets.len();
         // A target is usable when available and not the one to avoid; if only the avoided
         // one is available, it is still better than nothing.
-        let usable = |i: usize| Some(i) != exclude && up.available(i, now);
+        let usable = |i: usize| Some(i) != exclude && set.targets[i].available(now);
         let picked = match self {
             Balancer::RoundRobin { schedule, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
@@ -76,7 +78,7 @@ impl Balancer {
             Balancer::LeastRequest | Balancer::PeakEwma => {
                 let ewma = matches!(self, Balancer::PeakEwma);
                 let cost = |i: usize| {
-                    let t = &up.targets[i];
+                    let t = &set.targets[i];
                     let inflight = f64::from(t.in_flight.load(Ordering::Relaxed)) + 1.0;
                     let c = if ewma { (t.ewma_ns.load(Ordering::Relaxed) as f64 + 1.0) * inflight } else { inflight };
                     c / f64::from(t.weight.max(1))
@@ -102,7 +104,7 @@ impl Balancer {
                 (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
             }
         };
-        picked.or_else(|| exclude.filter(|&i| up.available(i, now)))
+        picked.or_else(|| exclude.filter(|&i| set.targets[i].available(now)))
     }
 }
 

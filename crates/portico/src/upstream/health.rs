@@ -22,50 +22,46 @@ pub fn spawn(up: &Arc<Upstream>) {
     let Some(hc) = up.definition.health_check.clone() else { return };
     let ranges: Vec<(u16, u16)> = hc.expected_statuses.iter().filter_map(|r| parse_status_range(r)).collect();
     let weak = Arc::downgrade(up);
-    let n = up.targets.len();
     tokio::spawn(async move {
-        let mut passes = vec![0u32; n];
-        let mut fails = vec![0u32; n];
         let mut ticker = tokio::time::interval(hc.interval.get());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             let Some(up) = weak.upgrade() else { return };
+            // The targets of this moment (discovery may change them between rounds).
+            let set = up.targets();
             let mut checks = JoinSet::new();
-            for (i, t) in up.targets.iter().enumerate() {
+            for t in &set.targets {
                 let uri = format!("{}://{}{}", up.scheme, t.authority, hc.path);
                 let client = up.client.clone();
-                let host = t.host_header.clone();
+                let target = t.clone();
                 let timeout = hc.timeout.get();
                 let ranges = ranges.clone();
-                checks.spawn(async move { (i, probe(client, uri, host, timeout, &ranges).await) });
+                checks.spawn(async move {
+                    let outcome = probe(client, uri, target.host_header.clone(), timeout, &ranges).await;
+                    (target, outcome)
+                });
             }
             let name = up.name.clone();
             drop(up);
-            let mut results = Vec::with_capacity(n);
+            drop(set);
             while let Some(r) = checks.join_next().await {
-                if let Ok(r) = r {
-                    results.push(r);
-                }
-            }
-            let Some(up) = weak.upgrade() else { return };
-            for (i, outcome) in results {
-                let t = &up.targets[i];
+                let Ok((t, outcome)) = r else { continue };
                 let healthy = t.healthy.load(Ordering::Relaxed);
                 match outcome {
                     Ok(()) => {
-                        fails[i] = 0;
-                        passes[i] += 1;
-                        if !healthy && passes[i] >= hc.healthy_after {
+                        t.health_fails.store(0, Ordering::Relaxed);
+                        let passes = t.health_passes.fetch_add(1, Ordering::Relaxed) + 1;
+                        if !healthy && passes >= hc.healthy_after {
                             t.healthy.store(true, Ordering::Relaxed);
                             t.health_gauge.set(1);
                             tracing::info!(upstream = %name, target = %t.authority, "target healthy again");
                         }
                     }
                     Err(why) => {
-                        passes[i] = 0;
-                        fails[i] += 1;
-                        if healthy && fails[i] >= hc.unhealthy_after {
+                        t.health_passes.store(0, Ordering::Relaxed);
+                        let fails = t.health_fails.fetch_add(1, Ordering::Relaxed) + 1;
+                        if healthy && fails >= hc.unhealthy_after {
                             t.healthy.store(false, Ordering::Relaxed);
                             t.health_gauge.set(0);
                             tracing::warn!(upstream = %name, target = %t.authority, reason = %why, "target unhealthy");

@@ -10,11 +10,14 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod discovery;
 pub mod health;
 pub mod retry;
 pub mod tls;
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -62,6 +65,49 @@ pub struct Target {
     health_gauge: Gauge,
     /// `gateway_upstream_ejections_total{upstream,target}`.
     ejections_total: Counter,
+    /// Consecutive passed and failed active checks.
+    health_passes: AtomicU32,
+    health_fails: AtomicU32,
+}
+
+impl Target {
+    /// A target with fresh state (healthy, not ejected).
+    pub fn new(upstream: &str, authority: Authority, host_header: HeaderValue, weight: u32, metrics: &Metrics) -> Self {
+        let health_gauge = metrics.target_healthy(upstream, authority.as_str());
+        health_gauge.set(1);
+        Target {
+            ejections_total: metrics.target_ejections(upstream, authority.as_str()),
+            authority,
+            host_header,
+            weight,
+            in_flight: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            health_gauge,
+            health_passes: AtomicU32::new(0),
+            health_fails: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether the target may take traffic at `now_ms` (the upstream's clock).
+    #[inline]
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+}
+
+/// The targets of an upstream at one moment, with the balancer built over them. Replaced
+/// as a whole when service discovery changes the targets; a target present before and
+/// after keeps its state (health, ejection, latency).
+#[derive(Debug)]
+pub struct TargetSet {
+    /// The targets.
+    pub targets: Vec<Arc<Target>>,
+    balancer: balance::Balancer,
 }
 
 /// A compiled upstream.
@@ -73,9 +119,13 @@ pub struct Upstream {
     pub definition: portico_config::Upstream,
     /// The pooled client (plain or TLS, per the targets' scheme).
     pub client: Client<HttpsConnector<HttpConnector>, Body>,
-    /// Targets, in config order.
-    pub targets: Vec<Target>,
-    balancer: balance::Balancer,
+    /// The current targets.
+    set: ArcSwap<TargetSet>,
+    /// Metrics, to label targets that discovery adds.
+    metrics: Arc<Metrics>,
+    /// Set once service discovery has produced its first answer (or immediately without
+    /// discovery).
+    pub(crate) resolved: tokio::sync::watch::Sender<bool>,
     /// Scheme toward targets.
     pub scheme: Scheme,
     /// Connect timeout.
@@ -108,7 +158,7 @@ impl Upstream {
     pub fn new(
         name: &str,
         def: &portico_config::Upstream,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, portico_config::ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -129,29 +179,20 @@ impl Upstream {
             builder.http2_only(true).http2_keep_alive_interval(Duration::from_secs(30));
         }
         let client = builder.build(connector);
-        let targets: Vec<Target> = def
+        // Targets named by a host name wait for discovery; IPs (and everything without
+        // discovery) are used as written.
+        let discovered = def.discovery.is_some();
+        let targets: Vec<Arc<Target>> = def
             .targets
             .iter()
             .filter_map(|t| {
                 // Validation has already checked every URL.
                 let authority: Authority = check_target_url(&t.url).ok()?.parse().ok()?;
+                if discovered && authority.host().parse::<std::net::IpAddr>().is_err() {
+                    return None;
+                }
                 let host_header = HeaderValue::from_str(authority.as_str()).ok()?;
-                let health_gauge = metrics.target_healthy(name, authority.as_str());
-                health_gauge.set(1);
-                Some(Target {
-                    ejections_total: metrics.target_ejections(name, authority.as_str()),
-                    authority,
-                    host_header,
-                    weight: t.weight,
-                    in_flight: AtomicU32::new(0),
-                    ewma_ns: AtomicU64::new(0),
-                    ewma_at_ms: AtomicU64::new(0),
-                    healthy: AtomicBool::new(true),
-                    consecutive_failures: AtomicU32::new(0),
-                    ejected_until_ms: AtomicU64::new(0),
-                    ejections: AtomicU32::new(0),
-                    health_gauge,
-                })
+                Some(Arc::new(Target::new(name, authority, host_header, t.weight, metrics)))
             })
             .collect();
         let balancer = balance::Balancer::new(def, &targets);
@@ -159,8 +200,9 @@ impl Upstream {
             name: name.into(),
             definition: def.clone(),
             client,
-            targets,
-            balancer,
+            set: ArcSwap::from_pointee(TargetSet { targets, balancer }),
+            metrics: metrics.clone(),
+            resolved: tokio::sync::watch::Sender::new(!discovered),
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
             connect_timeout: def.timeouts.connect.get(),
             request_timeout: def.timeouts.request.get(),
@@ -187,30 +229,101 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Whether target `i` may take traffic now.
-    #[inline]
-    pub fn available(&self, i: usize, now_ms: u64) -> bool {
-        let t = &self.targets[i];
-        t.healthy.load(Ordering::Relaxed) && t.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    /// The current targets.
+    pub fn targets(&self) -> Arc<TargetSet> {
+        self.set.load_full()
+    }
+
+    /// Replaces the targets (service discovery). Targets that stay keep their state.
+    pub fn replace_targets(&self, list: Vec<(Authority, HeaderValue, u32)>) {
+        let old = self.set.load();
+        let targets: Vec<Arc<Target>> = list
+            .into_iter()
+            .map(|(authority, host, weight)| {
+                old.targets
+                    .iter()
+                    .find(|t| t.authority == authority && t.weight == weight && t.host_header == host)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Target::new(&self.name, authority, host, weight, &self.metrics)))
+            })
+            .collect();
+        let balancer = balance::Balancer::new(&self.definition, &targets);
+        self.set.store(Arc::new(TargetSet { targets, balancer }));
+    }
+
+    /// Picks an available target for a request; `None` when no target is available.
+    /// `exclude` names a target to avoid when another is available (for retries).
+    pub fn pick(&self, key: &PickKey<'_>, exclude: Option<&Arc<Target>>) -> Option<Arc<Target>> {
+        let set = self.set.load();
+        if set.targets.is_empty() {
+            return None;
+        }
+        let exclude = exclude.and_then(|e| set.targets.iter().position(|t| Arc::ptr_eq(t, e)));
+        let i = set.balancer.pick(&set, key, self.now_ms(), exclude)?;
+        set.targets.get(i).cloned()
+    }
+
+    /// Marks the start of a request to `target`; the guard records its end.
+    pub fn start(&self, target: Arc<Target>) -> InFlight<'_> {
+        self.start_at(target, Instant::now())
+    }
+
+    /// As [`Upstream::start`], with the start time the caller already read.
+    pub fn start_at(&self, target: Arc<Target>, now: Instant) -> InFlight<'_> {
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { upstream: self, target, started: now }
+    }
+
+    /// Records the outcome of a request to `t` for passive outlier detection and the
+    /// latency estimate.
+    fn record(&self, t: &Target, latency: Duration, failed: bool) {
+        if self.definition.balance == portico_config::Balance::PeakEwma {
+            balance::update_ewma(t, latency, self.now_ms());
+        }
+        let Some(od) = &self.definition.outlier_detection else { return };
+        let now = self.now_ms();
+        if !failed {
+            t.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < od.consecutive_failures || t.ejected_until_ms.load(Ordering::Relaxed) > now {
+            return;
+        }
+        // Never eject more than the allowed share of targets.
+        let set = self.set.load();
+        let ejected = set.targets.iter().filter(|x| x.ejected_until_ms.load(Ordering::Relaxed) > now).count();
+        let max = (set.targets.len() as f64 * od.max_ejected_percent.fraction()).floor() as usize;
+        if ejected + 1 > max {
+            return;
+        }
+        let times = t.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = od.base_ejection.get().as_millis() as u64;
+        let length = (base.saturating_mul(u64::from(times))).min(od.max_ejection.get().as_millis() as u64);
+        t.ejected_until_ms.store(now + length, Ordering::Relaxed);
+        t.consecutive_failures.store(0, Ordering::Relaxed);
+        t.ejections_total.inc();
+        tracing::warn!(upstream = %self.name, target = %t.authority, ejection_ms = length, "target ejected after consecutive failures");
     }
 
     /// The live state of the upstream and its targets, for the admin API.
     pub fn status(&self) -> serde_json::Value {
         let now = self.now_ms();
-        let targets: Vec<serde_json::Value> = self
+        let set = self.set.load();
+        let targets: Vec<serde_json::Value> = set
             .targets
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
+            .map(|t| {
                 let until = t.ejected_until_ms.load(Ordering::Relaxed);
                 serde_json::json!({
                     "target": t.authority.as_str(),
+                    "host": t.host_header.to_str().unwrap_or(""),
                     "weight": t.weight,
                     "healthy": t.healthy.load(Ordering::Relaxed),
                     "ejected": until > now,
                     "ejectedForMs": until.saturating_sub(now),
                     "ejections": t.ejections.load(Ordering::Relaxed),
-                    "available": self.available(i, now),
+                    "available": t.available(now),
                     "inFlight": t.in_flight.load(Ordering::Relaxed),
                     "latencyEwmaMs": t.ewma_ns.load(Ordering::Relaxed) as f64 / 1e6,
                 })
@@ -228,60 +341,6 @@ impl Upstream {
             "targets": targets,
         })
     }
-
-    /// Picks an available target for a request; `None` when no target is available.
-    /// `exclude` names a target to avoid when another is available (for retries).
-    pub fn pick(&self, key: &PickKey<'_>, exclude: Option<usize>) -> Option<usize> {
-        if self.targets.is_empty() {
-            return None;
-        }
-        let now = self.now_ms();
-        self.balancer.pick(self, key, now, exclude)
-    }
-
-    /// Marks the start of a request to target `i`; the guard records its end.
-    pub fn start(&self, i: usize) -> InFlight<'_> {
-        self.start_at(i, Instant::now())
-    }
-
-    /// As [`Upstream::start`], with the start time the caller already read.
-    pub fn start_at(&self, i: usize, now: Instant) -> InFlight<'_> {
-        self.targets[i].in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { upstream: self, target: i, started: now }
-    }
-
-    /// Records the outcome of a request to target `i` for passive outlier detection and
-    /// the latency estimate.
-    fn record(&self, i: usize, latency: Duration, failed: bool) {
-        let t = &self.targets[i];
-        if self.definition.balance == portico_config::Balance::PeakEwma {
-            balance::update_ewma(t, latency, self.now_ms());
-        }
-        let Some(od) = &self.definition.outlier_detection else { return };
-        let now = self.now_ms();
-        if !failed {
-            t.consecutive_failures.store(0, Ordering::Relaxed);
-            return;
-        }
-        let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < od.consecutive_failures || t.ejected_until_ms.load(Ordering::Relaxed) > now {
-            return;
-        }
-        // Never eject more than the allowed share of targets.
-        let ejected =
-            (0..self.targets.len()).filter(|&j| self.targets[j].ejected_until_ms.load(Ordering::Relaxed) > now).count();
-        let max = (self.targets.len() as f64 * od.max_ejected_percent.fraction()).floor() as usize;
-        if ejected + 1 > max {
-            return;
-        }
-        let times = t.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let base = od.base_ejection.get().as_millis() as u64;
-        let length = (base.saturating_mul(u64::from(times))).min(od.max_ejection.get().as_millis() as u64);
-        t.ejected_until_ms.store(now + length, Ordering::Relaxed);
-        t.consecutive_failures.store(0, Ordering::Relaxed);
-        t.ejections_total.inc();
-        tracing::warn!(upstream = %self.name, target = %t.authority, ejection_ms = length, "target ejected after consecutive failures");
-    }
 }
 
 /// A request in flight to a target. Call [`InFlight::finish`] with the outcome; dropped
@@ -289,19 +348,19 @@ impl Upstream {
 #[derive(Debug)]
 pub struct InFlight<'a> {
     upstream: &'a Upstream,
-    target: usize,
+    target: Arc<Target>,
     started: Instant,
 }
 
 impl InFlight<'_> {
     /// Records the outcome: `failed` for connect failures, timeouts and 5xx answers.
     pub fn finish(self, failed: bool) {
-        self.upstream.record(self.target, self.started.elapsed(), failed);
+        self.upstream.record(&self.target, self.started.elapsed(), failed);
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.upstream.targets[self.target].in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
