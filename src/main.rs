@@ -88,7 +88,7 @@ fn load(path: &Path) -> Result<(portico_config::Config, String), portico_config:
         portico_config::ConfigErrors(vec![portico_config::ConfigError::new("", format!("cannot start runtime: {e}"))])
     })?;
     // Compiling catches what only the router can see, such as conflicting templates.
-    let metrics = portico::observe::Metrics::new();
+    let metrics = std::sync::Arc::new(portico::observe::Metrics::new());
     let compiled = rt.block_on(async { portico::snapshot::Snapshot::compile(parsed.config.clone(), None, &metrics) });
     compiled.map_err(|e| e.locate(&parsed.locator))?;
     Ok((parsed.config, src))

@@ -251,7 +251,9 @@ impl Percent {
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || format!("invalid percentage {s:?}: expected a number from 0 to 100 followed by %, such as 20%");
         let n = s.strip_suffix('%').ok_or_else(bad)?;
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let (int, frac) = n.split_once('.').unwrap_or((n, "0"));
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || !digits(frac) {
             return Err(bad());
         }
         let v: f64 = n.parse().map_err(|_| bad())?;
@@ -337,7 +339,7 @@ mod tests {
     fn percentages_need_the_sign_and_a_range() {
         assert_eq!(Percent::parse("20%").unwrap().fraction(), 0.2);
         assert_eq!(Percent::parse("12.5%").unwrap(), Percent(12.5));
-        for bad in ["20", "101%", "-1%", "%", "a%", "1e2%"] {
+        for bad in ["20", "101%", "-1%", "%", "a%", "1e2%", ".5%", "1.%"] {
             assert!(Percent::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -109,6 +109,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if !r.split.is_empty() && r.split.iter().all(|s| s.weight == 0) {
             err(format!("{p}.split"), "at least one share needs a weight above 0".into());
         }
+        if let Some(crate::model::HashOn::Header(h)) = &r.sticky
+            && HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            err(format!("{p}.sticky.header"), format!("{h:?} is not a valid header name"));
+        }
         if r.sticky.is_some() && r.split.is_empty() {
             err(format!("{p}.sticky"), "sticky is only used with split".into());
         }

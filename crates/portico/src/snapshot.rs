@@ -53,10 +53,11 @@ pub struct CompiledRoute {
     pub rewrite: Rewrite,
     /// Send the client's `Host` upstream.
     pub preserve_host: bool,
-    /// Deadline for the upstream's response head, all tries included.
-    pub timeout: Duration,
-    /// Time allowed for one try (zero: the whole deadline).
-    pub try_timeout: Duration,
+    /// Deadline for the upstream's response head, all tries included (the route's own;
+    /// else each upstream's, see [`CompiledRoute::timeout_for`]).
+    pub timeout_override: Option<Duration>,
+    /// Time allowed for one try, when the route sets it.
+    pub try_timeout_override: Option<Duration>,
     /// The route's in-flight limit, when configured.
     pub limit: Option<Arc<tokio::sync::Semaphore>>,
     /// How long a request waits for a slot under `limit`.
@@ -88,6 +89,16 @@ pub struct MirrorTo {
 }
 
 impl CompiledRoute {
+    /// The request deadline toward `up`: the route's own, else the upstream's.
+    pub fn timeout_for(&self, up: &Upstream) -> Duration {
+        self.timeout_override.unwrap_or(up.request_timeout)
+    }
+
+    /// The per-try timeout toward `up` (zero: the whole deadline).
+    pub fn try_timeout_for(&self, up: &Upstream) -> Duration {
+        self.try_timeout_override.unwrap_or(up.definition.timeouts.per_try.get())
+    }
+
     /// The upstream for this request: the route's, or a share of its split (by the sticky
     /// key's hash when configured, else at random).
     pub fn choose_upstream(&self, key: &crate::upstream::PickKey<'_>) -> &Arc<Upstream> {
@@ -274,8 +285,8 @@ impl Snapshot {
                 mirror,
                 rewrite: Rewrite::compile(r),
                 preserve_host: r.preserve_host,
-                timeout: r.timeout.map_or(up.request_timeout, |t| t.get()),
-                try_timeout: r.try_timeout.map_or(up.definition.timeouts.per_try.get(), |t| t.get()),
+                timeout_override: r.timeout.map(|t| t.get()),
+                try_timeout_override: r.try_timeout.map(|t| t.get()),
                 limit: (r.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(r.max_in_flight as usize))),
                 queue_timeout: r.queue_timeout.get(),
                 queue_wait: metrics.queue_wait("route", &r.name),

@@ -51,6 +51,30 @@ pub struct ProxyCtx<'a> {
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
 
+/// The breaker's permission for one request. Dropped without an outcome (the client went
+/// away, or the request failed before reaching the upstream), it gives a half-open probe
+/// slot back.
+struct Ticket<'a> {
+    breaker: &'a crate::upstream::breaker::Breaker,
+    permit: Option<crate::upstream::breaker::Permit>,
+}
+
+impl Ticket<'_> {
+    fn record(&mut self, failed: bool) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.record(p, failed);
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.abandon(p);
+        }
+    }
+}
+
 /// Waits for a slot under a concurrency limit; a wait is recorded in `waited`.
 async fn acquire(
     limit: &Option<Arc<Semaphore>>,
@@ -92,13 +116,13 @@ pub async fn forward(
         outcome.upstream = Some(upstream.name.clone());
     }
     let started = Instant::now();
-    let deadline = started + ctx.route.timeout;
+    let deadline = started + route.timeout_for(upstream);
 
     let _route_slot = acquire(&route.limit, route.queue_timeout, &route.queue_wait).await?;
     let _upstream_slot = acquire(&upstream.limit, upstream.queue_timeout, &upstream.queue_wait).await?;
     let permit = match &upstream.breaker {
         Some(b) => match b.allow() {
-            Ok(p) => Some(p),
+            Ok(p) => Some(Ticket { breaker: b, permit: Some(p) }),
             Err(wait) => {
                 return match upstream.definition.circuit_breaker.as_ref().and_then(|c| c.fallback.as_ref()) {
                     Some(f) => Ok(fallback_response(f, wait)),
@@ -153,17 +177,22 @@ pub async fn forward(
         Some(max) => replayable_body(&mut body, &headers, max.min(ctx.max_body)).await?,
         None => None,
     };
-    if let (Some(m), Some(bytes)) = (mirror, &replay) {
+    if let (Some(m), Some(bytes)) = (mirror, &replay)
+        && bytes.len() as u64 <= m.max_body
+    {
         send_mirror(m, &method, &pq, &headers, bytes.clone(), ctx.client_ip);
     }
-    // A body kept only for the mirror is still sent to the upstream, but without a retry
-    // policy the request is tried once.
-    let replayable = replay.is_some() && policy.is_some();
+    // The body is kept up to the larger of the two limits; each use keeps to its own. A
+    // body kept only for the mirror is still sent upstream, tried once.
+    let replayable = match (&replay, policy) {
+        (Some(bytes), Some(p)) => bytes.len() as u64 <= p.max_body.get(),
+        _ => false,
+    };
     if let Some(budget) = &upstream.budget {
         budget.record_request();
     }
 
-    let per_try = ctx.route.try_timeout;
+    let per_try = route.try_timeout_for(upstream);
     let mut tries = 0u32;
     let mut last_target = None;
     let result = loop {
@@ -223,7 +252,7 @@ pub async fn forward(
                 flight.finish(true);
                 let total_left = deadline.saturating_duration_since(Instant::now());
                 let e = if total_left.is_zero() {
-                    GatewayError::new(ErrorKind::UpstreamTimeout(ctx.route.timeout))
+                    GatewayError::new(ErrorKind::UpstreamTimeout(route.timeout_for(upstream)))
                 } else {
                     GatewayError::new(ErrorKind::UpstreamTimeout(try_timeout))
                 };
@@ -246,12 +275,12 @@ pub async fn forward(
         break Err(err);
     };
 
-    if let (Some(b), Some(p)) = (&upstream.breaker, permit) {
+    if let Some(mut ticket) = permit {
         let failed = match &result {
             Ok(res) => res.status().is_server_error(),
             Err(e) => e.side() == Side::Upstream || e.kind == ErrorKind::NoTarget,
         };
-        b.record(p, failed);
+        ticket.record(failed);
     }
     let mut res = result?;
 
@@ -340,12 +369,13 @@ async fn retry_allowed(
     deadline: Instant,
 ) -> bool {
     let (Some(p), Some(budget)) = (policy, &upstream.budget) else { return false };
-    if !budget.try_retry() {
-        upstream.retries_exhausted.inc();
-        return false;
-    }
     let wait = retry::backoff(tries, p.backoff.get(), p.max_backoff.get());
     if Instant::now() + wait >= deadline {
+        // No time left for another try: do not spend budget on it.
+        return false;
+    }
+    if !budget.try_retry() {
+        upstream.retries_exhausted.inc();
         return false;
     }
     upstream.retries_total.inc();

@@ -112,6 +112,15 @@ impl Breaker {
         }
     }
 
+    /// A probe that ended without an outcome (the client went away, or the request was
+    /// refused before reaching the upstream) gives its slot back, so half-open never waits
+    /// for a probe that will not report.
+    pub fn abandon(&self, permit: Permit) {
+        if permit == Permit::Probe {
+            self.probes_started.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Records the outcome of an allowed request.
     pub fn record(&self, permit: Permit, failed: bool) {
         match permit {
@@ -121,8 +130,10 @@ impl Breaker {
                 } else if self.probes_passed.fetch_add(1, Ordering::AcqRel) + 1 >= self.config.half_open_requests
                     && self.state.compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
                 {
+                    // A fresh window: nothing from before the outage counts again.
                     for s in &self.slots {
-                        s.second.store(0, Ordering::Relaxed);
+                        s.requests.store(0, Ordering::Relaxed);
+                        s.failures.store(0, Ordering::Relaxed);
                     }
                     self.changed(CLOSED);
                 }
@@ -142,7 +153,12 @@ impl Breaker {
                 slot.failures.fetch_add(1, Ordering::Relaxed);
                 let (mut requests, mut failures) = (0u64, 0u64);
                 for s in &self.slots {
-                    if now - s.second.load(Ordering::Relaxed) < self.slots.len() as u64 {
+                    // A slot another thread just moved to a newer second is skipped, not
+                    // subtracted below zero.
+                    if now
+                        .checked_sub(s.second.load(Ordering::Relaxed))
+                        .is_some_and(|age| age < self.slots.len() as u64)
+                    {
                         requests += u64::from(s.requests.load(Ordering::Relaxed));
                         failures += u64::from(s.failures.load(Ordering::Relaxed));
                     }
@@ -224,6 +240,22 @@ mod tests {
         assert_eq!(b.state(), CLOSED);
         // And the window starts afresh.
         b.record(b.allow().unwrap(), true);
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_its_slot() {
+        let b = breaker();
+        for _ in 0..10 {
+            b.record(b.allow().unwrap(), true);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (p1, p2) = (b.allow().unwrap(), b.allow().unwrap());
+        assert!(b.allow().is_err());
+        b.abandon(p1);
+        let p3 = b.allow().expect("the abandoned probe's slot is free again");
+        b.record(p2, false);
+        b.record(p3, false);
         assert_eq!(b.state(), CLOSED);
     }
 

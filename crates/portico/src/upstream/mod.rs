@@ -284,6 +284,13 @@ impl Upstream {
         let now = self.now_ms();
         if !failed {
             t.consecutive_failures.store(0, Ordering::Relaxed);
+            // A target that has stayed in for a whole max_ejection since its last ejection
+            // starts again from the base ejection time.
+            let until = t.ejected_until_ms.load(Ordering::Relaxed);
+            if until > 0 && now > until + od.max_ejection.get().as_millis() as u64 {
+                t.ejections.store(0, Ordering::Relaxed);
+                t.ejected_until_ms.store(0, Ordering::Relaxed);
+            }
             return;
         }
         let n = t.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -336,7 +343,7 @@ impl Upstream {
         });
         serde_json::json!({
             "name": &*self.name,
-            "balance": format!("{:?}", self.definition.balance),
+            "balance": serde_json::to_value(self.definition.balance).unwrap_or_default(),
             "circuitBreaker": breaker,
             "targets": targets,
         })

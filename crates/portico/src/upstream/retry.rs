@@ -56,7 +56,7 @@ impl RetryBudget {
         let (now, slot) = self.current();
         let (mut requests, mut retries) = (0u64, 0u64);
         for s in &self.slots {
-            if now - s.second.load(Ordering::Relaxed) < SLOTS as u64 {
+            if now.checked_sub(s.second.load(Ordering::Relaxed)).is_some_and(|age| age < SLOTS as u64) {
                 requests += u64::from(s.requests.load(Ordering::Relaxed));
                 retries += u64::from(s.retries.load(Ordering::Relaxed));
             }
