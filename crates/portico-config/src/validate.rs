@@ -208,9 +208,6 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             err(format!("{p}.tls"), "give client_cert and client_key together".into());
         }
-        if up.protocol == crate::model::UpstreamProtocol::Http2 && https > 0 {
-            // h2 over TLS is negotiated with ALPN: fine. Nothing to check.
-        }
     }
     if let Some(d) = &up.discovery {
         let dp = format!("{p}.discovery.dns");

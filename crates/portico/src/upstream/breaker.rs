@@ -32,8 +32,9 @@ struct Slot {
 pub enum Permit {
     /// A normal request (closed state).
     Normal,
-    /// One of the half-open probes.
-    Probe,
+    /// One of the half-open probes of a given half-open round. An outcome that arrives
+    /// after its round is over is ignored.
+    Probe(u32),
 }
 
 /// A circuit breaker.
@@ -44,6 +45,8 @@ pub struct Breaker {
     open_until_ms: AtomicU64,
     probes_started: AtomicU32,
     probes_passed: AtomicU32,
+    /// Half-open rounds so far; probes carry theirs.
+    round: AtomicU32,
     slots: Vec<Slot>,
     epoch: Instant,
     gauge: Gauge,
@@ -67,6 +70,7 @@ impl Breaker {
             open_until_ms: AtomicU64::new(0),
             probes_started: AtomicU32::new(0),
             probes_passed: AtomicU32::new(0),
+            round: AtomicU32::new(0),
             slots: (0..n).map(|_| Slot::default()).collect(),
             epoch: Instant::now(),
             gauge,
@@ -98,14 +102,16 @@ impl Breaker {
                     if self.state.compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                         self.probes_started.store(0, Ordering::Release);
                         self.probes_passed.store(0, Ordering::Release);
+                        self.round.fetch_add(1, Ordering::AcqRel);
                         self.changed(HALF_OPEN);
                     }
                 }
                 _ => {
+                    let round = self.round.load(Ordering::Acquire);
                     if self.probes_started.fetch_add(1, Ordering::AcqRel) < self.config.half_open_requests {
-                        return Ok(Permit::Probe);
+                        return Ok(Permit::Probe(round));
                     }
-                    self.probes_started.fetch_sub(1, Ordering::AcqRel);
+                    self.release_probe_slot();
                     return Err(Duration::from_secs(1));
                 }
             }
@@ -116,15 +122,30 @@ impl Breaker {
     /// refused before reaching the upstream) gives its slot back, so half-open never waits
     /// for a probe that will not report.
     pub fn abandon(&self, permit: Permit) {
-        if permit == Permit::Probe {
-            self.probes_started.fetch_sub(1, Ordering::AcqRel);
+        if let Permit::Probe(round) = permit
+            && self.is_current(round)
+        {
+            self.release_probe_slot();
         }
+    }
+
+    fn is_current(&self, round: u32) -> bool {
+        self.state.load(Ordering::Acquire) == HALF_OPEN && self.round.load(Ordering::Acquire) == round
+    }
+
+    /// Gives back one probe slot, never going below zero.
+    fn release_probe_slot(&self) {
+        let _ = self.probes_started.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Records the outcome of an allowed request.
     pub fn record(&self, permit: Permit, failed: bool) {
         match permit {
-            Permit::Probe => {
+            Permit::Probe(round) => {
+                if !self.is_current(round) {
+                    // A late outcome from an earlier round.
+                    return;
+                }
                 if failed {
                     self.trip(HALF_OPEN);
                 } else if self.probes_passed.fetch_add(1, Ordering::AcqRel) + 1 >= self.config.half_open_requests
@@ -222,7 +243,7 @@ mod tests {
         // After open_for: half-open, two probes, a third waits.
         tokio::time::advance(Duration::from_secs(5)).await;
         let p1 = b.allow().unwrap();
-        assert_eq!((p1, b.state()), (Permit::Probe, HALF_OPEN));
+        assert_eq!((p1, b.state()), (Permit::Probe(1), HALF_OPEN));
         let p2 = b.allow().unwrap();
         assert!(b.allow().is_err());
         // A failing probe opens it again.
@@ -256,6 +277,24 @@ mod tests {
         let p3 = b.allow().expect("the abandoned probe's slot is free again");
         b.record(p2, false);
         b.record(p3, false);
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_probe_from_an_earlier_round_changes_nothing() {
+        let b = breaker();
+        for _ in 0..10 {
+            b.record(b.allow().unwrap(), true);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (old1, old2) = (b.allow().unwrap(), b.allow().unwrap());
+        b.record(old1, true); // open again
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let (p1, p2) = (b.allow().unwrap(), b.allow().unwrap());
+        b.abandon(old2); // late, from round 1: must not free a round-2 slot
+        assert!(b.allow().is_err(), "still only two probes in round 2");
+        b.record(p1, false);
+        b.record(p2, false);
         assert_eq!(b.state(), CLOSED);
     }
 

@@ -97,7 +97,7 @@ async fn resolve_all(
         let Ok(authority) = hostport.parse::<Authority>() else { continue };
         let port = authority.port_u16().unwrap_or(80);
         let host = authority.host().to_owned();
-        if host.parse::<IpAddr>().is_ok() {
+        if super::is_ip_host(&host) {
             if let Ok(h) = HeaderValue::from_str(authority.as_str()) {
                 out.push((authority, h, t.weight));
             }

@@ -188,7 +188,7 @@ impl Upstream {
             .filter_map(|t| {
                 // Validation has already checked every URL.
                 let authority: Authority = check_target_url(&t.url).ok()?.parse().ok()?;
-                if discovered && authority.host().parse::<std::net::IpAddr>().is_err() {
+                if discovered && !is_ip_host(authority.host()) {
                     return None;
                 }
                 let host_header = HeaderValue::from_str(authority.as_str()).ok()?;
@@ -348,6 +348,11 @@ impl Upstream {
             "targets": targets,
         })
     }
+}
+
+/// Whether a URI host is an IP literal (IPv6 ones come in brackets).
+pub(crate) fn is_ip_host(host: &str) -> bool {
+    host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok()
 }
 
 /// A request in flight to a target. Call [`InFlight::finish`] with the outcome; dropped

@@ -71,7 +71,7 @@ pub(crate) fn connector(
         }
         None => b,
     };
-    // ALPN offers exactly the configured protocol.
+    // http2: ALPN offers h2 only. http1: no ALPN (servers then speak HTTP/1.1).
     Ok(match def.protocol {
         UpstreamProtocol::Http1 => b.enable_http1().wrap_connector(http),
         UpstreamProtocol::Http2 => b.enable_http2().wrap_connector(http),
