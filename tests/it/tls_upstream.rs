@@ -83,3 +83,25 @@ fn unreadable_tls_files_are_config_errors_with_paths() {
     assert!(err.contains("upstreams.s.tls.ca: cannot read /nonexistent/ca.pem"), "{err}");
     assert!(err.contains("(line 6"), "{err}");
 }
+
+#[tokio::test]
+async fn a_ca_file_replaced_in_place_is_picked_up_by_a_reload() {
+    let old = Pki::new();
+    let new = Pki::new();
+    // The upstream presents a certificate from `new`; the gateway starts trusting `old`.
+    let up = TestUpstream::start_tls("secure", new.server_config(false)).await;
+    let ca_path = old.dir.path().join("trusted-ca.pem");
+    std::fs::copy(&old.ca_pem, &ca_path).unwrap();
+    let yaml = tls_config(&up, &up.https_url(), &format!("    tls: {{ ca: \"{}\" }}\n", ca_path.display()), "http1")
+        .replace("access_log:", "runtime: { watch_interval: 0s }\naccess_log:");
+    let gw = Gateway::start(&yaml);
+    assert_eq!(get(&gw.url("/x")).await.0, 502, "not trusted yet");
+    // Same config text, new file content: a reload must load it.
+    std::fs::copy(&new.ca_pem, &ca_path).unwrap();
+    gw.signal(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while get(&gw.url("/x")).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the new CA was not loaded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -233,7 +233,12 @@ impl Snapshot {
         let mut upstreams = HashMap::new();
         let mut tls_errors = Vec::new();
         for (name, def) in &config.upstreams {
-            let reused = prev.and_then(|p| p.upstreams.get(name)).filter(|u| u.definition == *def).cloned();
+            // Reused when the definition is the same and the TLS files it names still hold
+            // what was loaded (a certificate replaced in place is picked up by a reload).
+            let reused = prev
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|u| u.definition == *def && u.tls_files == crate::upstream::tls::files_fingerprint(def))
+                .cloned();
             let up = match reused {
                 Some(up) => up,
                 None => match Upstream::new(name, def, metrics) {

@@ -150,6 +150,8 @@ pub struct Upstream {
     pub retries_total: Counter,
     /// `gateway_upstream_retry_budget_exhausted_total{upstream}`.
     pub retries_exhausted: Counter,
+    /// What the TLS files held when they were loaded.
+    pub tls_files: Vec<Vec<u8>>,
 }
 
 impl Upstream {
@@ -222,6 +224,7 @@ impl Upstream {
             queue_wait: metrics.queue_wait("upstream", name),
             retries_total: metrics.retries(name),
             retries_exhausted: metrics.retries_exhausted(name),
+            tls_files: tls::files_fingerprint(def),
         })
     }
 

@@ -77,3 +77,14 @@ pub(crate) fn connector(
         UpstreamProtocol::Http2 => b.enable_http2().wrap_connector(http),
     })
 }
+
+/// The contents of the TLS files an upstream names (CA, client certificate and key), so a
+/// reload can tell whether they changed on disk. Unreadable files count as empty.
+pub fn files_fingerprint(def: &portico_config::Upstream) -> Vec<Vec<u8>> {
+    let Some(tls) = &def.tls else { return Vec::new() };
+    [&tls.ca, &tls.client_cert, &tls.client_key]
+        .into_iter()
+        .flatten()
+        .map(|path| std::fs::read(path).unwrap_or_default())
+        .collect()
+}
