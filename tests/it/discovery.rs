@@ -169,6 +169,18 @@ async fn targets_follow_dns_without_a_reload_and_survive_a_dns_outage() {
         assert_eq!(get(&gw.url("/x")).await.1["x-upstream"], "b");
     }
     assert_eq!(a.hits(), 0);
+    // Removed targets leave the metrics too.
+    let gone = format!("gateway_upstream_target_healthy{{upstream=\"svc\",target=\"127.0.0.2:{port}\"}}");
+    let (_, _, text) = get(&gw.admin_url("/metrics")).await;
+    assert!(!text.contains(&gone), "{text}");
+
+    // The name is deleted (NXDOMAIN): unlike a failure, its targets go.
+    dns.zone.lock().unwrap().a.remove("svc.test");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while get(&gw.url("/x")).await.0 != 503 {
+        assert!(Instant::now() < deadline, "a deleted name kept its targets");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -253,6 +253,13 @@ impl Metrics {
         self.target_healthy.get_or_create_owned(&TargetLabels { upstream: upstream.into(), target: target.into() })
     }
 
+    /// Drops the series of a target that service discovery removed.
+    pub fn forget_target(&self, upstream: &str, target: &str) {
+        let labels = TargetLabels { upstream: upstream.into(), target: target.into() };
+        self.target_healthy.remove(&labels);
+        self.target_ejections.remove(&labels);
+    }
+
     /// The ejection counter of a target (fetched once per config load).
     pub fn target_ejections(&self, upstream: &str, target: &str) -> Counter {
         self.target_ejections.get_or_create_owned(&TargetLabels { upstream: upstream.into(), target: target.into() })

@@ -33,22 +33,19 @@ pub fn spawn(up: &Arc<Upstream>) {
     let weak = Arc::downgrade(up);
     tokio::spawn(async move {
         let mut last: Option<BTreeSet<(String, String, u32)>> = None;
+        let mut last_good = LastGood::default();
         loop {
             let Some(up) = weak.upgrade() else { return };
-            let (result, valid_for) = resolve_all(&up, &resolver, d.dns.srv).await;
-            match result {
-                Ok(list) => {
-                    let key: BTreeSet<(String, String, u32)> =
-                        list.iter().map(|(a, h, w)| (a.to_string(), h.to_str().unwrap_or("").to_owned(), *w)).collect();
-                    if last.as_ref() != Some(&key) {
-                        tracing::info!(upstream = %up.name, targets = list.len(), "DNS discovery updated targets");
-                        up.replace_targets(list);
-                        last = Some(key);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(upstream = %up.name, error = %e, "DNS resolution failed; keeping the last good targets");
-                }
+            let (list, failed, valid_for) = resolve_all(&up, &resolver, d.dns.srv, &mut last_good).await;
+            if let Some(e) = failed {
+                tracing::warn!(upstream = %up.name, error = %e, "DNS resolution failed; keeping the last good targets");
+            }
+            let key: BTreeSet<(String, String, u32)> =
+                list.iter().map(|(a, h, w)| (a.to_string(), h.to_str().unwrap_or("").to_owned(), *w)).collect();
+            if last.as_ref() != Some(&key) {
+                tracing::info!(upstream = %up.name, targets = list.len(), "DNS discovery updated targets");
+                up.replace_targets(list);
+                last = Some(key);
             }
             let _ = up.resolved.send(true);
             drop(up);
@@ -83,13 +80,30 @@ fn build_resolver(d: &DnsDiscovery) -> Result<TokioResolver, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Resolves every target. Returns the targets and how long the answers stay valid.
+/// The last good answer per name, used for that name alone when its lookup fails, so
+/// one failing name does not freeze the others.
+#[derive(Default)]
+struct LastGood {
+    srv: std::collections::HashMap<String, Vec<(String, u16, u32)>>,
+    ips: std::collections::HashMap<String, Vec<IpAddr>>,
+}
+
+/// An authoritative "no such name / no records" answer: the name is gone, and so are its
+/// targets.
+fn is_gone(e: &hickory_resolver::net::NetError) -> bool {
+    e.is_nx_domain() || e.is_no_records_found()
+}
+
+/// Resolves every target. Returns the targets, the failures (a name that could not be
+/// resolved keeps its last good answer), and how long the answers stay valid.
 async fn resolve_all(
     up: &Upstream,
     resolver: &TokioResolver,
     srv: bool,
-) -> (Result<Vec<(Authority, HeaderValue, u32)>, String>, Duration) {
+    last_good: &mut LastGood,
+) -> (Vec<(Authority, HeaderValue, u32)>, Option<String>, Duration) {
     let mut out = Vec::new();
+    let mut failures = Vec::new();
     let mut valid_for = Duration::from_secs(3600);
     let now = std::time::Instant::now();
     for t in &up.definition.targets {
@@ -108,33 +122,56 @@ async fn resolve_all(
             match resolver.srv_lookup(host.as_str()).await {
                 Ok(lookup) => {
                     valid_for = valid_for.min(lookup.valid_until().saturating_duration_since(now));
+                    let mut found = Vec::new();
                     for r in lookup.answers() {
                         if let RData::SRV(s) = &r.data {
                             let name = s.target.to_utf8().trim_end_matches('.').to_owned();
-                            named.push((name, s.port, u32::from(s.weight).clamp(1, 1000)));
+                            found.push((name, s.port, u32::from(s.weight).clamp(1, 1000)));
                         }
                     }
+                    last_good.srv.insert(host.clone(), found.clone());
+                    named.extend(found);
                 }
-                Err(e) => return (Err(format!("SRV {host}: {e}")), Duration::ZERO),
+                Err(e) if is_gone(&e) => {
+                    last_good.srv.remove(&host);
+                }
+                Err(e) => {
+                    failures.push(format!("SRV {host}: {e}"));
+                    named.extend(last_good.srv.get(&host).cloned().unwrap_or_default());
+                }
             }
         } else {
             named.push((host.clone(), port, t.weight));
         }
         for (name, port, weight) in named {
-            match resolver.lookup_ip(name.as_str()).await {
+            let ips: Vec<IpAddr> = match resolver.lookup_ip(name.as_str()).await {
                 Ok(ips) => {
                     valid_for = valid_for.min(ips.valid_until().saturating_duration_since(now));
-                    let host_header = HeaderValue::from_str(&format!("{name}:{port}")).ok();
-                    for ip in ips.iter() {
-                        let addr = SocketAddr::new(ip, port).to_string();
-                        if let (Ok(a), Some(h)) = (addr.parse::<Authority>(), host_header.clone()) {
-                            out.push((a, h, weight));
-                        }
-                    }
+                    let ips: Vec<IpAddr> = ips.iter().collect();
+                    last_good.ips.insert(name.clone(), ips.clone());
+                    ips
                 }
-                Err(e) => return (Err(format!("{name}: {e}")), Duration::ZERO),
+                Err(e) if is_gone(&e) => {
+                    last_good.ips.remove(&name);
+                    Vec::new()
+                }
+                Err(e) => {
+                    failures.push(format!("{name}: {e}"));
+                    last_good.ips.get(&name).cloned().unwrap_or_default()
+                }
+            };
+            let Ok(host_header) = HeaderValue::from_str(&format!("{name}:{port}")) else { continue };
+            for ip in ips {
+                if let Ok(a) = SocketAddr::new(ip, port).to_string().parse::<Authority>() {
+                    out.push((a, host_header.clone(), weight));
+                }
             }
         }
     }
-    (Ok(out), valid_for)
+    if failures.is_empty() {
+        (out, None, valid_for)
+    } else {
+        // Try again soon.
+        (out, Some(failures.join("; ")), Duration::ZERO)
+    }
 }

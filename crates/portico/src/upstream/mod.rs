@@ -250,6 +250,11 @@ impl Upstream {
                     .unwrap_or_else(|| Arc::new(Target::new(&self.name, authority, host, weight, &self.metrics)))
             })
             .collect();
+        for t in &old.targets {
+            if !targets.iter().any(|n| Arc::ptr_eq(n, t)) {
+                self.metrics.forget_target(&self.name, t.authority.as_str());
+            }
+        }
         let balancer = balance::Balancer::new(&self.definition, &targets);
         self.set.store(Arc::new(TargetSet { targets, balancer }));
     }
