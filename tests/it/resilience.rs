@@ -22,6 +22,23 @@ async fn served_by(req: Request<Full<Bytes>>) -> String {
     h.get("x-upstream").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_else(|| format!("{}", s.as_u16()))
 }
 
+/// Sends `tries` requests for each of `keys` keys in `header`, asserts that each key always
+/// reached the same upstream, and returns the upstreams seen.
+async fn each_key_sticks(gw: &Gateway, header: &str, keys: usize, tries: usize) -> std::collections::HashSet<String> {
+    let mut used = std::collections::HashSet::new();
+    for k in 0..keys {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..tries {
+            let req =
+                Request::get(gw.url("/x")).header(header, format!("key-{k}")).body(Full::new(Bytes::new())).unwrap();
+            seen.insert(served_by(req).await);
+        }
+        assert_eq!(seen.len(), 1, "key-{k} went to {seen:?}");
+        used.extend(seen);
+    }
+    used
+}
+
 fn get_req(gw: &Gateway, path: &str) -> Request<Full<Bytes>> {
     Request::get(gw.url(path)).body(Full::new(Bytes::new())).unwrap()
 }
@@ -71,19 +88,7 @@ async fn consistent_hash_keeps_each_key_on_one_target() {
         &[&a, &b, &c],
         "    balance: consistent_hash\n    hash_on: { header: x-user }\n",
     ));
-    let mut used = std::collections::HashSet::new();
-    for user in 0..30 {
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..4 {
-            let req = Request::get(gw.url("/x"))
-                .header("x-user", format!("user-{user}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            seen.insert(served_by(req).await);
-        }
-        assert_eq!(seen.len(), 1, "user-{user} went to {seen:?}");
-        used.extend(seen);
-    }
+    let used = each_key_sticks(&gw, "x-user", 30, 4).await;
     assert_eq!(used.len(), 3, "30 keys spread over all targets: {used:?}");
 }
 
@@ -465,19 +470,7 @@ async fn a_sticky_split_keeps_each_user_on_one_upstream() {
         &shadow,
         "    split: [{ upstream: v1, weight: 50 }, { upstream: v2, weight: 50 }]\n    sticky: { header: x-user-id }\n",
     ));
-    let mut seen_versions = std::collections::HashSet::new();
-    for user in 0..20 {
-        let mut versions = std::collections::HashSet::new();
-        for _ in 0..5 {
-            let req = Request::get(gw.url("/x"))
-                .header("x-user-id", format!("u{user}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            versions.insert(served_by(req).await);
-        }
-        assert_eq!(versions.len(), 1, "user u{user} moved between versions");
-        seen_versions.extend(versions);
-    }
+    let seen_versions = each_key_sticks(&gw, "x-user-id", 20, 5).await;
     assert_eq!(seen_versions.len(), 2);
 }
 
