@@ -501,3 +501,23 @@ async fn mirrored_traffic_reaches_the_shadow_and_never_slows_the_client() {
     }
     assert_eq!(shadow.last_headers().get("content-length").map(|v| v.to_str().unwrap().to_owned()), Some("7".into()));
 }
+
+#[tokio::test]
+async fn a_full_route_limit_answers_route_busy_and_blames_no_upstream() {
+    let up = TestUpstream::start("u").await;
+    up.controls.set_delay(1_000);
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: u, max_in_flight: 1, queue_timeout: 50ms }}\n",
+        up.url()
+    )));
+    let url = gw.url("/x");
+    let held = tokio::spawn(async move { get(&url).await.0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, _, body) = get(&gw.url("/x")).await;
+    assert_eq!(s, 503);
+    assert_eq!(json(&body)["error"], "route busy");
+    assert_eq!(held.await.unwrap(), 200);
+    let (_, _, text) = get(&gw.admin_url("/metrics")).await;
+    assert!(!text.contains("gateway_backend_errors_total{upstream=\"u\""), "{text}");
+    assert_eq!(gw.metric("gateway_queue_wait_seconds_count{scope=\"route\",name=\"r\"}").await, 1.0);
+}

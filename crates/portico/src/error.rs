@@ -42,8 +42,10 @@ pub enum ErrorKind {
     UpstreamTimeout(Duration),
     /// The upstream has no target to send to (503).
     NoTarget,
-    /// A concurrency limit is full and the wait for a slot timed out (503).
+    /// The upstream's concurrency limit is full and the wait for a slot timed out (503).
     Overloaded,
+    /// The route's concurrency limit is full and the wait for a slot timed out (503).
+    RouteBusy,
     /// The upstream's circuit breaker is open (503); probes resume after this long.
     CircuitOpen(Duration),
 }
@@ -73,7 +75,9 @@ impl GatewayError {
             | ErrorKind::BadResponse
             | ErrorKind::ConnectTimeout(_)
             | ErrorKind::UpstreamTimeout(_) => Side::Upstream,
-            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::CircuitOpen(_) => Side::Internal,
+            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::RouteBusy | ErrorKind::CircuitOpen(_) => {
+                Side::Internal
+            }
         }
     }
 
@@ -93,7 +97,9 @@ impl GatewayError {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::RouteBusy | ErrorKind::CircuitOpen(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -111,6 +117,7 @@ impl GatewayError {
             ErrorKind::UpstreamTimeout(_) => "upstream timeout",
             ErrorKind::NoTarget => "no upstream target available",
             ErrorKind::Overloaded => "upstream busy",
+            ErrorKind::RouteBusy => "route busy",
             ErrorKind::CircuitOpen(_) => "upstream circuit open",
         }
     }
@@ -124,6 +131,7 @@ impl GatewayError {
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::NoTarget => "no_target",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::RouteBusy => "route_busy",
             ErrorKind::CircuitOpen(_) => "circuit_open",
             _ => "other",
         }
@@ -194,6 +202,7 @@ mod tests {
             (ErrorKind::BadResponse, 502),
             (ErrorKind::NoTarget, 503),
             (ErrorKind::Overloaded, 503),
+            (ErrorKind::RouteBusy, 503),
             (ErrorKind::CircuitOpen(Duration::from_secs(3)), 503),
             (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),
             (ErrorKind::UpstreamTimeout(Duration::from_secs(1)), 504),

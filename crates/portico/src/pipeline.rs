@@ -95,8 +95,10 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut res = match result {
         Ok(res) => res,
         Err(e) => {
+            // A full route limit is the route's own state, not an upstream failure.
             if let Some(r) = route
                 && e.side() != crate::error::Side::Downstream
+                && e.kind != ErrorKind::RouteBusy
             {
                 let upstream = outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
                 shared.metrics.backend_error(upstream, e.metric_kind());

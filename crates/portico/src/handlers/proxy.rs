@@ -75,14 +75,16 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Waits for a slot under a concurrency limit; a wait is recorded in `waited`.
+/// Waits for a slot under a concurrency limit; a wait is recorded in `waited`; a full
+/// limit answers `full`.
 async fn acquire(
     limit: &Option<Arc<Semaphore>>,
     wait: Duration,
     waited: &prometheus_client::metrics::histogram::Histogram,
+    full: ErrorKind,
 ) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
     let Some(sem) = limit else { return Ok(None) };
-    let overloaded = || GatewayError::new(ErrorKind::Overloaded);
+    let overloaded = || GatewayError::new(full.clone());
     if let Ok(p) = sem.clone().try_acquire_owned() {
         return Ok(Some(p));
     }
@@ -118,8 +120,9 @@ pub async fn forward(
     let started = Instant::now();
     let deadline = started + route.timeout_for(upstream);
 
-    let _route_slot = acquire(&route.limit, route.queue_timeout, &route.queue_wait).await?;
-    let _upstream_slot = acquire(&upstream.limit, upstream.queue_timeout, &upstream.queue_wait).await?;
+    let _route_slot = acquire(&route.limit, route.queue_timeout, &route.queue_wait, ErrorKind::RouteBusy).await?;
+    let _upstream_slot =
+        acquire(&upstream.limit, upstream.queue_timeout, &upstream.queue_wait, ErrorKind::Overloaded).await?;
     let permit = match &upstream.breaker {
         Some(b) => match b.allow() {
             Ok(p) => Some(Ticket { breaker: b, permit: Some(p) }),
