@@ -484,7 +484,7 @@ async fn mirrored_traffic_reaches_the_shadow_and_never_slows_the_client() {
         &v1,
         &v2,
         &shadow,
-        "    upstream: v1\n    mirror: { upstream: shadow, percent: 100% }\n",
+        "    upstream: v1\n    mirror: { upstream: shadow, percent: 100%, max_in_flight: 20 }\n",
     ));
     for i in 0..10 {
         let start = Instant::now();
@@ -500,6 +500,11 @@ async fn mirrored_traffic_reaches_the_shadow_and_never_slows_the_client() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(shadow.last_headers().get("content-length").map(|v| v.to_str().unwrap().to_owned()), Some("7".into()));
+    // Past max_in_flight copies are skipped, and counted; the clients never notice.
+    for _ in 0..30 {
+        assert_eq!(get(&gw.url("/orders")).await.0, 200);
+    }
+    assert!(gw.metric("gateway_mirror_skipped_total{route=\"main\"}").await >= 10.0);
 }
 
 #[tokio::test]

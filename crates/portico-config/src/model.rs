@@ -617,6 +617,14 @@ pub struct Mirror {
     /// bodies are not mirrored.
     #[serde(default = "mirror_max_body")]
     pub max_body: ByteSize,
+    /// Most copies in flight at once; past it, copies are skipped (and counted in
+    /// `gateway_mirror_skipped_total`), so a slow shadow cannot pile up work.
+    #[serde(default = "mirror_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn mirror_max_in_flight() -> u32 {
+    64
 }
 
 fn full_share() -> crate::units::Percent {

@@ -117,10 +117,13 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if r.sticky.is_some() && r.split.is_empty() {
             err(format!("{p}.sticky"), "sticky is only used with split".into());
         }
-        if let Some(m) = &r.mirror
-            && !config.upstreams.contains_key(&m.upstream)
-        {
-            err(format!("{p}.mirror.upstream"), format!("unknown upstream {:?} ({})", m.upstream, known()));
+        if let Some(m) = &r.mirror {
+            if !config.upstreams.contains_key(&m.upstream) {
+                err(format!("{p}.mirror.upstream"), format!("unknown upstream {:?} ({})", m.upstream, known()));
+            }
+            if m.max_in_flight == 0 {
+                err(format!("{p}.mirror.max_in_flight"), "must be at least 1".into());
+            }
         }
         check_route(&p, r, &mut err);
     }

@@ -86,6 +86,10 @@ pub struct MirrorTo {
     pub fraction: f64,
     /// Largest body copied.
     pub max_body: u64,
+    /// Copies in flight.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// `gateway_mirror_skipped_total{route}`.
+    pub skipped: prometheus_client::metrics::counter::Counter,
 }
 
 impl CompiledRoute {
@@ -281,6 +285,8 @@ impl Snapshot {
                     upstream: upstreams.get(&m.upstream)?.clone(),
                     fraction: m.percent.fraction(),
                     max_body: m.max_body.get(),
+                    slots: Arc::new(tokio::sync::Semaphore::new(m.max_in_flight as usize)),
+                    skipped: metrics.mirror_skipped(&r.name),
                 })
             });
             routes.push(CompiledRoute {

@@ -325,6 +325,10 @@ fn send_mirror(
     body: Bytes,
     client_ip: std::net::IpAddr,
 ) {
+    let Ok(slot) = m.slots.clone().try_acquire_owned() else {
+        m.skipped.inc();
+        return;
+    };
     let up = m.upstream.clone();
     let key = PickKey { headers, client_ip, path: pq.path() };
     let Some(target) = up.pick(&key, None) else { return };
@@ -340,6 +344,7 @@ fn send_mirror(
     *req.uri_mut() = uri;
     *req.headers_mut() = h;
     tokio::spawn(async move {
+        let _slot = slot;
         let flight = up.start(target);
         match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
             Ok(Ok(res)) => {

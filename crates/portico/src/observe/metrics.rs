@@ -109,6 +109,7 @@ pub struct Metrics {
     queue_wait: Family<QueueLabels, Histogram, Buckets>,
     retries: Family<UpstreamLabel, Counter>,
     retries_exhausted: Family<UpstreamLabel, Counter>,
+    mirror_skipped: Family<RouteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -197,6 +198,12 @@ impl Metrics {
             "Retries not sent because the retry budget was spent, by upstream",
             retries_exhausted.clone(),
         );
+        let mirror_skipped = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_mirror_skipped",
+            "Mirror copies not sent because the route's mirror.max_in_flight was reached",
+            mirror_skipped.clone(),
+        );
         // Pre-create the reload series so dashboards see zeros, not gaps.
         for result in ["success", "error"] {
             reloads.get_or_create(&ResultLabel { result }).get();
@@ -219,6 +226,7 @@ impl Metrics {
             queue_wait,
             retries,
             retries_exhausted,
+            mirror_skipped,
         }
     }
 
@@ -236,6 +244,11 @@ impl Metrics {
     /// The queue-wait histogram of a concurrency limit (`scope` is `upstream` or `route`).
     pub fn queue_wait(&self, scope: &'static str, name: &str) -> Histogram {
         self.queue_wait.get_or_create_owned(&QueueLabels { scope, name: name.into() })
+    }
+
+    /// The counter of mirror copies skipped, of a route.
+    pub fn mirror_skipped(&self, route: &str) -> Counter {
+        self.mirror_skipped.get_or_create_owned(&RouteLabel { route: route.into() })
     }
 
     /// The retry counter of an upstream.
