@@ -44,7 +44,9 @@ pub(crate) fn connector(
             let _ = roots.add(c);
         }
         if roots.is_empty() {
-            return Err(err(".ca", "no system CA certificates found; set tls.ca".into()));
+            // Not fatal: a minimal image may lack a CA bundle. Every handshake then fails
+            // verification (502), and this says why.
+            tracing::warn!(upstream = %name, "no system CA certificates found; https targets cannot be verified until tls.ca is set");
         }
     }
     let builder = builder.with_root_certificates(roots);
