@@ -129,6 +129,9 @@ routes:
     // 400: malformed Content-Length is refused by the HTTP parser itself.
     let out = errors_raw(&gw, b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // A malformed Host (an unclosed IPv6 bracket) is routed like any unknown host.
+    let out = errors_raw(&gw, b"GET /nothing HTTP/1.1\r\nHost: [::1\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     // Garbage on the wire gets 400 and a closed connection, not a hang.
     let out = errors_raw(&gw, b"\x16\x03\x01 not http at all\r\n\r\n").await;
     assert!(out.is_empty() || out.starts_with("HTTP/1.1 400"), "{out}");

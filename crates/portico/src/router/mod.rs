@@ -405,8 +405,12 @@ impl HostGroup {
 /// Lowercases and removes the port: `API.example.com:8080` -> `api.example.com`.
 fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets' content as is.
-        host.split(']').next().map_or(host, |h| &host[..h.len() + 1])
+        // IPv6 literal: keep it with its brackets, drop a port after them. A missing
+        // closing bracket (a malformed Host a client can send) keeps the text as it is.
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
     } else {
         host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
     };
@@ -420,3 +424,19 @@ fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod host_tests {
+    use super::normalize_host;
+
+    #[test]
+    fn hosts_are_normalized_and_malformed_ones_never_panic() {
+        assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("[::1"), "[::1");
+        for weird in ["", "[", "]", ":", "[]:", "a:b:c", "::::", "[::1]]", "é:80", "[é"] {
+            let _ = normalize_host(weird);
+        }
+    }
+}
