@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what the tests need when it is missing:
-# curl and h2load (real HTTP/2 client), ca-certificates (system roots for the TLS tests).
+# curl and h2load (real HTTP/2 client), ca-certificates (system roots for the TLS tests),
+# Python with PyJWT and cryptography (tokens and keys minted independently of the gateway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,12 +9,23 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+command -v python3 >/dev/null || need+=(python3 python3-jwt python3-cryptography)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""
     [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+
+if ! python3 -c "import jwt, cryptography" 2>/dev/null; then
+    echo "installing: PyJWT and cryptography for python3"
+    python3 -m pip install --quiet pyjwt cryptography 2>/dev/null || {
+        SUDO=""
+        [ "$(id -u)" = 0 ] || SUDO="sudo"
+        $SUDO apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-jwt python3-cryptography
+    }
 fi
 
 cargo fmt --all --check

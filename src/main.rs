@@ -32,6 +32,9 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Read an API key from standard input (one line) and print its SHA-256, as
+    /// `consumers[].api_keys[].sha256` wants it. The key itself never goes in the config.
+    HashKey,
     /// Start demo services and a gateway in front of them, on loopback.
     Demo {
         /// Gateway port (0 picks a free one).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { port, admin_port } => demo(port, admin_port),
+        Command::HashKey => hash_key(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +66,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_key() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the key from standard input")?;
+    let key = line.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!key.is_empty(), "no key on standard input");
+    println!("{}", portico::plugins::identity::hex(&portico::plugins::identity::sha256(key.as_bytes())));
+    Ok(())
 }
 
 fn init_logging() {
@@ -138,9 +151,10 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let (config, source) = load(path).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))?;
     let rt = build_runtime(config.runtime.worker_threads)?;
     rt.block_on(async {
+        let signals = portico::Signals::install().context("installing signal handlers")?;
         let gateway = portico::Gateway::start(config, Some(path.to_path_buf())).await?;
         gateway.loaded_from(source);
-        gateway.run_until_signal().await;
+        gateway.run_until_signal(signals).await;
         anyhow::Ok(())
     })?;
     // Connections still open after the drain timeout are closed by exiting.
@@ -151,6 +165,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
 fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let rt = build_runtime(0)?;
     rt.block_on(async {
+        let signals = portico::Signals::install().context("installing signal handlers")?;
         let mut vars = portico::demo::start_services().await.context("starting demo services")?;
         vars.insert("GATEWAY_ADDR", format!("127.0.0.1:{port}"));
         vars.insert("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"));
@@ -160,7 +175,7 @@ fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
             .context("starting the gateway (is the port in use? try --port 0 --admin-port 0)")?;
         let addr = gateway.listener_addrs().get("public").copied().context("no public listener")?;
         println!("{}", portico::demo::instructions(addr, gateway.admin_addr()));
-        gateway.run_until_signal().await;
+        gateway.run_until_signal(signals).await;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -468,9 +468,9 @@ async fn a_sticky_split_keeps_each_user_on_one_upstream() {
         &v1,
         &v2,
         &shadow,
-        "    split: [{ upstream: v1, weight: 50 }, { upstream: v2, weight: 50 }]\n    sticky: { header: x-user-id }\n",
+        "    split: [{ upstream: v1, weight: 50 }, { upstream: v2, weight: 50 }]\n    sticky: { header: x-session }\n",
     ));
-    let seen_versions = each_key_sticks(&gw, "x-user-id", 20, 5).await;
+    let seen_versions = each_key_sticks(&gw, "x-session", 20, 5).await;
     assert_eq!(seen_versions.len(), 2);
 }
 

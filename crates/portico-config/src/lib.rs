@@ -21,6 +21,7 @@
 pub mod env;
 pub mod locate;
 pub mod model;
+pub mod plugins;
 pub mod template;
 pub mod units;
 pub mod validate;
@@ -30,6 +31,7 @@ use std::path::Path;
 
 pub use locate::{Locator, Position};
 pub use model::*;
+pub use plugins::*;
 pub use units::{ByteSize, Duration, Percent};
 
 /// One problem in a config file.

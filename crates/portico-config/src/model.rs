@@ -43,6 +43,22 @@ pub struct Config {
     /// specificity, not by order in the file (see docs/routing.md).
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Plugins applied to every route (a route's own plugin of the same kind replaces
+    /// the global one). They run in the fixed order of docs/plugins.md.
+    #[serde(default)]
+    pub plugins: Vec<crate::plugins::Plugin>,
+    /// JWT issuers, by name, that `jwt` plugins refer to.
+    #[serde(default)]
+    pub jwt_providers: BTreeMap<String, crate::plugins::JwtProvider>,
+    /// Named callers: API keys, groups, roles, tenant and plan.
+    #[serde(default)]
+    pub consumers: Vec<crate::plugins::Consumer>,
+    /// Headers that carry the authenticated identity upstream (client copies removed).
+    #[serde(default)]
+    pub identity_headers: crate::plugins::IdentityHeaders,
+    /// The audit log of refused authentications and authorizations.
+    #[serde(default)]
+    pub audit_log: crate::plugins::AuditLog,
 }
 
 /// A listening socket for client traffic. It speaks HTTP/1.1 and cleartext HTTP/2
@@ -592,6 +608,10 @@ pub struct Route {
     /// How long a request waits for a slot under `max_in_flight`.
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Duration,
+    /// The route's plugins (authentication, authorization, CORS, ...). They run in the
+    /// fixed order of docs/plugins.md, whatever their order here.
+    #[serde(default)]
+    pub plugins: Vec<crate::plugins::Plugin>,
 }
 
 /// One share of a split.

@@ -127,6 +127,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
         check_route(&p, r, &mut err);
     }
+    crate::plugins::check(config, &mut err);
 
     if errs.is_empty() { Ok(()) } else { Err(ConfigErrors(errs)) }
 }

@@ -48,6 +48,24 @@ pub enum ErrorKind {
     RouteBusy,
     /// The upstream's circuit breaker is open (503); probes resume after this long.
     CircuitOpen(Duration),
+    /// Missing or invalid credentials (401 with `WWW-Authenticate`).
+    Unauthorized(Challenge, &'static str),
+    /// Authenticated (or not needed) but not allowed (403).
+    Forbidden(&'static str),
+    /// The keys to check credentials with are not available yet (503): the identity
+    /// provider has not answered since start, or its last answer is too old.
+    KeysUnavailable,
+}
+
+/// The `WWW-Authenticate` challenge of a 401.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// No bearer token was sent (RFC 6750 section 3: no error code).
+    Bearer,
+    /// A bearer token was sent and refused (`error="invalid_token"`).
+    BearerInvalid,
+    /// An API key is expected.
+    ApiKey,
 }
 
 /// An error on the proxy path.
@@ -70,14 +88,18 @@ impl GatewayError {
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed(_)
             | ErrorKind::PayloadTooLarge
-            | ErrorKind::HeadersTooLarge => Side::Downstream,
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::Unauthorized(..)
+            | ErrorKind::Forbidden(_) => Side::Downstream,
             ErrorKind::ConnectFailed
             | ErrorKind::BadResponse
             | ErrorKind::ConnectTimeout(_)
             | ErrorKind::UpstreamTimeout(_) => Side::Upstream,
-            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::RouteBusy | ErrorKind::CircuitOpen(_) => {
-                Side::Internal
-            }
+            ErrorKind::NoTarget
+            | ErrorKind::Overloaded
+            | ErrorKind::RouteBusy
+            | ErrorKind::CircuitOpen(_)
+            | ErrorKind::KeysUnavailable => Side::Internal,
         }
     }
 
@@ -97,9 +119,13 @@ impl GatewayError {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::NoTarget | ErrorKind::Overloaded | ErrorKind::RouteBusy | ErrorKind::CircuitOpen(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden(_) => StatusCode::FORBIDDEN,
+            ErrorKind::NoTarget
+            | ErrorKind::Overloaded
+            | ErrorKind::RouteBusy
+            | ErrorKind::CircuitOpen(_)
+            | ErrorKind::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,6 +145,8 @@ impl GatewayError {
             ErrorKind::Overloaded => "upstream busy",
             ErrorKind::RouteBusy => "route busy",
             ErrorKind::CircuitOpen(_) => "upstream circuit open",
+            ErrorKind::Unauthorized(_, m) | ErrorKind::Forbidden(m) => m,
+            ErrorKind::KeysUnavailable => "credentials cannot be checked right now",
         }
     }
 
@@ -145,6 +173,9 @@ impl GatewayError {
         {
             res.headers_mut().insert(header::ALLOW, v);
         }
+        if let ErrorKind::Unauthorized(challenge, message) = self.kind {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.header(message));
+        }
         if let ErrorKind::CircuitOpen(wait) = self.kind {
             // Whole seconds, rounded up: when probes are let through again.
             let secs = wait.as_millis().div_ceil(1000).max(1);
@@ -156,6 +187,20 @@ impl GatewayError {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         res
+    }
+}
+
+impl Challenge {
+    /// The `WWW-Authenticate` value. `message` is a static text without quotes.
+    fn header(self, message: &'static str) -> HeaderValue {
+        let v = match self {
+            Challenge::Bearer => return HeaderValue::from_static(r#"Bearer realm="portico""#),
+            Challenge::ApiKey => return HeaderValue::from_static(r#"ApiKey realm="portico""#),
+            Challenge::BearerInvalid => {
+                format!(r#"Bearer realm="portico", error="invalid_token", error_description="{message}""#)
+            }
+        };
+        HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static(r#"Bearer realm="portico""#))
     }
 }
 
@@ -204,6 +249,9 @@ mod tests {
             (ErrorKind::Overloaded, 503),
             (ErrorKind::RouteBusy, 503),
             (ErrorKind::CircuitOpen(Duration::from_secs(3)), 503),
+            (ErrorKind::Unauthorized(Challenge::Bearer, "missing credentials"), 401),
+            (ErrorKind::Forbidden("not allowed"), 403),
+            (ErrorKind::KeysUnavailable, 503),
             (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),
             (ErrorKind::UpstreamTimeout(Duration::from_secs(1)), 504),
         ];

@@ -10,8 +10,10 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let yaml = std::fs::read_to_string("portico.yaml")?;
 //! let parsed = portico_config::parse(&yaml, |k| std::env::var(k).ok())?;
+//! let signals = portico::Signals::install()?; // before start: a SIGTERM right after
+//!                                               // "listening" must drain, not kill
 //! let gateway = portico::Gateway::start(parsed.config, Some("portico.yaml".into())).await?;
-//! gateway.run_until_signal().await;
+//! gateway.run_until_signal(signals).await;
 //! # Ok(()) }
 //! ```
 
@@ -26,6 +28,7 @@ pub mod forwarded;
 pub mod handlers;
 pub mod observe;
 pub mod pipeline;
+pub mod plugins;
 pub mod router;
 pub mod server;
 pub mod snapshot;
@@ -42,9 +45,33 @@ use arc_swap::ArcSwap;
 use portico_config::{Config, ConfigError, ConfigErrors};
 use tokio::sync::watch;
 
-use crate::observe::{AccessLog, Metrics};
+use crate::observe::{AccessLog, AuditLog, Metrics};
 use crate::server::{RunningListener, Tracker};
 use crate::snapshot::Snapshot;
+
+/// The process signals the gateway answers: SIGTERM and SIGINT drain and exit, SIGHUP
+/// reloads.
+///
+/// Installed before [`Gateway::start`] binds anything, so that a signal sent as soon as
+/// the listeners are up is caught (the default action would kill the process mid-start).
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Needs a running Tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
 
 /// State shared by every connection and request.
 #[derive(Debug)]
@@ -55,6 +82,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The access log.
     pub access_log: AccessLog,
+    /// The audit log of refused authentications and authorizations.
+    pub audit_log: AuditLog,
     /// Set once shutdown begins: `/ready` answers 503.
     pub draining: AtomicBool,
     /// Open connections and tunnels.
@@ -85,6 +114,21 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// Starts the JWKS refresh of JWT providers and waits for each first fetch (bounded by
+/// its timeout), so that the first tokens meet keys rather than a 503.
+async fn start_jwks_tasks<'a>(providers: impl Iterator<Item = &'a Arc<plugins::jwt::JwtProvider>>) {
+    let mut waits = Vec::new();
+    for p in providers {
+        if let Some(rx) = plugins::jwt::spawn(p) {
+            let timeout = p.definition.jwks.as_ref().map_or(Duration::from_secs(5), |j| j.timeout.get());
+            waits.push((rx, timeout + Duration::from_millis(200)));
+        }
+    }
+    for (mut rx, timeout) in waits {
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0)).await;
+    }
 }
 
 /// Starts the health-check and discovery tasks of upstreams, and waits (at most 3 s) for
@@ -123,12 +167,18 @@ pub struct Gateway {
 struct FixedSettings {
     worker_threads: usize,
     access_log: portico_config::AccessLog,
+    audit_log: portico_config::AuditLog,
     admin: portico_config::Admin,
 }
 
 impl FixedSettings {
     fn of(c: &Config) -> Self {
-        Self { worker_threads: c.runtime.worker_threads, access_log: c.access_log.clone(), admin: c.admin.clone() }
+        Self {
+            worker_threads: c.runtime.worker_threads,
+            access_log: c.access_log.clone(),
+            audit_log: c.audit_log.clone(),
+            admin: c.admin.clone(),
+        }
     }
 }
 
@@ -145,6 +195,17 @@ impl Gateway {
             .map_err(|source| StartError::AccessLog { path: config.access_log.output.clone(), source })?
         } else {
             AccessLog::disabled()
+        };
+        let audit_log = if config.audit_log.enabled {
+            AuditLog::start_named(
+                &config.audit_log.output,
+                config.audit_log.queue_size,
+                metrics.audit_log_dropped.clone(),
+                "portico-audit-log",
+            )
+            .map_err(|source| StartError::AccessLog { path: config.audit_log.output.clone(), source })?
+        } else {
+            AuditLog::disabled()
         };
         // Bind everything before serving anything, so a bad address fails the start cleanly.
         let mut bound = Vec::new();
@@ -168,10 +229,12 @@ impl Gateway {
         let fixed = FixedSettings::of(&config);
         let snapshot = Snapshot::compile(config, None, &metrics)?;
         start_upstream_tasks(snapshot.upstreams.values()).await;
+        start_jwks_tasks(snapshot.jwt_providers.values()).await;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             access_log,
+            audit_log,
             draining: AtomicBool::new(false),
             tracker: Arc::new(Tracker::default()),
         });
@@ -274,6 +337,9 @@ impl Gateway {
         if fixed.access_log != self.fixed.access_log {
             tracing::warn!("access_log changes only on restart; keeping the running settings");
         }
+        if fixed.audit_log != self.fixed.audit_log {
+            tracing::warn!("audit_log changes only on restart; keeping the running settings");
+        }
         if fixed.admin != self.fixed.admin {
             tracing::warn!("admin changes only on restart; keeping the running admin listener");
         }
@@ -320,6 +386,12 @@ impl Gateway {
             .map(|(_, up)| up)
             .collect();
         start_upstream_tasks(fresh.into_iter()).await;
+        let fresh_jwt = snapshot
+            .jwt_providers
+            .iter()
+            .filter(|(name, p)| !current.jwt_providers.get(*name).is_some_and(|old| Arc::ptr_eq(old, p)))
+            .map(|(_, p)| p);
+        start_jwks_tasks(fresh_jwt).await;
         let listeners_cfg = snapshot.config.listeners.clone();
         self.shared.snapshot.store(Arc::new(snapshot));
 
@@ -372,14 +444,8 @@ impl Gateway {
 
     /// Serves until SIGTERM or SIGINT, then drains for `runtime.drain_timeout`.
     /// SIGHUP and changes of the config file reload the config.
-    pub async fn run_until_signal(self: Arc<Self>) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
+    pub async fn run_until_signal(self: Arc<Self>, signals: Signals) {
+        let Signals { mut term, mut int, mut hup } = signals;
         let watcher = self.config_path.clone().map(|path| {
             let gw = self.clone();
             tokio::spawn(async move { gw.watch_file(path).await })
@@ -407,7 +473,12 @@ impl Gateway {
             tracing::info!("drained; exiting");
         }
         let log = self.shared.access_log.clone();
-        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
+        let audit = self.shared.audit_log.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            log.flush(Duration::from_secs(2));
+            audit.flush(Duration::from_secs(1));
+        })
+        .await;
     }
 
     /// Polls the config file and reloads when its content changes.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -14,7 +14,9 @@ use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::forwarded;
 use crate::handlers::proxy;
-use crate::observe::AccessRecord;
+use crate::observe::{AccessRecord, AuditRecord};
+use crate::plugins::cors::Cors;
+use crate::plugins::{Flow, Refusal, RequestView};
 use crate::router::{Lookup, RequestParts};
 use crate::snapshot::ListenerSettings;
 
@@ -62,30 +64,80 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
 
     let mut outcome = Outcome::default();
     let mut route_idx = None;
+    let mut user_id = None;
+    let mut preflight_answered = false;
+    let mut origin = None;
     let result = match check_request(&req, &conn.listener) {
         Err(e) => Err(e),
         Ok(()) => {
             let host = host_of(&req).unwrap_or("");
             let path = req.uri().path();
-            let parts = RequestParts { host, path, query: req.uri().query(), method: &method, headers: req.headers() };
-            match snap.router.lookup(&parts) {
+            let query = req.uri().query();
+            let headers = req.headers();
+            let plain = RequestParts { host, path, query, method: &method, headers };
+            // A CORS preflight is routed as the request it announces, so that route's
+            // CORS settings answer it.
+            let announced = preflight_method(&method, headers);
+            let lookup = match &announced {
+                Some(announced) => {
+                    let parts = RequestParts { host, path, query, method: announced, headers };
+                    match snap.router.lookup(&parts) {
+                        Lookup::Found { index, params } if snap.routes[index].plugins.has_cors() => {
+                            Lookup::Found { index, params }
+                        }
+                        _ => snap.router.lookup(&plain),
+                    }
+                }
+                None => snap.router.lookup(&plain),
+            };
+            match lookup {
                 Lookup::NotFound => Err(GatewayError::new(ErrorKind::NotFound)),
                 Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(ErrorKind::MethodNotAllowed(allow))),
                 Lookup::Found { index, params } => {
                     route_idx = Some(index);
                     let route = &snap.routes[index];
                     let new_path = route.rewrite.apply(path, &params);
-                    req.headers_mut().insert(snap.request_id_header.clone(), request_id.clone());
-                    let ctx = proxy::ProxyCtx {
-                        route,
-                        new_path,
-                        peer: &conn.peer_headers,
-                        peer_trusted,
+                    if route.plugins.has_cors() {
+                        origin = headers.get(header::ORIGIN).cloned();
+                    }
+                    let view = RequestView {
+                        method: &method,
+                        uri: req.uri(),
+                        headers,
+                        host: host_without_port(host),
+                        params: &params,
                         client_ip,
-                        max_body: conn.listener.max_body,
-                        shared: &shared,
                     };
-                    proxy::forward(req, ctx, &mut outcome).await
+                    match route.plugins.request(&view, &snap.consumers).await {
+                        Err(refusal) => {
+                            audit(&shared, &req, &route.name, &request_id, client_ip, &refusal);
+                            Err(refusal.error)
+                        }
+                        Ok(Flow::Respond(res)) => {
+                            preflight_answered = true;
+                            Ok(res)
+                        }
+                        Ok(Flow::Continue(identity)) => {
+                            let h = req.headers_mut();
+                            snap.identity.strip(h);
+                            route.plugins.hide_credentials(h);
+                            if let Some(id) = &identity {
+                                snap.identity.apply(id, h);
+                                user_id = Some(id.user_id.clone());
+                            }
+                            h.insert(snap.request_id_header.clone(), request_id.clone());
+                            let ctx = proxy::ProxyCtx {
+                                route,
+                                new_path,
+                                peer: &conn.peer_headers,
+                                peer_trusted,
+                                client_ip,
+                                max_body: conn.listener.max_body,
+                                shared: &shared,
+                            };
+                            proxy::forward(req, ctx, &mut outcome).await
+                        }
+                    }
                 }
             }
         }
@@ -107,6 +159,8 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
             e.to_response(&request_id)
         }
     };
+    let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
+    chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered);
     res.headers_mut().insert(snap.request_id_header.clone(), request_id.clone());
 
     let elapsed = start.elapsed();
@@ -128,7 +182,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
             latency: elapsed,
             client_ip,
             user_agent,
-            user_id: None,
+            user_id,
             rate_limit_remaining: None,
             route: route.map(|r| r.name.clone()),
             backend_service: outcome.upstream.clone().or_else(|| route.map(|r| r.upstream.name.clone())),
@@ -147,6 +201,54 @@ pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
         Some(a) => Some(a.as_str().rsplit('@').next().unwrap_or(a.as_str())),
         None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
     }
+}
+
+/// The host without its port (`[::1]:8080` gives `[::1]`).
+fn host_without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}
+
+/// The method a CORS preflight announces, when the request is one.
+fn preflight_method(method: &Method, headers: &http::HeaderMap) -> Option<Method> {
+    if !Cors::is_preflight(method, headers) {
+        return None;
+    }
+    Method::from_bytes(headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?.as_bytes()).ok()
+}
+
+/// Counts a refused request and writes its audit line.
+fn audit(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    route: &Arc<str>,
+    request_id: &HeaderValue,
+    client_ip: std::net::IpAddr,
+    r: &Refusal,
+) {
+    let status = r.error.status().as_u16();
+    let (event, reason) = match r.error.kind {
+        ErrorKind::Unauthorized(_, m) => ("authentication", m),
+        ErrorKind::Forbidden(m) => ("authorization", m),
+        _ => ("authentication", r.error.public_message()),
+    };
+    shared.metrics.auth_failure(route, status, reason);
+    shared.audit_log.log(AuditRecord {
+        time: SystemTime::now(),
+        event,
+        status,
+        reason,
+        request_id: request_id.clone(),
+        route: route.clone(),
+        method: req.method().clone(),
+        path: req.uri().path().into(),
+        client_ip,
+        user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        user_id: r.user.clone(),
+        credential: r.credential,
+    });
 }
 
 /// Limits and sanity checks before routing.

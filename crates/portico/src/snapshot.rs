@@ -12,6 +12,9 @@ use portico_config::{Config, ConfigError, ConfigErrors, Listener};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::observe::Metrics;
+use crate::plugins::Chain;
+use crate::plugins::identity::{Consumers, IdentityHeaders};
+use crate::plugins::jwt::JwtProvider;
 use crate::router::{Params, Router};
 use crate::upstream::Upstream;
 
@@ -36,6 +39,14 @@ pub struct Snapshot {
     pub no_route: Arc<str>,
     /// Duration histogram for requests that matched nothing.
     pub no_route_duration: Histogram,
+    /// JWT providers by name.
+    pub jwt_providers: HashMap<String, Arc<JwtProvider>>,
+    /// Consumers, by ID and by API key.
+    pub consumers: Consumers,
+    /// Identity headers: removed from client requests, set from the authenticated caller.
+    pub identity: IdentityHeaders,
+    /// The global plugins, for requests that match no route.
+    pub global_plugins: Chain,
 }
 
 /// A route ready to serve.
@@ -66,6 +77,8 @@ pub struct CompiledRoute {
     pub queue_wait: Histogram,
     /// `gateway_request_duration_seconds{route}`.
     pub duration: Histogram,
+    /// The route's plugins (its own and the global ones).
+    pub plugins: Chain,
 }
 
 /// A compiled `split`.
@@ -255,9 +268,32 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), up);
         }
+        let mut jwt_providers = HashMap::new();
+        for (name, def) in &config.jwt_providers {
+            let reused = prev
+                .and_then(|p| p.jwt_providers.get(name))
+                .filter(|j| j.definition == *def && j.files == crate::plugins::jwt::files_fingerprint(def))
+                .cloned();
+            match reused {
+                Some(j) => {
+                    jwt_providers.insert(name.clone(), j);
+                }
+                None => match JwtProvider::new(name, def, metrics) {
+                    Ok(j) => {
+                        jwt_providers.insert(name.clone(), Arc::new(j));
+                    }
+                    Err(e) => tls_errors.push(e),
+                },
+            }
+        }
         if !tls_errors.is_empty() {
             return Err(ConfigErrors(tls_errors));
         }
+        let consumers = Consumers::compile(&config.consumers)?;
+        let identity = IdentityHeaders::compile(
+            &config.identity_headers,
+            jwt_providers.values().flat_map(|p| p.forwarded_headers().collect::<Vec<_>>()),
+        )?;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut errors = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -302,6 +338,7 @@ impl Snapshot {
                 queue_timeout: r.queue_timeout.get(),
                 queue_wait: metrics.queue_wait("route", &r.name),
                 duration: metrics.route_duration(&r.name),
+                plugins: Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &jwt_providers),
             });
         }
         if !errors.is_empty() {
@@ -310,7 +347,12 @@ impl Snapshot {
         let request_id_header = HeaderName::from_bytes(config.request_id.header.as_bytes())
             .map_err(|_| ConfigErrors(vec![ConfigError::new("request_id.header", "invalid header name")]))?;
         let no_route: Arc<str> = "none".into();
+        let global_plugins = Chain::compile(&config.plugins.iter().collect::<Vec<_>>(), &jwt_providers);
         Ok(Snapshot {
+            jwt_providers,
+            consumers,
+            identity,
+            global_plugins,
             router,
             routes,
             upstreams,

@@ -87,9 +87,14 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-impl AccessRecord {
+/// A record that a [`LineLog`] writes as one JSON line.
+pub trait JsonLine: Send + 'static {
     /// Appends the JSON line (with newline) to `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+impl JsonLine for AccessRecord {
+    fn write_json(&self, out: &mut Vec<u8>) {
         let line = Line {
             timestamp: humantime::format_rfc3339_millis(self.start).to_string(),
             request_id: self.request_id.to_str().unwrap_or(""),
@@ -116,12 +121,11 @@ impl AccessRecord {
 }
 
 /// What the writer thread receives.
-#[derive(Debug)]
 // Records are moved into the channel's preallocated slots; boxing them would add an
 // allocation per request to save a few hundred bytes of queue memory.
 #[allow(clippy::large_enum_variant)]
-enum Msg {
-    Record(AccessRecord),
+enum Msg<R> {
+    Record(R),
     /// Write out everything queued before this, then answer.
     Flush(std::sync::mpsc::SyncSender<()>),
 }
@@ -130,14 +134,32 @@ enum Msg {
 /// of thousands of requests per second, a wake-up per line would cost more than the line.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The sending side of the access log; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct AccessLog {
-    tx: Option<mpsc::Sender<Msg>>,
+/// The sending side of a JSON line log (the access log, the audit log); cheap to clone.
+#[derive(Debug)]
+pub struct LineLog<R> {
+    tx: Option<mpsc::Sender<Msg<R>>>,
     dropped: Counter,
 }
 
-impl AccessLog {
+/// The access log.
+pub type AccessLog = LineLog<AccessRecord>;
+
+impl<R> Clone for LineLog<R> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone(), dropped: self.dropped.clone() }
+    }
+}
+
+impl<R> std::fmt::Debug for Msg<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Record(_) => "Record",
+            Msg::Flush(_) => "Flush",
+        })
+    }
+}
+
+impl<R: JsonLine> LineLog<R> {
     /// An access log that writes nothing.
     pub fn disabled() -> Self {
         Self { tx: None, dropped: Counter::default() }
@@ -145,13 +167,18 @@ impl AccessLog {
 
     /// Starts the writer thread. `output` is `stdout`, `stderr` or a file path.
     pub fn start(output: &str, queue_size: usize, dropped: Counter) -> std::io::Result<Self> {
+        Self::start_named(output, queue_size, dropped, "portico-access-log")
+    }
+
+    /// Starts the writer thread with a thread name.
+    pub fn start_named(output: &str, queue_size: usize, dropped: Counter, thread: &str) -> std::io::Result<Self> {
         let sink: Box<dyn Write + Send> = match output {
             "stdout" => Box::new(std::io::stdout()),
             "stderr" => Box::new(std::io::stderr()),
             path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = mpsc::channel(queue_size.max(1));
-        std::thread::Builder::new().name("portico-access-log".into()).spawn(move || writer(rx, sink))?;
+        std::thread::Builder::new().name(thread.into()).spawn(move || writer(rx, sink))?;
         Ok(Self { tx: Some(tx), dropped })
     }
 
@@ -162,7 +189,7 @@ impl AccessLog {
 
     /// Queues a record, or drops and counts it when the queue is full. Never waits.
     #[inline]
-    pub fn log(&self, record: AccessRecord) {
+    pub fn log(&self, record: R) {
         if let Some(tx) = &self.tx
             && tx.try_send(Msg::Record(record)).is_err()
         {
@@ -193,7 +220,7 @@ impl AccessLog {
     }
 }
 
-fn writer(mut rx: mpsc::Receiver<Msg>, sink: Box<dyn Write + Send>) {
+fn writer<R: JsonLine>(mut rx: mpsc::Receiver<Msg<R>>, sink: Box<dyn Write + Send>) {
     use tokio::sync::mpsc::error::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut buf = Vec::with_capacity(1024);

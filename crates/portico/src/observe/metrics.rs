@@ -47,6 +47,24 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthFailureLabels {
+    route: Arc<str>,
+    status: u16,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderResultLabels {
+    provider: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     upstream: Arc<str>,
     to: &'static str,
@@ -110,6 +128,11 @@ pub struct Metrics {
     retries: Family<UpstreamLabel, Counter>,
     retries_exhausted: Family<UpstreamLabel, Counter>,
     mirror_skipped: Family<RouteLabel, Counter>,
+    auth_failures: Family<AuthFailureLabels, Counter>,
+    jwks_fetches: Family<ProviderResultLabels, Counter>,
+    jwks_last_success: Family<ProviderLabels, Gauge>,
+    /// `gateway_audit_log_dropped_total`.
+    pub audit_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -204,6 +227,30 @@ impl Metrics {
             "Mirror copies not sent because the route's mirror.max_in_flight was reached",
             mirror_skipped.clone(),
         );
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "gateway_auth_failures",
+            "Requests refused by authentication (401) or authorization (403), by route, status and reason",
+            auth_failures.clone(),
+        );
+        let jwks_fetches = Family::<ProviderResultLabels, Counter>::default();
+        registry.register(
+            "gateway_jwks_fetches",
+            "JWKS fetches, by JWT provider and result (success, error)",
+            jwks_fetches.clone(),
+        );
+        let jwks_last_success = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "gateway_jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful JWKS fetch, by JWT provider",
+            jwks_last_success.clone(),
+        );
+        let audit_log_dropped = Counter::default();
+        registry.register(
+            "gateway_audit_log_dropped",
+            "Audit log lines dropped because the queue was full",
+            audit_log_dropped.clone(),
+        );
         // Pre-create the reload series so dashboards see zeros, not gaps.
         for result in ["success", "error"] {
             reloads.get_or_create(&ResultLabel { result }).get();
@@ -227,6 +274,10 @@ impl Metrics {
             retries,
             retries_exhausted,
             mirror_skipped,
+            auth_failures,
+            jwks_fetches,
+            jwks_last_success,
+            audit_log_dropped,
         }
     }
 
@@ -249,6 +300,23 @@ impl Metrics {
     /// The counter of mirror copies skipped, of a route.
     pub fn mirror_skipped(&self, route: &str) -> Counter {
         self.mirror_skipped.get_or_create_owned(&RouteLabel { route: route.into() })
+    }
+
+    /// Counts a request refused by authentication or authorization.
+    pub fn auth_failure(&self, route: &Arc<str>, status: u16, reason: &'static str) {
+        self.auth_failures.get_or_create(&AuthFailureLabels { route: route.clone(), status, reason }).inc();
+    }
+
+    /// The fetch counters of a JWT provider's JWKS: success, error.
+    pub fn jwks_fetches(&self, provider: &str) -> [Counter; 2] {
+        ["success", "error"].map(|result| {
+            self.jwks_fetches.get_or_create_owned(&ProviderResultLabels { provider: provider.into(), result })
+        })
+    }
+
+    /// The last-success gauge of a JWT provider's JWKS.
+    pub fn jwks_last_success(&self, provider: &str) -> Gauge {
+        self.jwks_last_success.get_or_create_owned(&ProviderLabels { provider: provider.into() })
     }
 
     /// The retry counter of an upstream.

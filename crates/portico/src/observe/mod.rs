@@ -1,7 +1,9 @@
-//! Observability: Prometheus metrics and the JSON access log.
+//! Observability: Prometheus metrics, the JSON access log and the audit log.
 
 pub mod access_log;
+pub mod audit;
 pub mod metrics;
 
 pub use access_log::{AccessLog, AccessRecord};
+pub use audit::{AuditLog, AuditRecord};
 pub use metrics::Metrics;

@@ -24,31 +24,12 @@ pub(crate) fn connector(
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| err("", format!("TLS setup failed: {e}")))?;
-    let mut roots = RootCertStore::empty();
-    if !https {
-        // Plain http: the TLS side is never used.
-    } else if let Some(ca) = &tls.ca {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| err(".ca", format!("cannot read {ca}: {e}")))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(".ca", format!("{ca}: not a PEM certificate file: {e}")))?;
-        if certs.is_empty() {
-            return Err(err(".ca", format!("{ca} holds no certificate")));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| err(".ca", format!("{ca}: {e}")))?;
-        }
+    let roots = if https {
+        root_store(tls.ca.as_deref(), name).map_err(|m| err(".ca", m))?
     } else {
-        let native = rustls_native_certs::load_native_certs();
-        for c in native.certs {
-            let _ = roots.add(c);
-        }
-        if roots.is_empty() {
-            // Not fatal: a minimal image may lack a CA bundle. Every handshake then fails
-            // verification (502), and this says why.
-            tracing::warn!(upstream = %name, "no system CA certificates found; https targets cannot be verified until tls.ca is set");
-        }
-    }
+        // Plain http: the TLS side is never used.
+        RootCertStore::empty()
+    };
     let builder = builder.with_root_certificates(roots);
     let config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
@@ -78,6 +59,35 @@ pub(crate) fn connector(
         UpstreamProtocol::Http1 => b.enable_http1().wrap_connector(http),
         UpstreamProtocol::Http2 => b.enable_http2().wrap_connector(http),
     })
+}
+
+/// The trusted roots: the certificates of the PEM file `ca`, else the system's. `who`
+/// names the user in the warning logged when the system has none.
+pub(crate) fn root_store(ca: Option<&str>, who: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    if let Some(ca) = ca {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read {ca}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{ca}: not a PEM certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{ca} holds no certificate"));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("{ca}: {e}"))?;
+        }
+    } else {
+        let native = rustls_native_certs::load_native_certs();
+        for c in native.certs {
+            let _ = roots.add(c);
+        }
+        if roots.is_empty() {
+            // Not fatal: a minimal image may lack a CA bundle. Every handshake then fails
+            // verification, and this says why.
+            tracing::warn!(user = %who, "no system CA certificates found; https peers cannot be verified until a CA file is set");
+        }
+    }
+    Ok(roots)
 }
 
 /// The contents of the TLS files an upstream names (CA, client certificate and key), so a

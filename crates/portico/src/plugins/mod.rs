@@ -1,0 +1,209 @@
+//! Plugins: what a route does to a request before the handler and to the response after.
+//!
+//! Each route gets one [`Chain`], compiled at load time from its own plugins and the
+//! global ones (a route's plugin of a kind replaces the global one of that kind). The
+//! order is fixed here, not taken from the YAML:
+//!
+//! | phase    | order | plugin             | may answer early with |
+//! |----------|-------|--------------------|-----------------------|
+//! | request  | 1     | `ip_filter`        | 403 |
+//! | request  | 2     | `cors` (preflight) | 204, 403 |
+//! | request  | 3     | `jwt`, `api_key`   | 401 (first credential found decides) |
+//! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
+//! | response | 1     | `cors`             | |
+//! | response | 2     | `security_headers` | |
+//!
+//! The chain is a struct of optional slots rather than a list of trait objects: the order
+//! is then the field order, and the request hook is one future with no boxing per plugin.
+
+pub mod api_key;
+pub mod authorize;
+pub mod cors;
+pub mod identity;
+pub mod ip_filter;
+pub mod jwt;
+pub mod security_headers;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri};
+use portico_config::Plugin;
+
+use crate::body::Body;
+use crate::error::{Challenge, GatewayError};
+use crate::router::Params;
+use identity::{Consumers, Identity};
+
+/// An authentication plugin.
+#[derive(Debug)]
+enum Authn {
+    Jwt(Arc<jwt::JwtProvider>),
+    ApiKey(api_key::ApiKeyAuth),
+}
+
+/// The compiled plugins of a route.
+#[derive(Debug, Default)]
+pub struct Chain {
+    ip_filter: Option<ip_filter::IpFilter>,
+    cors: Option<cors::Cors>,
+    authn: Box<[Authn]>,
+    authorize: Option<authorize::Authorize>,
+    security_headers: Option<security_headers::SecurityHeaders>,
+    challenge: Option<Challenge>,
+    /// Credential headers not passed upstream (API keys).
+    hide: Box<[HeaderName]>,
+}
+
+/// What the request phase reads of a request.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// URI as received.
+    pub uri: &'a Uri,
+    /// Headers as received.
+    pub headers: &'a HeaderMap,
+    /// Host without port.
+    pub host: &'a str,
+    /// Parameters captured by the route's path.
+    pub params: &'a Params<'a, 'a>,
+    /// The client IP (through trusted proxies).
+    pub client_ip: IpAddr,
+}
+
+/// What the request phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on to the handler, as this caller (`None`: anonymous, or no authentication).
+    Continue(Option<Identity>),
+    /// Answer with this response (a CORS preflight).
+    Respond(Response<Body>),
+}
+
+/// A request the plugins refused, with what the audit log needs.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The error answered.
+    pub error: GatewayError,
+    /// The credential kind presented, if any.
+    pub credential: Option<&'static str>,
+    /// The authenticated caller, when authentication succeeded.
+    pub user: Option<Arc<str>>,
+}
+
+impl From<GatewayError> for Refusal {
+    fn from(error: GatewayError) -> Self {
+        Self { error, credential: None, user: None }
+    }
+}
+
+impl Chain {
+    /// Compiles the plugins that apply to a route (see [`portico_config::effective`]).
+    pub fn compile(plugins: &[&Plugin], providers: &HashMap<String, Arc<jwt::JwtProvider>>) -> Chain {
+        let mut chain = Chain::default();
+        let mut authn = Vec::new();
+        let mut hide = Vec::new();
+        for p in plugins {
+            match p {
+                Plugin::IpFilter(c) => chain.ip_filter = Some(ip_filter::IpFilter::new(c)),
+                Plugin::Cors(c) => chain.cors = Some(cors::Cors::new(c)),
+                Plugin::Jwt(c) => {
+                    if let Some(p) = providers.get(&c.provider) {
+                        authn.push(Authn::Jwt(p.clone()));
+                    }
+                }
+                Plugin::ApiKey(c) => {
+                    let a = api_key::ApiKeyAuth::new(c);
+                    hide.extend(a.header().cloned());
+                    authn.push(Authn::ApiKey(a));
+                }
+                Plugin::Authorize(c) => chain.authorize = Some(authorize::Authorize::new(c)),
+                Plugin::SecurityHeaders(c) => chain.security_headers = Some(security_headers::SecurityHeaders::new(c)),
+            }
+        }
+        // JWT first: a bearer token is the stronger credential when both are sent.
+        authn.sort_by_key(|a| matches!(a, Authn::ApiKey(_)));
+        chain.challenge = authn.first().map(|a| match a {
+            Authn::Jwt(_) => Challenge::Bearer,
+            Authn::ApiKey(_) => Challenge::ApiKey,
+        });
+        chain.authn = authn.into();
+        chain.hide = hide.into();
+        chain
+    }
+
+    /// Whether the chain answers CORS preflights.
+    pub fn has_cors(&self) -> bool {
+        self.cors.is_some()
+    }
+
+    /// The request phase.
+    pub async fn request(&self, req: &RequestView<'_>, consumers: &Consumers) -> Result<Flow, Refusal> {
+        if let Some(f) = &self.ip_filter {
+            f.check(req.client_ip)?;
+        }
+        if let Some(c) = &self.cors
+            && cors::Cors::is_preflight(req.method, req.headers)
+        {
+            return Ok(Flow::Respond(c.preflight(req.headers)?));
+        }
+        let Some(challenge) = self.challenge else { return Ok(Flow::Continue(None)) };
+        let mut identity = None;
+        for a in &*self.authn {
+            let (found, credential) = match a {
+                Authn::Jwt(p) => (
+                    p.check(req.headers, req.uri, consumers).await.map(|c| match c {
+                        jwt::Checked::Absent => None,
+                        jwt::Checked::Valid(id) => Some(id),
+                    }),
+                    "jwt",
+                ),
+                Authn::ApiKey(k) => (k.check(req.headers, req.uri, consumers), "api_key"),
+            };
+            match found {
+                Ok(None) => continue,
+                Ok(Some(id)) => {
+                    identity = Some(id);
+                    break;
+                }
+                Err(error) => return Err(Refusal { error, credential: Some(credential), user: None }),
+            }
+        }
+        let subject = authorize::Subject { headers: req.headers, host: req.host, params: req.params };
+        let checked = match &self.authorize {
+            Some(a) => a.check(identity.as_ref(), &subject, challenge),
+            None => authorize::Authorize::default().check(identity.as_ref(), &subject, challenge),
+        };
+        match checked {
+            Ok(()) => Ok(Flow::Continue(identity)),
+            Err(error) => Err(Refusal {
+                error,
+                credential: identity.as_ref().map(|i| i.method),
+                user: identity.map(|i| i.user_id),
+            }),
+        }
+    }
+
+    /// Removes credentials that the upstream must not see (API keys).
+    #[inline]
+    pub fn hide_credentials(&self, headers: &mut HeaderMap) {
+        for h in &*self.hide {
+            headers.remove(h);
+        }
+    }
+
+    /// The response phase. `origin` is the request's `Origin`; `tls` whether the client
+    /// connection is TLS; `preflight` whether `res` is this chain's preflight answer.
+    pub fn response(&self, res: &mut Response<Body>, origin: Option<&HeaderValue>, tls: bool, preflight: bool) {
+        if let Some(c) = &self.cors
+            && !preflight
+        {
+            c.apply(origin, res);
+        }
+        if let Some(s) = &self.security_headers {
+            s.apply(res, tls);
+        }
+    }
+}
