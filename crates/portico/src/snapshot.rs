@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::observe::Metrics;
 use crate::router::{Params, Router};
+use crate::server::tls::ListenerTls;
 use crate::upstream::Upstream;
 
 /// A compiled config.
@@ -36,6 +37,12 @@ pub struct Snapshot {
     pub no_route: Arc<str>,
     /// Duration histogram for requests that matched nothing.
     pub no_route_duration: Histogram,
+    /// Compiled TLS settings of each TLS listener, by listener name.
+    pub listener_tls: HashMap<String, Arc<ListenerTls>>,
+    /// Headers that carry a client certificate's subject upstream (the default name and
+    /// every listener's `client_auth.forward_header`): removed from every client request,
+    /// on every listener, so only the gateway sets them.
+    pub client_cert_headers: Box<[HeaderName]>,
 }
 
 /// A route ready to serve.
@@ -211,6 +218,10 @@ pub struct ListenerSettings {
     pub max_concurrent_streams: u32,
     /// Connections at once.
     pub max_connections: usize,
+    /// `redirect_https.port`: every request is redirected to HTTPS.
+    pub redirect_https: Option<u16>,
+    /// TLS termination, on a TLS listener.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 impl ListenerSettings {
@@ -225,7 +236,14 @@ impl ListenerSettings {
             http2: l.http2,
             max_concurrent_streams: l.limits.max_concurrent_streams,
             max_connections: l.limits.max_connections as usize,
+            redirect_https: l.redirect_https.as_ref().map(|r| r.port),
+            tls: None,
         }
+    }
+
+    /// With the compiled TLS settings of the listener.
+    pub fn with_tls(self, tls: Option<Arc<ListenerTls>>) -> Self {
+        Self { tls, ..self }
     }
 }
 
@@ -234,8 +252,25 @@ impl Snapshot {
     /// are reused, with their pools and balancing state.
     pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigErrors> {
         let router = Router::new(config.routes.iter().map(|r| &r.matcher))?;
-        let mut upstreams = HashMap::new();
+        let mut listener_tls = HashMap::new();
+        let mut client_cert_headers = vec![HeaderName::from_static(portico_config::DEFAULT_CLIENT_CERT_HEADER)];
         let mut tls_errors = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let prev_tls = prev.and_then(|p| p.listener_tls.get(&l.name));
+            match ListenerTls::compile(i, l, prev_tls) {
+                Ok(Some(tls)) => {
+                    if let Some(h) = &tls.forward_header
+                        && !client_cert_headers.contains(h)
+                    {
+                        client_cert_headers.push(h.clone());
+                    }
+                    listener_tls.insert(l.name.clone(), tls);
+                }
+                Ok(None) => {}
+                Err(e) => tls_errors.extend(e),
+            }
+        }
+        let mut upstreams = HashMap::new();
         for (name, def) in &config.upstreams {
             // Reused when the definition is the same and the TLS files it names still hold
             // what was loaded (a certificate replaced in place is picked up by a reload).
@@ -319,6 +354,8 @@ impl Snapshot {
             trusted_proxies: config.client_ip.trusted_proxies.clone(),
             no_route_duration: metrics.route_duration(&no_route),
             no_route,
+            listener_tls,
+            client_cert_headers: client_cert_headers.into_boxed_slice(),
             config: Arc::new(config),
         })
     }
