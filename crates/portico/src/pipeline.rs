@@ -1,6 +1,7 @@
 //! The request's way through the gateway: context, checks, route match, handler, then
 //! metrics and the access log.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -181,8 +182,7 @@ fn redirect_https<B>(req: &Request<B>, port: Option<u16>) -> Result<Response<Bod
     match port {
         Some(443) | None => {}
         Some(p) => {
-            location.push(':');
-            location.push_str(&p.to_string());
+            let _ = write!(location, ":{p}");
         }
     }
     location.push_str(pq);

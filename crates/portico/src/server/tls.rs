@@ -169,8 +169,10 @@ fn load_one(
     if !x509.validity().is_valid() {
         tracing::warn!(cert = %cp, name = %label, "certificate is outside its validity period; clients will refuse it");
     }
-    let key_der =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_err(format!("{kp}: not a private key: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => key_err(format!("{kp}: not a private key: it holds no PEM key")),
+        e => key_err(format!("{kp}: not a private key: {e}")),
+    })?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)
@@ -245,6 +247,35 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The client certificate verifier of `client_auth`, with the CA file's content.
+fn client_verifier(
+    ca: &portico_config::ClientAuth,
+    read: std::io::Result<Vec<u8>>,
+    provider: &Arc<CryptoProvider>,
+    path: &str,
+) -> Result<(Arc<dyn rustls::server::danger::ClientCertVerifier>, Vec<u8>), ConfigError> {
+    let cp = &ca.ca;
+    let err = |msg: String| ConfigError::new(format!("{path}.client_auth.ca"), msg);
+    let pem = read.map_err(|e| err(format!("cannot read file {cp}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("{cp}: not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(format!("{cp} holds no certificate")));
+    }
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| err(format!("{cp}: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let verifier = match ca.mode {
+        ClientAuthMode::Required => verifier,
+        ClientAuthMode::Optional => verifier.allow_unauthenticated(),
+    };
+    let verifier = verifier.build().map_err(|e| err(format!("{cp}: cannot verify with it: {e}")))?;
+    Ok((verifier, pem))
+}
+
 impl ListenerTls {
     /// Compiles the `tls` of listener `index`, reading its files. Returns the previous
     /// compiled settings when neither the config nor the files' contents changed, so a
@@ -260,6 +291,7 @@ impl ListenerTls {
         let ca_read = tls.client_auth.as_ref().map(|c| std::fs::read(&c.ca));
         if let Some(p) = prev
             && p.source.0 == *tls
+            && p.path == path
             && p.source.1 == l.http2
             && p.resolver.current().same_contents(&reads)
             && p.ca_contents.as_ref() == ca_read.as_ref().and_then(|r| r.as_ref().ok())
@@ -267,42 +299,30 @@ impl ListenerTls {
             return Ok(Some(p.clone()));
         }
         let provider = provider();
-        let set = CertSet::build(&tls.certificates, reads, &provider, &path)?;
-        let err = |field: &str, msg: String| vec![ConfigError::new(format!("{path}{field}"), msg)];
+        let set = CertSet::build(&tls.certificates, reads, &provider, &path);
+        // Report the CA's problems together with the certificates'.
+        let verifier = match (&tls.client_auth, ca_read) {
+            (Some(ca), Some(read)) => Some(client_verifier(ca, read, &provider, &path)),
+            _ => None,
+        };
+        let (set, verifier) = match (set, verifier.transpose()) {
+            (Ok(set), Ok(v)) => (set, v),
+            (set, v) => {
+                let mut errors = set.err().unwrap_or_default();
+                errors.extend(v.err());
+                return Err(errors);
+            }
+        };
         let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
-            .map_err(|e| err("", format!("TLS setup failed: {e}")))?;
-        let mut ca_contents = None;
-        let builder = match (&tls.client_auth, ca_read) {
-            (Some(ca), Some(read)) => {
-                let cp = &ca.ca;
-                let pem = read.map_err(|e| err(".client_auth.ca", format!("cannot read file {cp}: {e}")))?;
-                let certs = CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| err(".client_auth.ca", format!("{cp}: not a PEM certificate file: {e}")))?;
-                if certs.is_empty() {
-                    return Err(err(".client_auth.ca", format!("{cp} holds no certificate")));
-                }
-                let mut roots = RootCertStore::empty();
-                for c in certs {
-                    roots.add(c).map_err(|e| err(".client_auth.ca", format!("{cp}: {e}")))?;
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                let verifier = match ca.mode {
-                    ClientAuthMode::Required => verifier,
-                    ClientAuthMode::Optional => verifier.allow_unauthenticated(),
-                };
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| err(".client_auth.ca", format!("{cp}: cannot verify with it: {e}")))?;
-                ca_contents = Some(pem);
-                builder.with_client_cert_verifier(verifier)
-            }
-            _ => builder.with_no_client_auth(),
+            .map_err(|e| vec![ConfigError::new(path.clone(), format!("TLS setup failed: {e}"))])?;
+        let (builder, ca_contents) = match verifier {
+            Some((verifier, pem)) => (builder.with_client_cert_verifier(verifier), Some(pem)),
+            None => (builder.with_no_client_auth(), None),
         };
         let resolver = Arc::new(CertResolver { current: ArcSwap::from_pointee(set) });
         let mut config = builder.with_cert_resolver(resolver.clone());
