@@ -511,7 +511,9 @@ async fn a_config_reload_loads_replaced_certificates() {
     let yaml = tls_yaml(&up, &format!("{{ certificates: {} }}", certs_yaml(&[&a])), "")
         .replace("admin:", "runtime: { watch_interval: 0s }\nadmin:");
     let gw = Gateway::start(&yaml);
-    let (cert, key) = pki.issue_pem("gen-2", &["a.test"], None);
+    let expiry = "gateway_tls_certificate_expiry_seconds{listener=\"public\",name=\"a.test\"}";
+    assert_eq!(gw.metric(expiry).await, openssl_not_after(&a.0));
+    let (cert, key) = pki.issue_pem("gen-2", &["a.test"], Some((2030, 3, 4)));
     std::fs::write(&a.1, key).unwrap();
     std::fs::write(&a.0, cert).unwrap();
     gw.signal(1);
@@ -520,6 +522,9 @@ async fn a_config_reload_loads_replaced_certificates() {
     })
     .await;
     assert!(ok, "{}", gw.stderr_text());
+    assert_eq!(gw.metric(expiry).await, openssl_not_after(&a.0), "the reload updated the expiry");
+    let success = "gateway_tls_reloads_total{listener=\"public\",result=\"success\"}";
+    assert_eq!(gw.metric(success).await, 0.0, "a config reload is not counted as a reload from disk");
 }
 
 #[tokio::test]
