@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what the tests need when it is missing:
-# curl and h2load (real HTTP/2 client), ca-certificates (system roots for the TLS tests),
+# curl and h2load (real HTTP/2 client), openssl (an independent TLS client and certificate
+# tool for the listener TLS tests), ca-certificates (system roots for the TLS tests),
 # Python with PyJWT and cryptography (tokens and keys minted independently of the gateway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v python3 >/dev/null || need+=(python3 python3-jwt python3-cryptography)
 if ((${#need[@]})); then

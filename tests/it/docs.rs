@@ -25,6 +25,44 @@ fn yaml_configs(markdown: &str) -> Vec<String> {
     out
 }
 
+/// Creates the TLS files an example names with relative paths (listener certificates and
+/// keys, client CAs, upstream CA and client certificates) in `dir`: one self-signed
+/// certificate serves as every certificate and CA, and its key as every key, so pairs match.
+/// Examples with absolute paths (`/etc/...`) must be fragments, not complete configs.
+fn write_tls_files(yaml: &str, dir: &std::path::Path) {
+    let Ok(parsed) = portico_config::parse(yaml, |_| Some("x".into())) else { return };
+    let c = parsed.config;
+    let mut certs = Vec::new();
+    let mut keys = Vec::new();
+    for l in &c.listeners {
+        let Some(tls) = &l.tls else { continue };
+        for f in &tls.certificates {
+            certs.push(f.cert.clone());
+            keys.push(f.key.clone());
+        }
+        certs.extend(tls.client_auth.as_ref().map(|a| a.ca.clone()));
+    }
+    for up in c.upstreams.values() {
+        let Some(tls) = &up.tls else { continue };
+        certs.extend(tls.ca.clone().into_iter().chain(tls.client_cert.clone()));
+        keys.extend(tls.client_key.clone());
+    }
+    if certs.is_empty() && keys.is_empty() {
+        return;
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["example.com".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap().pem();
+    for (paths, text) in [(certs, cert), (keys, key.serialize_pem())] {
+        for p in paths.iter().filter(|p| std::path::Path::new(p).is_relative()) {
+            let path = dir.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &text).unwrap();
+        }
+    }
+}
+
 #[test]
 fn every_example_config_validates() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -55,7 +93,13 @@ fn every_example_config_validates() {
     }
     for (name, yaml) in sources.into_iter().filter(|(_, y)| !y.is_empty()) {
         let f = write_temp(dir.path(), "example.yaml", &yaml);
-        let out = portico().args(["validate", f.to_str().unwrap()]).env("PORTICO_ADMIN_TOKEN", "x").output().unwrap();
+        write_tls_files(&yaml, dir.path());
+        let out = portico()
+            .args(["validate", f.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env("PORTICO_ADMIN_TOKEN", "x")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{name} does not validate:\n{}\n{yaml}", String::from_utf8_lossy(&out.stderr));
         checked += 1;
     }

@@ -14,4 +14,5 @@ mod observe;
 mod proxy;
 mod resilience;
 mod support;
+mod tls_listener;
 mod tls_upstream;

@@ -61,8 +61,9 @@ pub struct Config {
     pub audit_log: crate::plugins::AuditLog,
 }
 
-/// A listening socket for client traffic. It speaks HTTP/1.1 and cleartext HTTP/2
-/// (h2c with prior knowledge) on the same port.
+/// A listening socket for client traffic. Without `tls` it speaks HTTP/1.1 and cleartext
+/// HTTP/2 (h2c with prior knowledge) on the same port; with `tls`, HTTP/1.1 and HTTP/2 over
+/// TLS, chosen by ALPN.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
@@ -71,12 +72,111 @@ pub struct Listener {
     /// Address and port to bind, e.g. `0.0.0.0:8080` or `[::]:8080`.
     #[schemars(with = "String")]
     pub bind: SocketAddr,
-    /// Accept cleartext HTTP/2 with prior knowledge (h2c) besides HTTP/1.1.
+    /// Accept HTTP/2 besides HTTP/1.1: cleartext with prior knowledge (h2c) on a plain
+    /// listener, `h2` by ALPN on a TLS listener.
     #[serde(default = "yes")]
     pub http2: bool,
     /// Per-connection and per-request limits.
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Terminate TLS on this listener. Absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// On a plain listener: answer every request with a redirect to `https://` on this
+    /// port (301 for GET and HEAD, 308 otherwise), before routing. Absent: no redirect.
+    #[serde(default)]
+    pub redirect_https: Option<RedirectHttps>,
+}
+
+/// TLS termination on a listener (rustls with the aws-lc-rs provider). Only rustls' safe
+/// defaults are offered: TLS 1.3 and TLS 1.2 with AEAD cipher suites and forward secrecy;
+/// rustls has no weak suites to turn off.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates with their keys. A client's SNI selects the one whose subject
+    /// alternative names (DNS, `*.example.com` wildcards included) cover it; the first is
+    /// used when the client sends no SNI or a name no certificate covers. At least one.
+    pub certificates: Vec<CertificateFiles>,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Ask clients for a certificate (mutual TLS). Absent: clients are not asked.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A certificate chain and its private key, as PEM files. Both files are watched: a change
+/// on disk is loaded for new handshakes without a reload.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM file of the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Client certificates (mutual TLS) on a listener.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// `required`: a handshake without a valid client certificate fails. `optional`:
+    /// clients without a certificate are served too (one that presents an invalid
+    /// certificate is still refused).
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM file of the CA certificates that sign accepted client certificates.
+    pub ca: String,
+    /// Request header that carries the verified client certificate's subject (RFC 4514,
+    /// `CN=alice,O=Example`) upstream. Any copy a client sends is removed on every
+    /// listener, so only the gateway sets it.
+    #[serde(default = "default_client_cert_header")]
+    pub forward_header: String,
+}
+
+/// The header that carries the client certificate's subject upstream, by default.
+pub const DEFAULT_CLIENT_CERT_HEADER: &str = "x-client-cert-subject";
+
+fn default_client_cert_header() -> String {
+    DEFAULT_CLIENT_CERT_HEADER.into()
+}
+
+/// Whether a client certificate is required.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// Clients must present a valid certificate.
+    #[default]
+    Required,
+    /// Clients may present a certificate; when they do, it must be valid.
+    Optional,
+}
+
+/// Redirect plain HTTP to HTTPS.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectHttps {
+    /// Port of the HTTPS listener in the `Location` URL (443 is not written).
+    pub port: u16,
+}
+
+impl Default for RedirectHttps {
+    fn default() -> Self {
+        Self { port: 443 }
+    }
 }
 
 /// Limits that protect the gateway from slow, large or abusive clients.

@@ -126,3 +126,44 @@ fn committed_schema_is_current() {
         "schema/portico.schema.json is stale: run `cargo run -- schema > schema/portico.schema.json`"
     );
 }
+
+#[test]
+fn listener_tls_defaults_and_checks() {
+    let src = BASE.replace(
+        "    bind: 127.0.0.1:8080\n",
+        "    bind: 127.0.0.1:8080\n    tls:\n      certificates: [{ cert: a.pem, key: a.key }]\n      client_auth: { ca: ca.pem }\n",
+    );
+    let c = parse(&src, no_env).unwrap().config;
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    let ca = tls.client_auth.as_ref().unwrap();
+    assert_eq!(ca.mode, ClientAuthMode::Required, "the safe default");
+    assert_eq!(ca.forward_header, "x-client-cert-subject");
+    assert!(c.listeners[0].redirect_https.is_none());
+
+    let src = BASE.replace(
+        "    bind: 127.0.0.1:8080\n",
+        "    bind: 127.0.0.1:8080\n    tls: { certificates: [], min_version: \"1.3\", client_auth: { ca: \"\", mode: optional, forward_header: Host } }\n    redirect_https: { port: 0 }\n",
+    );
+    let errs = errors(&src);
+    for want in [
+        "listeners[0].tls.certificates: at least one certificate is required",
+        "listeners[0].tls.client_auth.ca: must be a file path",
+        "listeners[0].tls.client_auth.forward_header: \"Host\" is set by the gateway itself",
+        "listeners[0].redirect_https: a TLS listener does not redirect",
+        "listeners[0].redirect_https.port: must be a port from 1 to 65535",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errs:?}");
+    }
+
+    let src = BASE.replace(
+        "    bind: 127.0.0.1:8080\n",
+        "    bind: 127.0.0.1:8080\n    tls: { certificates: [{ cert: a.pem, key: a.key }], min_version: \"1.1\" }\n",
+    );
+    let errs = errors(&src);
+    assert!(errs[0].starts_with("listeners[0].tls.min_version"), "{errs:?}");
+
+    let src = BASE.replace("    bind: 127.0.0.1:8080\n", "    bind: 127.0.0.1:8080\n    redirect_https: {}\n");
+    let c = parse(&src, no_env).unwrap().config;
+    assert_eq!(c.listeners[0].redirect_https.as_ref().unwrap().port, 443);
+}

@@ -57,6 +57,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if lim.max_concurrent_streams == 0 {
             err(format!("{p}.limits.max_concurrent_streams"), "must be at least 1".into());
         }
+        check_listener_tls(&p, l, &mut err);
     }
 
     if config.runtime.worker_threads > 1024 {
@@ -271,6 +272,63 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
     }
     if up.timeouts.request.get().is_zero() {
         err(format!("{p}.timeouts.request"), "must be greater than 0s".into());
+    }
+}
+
+/// Headers a client certificate's subject must not be forwarded in: the gateway sets or
+/// strips these itself.
+const RESERVED_FORWARD_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// The file-free checks of a listener's `tls` and `redirect_https` (the files are read when
+/// the config is compiled).
+fn check_listener_tls(p: &str, l: &crate::model::Listener, err: &mut impl FnMut(String, String)) {
+    if let Some(r) = &l.redirect_https {
+        if l.tls.is_some() {
+            err(format!("{p}.redirect_https"), "a TLS listener does not redirect; set it on the plain listener".into());
+        }
+        if r.port == 0 {
+            err(format!("{p}.redirect_https.port"), "must be a port from 1 to 65535".into());
+        }
+    }
+    let Some(tls) = &l.tls else { return };
+    let tp = format!("{p}.tls");
+    if tls.certificates.is_empty() {
+        err(format!("{tp}.certificates"), "at least one certificate is required".into());
+    }
+    for (i, c) in tls.certificates.iter().enumerate() {
+        if c.cert.trim().is_empty() {
+            err(format!("{tp}.certificates[{i}].cert"), "must be a file path".into());
+        }
+        if c.key.trim().is_empty() {
+            err(format!("{tp}.certificates[{i}].key"), "must be a file path".into());
+        }
+    }
+    if let Some(ca) = &tls.client_auth {
+        if ca.ca.trim().is_empty() {
+            err(format!("{tp}.client_auth.ca"), "must be a file path".into());
+        }
+        let h = &ca.forward_header;
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Err(_) => err(format!("{tp}.client_auth.forward_header"), format!("{h:?} is not a valid header name")),
+            Ok(name) if RESERVED_FORWARD_HEADERS.contains(&name.as_str()) => err(
+                format!("{tp}.client_auth.forward_header"),
+                format!("{h:?} is set by the gateway itself; choose another name"),
+            ),
+            Ok(_) => {}
+        }
     }
 }
 

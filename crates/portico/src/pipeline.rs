@@ -1,11 +1,12 @@
 //! The request's way through the gateway: context, checks, route match, handler, then
 //! metrics and the access log.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -31,13 +32,39 @@ pub struct ConnInfo {
     pub listener: Arc<ListenerSettings>,
     /// Forwarding header values for this peer, built once.
     pub peer_headers: forwarded::PeerHeaders,
+    /// What the TLS handshake established, on a TLS listener.
+    pub tls: Option<Arc<TlsInfo>>,
 }
 
 impl ConnInfo {
     /// Describes a connection from `peer` to `listener`.
     pub fn new(peer: SocketAddr, proto: &'static str, listener: Arc<ListenerSettings>) -> Self {
-        Self { peer, proto, listener, peer_headers: forwarded::PeerHeaders::new(peer.ip(), proto) }
+        Self { peer, proto, listener, peer_headers: forwarded::PeerHeaders::new(peer.ip(), proto), tls: None }
     }
+
+    /// Describes a TLS connection (`proto` is `https`).
+    pub fn with_tls(peer: SocketAddr, listener: Arc<ListenerSettings>, tls: TlsInfo) -> Self {
+        Self { tls: Some(Arc::new(tls)), ..Self::new(peer, "https", listener) }
+    }
+}
+
+/// What a TLS handshake established, for the connection's requests.
+#[derive(Debug, Default)]
+pub struct TlsInfo {
+    /// The server name the client asked for (SNI), lower case.
+    pub sni: Option<Box<str>>,
+    /// Whether ALPN chose HTTP/2.
+    pub alpn_h2: bool,
+    /// The verified client certificate's subject as RFC 4514 text (`CN=alice,O=Example`),
+    /// with `client_auth`, when the client presented one.
+    pub client_subject: Option<Box<str>>,
+    /// The verified client certificate's subject alternative names: `DNS:..`, `URI:..`,
+    /// `email:..`.
+    pub client_sans: Vec<Box<str>>,
+    /// The listener's `client_auth.forward_header` (none without `client_auth`).
+    pub forward_header: Option<HeaderName>,
+    /// `client_subject` as a header value, built once per connection.
+    pub client_subject_value: Option<HeaderValue>,
 }
 
 /// What the handler learned, for metrics and the log.
@@ -69,6 +96,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut origin = None;
     let result = match check_request(&req, &conn.listener) {
         Err(e) => Err(e),
+        Ok(()) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
         Ok(()) => {
             let host = host_of(&req).unwrap_or("");
             let path = req.uri().path();
@@ -134,6 +162,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                                 client_ip,
                                 max_body: conn.listener.max_body,
                                 shared: &shared,
+                                tls: conn.tls.as_deref(),
                             };
                             proxy::forward(req, ctx, &mut outcome).await
                         }
@@ -191,6 +220,35 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
         });
     }
     res
+}
+
+/// `redirect_https`: the same host (without its port), path and query on `https://` and
+/// `port`; 301 for GET and HEAD, 308 (method and body kept) otherwise.
+fn redirect_https<B>(req: &Request<B>, port: Option<u16>) -> Result<Response<Body>, GatewayError> {
+    let bad = || GatewayError::new(ErrorKind::BadRequest("missing or invalid Host"));
+    let authority: http::uri::Authority = host_of(req).ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let host = authority.host();
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut location = String::with_capacity(8 + host.len() + 6 + pq.len());
+    location.push_str("https://");
+    location.push_str(host);
+    match port {
+        Some(443) | None => {}
+        Some(p) => {
+            let _ = write!(location, ":{p}");
+        }
+    }
+    location.push_str(pq);
+    let location = HeaderValue::from_str(&location).map_err(|_| bad())?;
+    let mut res = Response::new(Body::Empty);
+    *res.status_mut() = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    res.headers_mut().insert(header::LOCATION, location);
+    res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(res)
 }
 
 /// The request's host, with its port when given: the URI's authority when there is one
@@ -330,6 +388,27 @@ mod tests {
         for p in ["/a/b", "/a/.well-known/x", "/a/..b", "/v1.2/x", "/"] {
             assert!(!has_dot_segment(p), "{p}");
         }
+    }
+
+    #[test]
+    fn redirects_keep_host_path_and_query() {
+        let loc = |method: &str, uri: &str, host: Option<&str>, port| {
+            let mut b = Request::builder().method(method).uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let res = redirect_https(&b.body(()).unwrap(), Some(port));
+            res.map(|r| (r.status().as_u16(), r.headers()["location"].to_str().unwrap().to_owned()))
+        };
+        assert_eq!(
+            loc("GET", "/a/b?x=1&y", Some("api.test:8080"), 443).unwrap(),
+            (301, "https://api.test/a/b?x=1&y".into())
+        );
+        assert_eq!(loc("POST", "/p", Some("api.test"), 8443).unwrap(), (308, "https://api.test:8443/p".into()));
+        assert_eq!(loc("HEAD", "/", Some("[::1]:80"), 443).unwrap(), (301, "https://[::1]/".into()));
+        assert_eq!(loc("GET", "http://abs.test:80/q", None, 443).unwrap(), (301, "https://abs.test/q".into()));
+        assert!(loc("GET", "/", None, 443).is_err());
+        assert!(loc("GET", "/", Some("evil.test/x"), 443).is_err());
     }
 
     #[test]

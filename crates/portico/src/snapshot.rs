@@ -16,6 +16,7 @@ use crate::plugins::Chain;
 use crate::plugins::identity::{Consumers, IdentityHeaders};
 use crate::plugins::jwt::JwtProvider;
 use crate::router::{Params, Router};
+use crate::server::tls::ListenerTls;
 use crate::upstream::Upstream;
 
 /// A compiled config.
@@ -47,6 +48,8 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// The global plugins, for requests that match no route.
     pub global_plugins: Chain,
+    /// Compiled TLS settings of each TLS listener, by listener name.
+    pub listener_tls: HashMap<String, Arc<ListenerTls>>,
 }
 
 /// A route ready to serve.
@@ -224,6 +227,10 @@ pub struct ListenerSettings {
     pub max_concurrent_streams: u32,
     /// Connections at once.
     pub max_connections: usize,
+    /// `redirect_https.port`: every request is redirected to HTTPS.
+    pub redirect_https: Option<u16>,
+    /// TLS termination, on a TLS listener.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 impl ListenerSettings {
@@ -238,7 +245,14 @@ impl ListenerSettings {
             http2: l.http2,
             max_concurrent_streams: l.limits.max_concurrent_streams,
             max_connections: l.limits.max_connections as usize,
+            redirect_https: l.redirect_https.as_ref().map(|r| r.port),
+            tls: None,
         }
+    }
+
+    /// With the compiled TLS settings of the listener.
+    pub fn with_tls(self, tls: Option<Arc<ListenerTls>>) -> Self {
+        Self { tls, ..self }
     }
 }
 
@@ -247,8 +261,25 @@ impl Snapshot {
     /// are reused, with their pools and balancing state.
     pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigErrors> {
         let router = Router::new(config.routes.iter().map(|r| &r.matcher))?;
-        let mut upstreams = HashMap::new();
+        let mut listener_tls = HashMap::new();
+        let mut client_cert_headers = vec![HeaderName::from_static(portico_config::DEFAULT_CLIENT_CERT_HEADER)];
         let mut tls_errors = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let prev_tls = prev.and_then(|p| p.listener_tls.get(&l.name));
+            match ListenerTls::compile(i, l, prev_tls) {
+                Ok(Some(tls)) => {
+                    if let Some(h) = &tls.forward_header
+                        && !client_cert_headers.contains(h)
+                    {
+                        client_cert_headers.push(h.clone());
+                    }
+                    listener_tls.insert(l.name.clone(), tls);
+                }
+                Ok(None) => {}
+                Err(e) => tls_errors.extend(e),
+            }
+        }
+        let mut upstreams = HashMap::new();
         for (name, def) in &config.upstreams {
             // Reused when the definition is the same and the TLS files it names still hold
             // what was loaded (a certificate replaced in place is picked up by a reload).
@@ -292,7 +323,10 @@ impl Snapshot {
         let consumers = Consumers::compile(&config.consumers)?;
         let identity = IdentityHeaders::compile(
             &config.identity_headers,
-            jwt_providers.values().flat_map(|p| p.forwarded_headers().collect::<Vec<_>>()),
+            jwt_providers
+                .values()
+                .flat_map(|p| p.forwarded_headers().collect::<Vec<_>>())
+                .chain(client_cert_headers.iter().cloned()),
         )?;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut errors = Vec::new();
@@ -361,6 +395,7 @@ impl Snapshot {
             trusted_proxies: config.client_ip.trusted_proxies.clone(),
             no_route_duration: metrics.route_duration(&no_route),
             no_route,
+            listener_tls,
             config: Arc::new(config),
         })
     }

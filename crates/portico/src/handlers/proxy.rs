@@ -47,6 +47,8 @@ pub struct ProxyCtx<'a> {
     pub max_body: u64,
     /// Process-wide state.
     pub shared: &'a Shared,
+    /// What the connection's TLS handshake established, on a TLS listener.
+    pub tls: Option<&'a crate::pipeline::TlsInfo>,
 }
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -161,6 +163,16 @@ pub async fn forward(
     let mut headers = parts.headers;
     forwarded::remove_hop_by_hop(&mut headers, upgrade);
     forwarded::set_forwarding_headers(&mut headers, ctx.peer, ctx.peer_trusted, original_host.as_ref());
+    // Client copies of certificate headers were removed with the other identity headers
+    // (plugins::identity); add the verified subject of this connection's certificate.
+    if let Some(tls) = ctx.tls
+        && let Some(name) = &tls.forward_header
+    {
+        headers.remove(name);
+        if let Some(subject) = &tls.client_subject_value {
+            headers.insert(name.clone(), subject.clone());
+        }
+    }
     let version = match upstream.definition.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,

@@ -86,6 +86,24 @@ struct ListenerLabel {
     listener: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    listener: Arc<str>,
+    name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerResultLabels {
+    listener: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeErrorLabels {
+    listener: Arc<str>,
+    reason: &'static str,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Buckets(&'static [f64]);
 
@@ -133,6 +151,9 @@ pub struct Metrics {
     jwks_last_success: Family<ProviderLabels, Gauge>,
     /// `gateway_audit_log_dropped_total`.
     pub audit_log_dropped: Counter,
+    tls_expiry: Family<CertificateLabels, Gauge>,
+    tls_reloads: Family<ListenerResultLabels, Counter>,
+    tls_handshake_errors: Family<HandshakeErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -251,6 +272,24 @@ impl Metrics {
             "Audit log lines dropped because the queue was full",
             audit_log_dropped.clone(),
         );
+        let tls_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "gateway_tls_certificate_expiry_seconds",
+            "notAfter of each listener certificate, as Unix time in seconds, by listener and name (first subject alternative name, else common name)",
+            tls_expiry.clone(),
+        );
+        let tls_reloads = Family::<ListenerResultLabels, Counter>::default();
+        registry.register(
+            "gateway_tls_reloads",
+            "Listener certificates reloaded after their files changed on disk, by listener and result (success, error)",
+            tls_reloads.clone(),
+        );
+        let tls_handshake_errors = Family::<HandshakeErrorLabels, Counter>::default();
+        registry.register(
+            "gateway_tls_handshake_errors",
+            "TLS handshakes that failed, by listener and reason (timeout, error)",
+            tls_handshake_errors.clone(),
+        );
         // Pre-create the reload series so dashboards see zeros, not gaps.
         for result in ["success", "error"] {
             reloads.get_or_create(&ResultLabel { result }).get();
@@ -278,7 +317,43 @@ impl Metrics {
             jwks_fetches,
             jwks_last_success,
             audit_log_dropped,
+            tls_expiry,
+            tls_reloads,
+            tls_handshake_errors,
         }
+    }
+
+    /// Sets the expiry gauge of a listener's certificate.
+    pub fn tls_certificate_expiry(&self, listener: &Arc<str>, name: &Arc<str>, not_after: i64) {
+        self.tls_expiry
+            .get_or_create(&CertificateLabels { listener: listener.clone(), name: name.clone() })
+            .set(not_after);
+    }
+
+    /// Drops the expiry series of a certificate that was replaced or removed.
+    pub fn forget_tls_certificate(&self, listener: &Arc<str>, name: &Arc<str>) {
+        self.tls_expiry.remove(&CertificateLabels { listener: listener.clone(), name: name.clone() });
+    }
+
+    /// Counts a reload of certificates from disk; `tls_listener_init` creates both series.
+    pub fn tls_reload(&self, listener: &Arc<str>, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.tls_reloads.get_or_create(&ListenerResultLabels { listener: listener.clone(), result }).inc();
+    }
+
+    /// Creates a TLS listener's reload and handshake-error series at 0.
+    pub fn tls_listener_init(&self, listener: &Arc<str>) {
+        for result in ["success", "error"] {
+            self.tls_reloads.get_or_create(&ListenerResultLabels { listener: listener.clone(), result }).get();
+        }
+        for reason in ["timeout", "error"] {
+            self.tls_handshake_errors.get_or_create(&HandshakeErrorLabels { listener: listener.clone(), reason }).get();
+        }
+    }
+
+    /// Counts a failed handshake (`reason`: `timeout` or `error`).
+    pub fn tls_handshake_error(&self, listener: &Arc<str>, reason: &'static str) {
+        self.tls_handshake_errors.get_or_create(&HandshakeErrorLabels { listener: listener.clone(), reason }).inc();
     }
 
     /// The breaker-state gauge of an upstream.

@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -118,14 +117,15 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// A socket that reports the first bytes of each new request head to its [`Phase`].
-struct Tracked {
-    inner: TcpStream,
+/// A socket (or TLS stream) that reports the first bytes of each new request head to its
+/// [`Phase`]. Generic, so the plain path stays a `TcpStream` without dynamic dispatch.
+struct Tracked<S> {
+    inner: S,
     phase: Arc<Phase>,
     first: bool,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -146,7 +146,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
@@ -168,13 +168,11 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// Builds the protocol settings of a listener.
+/// Builds the protocol settings of a listener, for both protocols: the caller restricts
+/// it to one (`http1_only`, `http2_only`; hyper-util allows only one such call).
 pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
     let l = &info.listener;
     let mut b = auto::Builder::new(TokioExecutor::new());
-    if !l.http2 {
-        b = b.http1_only();
-    }
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
@@ -191,13 +189,15 @@ pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one connection until it closes, is timed out, or the gateway shuts down.
-pub(crate) async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve<S>(
+    stream: S,
     info: Arc<ConnInfo>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let phase = Arc::new(Phase::new());
     phase.since_ms.store(0, Ordering::Relaxed);
     // A new connection counts as receiving a head: the client must start promptly.

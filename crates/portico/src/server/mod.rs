@@ -1,7 +1,8 @@
-//! Listeners: binding, the accept loop, the connection limit, and connection tracking for
-//! a graceful drain.
+//! Listeners: binding, the accept loop, the connection limit, TLS termination, and
+//! connection tracking for a graceful drain.
 
 pub(crate) mod conn;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +17,10 @@ use tokio::task::JoinHandle;
 
 use crate::Shared;
 use crate::pipeline::ConnInfo;
+use crate::server::tls::ListenerTls;
 use crate::snapshot::ListenerSettings;
+
+type Builder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
 
 /// Counts open connections and tunnels, so shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -87,6 +91,16 @@ pub(crate) struct RunningListener {
     max_connections: usize,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    shared: Arc<Shared>,
+    /// Expiry series of this listener's certificates.
+    published: Arc<tls::Published>,
+    /// Polls the certificate files of a TLS listener.
+    watcher: JoinHandle<()>,
+}
+
+/// The compiled TLS settings of listener `name` in the current snapshot.
+fn current_tls(shared: &Shared, name: &str) -> Option<Arc<ListenerTls>> {
+    shared.snapshot.load().listener_tls.get(name).cloned()
 }
 
 impl RunningListener {
@@ -99,18 +113,56 @@ impl RunningListener {
     ) -> io::Result<Self> {
         let local_addr = std_listener.local_addr()?;
         let listener = TcpListener::from_std(std_listener)?;
-        let settings = Arc::new(ArcSwap::from_pointee(ListenerSettings::new(&config)));
+        let tls = current_tls(&shared, &config.name);
+        let published = Arc::new(tls::Published::default());
+        let first = ListenerSettings::new(&config).with_tls(tls.clone());
+        if let Some(t) = &tls {
+            shared.metrics.tls_listener_init(&first.name);
+            published.publish(&shared.metrics, &first.name, Some(&t.resolver.current()));
+        }
+        let settings = Arc::new(ArcSwap::from_pointee(first));
         let max_connections = settings.load().max_connections;
         let limit = Arc::new(Semaphore::new(max_connections));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, settings.clone(), limit.clone(), shared, stop_rx, conn_shutdown));
-        Ok(Self { config, local_addr, settings, limit, max_connections, stop, task })
+        let task = tokio::spawn(accept_loop(
+            listener,
+            settings.clone(),
+            limit.clone(),
+            shared.clone(),
+            stop_rx,
+            conn_shutdown,
+        ));
+        let watcher = {
+            let (s, sh) = (settings.clone(), shared.clone());
+            tokio::spawn(tls::watch(
+                config.name.as_str().into(),
+                move || s.load().tls.clone(),
+                move || sh.snapshot.load().config.runtime.watch_interval.get(),
+                shared.metrics.clone(),
+                published.clone(),
+            ))
+        };
+        Ok(Self { config, local_addr, settings, limit, max_connections, stop, task, shared, published, watcher })
     }
 
     /// Applies new settings: they take effect for connections accepted from now on, and
     /// the connection limit is raised or lowered at once.
     pub(crate) fn update(&mut self, config: portico_config::Listener) {
-        let settings = ListenerSettings::new(&config);
+        let tls = current_tls(&self.shared, &config.name);
+        let settings = ListenerSettings::new(&config).with_tls(tls.clone());
+        let before = self.settings.load().tls.clone();
+        let same_tls = match (&before, &tls) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_tls {
+            if tls.is_some() {
+                self.shared.metrics.tls_listener_init(&settings.name);
+            }
+            let set = tls.as_ref().map(|t| t.resolver.current());
+            self.published.publish(&self.shared.metrics, &settings.name, set.as_deref());
+        }
         let new_max = settings.max_connections;
         if new_max > self.max_connections {
             self.limit.add_permits(new_max - self.max_connections);
@@ -137,7 +189,61 @@ impl RunningListener {
     pub(crate) fn stop(&self) {
         let _ = self.stop.send(true);
         self.task.abort();
+        self.watcher.abort();
+        self.published.publish(&self.shared.metrics, &self.settings.load().name, None);
     }
+}
+
+/// The HTTP protocol settings of a listener's connections: both protocols (plain
+/// listeners, h2c by prior knowledge) or the one ALPN chose (TLS listeners).
+struct Builders {
+    auto: Arc<Builder>,
+    http1: Arc<Builder>,
+    http2: Arc<Builder>,
+}
+
+impl Builders {
+    fn new(info: &ConnInfo) -> Self {
+        let b = conn::builder(info);
+        let auto = if info.listener.http2 { b.clone() } else { b.clone().http1_only() };
+        Self { auto: Arc::new(auto), http1: Arc::new(b.clone().http1_only()), http2: Arc::new(b.http2_only()) }
+    }
+}
+
+/// Runs the TLS handshake, bounded by the listener's `header_timeout`, then serves the
+/// connection with the protocol ALPN chose. Failed handshakes are counted and logged at
+/// debug: they are the client's business and cheap to cause.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    settings: Arc<ListenerSettings>,
+    tls: Arc<ListenerTls>,
+    (http1, http2): (Arc<Builder>, Arc<Builder>),
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let handshake = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                shared.metrics.tls_handshake_error(&settings.name, "error");
+                tracing::debug!(listener = %settings.name, peer = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake_error(&settings.name, "timeout");
+                tracing::debug!(listener = %settings.name, peer = %peer, "TLS handshake timeout");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    let info = tls.conn_info(stream.get_ref().1);
+    let builder = if info.alpn_h2 { http2 } else { http1 };
+    let info = Arc::new(ConnInfo::with_tls(peer, settings, info));
+    conn::serve(stream, info, builder, shared, shutdown).await;
 }
 
 async fn accept_loop(
@@ -148,10 +254,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     conn_shutdown: watch::Receiver<bool>,
 ) {
-    let mut current: Option<(
-        Arc<ListenerSettings>,
-        Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
-    )> = None;
+    let mut current: Option<(Arc<ListenerSettings>, Builders)> = None;
     loop {
         // At the connection limit, stop accepting: new clients wait in the kernel's queue.
         let permit = tokio::select! {
@@ -172,26 +275,36 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let s = settings.load_full();
-        let builder = match &current {
-            Some((cs, b)) if Arc::ptr_eq(cs, &s) => b.clone(),
-            _ => {
-                let info = ConnInfo::new(peer, "http", s.clone());
-                let b = Arc::new(conn::builder(&info));
-                current = Some((s.clone(), b.clone()));
-                b
-            }
+        let builders = match &current {
+            Some((cs, b)) if Arc::ptr_eq(cs, &s) => b,
+            _ => &current.insert((s.clone(), Builders::new(&ConnInfo::new(peer, "http", s.clone())))).1,
         };
         shared.metrics.connection_accepted(&s.name);
-        let info = Arc::new(ConnInfo::new(peer, "http", s));
         let shared = shared.clone();
         let guard = shared.tracker.enter();
         let shutdown = conn_shutdown.clone();
-        tokio::spawn(async move {
-            shared.metrics.active_connections.inc();
-            conn::serve(stream, info, builder, shared.clone(), shutdown).await;
-            shared.metrics.active_connections.dec();
-            drop(guard);
-            drop(permit);
-        });
+        match s.tls.clone() {
+            None => {
+                let builder = builders.auto.clone();
+                let info = Arc::new(ConnInfo::new(peer, "http", s));
+                tokio::spawn(async move {
+                    shared.metrics.active_connections.inc();
+                    conn::serve(stream, info, builder, shared.clone(), shutdown).await;
+                    shared.metrics.active_connections.dec();
+                    drop(guard);
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                let builders = (builders.http1.clone(), builders.http2.clone());
+                tokio::spawn(async move {
+                    shared.metrics.active_connections.inc();
+                    serve_tls(stream, peer, s, tls, builders, shared.clone(), shutdown).await;
+                    shared.metrics.active_connections.dec();
+                    drop(guard);
+                    drop(permit);
+                });
+            }
+        }
     }
 }
