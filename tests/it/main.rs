@@ -2,6 +2,7 @@
 //! One test binary (faster to link than one per file).
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
+mod access;
 mod auth;
 mod cli;
 mod connections;

@@ -24,6 +24,9 @@ pub enum Plugin {
     Jwt(JwtAuth),
     /// Authenticate with an API key of a consumer.
     ApiKey(ApiKeyAuth),
+    /// Authenticate with the client certificate verified by the listener's
+    /// `tls.client_auth` (mTLS).
+    Mtls(MtlsAuth),
     /// Allow or deny by consumer, group, role, scope or tenant (403).
     Authorize(Authorize),
     /// Security response headers (HSTS, `X-Content-Type-Options`, ...) and removal of
@@ -39,6 +42,7 @@ impl Plugin {
             Plugin::Cors(_) => "cors",
             Plugin::Jwt(_) => "jwt",
             Plugin::ApiKey(_) => "api_key",
+            Plugin::Mtls(_) => "mtls",
             Plugin::Authorize(_) => "authorize",
             Plugin::SecurityHeaders(_) => "security_headers",
         }
@@ -117,6 +121,18 @@ impl Default for ApiKeyAuth {
     fn default() -> Self {
         Self { header: Some("x-api-key".into()), query: None }
     }
+}
+
+/// mTLS authentication on a route: the caller is the consumer that lists the client
+/// certificate's subject or one of its SANs in `mtls_subjects`, else the subject itself.
+/// Requests over connections without a verified client certificate carry no credential
+/// here (another authentication plugin may still succeed).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtlsAuth {
+    /// Refuse (401) a certificate that no consumer lists, instead of taking its subject
+    /// as the user ID.
+    pub consumers_only: bool,
 }
 
 /// Authorization. With an authentication plugin on the route and no `anonymous: true`, a
@@ -427,6 +443,11 @@ pub struct Consumer {
     /// revoke keys with a reload.
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
+    /// Client certificates that are this consumer (with the `mtls` plugin): a subject as
+    /// RFC 4514 text (`CN=billing,O=Example`) or a SAN (`DNS:billing.internal`,
+    /// `URI:spiffe://example.org/billing`, `email:ops@example.com`).
+    #[serde(default)]
+    pub mtls_subjects: Vec<String>,
 }
 
 /// One API key of a consumer.
@@ -512,13 +533,13 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
         let p = format!("routes[{i}].plugins");
         check_list(&p, &r.plugins, config, Some(r), err);
         let all = effective(&config.plugins, &r.plugins);
-        let authenticates = all.iter().any(|p| matches!(p, Plugin::Jwt(_) | Plugin::ApiKey(_)));
+        let authenticates = all.iter().any(|p| matches!(p, Plugin::Jwt(_) | Plugin::ApiKey(_) | Plugin::Mtls(_)));
         if let Some(j) = r.plugins.iter().position(|p| matches!(p, Plugin::Authorize(_)))
             && !authenticates
         {
             err(
                 format!("{p}[{j}].authorize"),
-                "authorize needs an authentication plugin (jwt or api_key) on the route or globally".into(),
+                "authorize needs an authentication plugin (jwt, api_key or mtls) on the route or globally".into(),
             );
         }
     }
@@ -527,6 +548,7 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
     }
     let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut digests: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut subjects: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (i, c) in config.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
         if c.id.trim().is_empty() {
@@ -540,6 +562,13 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
             && plan.trim().is_empty()
         {
             err(format!("{p}.tenant"), "must not be empty when given".into());
+        }
+        for (j, m) in c.mtls_subjects.iter().enumerate() {
+            if m.trim().is_empty() {
+                err(format!("{p}.mtls_subjects[{j}]"), "must not be empty".into());
+            } else if let Some(other) = subjects.insert(m.clone(), p.clone()) {
+                err(format!("{p}.mtls_subjects[{j}]"), format!("{m:?} is also listed by {other}"));
+            }
         }
         for (j, k) in c.api_keys.iter().enumerate() {
             let kp = format!("{p}.api_keys[{j}].sha256");
@@ -620,6 +649,7 @@ fn check_list(
                     err(format!("{pp}.query"), "must not be empty".into());
                 }
             }
+            Plugin::Mtls(_) => {}
             Plugin::Authorize(a) => {
                 match &a.tenant {
                     Some(TenantFrom::Param(name)) => {

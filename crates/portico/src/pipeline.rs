@@ -135,6 +135,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                         host: host_without_port(host),
                         params: &params,
                         client_ip,
+                        tls: conn.tls.as_deref(),
                     };
                     match route.plugins.request(&view, &snap.consumers).await {
                         Err(refusal) => {
