@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod connections;
+mod cors;
 mod demo;
 mod discovery;
 mod docs;
