@@ -6,6 +6,7 @@ mod access;
 mod auth;
 mod cli;
 mod connections;
+mod cors;
 mod demo;
 mod discovery;
 mod docs;

@@ -733,6 +733,22 @@ fn check_cors(pp: &str, c: &Cors, err: &mut impl FnMut(String, String)) {
             }
         }
     }
+    // `*` is a valid header name, so it would be taken literally: a preflight would have
+    // to ask for a header named `*`, and browsers read a credentialed `*` as a name too.
+    if let Some(j) = c.headers.iter().position(|h| h == "*") {
+        err(
+            format!("{pp}.headers[{j}]"),
+            "\"*\" is not a wildcard here: leave headers empty to allow the headers a preflight asks for".into(),
+        );
+    }
+    if let Some(j) = c.expose_headers.iter().position(|h| h == "*")
+        && c.credentials
+    {
+        err(
+            format!("{pp}.expose_headers[{j}]"),
+            "\"*\" exposes nothing with credentials (browsers take it as a header name): list the headers".into(),
+        );
+    }
 }
 
 fn check_provider(p: &str, jp: &JwtProvider, err: &mut impl FnMut(String, String)) {
