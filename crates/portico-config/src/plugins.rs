@@ -252,6 +252,11 @@ pub struct JwtProvider {
     /// Longest token accepted; longer ones get 401 without being parsed.
     #[serde(default = "default_max_token")]
     pub max_token_bytes: ByteSize,
+    /// Tokens already verified are remembered, up to this many, until they expire or the
+    /// key set changes: a client reusing its token costs a lookup instead of a signature
+    /// check. `0` turns the cache off.
+    #[serde(default = "default_token_cache")]
+    pub token_cache_size: u32,
     /// The claim that names the caller (the user ID; a consumer with this ID, if there is
     /// one, lends its groups, tenant and plan).
     #[serde(default = "default_subject_claim")]
@@ -281,6 +286,10 @@ fn default_leeway() -> Duration {
 
 fn default_max_token() -> ByteSize {
     ByteSize::kib(8)
+}
+
+fn default_token_cache() -> u32 {
+    10_000
 }
 
 fn default_subject_claim() -> String {

@@ -32,8 +32,11 @@ fn claims() -> serde_json::Value {
         "exp": now + 3600, "roles": ["reader"], "scope": "orders:read profile", "jti": "a1b2c3" })
 }
 
-fn provider(key_yaml: &str) -> JwtProvider {
-    let yaml = format!("{{ issuer: https://idp.test, audiences: [api], keys: [{key_yaml}] }}");
+/// A provider with one key; `cache` turns the verified-token cache on.
+fn provider(key_yaml: &str, cache: bool) -> JwtProvider {
+    let size = if cache { 10_000 } else { 0 };
+    let yaml =
+        format!("{{ issuer: https://idp.test, audiences: [api], keys: [{key_yaml}], token_cache_size: {size} }}");
     let def: portico_config::JwtProvider = serde_saphyr::from_str(&yaml).unwrap();
     JwtProvider::new("bench", &def, &portico::observe::Metrics::new()).unwrap()
 }
@@ -59,7 +62,8 @@ fn bench(c: &mut Criterion) {
         b64url(&point[1..33]),
         b64url(&point[33..65])
     );
-    let es = provider(&jwk);
+    let es = provider(&jwk, false);
+    let es_cached = provider(&jwk, true);
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("e1".into());
     let es_token = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_ec_der(pkcs8.as_ref())).unwrap();
@@ -67,16 +71,18 @@ fn bench(c: &mut Criterion) {
     c.bench_function("jwt_es256", |b| {
         b.iter(|| rt.block_on(es.check(&es_headers, &uri, &consumers)).unwrap());
     });
+    c.bench_function("jwt_es256_cached", |b| {
+        b.iter(|| rt.block_on(es_cached.check(&es_headers, &uri, &consumers)).unwrap());
+    });
 
     // RS256 (2048-bit).
     let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let n = rsa.public_key().modulus().big_endian_without_leading_zero().to_vec();
     let e = rsa.public_key().exponent().big_endian_without_leading_zero().to_vec();
-    let rs = provider(&format!(
-        r#"{{ kid: r1, alg: RS256, jwk: {{ kty: RSA, n: "{}", e: "{}" }} }}"#,
-        b64url(&n),
-        b64url(&e)
-    ));
+    let rs = provider(
+        &format!(r#"{{ kid: r1, alg: RS256, jwk: {{ kty: RSA, n: "{}", e: "{}" }} }}"#, b64url(&n), b64url(&e)),
+        false,
+    );
     // Signed by hand: jsonwebtoken takes PKCS#1 for RSA signing, aws-lc-rs gives PKCS#8.
     let message =
         format!("{}.{}", b64url(br#"{"alg":"RS256","kid":"r1","typ":"JWT"}"#), b64url(claims().to_string().as_bytes()));
@@ -90,7 +96,7 @@ fn bench(c: &mut Criterion) {
 
     // HS256.
     let secret = "an-hs256-secret-of-at-least-32-bytes!";
-    let hs = provider(&format!(r#"{{ alg: HS256, secret: "{secret}" }}"#));
+    let hs = provider(&format!(r#"{{ alg: HS256, secret: "{secret}" }}"#), false);
     let hs_token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims(),

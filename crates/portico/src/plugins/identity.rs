@@ -154,6 +154,8 @@ pub struct TokenFacts {
     pub forward: Vec<(HeaderName, HeaderValue)>,
     /// The token's `jti`, for revocation.
     pub jti: Option<String>,
+    /// The token's `iat`, for revocation of a subject's older tokens.
+    pub iat: Option<u64>,
 }
 
 /// The authenticated caller of one request.
@@ -166,7 +168,7 @@ pub struct Identity {
     /// The consumer, when the caller is (or maps to) one.
     pub consumer: Option<Arc<ConsumerInfo>>,
     /// The token's facts, when authenticated by a token.
-    pub token: Option<Box<TokenFacts>>,
+    pub token: Option<Arc<TokenFacts>>,
     /// The API key's label, when authenticated by a key.
     pub key_name: Option<Arc<str>>,
 }
