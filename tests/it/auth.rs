@@ -222,6 +222,11 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
             es(json!({ "iss": "https://idp.test", "aud": "api", "exp": t + 60 }), "es256"),
             "token has no subject",
         ),
+        (
+            "control character in the subject",
+            es(claims("bob\r\nX-User-Role: admin", json!({})), "es256"),
+            "token has no subject",
+        ),
     ];
     let specs: Vec<Value> = cases.iter().map(|(_, s, _)| s.clone()).collect();
     let mut tokens = mint(json!(specs));
@@ -323,6 +328,13 @@ async fn forged_identity_headers_never_reach_an_upstream() {
     assert_eq!(get_with(&gw.url("/api/x"), &with_token).await.0, 200);
     let seen = up.last_headers();
     assert_eq!(seen["x-user-id"], "carol");
+    // A UTF-8 subject is forwarded as its bytes.
+    let token = mint(
+        json!([{ "alg": "HS256", "key": SECRET, "headers": { "kid": "hs256" }, "claims": claims("jörg", json!({})) }]),
+    )
+    .remove(0);
+    assert_eq!(bearer(&gw.url("/api/x"), &token).await.0, 200);
+    assert_eq!(up.last_headers()["x-user-id"].as_bytes(), "jörg".as_bytes());
     for h in ["x-user-role", "x-tenant-id", "x-consumer-plan", "x-user-email"] {
         assert!(seen.get(h).is_none(), "{h} reached the upstream");
     }

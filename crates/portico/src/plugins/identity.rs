@@ -62,10 +62,12 @@ impl Consumers {
             let roles_joined = c.roles.join(",");
             let info = Arc::new(ConsumerInfo {
                 id: c.id.as_str().into(),
-                id_header: HeaderValue::from_str(&c.id).ok(),
+                id_header: HeaderValue::from_bytes(c.id.as_bytes()).ok(),
                 groups: c.groups.iter().map(|g| g.as_str().into()).collect(),
                 roles: c.roles.iter().map(|r| r.as_str().into()).collect(),
-                roles_header: (!roles_joined.is_empty()).then(|| HeaderValue::from_str(&roles_joined).ok()).flatten(),
+                roles_header: (!roles_joined.is_empty())
+                    .then(|| HeaderValue::from_bytes(roles_joined.as_bytes()).ok())
+                    .flatten(),
                 tenant: c.tenant.as_deref().map(Into::into),
                 plan: c.plan.as_deref().map(Into::into),
             });
@@ -251,7 +253,7 @@ impl IdentityHeaders {
     pub fn apply(&self, id: &Identity, headers: &mut HeaderMap) {
         match id.consumer.as_ref().filter(|c| *c.id == *id.user_id).and_then(|c| c.id_header.clone()) {
             Some(v) => headers.insert(&self.user_id, v),
-            None => match HeaderValue::from_str(&id.user_id) {
+            None => match HeaderValue::from_bytes(id.user_id.as_bytes()) {
                 Ok(v) => headers.insert(&self.user_id, v),
                 Err(_) => None,
             },
@@ -261,14 +263,14 @@ impl IdentityHeaders {
             headers.insert(&self.roles, v);
         } else if token_roles {
             let joined = id.roles().collect::<Vec<_>>().join(",");
-            if let Ok(v) = HeaderValue::from_str(&joined) {
+            if let Ok(v) = HeaderValue::from_bytes(joined.as_bytes()) {
                 headers.insert(&self.roles, v);
             }
         }
-        if let Some(v) = id.tenant().and_then(|t| HeaderValue::from_str(t).ok()) {
+        if let Some(v) = id.tenant().and_then(|t| HeaderValue::from_bytes(t.as_bytes()).ok()) {
             headers.insert(&self.tenant, v);
         }
-        if let Some(v) = id.plan().and_then(|p| HeaderValue::from_str(p).ok()) {
+        if let Some(v) = id.plan().and_then(|p| HeaderValue::from_bytes(p.as_bytes()).ok()) {
             headers.insert(&self.plan, v);
         }
         if let Some(t) = &id.token {

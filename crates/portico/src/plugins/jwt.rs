@@ -421,7 +421,8 @@ impl JwtProvider {
         // Present and numeric: jsonwebtoken required and checked it.
         let exp = claims.get("exp").and_then(Value::as_f64).map_or(0, |t| t.max(0.0) as u64);
         let subject = match claims.get(&self.definition.subject_claim) {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+            // Forwarded in a header: no control characters (UTF-8 is sent as is).
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control) => s.clone(),
             _ => return Err(invalid("token has no subject")),
         };
         let strings = |v: Option<Value>| -> Vec<String> {
@@ -452,7 +453,7 @@ impl JwtProvider {
                 Some(Value::String(s)) => s.clone(),
                 Some(other) => other.to_string(),
             };
-            if let Ok(v) = HeaderValue::from_str(&text) {
+            if let Ok(v) = HeaderValue::from_bytes(text.as_bytes()) {
                 facts.forward.push((header.clone(), v));
             }
         }
