@@ -12,6 +12,10 @@
 //! `min_refresh_interval` (single flight: concurrent requests wait for the same fetch).
 //! When the endpoint fails, the last good key set keeps serving for up to `max_stale`
 //! after it was fetched; a blip at the identity provider never turns valid tokens into 401s.
+//!
+//! With `revocation`, a token that passed every check is then looked up in the shared
+//! deny-list ([`super::revocation`]): revoked → 401 "token revoked"; Redis unreachable →
+//! 503 or pass, as `on_error` says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -78,6 +82,7 @@ pub struct JwtProvider {
     leeway: u64,
     required: Box<[Box<str>]>,
     forward: Box<[(Box<str>, HeaderName)]>,
+    revocation: Option<super::revocation::RevocationCheck>,
 }
 
 impl std::fmt::Debug for JwtProvider {
@@ -242,7 +247,13 @@ impl JwtProvider {
             leeway: def.leeway.get().as_secs(),
             required: def.required_claims.iter().map(|c| c.as_str().into()).collect(),
             forward: forward.into(),
+            revocation: None,
         })
+    }
+
+    /// With a revocation check (after every other check succeeds).
+    pub fn with_revocation(self, revocation: Option<super::revocation::RevocationCheck>) -> Self {
+        Self { revocation, ..self }
     }
 
     /// Header names this provider vouches for (its `forward_claims`).
@@ -314,7 +325,13 @@ impl JwtProvider {
                 Err(Lookup::Failed(e)) => return Err(e),
             }
         };
-        self.identity(claims, consumers)
+        let iat = claims.get("iat").and_then(Value::as_f64);
+        let checked = self.identity(claims, consumers)?;
+        if let (Some(r), Checked::Valid(id)) = (&self.revocation, &checked) {
+            let jti = id.token.as_ref().and_then(|t| t.jti.as_deref());
+            r.check(&self.name, jti, &id.user_id, iat).await?;
+        }
+        Ok(checked)
     }
 
     fn verify(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Map<String, Value>, Lookup> {
