@@ -13,6 +13,7 @@ mod lifecycle;
 mod observe;
 mod proxy;
 mod resilience;
+mod revocation;
 mod support;
 mod tls_listener;
 mod tls_upstream;

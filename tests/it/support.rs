@@ -575,3 +575,108 @@ impl Pki {
         Arc::new(config)
     }
 }
+
+/// A real `redis-server` on a free loopback port, without persistence; killed when dropped.
+/// `stop` and `restart` (same port) play an outage.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        // The OS picks the port; the listener is dropped just before redis binds it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap() };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts redis (again) on the same port and waits until it answers PING.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server must be installed (scripts/test.sh installs it): {e}"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.try_cmd(&["PING"]).is_ok_and(|r| r == "PONG") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+            #[allow(clippy::disallowed_methods)] // a readiness poll in a sync helper
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills redis (an outage: connections reset, data gone).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs one command and returns its reply as text (simple string, integer or bulk;
+    /// nil is empty). Panics on an error reply.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args).unwrap()
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "+" | ":" => Ok(rest.to_owned()),
+            "-" => panic!("redis error reply to {args:?}: {rest}"),
+            "$" if rest == "-1" => Ok(String::new()),
+            "$" => {
+                let n: usize = rest.parse().unwrap();
+                let mut buf = vec![0; n + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n);
+                Ok(String::from_utf8_lossy(&buf).into_owned())
+            }
+            _ => panic!("unexpected redis reply to {args:?}: {line}"),
+        }
+    }
+
+    /// How many times `command` (lower case) ran, from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
