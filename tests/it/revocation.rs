@@ -14,6 +14,10 @@ use crate::support::*;
 /// A config with provider `main` (revocation with `revocation`) on `/api`, and, when
 /// `lenient` is given, provider `lenient` (same keys, `on_error: allow`) on `/lenient`.
 fn gateway_config(up: &TestUpstream, redis: Option<&RedisServer>, revocation: &str, lenient: Option<&str>) -> String {
+    gateway_config_url(up, redis.map(RedisServer::url), revocation, lenient)
+}
+
+fn gateway_config_url(up: &TestUpstream, redis: Option<String>, revocation: &str, lenient: Option<&str>) -> String {
     let provider = |name: &str, rev: &str| {
         format!(
             "  {name}:\n    issuer: https://idp.test\n    audiences: [api]\n    keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n    revocation: {rev}\n"
@@ -29,7 +33,7 @@ fn gateway_config(up: &TestUpstream, redis: Option<&RedisServer>, revocation: &s
             "  - name: lenient\n    match: { prefix: /lenient }\n    upstream: app\n    plugins: [{ jwt: { provider: lenient } }]\n",
         );
     }
-    let redis = redis.map_or(String::new(), |r| format!("redis: {{ url: \"{}\", timeout: 200ms }}\n", r.url()));
+    let redis = redis.map_or(String::new(), |url| format!("redis: {{ url: \"{url}\", timeout: 200ms }}\n"));
     config(&format!(
         "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{redis}jwt_providers:\n{providers}routes:\n{routes}",
         up.url()
@@ -265,4 +269,31 @@ async fn without_redis_the_admin_endpoint_answers_503() {
     let (s, body) = revoke(&gw, r#"{"sub":"x"}"#).await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(json(&body)["error"], "no redis configured");
+}
+
+#[tokio::test]
+async fn rediss_urls_speak_tls_to_redis_and_check_its_certificate() {
+    let pki = Pki::new();
+    let redis = RedisServer::start_tls(&pki);
+    let up = TestUpstream::start("app").await;
+    let cfg = gateway_config_url(&up, Some(redis.tls_url()), "{ cache_ttl: 30s }", None);
+    // The system roots, as rustls-native-certs reads them: here only the test CA.
+    let gw = Gateway::start_with_env(&cfg, &[("SSL_CERT_FILE", pki.ca_pem.to_str().unwrap())]);
+    subscribed(&gw).await;
+    let t = tokens(&[claims("hank", json!({ "jti": "hank-1" }))]).remove(0);
+    assert_eq!(status(&gw, "/api/x", &t).await.0, 200, "{}", gw.stderr_text());
+    let (s, body) = revoke(&gw, &format!(r#"{{"jti":"hank-1","exp":{}}}"#, now() + 60)).await;
+    assert_eq!(s, 204, "{body}");
+    until_revoked_everywhere(&[&gw], &t, Duration::from_secs(1)).await;
+    assert_eq!(redis.cmd(&["EXISTS", "portico:revoked:jti:hank-1"]), "1");
+
+    // A server certificate from a CA the roots do not hold: no connection, fail closed.
+    let other = Gateway::start_with_env(&cfg, &[("SSL_CERT_FILE", "/dev/null")]);
+    let (s, body) = status(&other, "/api/x", &t).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || async { other.stderr_text().contains("UnknownIssuer") }).await,
+        "{}",
+        other.stderr_text()
+    );
 }

@@ -514,6 +514,10 @@ pub struct Pki {
     pub ca_pem: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The server certificate (for `upstream.internal`, `localhost`, 127.0.0.1) and its
+    /// key, as PEM files, for servers the tests start as child processes.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
     ca_der: rustls_pki_types::CertificateDer<'static>,
     server_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     server_key_der: Vec<u8>,
@@ -542,7 +546,11 @@ impl Pki {
         let ca_pem = write_temp(dir.path(), "ca.pem", &ca.pem());
         let client_cert = write_temp(dir.path(), "client.pem", &client.pem());
         let client_key_path = write_temp(dir.path(), "client.key", &client_key.serialize_pem());
+        let server_cert = write_temp(dir.path(), "server.pem", &server.pem());
+        let server_key_pem = write_temp(dir.path(), "server.key", &server_key.serialize_pem());
         Pki {
+            server_cert,
+            server_key: server_key_pem,
             ca_pem,
             client_cert,
             client_key: client_key_path,
@@ -580,15 +588,30 @@ impl Pki {
 /// `stop` and `restart` (same port) play an outage.
 pub struct RedisServer {
     child: Option<Child>,
+    /// The plain port (the tests' own commands use it).
     pub port: u16,
+    /// With `start_tls`: the TLS port, and the certificate and key files.
+    tls: Option<(u16, PathBuf, PathBuf)>,
     dir: tempfile::TempDir,
+}
+
+/// A free loopback port: the OS picks it; the listener is dropped just before the server
+/// binds it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        // The OS picks the port; the listener is dropped just before redis binds it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap() };
+        let mut r = RedisServer { child: None, port: free_port(), tls: None, dir: tempfile::tempdir().unwrap() };
+        r.restart();
+        r
+    }
+
+    /// Also serving TLS (no client certificates) with `pki`'s server certificate.
+    pub fn start_tls(pki: &Pki) -> RedisServer {
+        let tls = Some((free_port(), pki.server_cert.clone(), pki.server_key.clone()));
+        let mut r = RedisServer { child: None, port: free_port(), tls, dir: tempfile::tempdir().unwrap() };
         r.restart();
         r
     }
@@ -597,13 +620,25 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The `rediss://` URL of the TLS port.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls.as_ref().unwrap().0)
+    }
+
     /// Starts redis (again) on the same port and waits until it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(self.dir.path())
+            .arg(self.dir.path());
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no", "--tls-cert-file"])
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
