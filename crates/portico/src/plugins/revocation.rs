@@ -486,6 +486,49 @@ mod tests {
         assert_eq!(c.get(&long, Duration::from_secs(1), later), None);
     }
 
+    /// The cost of a check answered from the cache (`cargo test -p portico --release --lib
+    /// cached_check_cost -- --ignored --nocapture`). No Redis is contacted: the answers are
+    /// put in the cache first.
+    #[tokio::test]
+    #[ignore = "a measurement, not a test"]
+    async fn cached_check_cost() {
+        let cfg: portico_config::Redis = serde_saphyr::from_str("{ url: redis://127.0.0.1:1 }").unwrap();
+        let metrics = crate::observe::Metrics::new();
+        let service = Arc::new(Revocations {
+            store: RedisStore::new(&cfg).unwrap(),
+            channel: "c".into(),
+            jti_prefix: "j".into(),
+            sub_prefix: "s".into(),
+            jti: Cache::new(CACHE_ENTRIES, Counter::default()),
+            sub: Cache::new(CACHE_ENTRIES, Counter::default()),
+            failing: AtomicBool::new(false),
+        });
+        let def =
+            portico_config::Revocation { cache_ttl: portico_config::Duration::from_secs(60), ..Default::default() };
+        let check = service.check_for("p", &def, &metrics);
+        let now = Instant::now();
+        for i in 0..50_000 {
+            service.jti.insert(&format!("token-{i}"), false, now, service.jti.generation());
+            service.sub.insert(&format!("user-{i}"), None, now, service.sub.generation());
+        }
+        let n = 1_000_000u32;
+        let start = Instant::now();
+        for i in 0..n {
+            let k = i % 50_000;
+            let (jti, sub) = (format!("token-{k}"), format!("user-{k}"));
+            std::hint::black_box(check.check("p", Some(&jti), &sub, Some(1.0)).await).unwrap();
+        }
+        let with_keys = start.elapsed() / n;
+        let (jti, sub) = ("token-7".to_owned(), "user-7".to_owned());
+        let start = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(check.check("p", Some(&jti), &sub, Some(1.0)).await).unwrap();
+        }
+        let one = start.elapsed() / n;
+        assert_eq!(check.counters.cached_not_revoked.get(), 2 * u64::from(n));
+        eprintln!("cached check: {one:?} (one hot key), {with_keys:?} (50k keys, incl. formatting them)");
+    }
+
     #[test]
     fn admin_requests_are_parsed_strictly() {
         assert_eq!(parse_request(br#"{"jti":"abc","exp":123}"#), Ok(Revoke::Token { jti: "abc".into(), exp: 123 }));
