@@ -98,7 +98,8 @@ impl<V: Copy> Cache<V> {
     /// Stores an answer fetched when the generation was `seen`, unless something was
     /// invalidated since (the answer may predate the revocation).
     fn insert(&self, key: &str, value: V, fetched: Instant, seen: u64) {
-        if key.len() > MAX_CACHED_KEY {
+        // No reader would use it: every provider has `cache_ttl: 0s`.
+        if key.len() > MAX_CACHED_KEY || self.max_ttl_ms.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
@@ -448,8 +449,11 @@ mod tests {
     #[test]
     fn an_answer_fetched_before_an_invalidation_is_not_stored() {
         let c: Cache<bool> = Cache::new(100, Counter::default());
+        c.max_ttl_ms.store(1000, Ordering::Relaxed);
         let t0 = Instant::now();
         let seen = c.generation();
+        c.insert("b", false, t0, seen);
+        assert_eq!(c.get("b", Duration::from_secs(1), t0), Some(false));
         c.remove("other");
         c.insert("a", false, t0, seen);
         assert_eq!(c.get("a", Duration::from_secs(1), t0), None);
