@@ -174,7 +174,8 @@ fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
             .await
             .context("starting the gateway (is the port in use? try --port 0 --admin-port 0)")?;
         let addr = gateway.listener_addrs().get("public").copied().context("no public listener")?;
-        println!("{}", portico::demo::instructions(addr, gateway.admin_addr()));
+        let token = portico::demo::demo_token(&vars);
+        println!("{}", portico::demo::instructions(addr, gateway.admin_addr(), &token));
         gateway.run_until_signal(signals).await;
         anyhow::Ok(())
     })?;

@@ -470,6 +470,25 @@ async fn a_key_set_older_than_max_stale_is_not_trusted() {
     ));
     let token = mint(json!([signed(&k, "ec256", "ES256", "ec256", "u")])).remove(0);
     assert_eq!(bearer(&gw.url("/api/a"), &token).await.0, 200);
+    // The identity provider withdraws the key: the token, verified and remembered, is
+    // refused once the new set is fetched (background refresh every second).
+    jwks.set(vec![k.jwk("rsa")]);
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || {
+            let (url, token) = (gw.url("/api/w"), token.clone());
+            async move { bearer(&url, &token).await.0 == 401 }
+        })
+        .await,
+        "a withdrawn key still verifies"
+    );
+    jwks.set(vec![k.jwk("ec256")]);
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || {
+            let (url, token) = (gw.url("/api/r"), token.clone());
+            async move { bearer(&url, &token).await.0 == 200 }
+        })
+        .await
+    );
     jwks.stop();
     // Within max_stale the last set serves; past it, the gateway says it cannot check.
     assert_eq!(bearer(&gw.url("/api/b"), &token).await.0, 200);

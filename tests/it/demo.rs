@@ -44,6 +44,30 @@ async fn demo_serves_the_printed_examples() {
         curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", &format!("{base}/api/users/1")]).await;
     assert!(ok);
     assert_eq!(out, "405");
+    // The demo JWT, the API key, and a forged identity header.
+    let token =
+        printed.iter().find_map(|l| l.trim().strip_prefix("TOKEN=")).expect("a demo token is printed").to_owned();
+    let key = printed
+        .iter()
+        .find_map(|l| l.split("x-api-key: ").nth(1).and_then(|r| r.split('\'').next()))
+        .expect("a demo API key is printed")
+        .to_owned();
+    let with = |path: &str, name: &'static str, value: String| {
+        let url = format!("{base}{path}");
+        async move { send(http::Request::get(url).header(name, value).body(Default::default()).unwrap()).await }
+    };
+    let (s, _, b) = with("/api/account", "authorization", format!("Bearer {token}")).await;
+    assert_eq!((s.as_u16(), json(&b)["data"]["name"].as_str()), (200, Some("Ada Lovelace")), "{b}");
+    assert_eq!(json(&b)["seen"]["userId"], "1");
+    let (s, h, _) = get(&format!("{base}/api/account")).await;
+    assert_eq!((s.as_u16(), h["www-authenticate"].to_str().unwrap()), (401, r#"Bearer realm="portico""#));
+    assert_eq!(with("/api/admin/stats", "authorization", format!("Bearer {token}")).await.0, 403);
+    let (s, _, b) = with("/api/partner/products", "x-api-key", key).await;
+    assert_eq!((s.as_u16(), json(&b)["seen"]["userId"].as_str()), (200, Some("partner-app")), "{b}");
+    let (s, h, b) = with("/api/users/1", "x-user-id", "admin".into()).await;
+    assert_eq!(s, 200);
+    assert!(json(&b)["seen"]["userId"].is_null(), "{b}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -2,9 +2,11 @@
 //! One test binary (faster to link than one per file).
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
+mod access;
 mod auth;
 mod cli;
 mod connections;
+mod cors;
 mod demo;
 mod discovery;
 mod docs;

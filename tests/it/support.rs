@@ -34,6 +34,8 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 /// - `/drip?chunks=N&ms=M`: N small chunks, one every M ms
 /// - `/upload`: reads the whole body, answers `{"bytes": N}`
 /// - `/status/N`: answers status N
+/// - `/headers?name=value&..`: answers 200 with those response headers (a header named
+///   twice is sent twice; `%20` is a space, nothing else is decoded)
 /// - `/ws`: WebSocket echo
 /// - anything else: JSON echo of method, path, query, headers, body length, and the
 ///   server's name
@@ -219,6 +221,13 @@ async fn behave(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
         let mut r = Response::new(full(format!("status {code}")));
         *r.status_mut() =
             StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else if path == "/headers" {
+        let mut r = Response::new(full("headers set"));
+        for (k, v) in req.uri().query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
+            let v = v.replace("%20", " ");
+            r.headers_mut().append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
         r
     } else if path == "/ws" {
         let key = req.headers().get("sec-websocket-key").cloned();

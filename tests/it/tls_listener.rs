@@ -577,3 +577,55 @@ fn bad_certificate_files_are_config_errors_with_paths() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("listeners[0].tls.certificates[0].key: {}: not a private key", a.0)), "{err}");
 }
+
+#[tokio::test]
+async fn a_client_certificate_identifies_a_consumer() {
+    let up = TestUpstream::start("echo").await;
+    let pki = ServerPki::new();
+    let a = pki.issue("a", "cert-a", &["a.test"], None);
+    let client = OpensslPki::new();
+    client.make_ca("client-ca");
+    client.make_client("client-ca", "alice", "/O=Example/CN=alice");
+    client.make_client("client-ca", "bob", "/O=Example/CN=bob");
+    let tls = format!(
+        "{{ certificates: {}, client_auth: {{ mode: optional, ca: \"{}\" }} }}",
+        certs_yaml(&[&a]),
+        client.path("client-ca.pem")
+    );
+    let yaml = format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\n    tls: {tls}\nadmin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\nplugins:\n  - security_headers: {{}}\nupstreams:\n  echo:\n    targets: [{{ url: \"{}\" }}]\nconsumers:\n  - {{ id: billing-svc, roles: [billing], mtls_subjects: [\"CN=alice,O=Example\"] }}\nroutes:\n  - name: billing\n    match: {{ prefix: /billing }}\n    upstream: echo\n    plugins: [{{ mtls: {{}} }}, {{ authorize: {{ roles: [billing] }} }}]\n  - name: strict\n    match: {{ prefix: /strict }}\n    upstream: echo\n    plugins: [{{ mtls: {{ consumers_only: true }} }}]\n  - name: any\n    match: {{ prefix: /any }}\n    upstream: echo\n    plugins: [{{ mtls: {{}} }}]\n",
+        up.url()
+    );
+    let gw = Gateway::start(&yaml);
+    let port = gw.addr().port();
+    let ca = pki.ca();
+    let with = |who: &str| {
+        vec![
+            "--cacert".to_owned(),
+            ca.clone(),
+            "--cert".to_owned(),
+            client.path(&format!("{who}.pem")),
+            "--key".to_owned(),
+            client.path(&format!("{who}.key")),
+        ]
+    };
+    let status = |path: &'static str, mut args: Vec<String>| async move {
+        args.extend(["-o", "/dev/null", "-w", "%{http_code}"].map(String::from));
+        let url = format!("https://a.test:{port}{path}");
+        args.extend(["--resolve".to_owned(), format!("a.test:{port}:127.0.0.1"), url]);
+        run_tool("curl", &["-s", "--max-time", "20"], args).await.1
+    };
+    assert_eq!(status("/billing/1", with("alice")).await, "200");
+    assert_eq!(up.last_headers()["x-user-id"], "billing-svc");
+    assert_eq!(up.last_headers()["x-user-role"], "billing");
+    assert_eq!(status("/billing/2", with("bob")).await, "403", "bob has no billing role");
+    assert_eq!(status("/billing/3", vec!["--cacert".into(), ca.clone()]).await, "401", "no certificate");
+    assert_eq!(status("/strict/1", with("bob")).await, "401", "bob is no consumer");
+    assert_eq!(status("/strict/2", with("alice")).await, "200");
+    assert_eq!(status("/any/1", with("bob")).await, "200");
+    assert_eq!(up.last_headers()["x-user-id"], "CN=bob,O=Example");
+    // HSTS on a TLS listener.
+    let (ok, out) = curl_https(&gw, "a.test", "/any/2", &["--cacert", &ca, "-D", "-", "-o", "/dev/null"]).await;
+    assert!(ok);
+    assert!(out.to_ascii_lowercase().contains("strict-transport-security: max-age=31536000"), "{out}");
+}

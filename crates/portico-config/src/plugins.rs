@@ -24,6 +24,9 @@ pub enum Plugin {
     Jwt(JwtAuth),
     /// Authenticate with an API key of a consumer.
     ApiKey(ApiKeyAuth),
+    /// Authenticate with the client certificate verified by the listener's
+    /// `tls.client_auth` (mTLS).
+    Mtls(MtlsAuth),
     /// Allow or deny by consumer, group, role, scope or tenant (403).
     Authorize(Authorize),
     /// Security response headers (HSTS, `X-Content-Type-Options`, ...) and removal of
@@ -39,6 +42,7 @@ impl Plugin {
             Plugin::Cors(_) => "cors",
             Plugin::Jwt(_) => "jwt",
             Plugin::ApiKey(_) => "api_key",
+            Plugin::Mtls(_) => "mtls",
             Plugin::Authorize(_) => "authorize",
             Plugin::SecurityHeaders(_) => "security_headers",
         }
@@ -117,6 +121,18 @@ impl Default for ApiKeyAuth {
     fn default() -> Self {
         Self { header: Some("x-api-key".into()), query: None }
     }
+}
+
+/// mTLS authentication on a route: the caller is the consumer that lists the client
+/// certificate's subject or one of its SANs in `mtls_subjects`, else the subject itself.
+/// Requests over connections without a verified client certificate carry no credential
+/// here (another authentication plugin may still succeed).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtlsAuth {
+    /// Refuse (401) a certificate that no consumer lists, instead of taking its subject
+    /// as the user ID.
+    pub consumers_only: bool,
 }
 
 /// Authorization. With an authentication plugin on the route and no `anonymous: true`, a
@@ -236,6 +252,11 @@ pub struct JwtProvider {
     /// Longest token accepted; longer ones get 401 without being parsed.
     #[serde(default = "default_max_token")]
     pub max_token_bytes: ByteSize,
+    /// Tokens already verified are remembered, up to this many, until they expire or the
+    /// key set changes: a client reusing its token costs a lookup instead of a signature
+    /// check. `0` turns the cache off.
+    #[serde(default = "default_token_cache")]
+    pub token_cache_size: u32,
     /// The claim that names the caller (the user ID; a consumer with this ID, if there is
     /// one, lends its groups, tenant and plan).
     #[serde(default = "default_subject_claim")]
@@ -304,6 +325,10 @@ fn default_leeway() -> Duration {
 
 fn default_max_token() -> ByteSize {
     ByteSize::kib(8)
+}
+
+fn default_token_cache() -> u32 {
+    10_000
 }
 
 fn default_subject_claim() -> String {
@@ -466,6 +491,11 @@ pub struct Consumer {
     /// revoke keys with a reload.
     #[serde(default)]
     pub api_keys: Vec<ApiKey>,
+    /// Client certificates that are this consumer (with the `mtls` plugin): a subject as
+    /// RFC 4514 text (`CN=billing,O=Example`) or a SAN (`DNS:billing.internal`,
+    /// `URI:spiffe://example.org/billing`, `email:ops@example.com`).
+    #[serde(default)]
+    pub mtls_subjects: Vec<String>,
 }
 
 /// One API key of a consumer.
@@ -551,13 +581,13 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
         let p = format!("routes[{i}].plugins");
         check_list(&p, &r.plugins, config, Some(r), err);
         let all = effective(&config.plugins, &r.plugins);
-        let authenticates = all.iter().any(|p| matches!(p, Plugin::Jwt(_) | Plugin::ApiKey(_)));
+        let authenticates = all.iter().any(|p| matches!(p, Plugin::Jwt(_) | Plugin::ApiKey(_) | Plugin::Mtls(_)));
         if let Some(j) = r.plugins.iter().position(|p| matches!(p, Plugin::Authorize(_)))
             && !authenticates
         {
             err(
                 format!("{p}[{j}].authorize"),
-                "authorize needs an authentication plugin (jwt or api_key) on the route or globally".into(),
+                "authorize needs an authentication plugin (jwt, api_key or mtls) on the route or globally".into(),
             );
         }
     }
@@ -570,6 +600,7 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
     }
     let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut digests: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut subjects: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (i, c) in config.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
         if c.id.trim().is_empty() {
@@ -583,6 +614,13 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
             && plan.trim().is_empty()
         {
             err(format!("{p}.tenant"), "must not be empty when given".into());
+        }
+        for (j, m) in c.mtls_subjects.iter().enumerate() {
+            if m.trim().is_empty() {
+                err(format!("{p}.mtls_subjects[{j}]"), "must not be empty".into());
+            } else if let Some(other) = subjects.insert(m.clone(), p.clone()) {
+                err(format!("{p}.mtls_subjects[{j}]"), format!("{m:?} is also listed by {other}"));
+            }
         }
         for (j, k) in c.api_keys.iter().enumerate() {
             let kp = format!("{p}.api_keys[{j}].sha256");
@@ -663,6 +701,7 @@ fn check_list(
                     err(format!("{pp}.query"), "must not be empty".into());
                 }
             }
+            Plugin::Mtls(_) => {}
             Plugin::Authorize(a) => {
                 match &a.tenant {
                     Some(TenantFrom::Param(name)) => {
@@ -745,6 +784,22 @@ fn check_cors(pp: &str, c: &Cors, err: &mut impl FnMut(String, String)) {
                 err(format!("{pp}.{field}[{j}]"), format!("{h:?} is not a valid header name"));
             }
         }
+    }
+    // `*` is a valid header name, so it would be taken literally: a preflight would have
+    // to ask for a header named `*`, and browsers read a credentialed `*` as a name too.
+    if let Some(j) = c.headers.iter().position(|h| h == "*") {
+        err(
+            format!("{pp}.headers[{j}]"),
+            "\"*\" is not a wildcard here: leave headers empty to allow the headers a preflight asks for".into(),
+        );
+    }
+    if let Some(j) = c.expose_headers.iter().position(|h| h == "*")
+        && c.credentials
+    {
+        err(
+            format!("{pp}.expose_headers[{j}]"),
+            "\"*\" exposes nothing with credentials (browsers take it as a header name): list the headers".into(),
+        );
     }
 }
 

@@ -23,6 +23,20 @@ admin:
   bind: "${ADMIN_ADDR}"
 access_log:
   output: stderr
+plugins:
+  - security_headers: {}
+jwt_providers:
+  demo:
+    issuer: https://demo.portico.local
+    audiences: [demo-api]
+    # A secret made at start; the demo prints a token signed with it.
+    keys: [{ kid: demo, alg: HS256, secret: "${JWT_SECRET}" }]
+consumers:
+  - id: partner-app
+    roles: [partner]
+    plan: pro
+    # SHA-256 of the demo key printed at start; the key itself is not in the config.
+    api_keys: [{ sha256: "${PARTNER_KEY_SHA256}", name: demo }]
 upstreams:
   users:
     targets: [{ url: "http://${USERS}" }]
@@ -51,7 +65,24 @@ routes:
     match: { path: "/api/recommendations/{user}", methods: [GET] }
     upstream: recommendations
     rewrite: { path: "/recommendations/{user}" }
+  - name: account
+    match: { path: /api/account, methods: [GET] }
+    upstream: users
+    rewrite: { path: /account }
+    plugins: [{ jwt: { provider: demo } }]
+  - name: admin
+    match: { prefix: /api/admin }
+    upstream: users
+    plugins: [{ jwt: { provider: demo } }, { authorize: { roles: [admin] } }]
+  - name: partner
+    match: { prefix: /api/partner/products, methods: [GET] }
+    upstream: products
+    rewrite: { strip_prefix: /api/partner }
+    plugins: [{ api_key: { header: x-api-key } }]
 "#;
+
+/// The demo's API key (not a secret: the demo prints it).
+pub const DEMO_API_KEY: &str = "demo-partner-key-0123456789";
 
 /// One demo service: answers JSON that says who it is and what it received.
 async fn demo_service(name: &'static str, instance: &'static str, req: Request<Incoming>) -> Response<Body> {
@@ -61,10 +92,16 @@ async fn demo_service(name: &'static str, instance: &'static str, req: Request<I
         "requestId": header("x-request-id"),
         "forwardedFor": header("x-forwarded-for"),
         "host": header("host"),
+        "userId": header("x-user-id"),
+        "roles": header("x-user-role"),
     });
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, body) = match (name, segments.as_slice()) {
         (_, ["health"]) => (StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        ("users", ["account"]) => match header("x-user-id").as_deref() {
+            Some("1") => (StatusCode::OK, serde_json::json!({ "id": "1", "name": "Ada Lovelace", "plan": "pro" })),
+            _ => (StatusCode::NOT_FOUND, serde_json::json!({ "error": "no such user" })),
+        },
         ("users", ["users", id]) => match *id {
             "1" => (StatusCode::OK, serde_json::json!({ "id": "1", "name": "Ada Lovelace", "plan": "pro" })),
             "2" => (StatusCode::OK, serde_json::json!({ "id": "2", "name": "Alan Turing", "plan": "free" })),
@@ -120,12 +157,34 @@ pub async fn start_services() -> std::io::Result<HashMap<&'static str, String>> 
     ] {
         vars.insert(key, start_service(name, instance).await?.to_string());
     }
+    let secret = crate::plugins::identity::hex(&crate::plugins::identity::sha256(&fastrand::u128(..).to_le_bytes()));
+    vars.insert("JWT_SECRET", secret);
+    vars.insert(
+        "PARTNER_KEY_SHA256",
+        crate::plugins::identity::hex(&crate::plugins::identity::sha256(DEMO_API_KEY.as_bytes())),
+    );
     Ok(vars)
 }
 
+/// A demo token for user `1` (Ada), valid for a day, signed with the demo's secret.
+pub fn demo_token(vars: &HashMap<&'static str, String>) -> String {
+    let secret = vars.get("JWT_SECRET").map_or("", String::as_str);
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "iss": "https://demo.portico.local", "aud": "demo-api", "sub": "1",
+        "roles": ["customer"], "iat": now, "exp": now + 86_400,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("demo".into());
+    jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
+        .and_then(|key| jsonwebtoken::encode(&header, &claims, &key))
+        .unwrap_or_default()
+}
+
 /// The `curl` lines printed by `portico demo`.
-pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
+pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>, token: &str) -> String {
     let g = format!("http://{gateway}");
+    let key = DEMO_API_KEY;
     let mut s = format!(
         "Portico demo: gateway on {g}\n\nTry:\n\
          \x20 curl -s {g}/api/users/1                      # route with a captured id, rewritten to /users/1\n\
@@ -134,11 +193,19 @@ pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>) -> String {
          \x20 curl -s -H 'X-Request-ID: my-trace-1' -i {g}/api/users/2   # request ID kept and echoed\n\
          \x20 curl -s -i -X DELETE {g}/api/users/1         # 405 with Allow\n\
          \x20 curl -s -i {g}/nope                          # 404, JSON error with requestId\n\
-         \x20 curl -s --http2-prior-knowledge {g}/api/users/1   # HTTP/2 cleartext\n"
+         \x20 curl -s --http2-prior-knowledge {g}/api/users/1   # HTTP/2 cleartext\n\n\
+         With a demo JWT (HS256, user 1, role customer, valid for a day):\n\
+         \x20 TOKEN={token}\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" {g}/api/account   # the service sees X-User-ID: 1\n\
+         \x20 curl -s -i {g}/api/account                   # 401 with WWW-Authenticate\n\
+         \x20 curl -s -i -H \"Authorization: Bearer $TOKEN\" {g}/api/admin/stats   # 403: not an admin\n\
+         \x20 curl -s -H 'X-User-ID: admin' {g}/api/users/1   # a forged identity header never reaches the service\n\n\
+         With an API key (consumer partner-app):\n\
+         \x20 curl -s -H 'x-api-key: {key}' {g}/api/partner/products\n"
     );
     if let Some(a) = admin {
         s.push_str(&format!(
-            "\x20 curl -s http://{a}/metrics | grep gateway_requests_total\n\x20 curl -s http://{a}/ready\n"
+            "\nAdmin:\n\x20 curl -s http://{a}/metrics | grep gateway_requests_total\n\x20 curl -s http://{a}/ready\n"
         ));
     }
     s.push_str("\nAccess log lines go to stderr. Ctrl-C stops the demo.\n");

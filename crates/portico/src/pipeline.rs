@@ -93,7 +93,9 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut route_idx = None;
     let mut user_id = None;
     let mut preflight_answered = false;
-    let mut origin = None;
+    // Read now: the request is gone by the response phase. Global CORS also answers the
+    // gateway's own errors outside any route (404, 405, 400).
+    let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
     let result = match check_request(&req, &conn.listener) {
         Err(e) => Err(e),
         Ok(()) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
@@ -125,7 +127,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                     route_idx = Some(index);
                     let route = &snap.routes[index];
                     let new_path = route.rewrite.apply(path, &params);
-                    if route.plugins.has_cors() {
+                    if origin.is_none() && route.plugins.has_cors() {
                         origin = headers.get(header::ORIGIN).cloned();
                     }
                     let view = RequestView {
@@ -135,6 +137,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                         host: host_without_port(host),
                         params: &params,
                         client_ip,
+                        tls: conn.tls.as_deref(),
                     };
                     match route.plugins.request(&view, &snap.consumers).await {
                         Err(refusal) => {

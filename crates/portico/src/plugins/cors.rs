@@ -6,7 +6,8 @@
 //! response carries `Access-Control-Allow-Origin` (and credentials and exposed headers
 //! when configured); from another origin it carries none, so the browser withholds it.
 //! Unless every origin is allowed without credentials, responses carry `Vary: Origin`, so
-//! a shared cache never hands one origin's answer to another.
+//! a shared cache never hands one origin's answer to another (added once: not when the
+//! upstream's `Vary` already names it or is `*`).
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
@@ -128,7 +129,7 @@ impl Cors {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         } else {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            h.append(header::VARY, VARY_VALUE.clone());
+            vary_origin(h);
         }
         if self.credentials {
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
@@ -153,11 +154,20 @@ impl Cors {
                     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
                 }
             }
-            None if !self.any || self.credentials => {
-                h.append(header::VARY, VARY_VALUE.clone());
-            }
+            None if !self.any || self.credentials => vary_origin(h),
             None => {}
         }
+    }
+}
+
+/// Adds `Vary: origin` unless the response (the upstream's) already varies by it or by
+/// everything (`*`).
+fn vary_origin(h: &mut HeaderMap) {
+    let varies = h.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.eq_ignore_ascii_case("origin")))
+    });
+    if !varies {
+        h.append(header::VARY, VARY_VALUE.clone());
     }
 }
 
@@ -203,5 +213,28 @@ mod tests {
         h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("GET"));
         h.insert(header::ACCESS_CONTROL_REQUEST_HEADERS, HeaderValue::from_static("x-secret"));
         assert!(c.preflight(&h).is_err());
+    }
+
+    #[test]
+    fn vary_origin_is_added_once() {
+        let c = cors("{ origins: ['https://app.example.com'] }");
+        let origin = HeaderValue::from_static("https://app.example.com");
+        for (upstream, expected) in [
+            (vec![], vec!["origin"]),
+            (vec!["accept-encoding"], vec!["accept-encoding", "origin"]),
+            (vec!["Accept-Encoding, Origin"], vec!["Accept-Encoding, Origin"]),
+            (vec!["accept-encoding", "origin"], vec!["accept-encoding", "origin"]),
+            (vec!["*"], vec!["*"]),
+        ] {
+            for o in [Some(&origin), None] {
+                let mut res = Response::new(Body::Empty);
+                for v in &upstream {
+                    res.headers_mut().append(header::VARY, HeaderValue::from_static(v));
+                }
+                c.apply(o, &mut res);
+                let got: Vec<_> = res.headers().get_all(header::VARY).iter().map(|v| v.to_str().unwrap()).collect();
+                assert_eq!(got, expected, "upstream {upstream:?}, origin {o:?}");
+            }
+        }
     }
 }

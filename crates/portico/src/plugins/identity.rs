@@ -49,6 +49,8 @@ pub struct Consumers {
     /// timing tells nothing about the stored digests; the digest of the match is then
     /// compared in constant time.
     by_key: HashMap<[u8; 32], KeyOwner>,
+    /// Consumers by client-certificate subject or SAN.
+    by_cert: HashMap<Box<str>, Arc<ConsumerInfo>>,
 }
 
 impl Consumers {
@@ -78,6 +80,9 @@ impl Consumers {
                 let owner = KeyOwner { consumer: info.clone(), name: k.name.as_deref().map(Into::into), digest };
                 out.by_key.insert(digest, owner);
             }
+            for m in &c.mtls_subjects {
+                out.by_cert.insert(m.as_str().into(), info.clone());
+            }
             out.by_id.insert(c.id.as_str().into(), info);
         }
         if errors.is_empty() { Ok(out) } else { Err(ConfigErrors(errors)) }
@@ -86,6 +91,11 @@ impl Consumers {
     /// The consumer with this ID.
     pub fn get(&self, id: &str) -> Option<&Arc<ConsumerInfo>> {
         self.by_id.get(id)
+    }
+
+    /// The consumer a client certificate subject or SAN names.
+    pub fn by_certificate(&self, name: &str) -> Option<&Arc<ConsumerInfo>> {
+        self.by_cert.get(name)
     }
 
     /// The owner of an API key.
@@ -144,6 +154,8 @@ pub struct TokenFacts {
     pub forward: Vec<(HeaderName, HeaderValue)>,
     /// The token's `jti`, for revocation.
     pub jti: Option<String>,
+    /// The token's `iat`, for revocation of a subject's older tokens.
+    pub iat: Option<u64>,
 }
 
 /// The authenticated caller of one request.
@@ -156,7 +168,7 @@ pub struct Identity {
     /// The consumer, when the caller is (or maps to) one.
     pub consumer: Option<Arc<ConsumerInfo>>,
     /// The token's facts, when authenticated by a token.
-    pub token: Option<Box<TokenFacts>>,
+    pub token: Option<Arc<TokenFacts>>,
     /// The API key's label, when authenticated by a key.
     pub key_name: Option<Arc<str>>,
 }

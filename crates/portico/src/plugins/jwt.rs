@@ -45,6 +45,8 @@ const MAX_KEYS_TRIED: usize = 8;
 
 /// A key and the validation rules that go with it.
 struct Key {
+    /// Whether it came from the JWKS (rather than the config).
+    jwks: bool,
     kid: Option<Box<str>>,
     key: DecodingKey,
     validation: Validation,
@@ -83,6 +85,22 @@ pub struct JwtProvider {
     required: Box<[Box<str>]>,
     forward: Box<[(Box<str>, HeaderName)]>,
     revocation: Option<super::revocation::RevocationCheck>,
+    /// Tokens verified before, by their exact text. A cached token is still checked for
+    /// revocation on every request: only the signature and claims checks are remembered.
+    verified: Option<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
+}
+
+/// A token that passed every check, remembered until its `exp` or a new key set.
+#[derive(Debug)]
+struct Verified {
+    subject: Arc<str>,
+    facts: Arc<TokenFacts>,
+    exp: u64,
+    /// The JWKS generation it was checked against: a new key set (a key withdrawn)
+    /// invalidates it.
+    generation: u64,
+    /// Checked with a JWKS key: trusted only while that set is not older than `max_stale`.
+    by_jwks: bool,
 }
 
 impl std::fmt::Debug for JwtProvider {
@@ -102,6 +120,8 @@ struct Jwks {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last fetch started (0: never).
     last_attempt_ms: AtomicU64,
+    /// Bumped whenever a new key set is stored.
+    generation: AtomicU64,
     /// Held while a fetch runs: later callers wait for it instead of starting their own.
     fetching: tokio::sync::Mutex<()>,
     fetched: tokio::sync::watch::Sender<u64>,
@@ -175,7 +195,7 @@ impl JwtProvider {
             }
             let mut validation = base.clone();
             validation.algorithms = vec![a];
-            static_keys.push(Key { kid: k.kid.as_deref().map(Into::into), key, validation });
+            static_keys.push(Key { jwks: false, kid: k.kid.as_deref().map(Into::into), key, validation });
         }
         let jwks = match &def.jwks {
             None => None,
@@ -211,6 +231,7 @@ impl JwtProvider {
                     set: ArcSwapOption::empty(),
                     epoch: Instant::now(),
                     last_attempt_ms: AtomicU64::new(0),
+                    generation: AtomicU64::new(0),
                     fetching: tokio::sync::Mutex::new(()),
                     fetched: tokio::sync::watch::channel(0).0,
                     ok,
@@ -248,6 +269,7 @@ impl JwtProvider {
             required: def.required_claims.iter().map(|c| c.as_str().into()).collect(),
             forward: forward.into(),
             revocation: None,
+            verified: (def.token_cache_size > 0).then(|| quick_cache::sync::Cache::new(def.token_cache_size as usize)),
         })
     }
 
@@ -308,11 +330,21 @@ impl JwtProvider {
         if token.len() > self.max_token {
             return Err(invalid("token too large"));
         }
+        let generation = self.jwks.as_ref().map_or(0, |j| j.generation.load(Ordering::Relaxed));
+        if let Some(cache) = &self.verified
+            && let Some(v) = cache.get(token)
+            && v.generation == generation
+            && jsonwebtoken::get_current_timestamp() <= v.exp.saturating_add(self.leeway)
+            && (!v.by_jwks || self.jwks.as_ref().is_some_and(|j| j.current().is_some()))
+        {
+            self.not_revoked(&v.subject, &v.facts).await?;
+            return Ok(self.valid(v.subject.clone(), v.facts.clone(), consumers));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         let mut refreshed = false;
-        let claims = loop {
+        let (claims, by_jwks) = loop {
             match self.verify(token, &header) {
-                Ok(claims) => break claims,
+                Ok(found) => break found,
                 Err(Lookup::NoKey { kid, set_missing }) => match &self.jwks {
                     Some(j) if !refreshed && (kid || set_missing) => {
                         refreshed = true;
@@ -325,16 +357,31 @@ impl JwtProvider {
                 Err(Lookup::Failed(e)) => return Err(e),
             }
         };
-        let iat = claims.get("iat").and_then(Value::as_f64);
-        let checked = self.identity(claims, consumers)?;
-        if let (Some(r), Checked::Valid(id)) = (&self.revocation, &checked) {
-            let jti = id.token.as_ref().and_then(|t| t.jti.as_deref());
-            r.check(&self.name, jti, &id.user_id, iat).await?;
+        let (subject, facts, exp) = self.facts(claims)?;
+        if let Some(cache) = &self.verified {
+            let v = Verified { subject: subject.clone(), facts: facts.clone(), exp, generation, by_jwks };
+            cache.insert(token.into(), Arc::new(v));
         }
-        Ok(checked)
+        self.not_revoked(&subject, &facts).await?;
+        Ok(self.valid(subject, facts, consumers))
     }
 
-    fn verify(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Map<String, Value>, Lookup> {
+    /// The revocation check, when the provider has one: the last check, after the
+    /// signature and every claim passed (freshly or from the verified-token cache).
+    async fn not_revoked(&self, subject: &str, facts: &TokenFacts) -> Result<(), GatewayError> {
+        match &self.revocation {
+            Some(r) => r.check(&self.name, facts.jti.as_deref(), subject, facts.iat).await,
+            None => Ok(()),
+        }
+    }
+
+    fn valid(&self, subject: Arc<str>, facts: Arc<TokenFacts>, consumers: &Consumers) -> Checked {
+        let consumer = consumers.get(&subject).cloned();
+        Checked::Valid(Identity { method: "jwt", user_id: subject, consumer, token: Some(facts), key_name: None })
+    }
+
+    /// The token's claims and whether a JWKS key verified it.
+    fn verify(&self, token: &str, header: &jsonwebtoken::Header) -> Result<(Map<String, Value>, bool), Lookup> {
         // The JWKS set in force: none when never fetched or older than `max_stale`.
         let fetched = self.jwks.as_ref().and_then(|j| j.current());
         let all = self.static_keys.iter().chain(fetched.iter().flat_map(|s| s.keys.iter()));
@@ -357,7 +404,7 @@ impl JwtProvider {
             }
             tried += 1;
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return Ok((data.claims, key.jwks)),
                 // A signature that does not match one of several candidate keys: try the
                 // next. Any other failure is about the token itself.
                 Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature && header.kid.is_none() => {
@@ -378,20 +425,24 @@ impl JwtProvider {
         }
     }
 
-    fn identity(&self, mut claims: Map<String, Value>, consumers: &Consumers) -> Result<Checked, GatewayError> {
+    /// What a verified token's claims say: subject, facts and `exp`.
+    fn facts(&self, mut claims: Map<String, Value>) -> Result<(Arc<str>, Arc<TokenFacts>, u64), GatewayError> {
         for c in &*self.required {
             if claims.get(&**c).is_none_or(Value::is_null) {
                 return Err(invalid("token lacks a required claim"));
             }
         }
-        if let Some(iat) = claims.get("iat") {
+        let mut iat = None;
+        if let Some(v) = claims.get("iat") {
             let now = jsonwebtoken::get_current_timestamp();
-            match iat.as_f64() {
+            match v.as_f64() {
                 Some(t) if t > (now + self.leeway) as f64 => return Err(invalid("token issued in the future")),
-                Some(_) => {}
+                Some(t) => iat = Some(t.max(0.0) as u64),
                 None => return Err(invalid("malformed token")),
             }
         }
+        // Present and numeric: jsonwebtoken required and checked it.
+        let exp = claims.get("exp").and_then(Value::as_f64).map_or(0, |t| t.max(0.0) as u64);
         let subject = match claims.get(&self.definition.subject_claim) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
             _ => return Err(invalid("token has no subject")),
@@ -411,6 +462,7 @@ impl JwtProvider {
                 _ => None,
             },
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            iat,
             ..TokenFacts::default()
         };
         facts.scopes = match claims.get("scope") {
@@ -427,14 +479,7 @@ impl JwtProvider {
                 facts.forward.push((header.clone(), v));
             }
         }
-        let consumer = consumers.get(&subject).cloned();
-        Ok(Checked::Valid(Identity {
-            method: "jwt",
-            user_id: subject.into(),
-            consumer,
-            token: Some(Box::new(facts)),
-            key_name: None,
-        }))
+        Ok((subject.into(), Arc::new(facts), exp))
     }
 }
 
@@ -540,6 +585,7 @@ impl Jwks {
                 );
                 tracing::debug!(url = %self.url, keys = set.keys.len(), "JWKS fetched");
                 self.set.store(Some(Arc::new(set)));
+                self.generation.fetch_add(1, Ordering::Relaxed);
                 self.fetched.send_modify(|n| *n += 1);
             }
             Err(e) => {
@@ -602,7 +648,7 @@ impl Jwks {
         }
         let mut validation = self.base.clone();
         validation.algorithms = algorithms;
-        Some(Key { kid: jwk.common.key_id.as_deref().map(Into::into), key, validation })
+        Some(Key { jwks: true, kid: jwk.common.key_id.as_deref().map(Into::into), key, validation })
     }
 }
 

@@ -8,7 +8,7 @@
 //! |----------|-------|--------------------|-----------------------|
 //! | request  | 1     | `ip_filter`        | 403 |
 //! | request  | 2     | `cors` (preflight) | 204, 403 |
-//! | request  | 3     | `jwt`, `api_key`   | 401 (first credential found decides); `jwt` with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` |
+//! | request  | 3     | `mtls`, `jwt`, `api_key` | 401 (first credential found decides); `jwt` with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` |
 //! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
 //! | response | 1     | `cors`             | |
 //! | response | 2     | `security_headers` | |
@@ -22,6 +22,7 @@ pub mod cors;
 pub mod identity;
 pub mod ip_filter;
 pub mod jwt;
+pub mod mtls;
 pub mod revocation;
 pub mod security_headers;
 
@@ -42,6 +43,7 @@ use identity::{Consumers, Identity};
 enum Authn {
     Jwt(Arc<jwt::JwtProvider>),
     ApiKey(api_key::ApiKeyAuth),
+    Mtls(mtls::MtlsAuth),
 }
 
 /// The compiled plugins of a route.
@@ -72,6 +74,8 @@ pub struct RequestView<'a> {
     pub params: &'a Params<'a, 'a>,
     /// The client IP (through trusted proxies).
     pub client_ip: IpAddr,
+    /// What the TLS handshake established, on a TLS listener.
+    pub tls: Option<&'a crate::pipeline::TlsInfo>,
 }
 
 /// What the request phase decided.
@@ -120,14 +124,20 @@ impl Chain {
                     hide.extend(a.header().cloned());
                     authn.push(Authn::ApiKey(a));
                 }
+                Plugin::Mtls(c) => authn.push(Authn::Mtls(mtls::MtlsAuth::new(c))),
                 Plugin::Authorize(c) => chain.authorize = Some(authorize::Authorize::new(c)),
                 Plugin::SecurityHeaders(c) => chain.security_headers = Some(security_headers::SecurityHeaders::new(c)),
             }
         }
-        // JWT first: a bearer token is the stronger credential when both are sent.
-        authn.sort_by_key(|a| matches!(a, Authn::ApiKey(_)));
-        chain.challenge = authn.first().map(|a| match a {
-            Authn::Jwt(_) => Challenge::Bearer,
+        // A verified certificate first (the handshake already proved it), then a bearer
+        // token, then an API key.
+        authn.sort_by_key(|a| match a {
+            Authn::Mtls(_) => 0,
+            Authn::Jwt(_) => 1,
+            Authn::ApiKey(_) => 2,
+        });
+        chain.challenge = authn.iter().find(|a| !matches!(a, Authn::Mtls(_))).or(authn.first()).map(|a| match a {
+            Authn::Jwt(_) | Authn::Mtls(_) => Challenge::Bearer,
             Authn::ApiKey(_) => Challenge::ApiKey,
         });
         chain.authn = authn.into();
@@ -162,6 +172,7 @@ impl Chain {
                     "jwt",
                 ),
                 Authn::ApiKey(k) => (k.check(req.headers, req.uri, consumers), "api_key"),
+                Authn::Mtls(m) => (m.check(req.tls, consumers), "mtls"),
             };
             match found {
                 Ok(None) => continue,
