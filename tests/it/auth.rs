@@ -502,6 +502,16 @@ async fn a_key_set_older_than_max_stale_is_not_trusted() {
         })
         .await
     );
+    // The gateway's own state, not the upstream's failure.
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    assert!(!metrics.contains("gateway_backend_errors_total{"), "{metrics}");
+    assert!(
+        gw.metric(
+            r#"gateway_auth_failures_total{route="api",status="503",reason="credentials cannot be checked right now"}"#
+        )
+        .await
+            >= 1.0
+    );
 }
 
 /// Unpadded base64url, for hand-made token parts.

@@ -179,10 +179,11 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut res = match result {
         Ok(res) => res,
         Err(e) => {
-            // A full route limit is the route's own state, not an upstream failure.
+            // A full route limit and missing token keys are the gateway's own state, not
+            // an upstream failure.
             if let Some(r) = route
                 && e.side() != crate::error::Side::Downstream
-                && e.kind != ErrorKind::RouteBusy
+                && !matches!(e.kind, ErrorKind::RouteBusy | ErrorKind::KeysUnavailable)
             {
                 let upstream = outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
                 shared.metrics.backend_error(upstream, e.metric_kind());
