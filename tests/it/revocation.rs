@@ -209,6 +209,12 @@ async fn a_redis_outage_fails_closed_or_open_as_configured_and_recovers() {
     }
     assert_eq!(gw.metric(&checks("main", "error", "redis")).await, 4.0);
     assert_eq!(gw.metric(&checks("lenient", "error", "redis")).await, 4.0);
+    // The gateway's own state, not the upstream's failure; an authentication refusal.
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    assert!(!metrics.contains("gateway_backend_errors_total{"), "{metrics}");
+    let refused =
+        r#"gateway_auth_failures_total{route="api",status="503",reason="credentials cannot be checked right now"}"#;
+    assert_eq!(gw.metric(refused).await, 4.0);
     let warnings = gw.stderr_text().matches("revocation checks cannot reach redis").count();
     assert_eq!(warnings, 1, "logged once per outage, not per request:\n{}", gw.stderr_text());
 
