@@ -3,7 +3,8 @@
 # curl and h2load (real HTTP/2 client), openssl (an independent TLS client and certificate
 # tool for the listener TLS tests), ca-certificates (system roots for the TLS tests),
 # Python with PyJWT and cryptography (tokens and keys minted independently of the gateway),
-# Chromium (a real browser runs the CORS check; headless, about 145 MB, ~30 s to install).
+# Chromium (a real browser runs the CORS check; headless, about 145 MB, ~30 s to install),
+# redis-server (the shared store of the revocation tests; started by the tests themselves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v python3 >/dev/null || need+=(python3 python3-jwt python3-cryptography)
 command -v chromium >/dev/null || need+=(chromium)
+command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""

@@ -15,6 +15,7 @@ mod lifecycle;
 mod observe;
 mod proxy;
 mod resilience;
+mod revocation;
 mod support;
 mod tls_listener;
 mod tls_upstream;

@@ -523,6 +523,10 @@ pub struct Pki {
     pub ca_pem: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The server certificate (for `upstream.internal`, `localhost`, 127.0.0.1) and its
+    /// key, as PEM files, for servers the tests start as child processes.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
     ca_der: rustls_pki_types::CertificateDer<'static>,
     server_chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     server_key_der: Vec<u8>,
@@ -551,7 +555,11 @@ impl Pki {
         let ca_pem = write_temp(dir.path(), "ca.pem", &ca.pem());
         let client_cert = write_temp(dir.path(), "client.pem", &client.pem());
         let client_key_path = write_temp(dir.path(), "client.key", &client_key.serialize_pem());
+        let server_cert = write_temp(dir.path(), "server.pem", &server.pem());
+        let server_key_pem = write_temp(dir.path(), "server.key", &server_key.serialize_pem());
         Pki {
+            server_cert,
+            server_key: server_key_pem,
             ca_pem,
             client_cert,
             client_key: client_key_path,
@@ -582,5 +590,137 @@ impl Pki {
         let mut config = builder.with_single_cert(self.server_chain.clone(), key).unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
+    }
+}
+
+/// A real `redis-server` on a free loopback port, without persistence; killed when dropped.
+/// `stop` and `restart` (same port) play an outage.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// The plain port (the tests' own commands use it).
+    pub port: u16,
+    /// With `start_tls`: the TLS port, and the certificate and key files.
+    tls: Option<(u16, PathBuf, PathBuf)>,
+    dir: tempfile::TempDir,
+}
+
+/// A free loopback port: the OS picks it; the listener is dropped just before the server
+/// binds it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer { child: None, port: free_port(), tls: None, dir: tempfile::tempdir().unwrap() };
+        r.restart();
+        r
+    }
+
+    /// Also serving TLS (no client certificates) with `pki`'s server certificate.
+    pub fn start_tls(pki: &Pki) -> RedisServer {
+        let tls = Some((free_port(), pki.server_cert.clone(), pki.server_key.clone()));
+        let mut r = RedisServer { child: None, port: free_port(), tls, dir: tempfile::tempdir().unwrap() };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The `rediss://` URL of the TLS port.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls.as_ref().unwrap().0)
+    }
+
+    /// Starts redis (again) on the same port and waits until it answers PING.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is running");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no", "--tls-cert-file"])
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server must be installed (scripts/test.sh installs it): {e}"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.try_cmd(&["PING"]).is_ok_and(|r| r == "PONG") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+            #[allow(clippy::disallowed_methods)] // a readiness poll in a sync helper
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills redis (an outage: connections reset, data gone).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs one command and returns its reply as text (simple string, integer or bulk;
+    /// nil is empty). Panics on an error reply.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args).unwrap()
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "+" | ":" => Ok(rest.to_owned()),
+            "-" => panic!("redis error reply to {args:?}: {rest}"),
+            "$" if rest == "-1" => Ok(String::new()),
+            "$" => {
+                let n: usize = rest.parse().unwrap();
+                let mut buf = vec![0; n + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n);
+                Ok(String::from_utf8_lossy(&buf).into_owned())
+            }
+            _ => panic!("unexpected redis reply to {args:?}: {line}"),
+        }
+    }
+
+    /// How many times `command` (lower case) ran, from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

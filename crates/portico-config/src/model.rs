@@ -59,6 +59,11 @@ pub struct Config {
     /// The audit log of refused authentications and authorizations.
     #[serde(default)]
     pub audit_log: crate::plugins::AuditLog,
+    /// The Redis shared by every instance (revoked tokens; later rate-limit counters).
+    /// Absent: nothing is shared, and features that need it (`jwt_providers.*.revocation`)
+    /// cannot be turned on. Changes only on restart.
+    #[serde(default)]
+    pub redis: Option<Redis>,
 }
 
 /// A listening socket for client traffic. Without `tls` it speaks HTTP/1.1 and cleartext
@@ -226,6 +231,39 @@ impl Default for Admin {
     fn default() -> Self {
         Self { enabled: true, bind: SocketAddr::from(([127, 0, 0, 1], 9901)) }
     }
+}
+
+/// The shared Redis. One multiplexed connection per instance (it reconnects by itself) and
+/// one subscriber connection for change notices.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS (server
+    /// certificate checked against the system's roots). Use `${VAR}` for the password.
+    pub url: String,
+    /// Time allowed for one command (a revocation check, a write); a feature's own
+    /// `timeout` may override it. Past it the command counts as failed.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+    /// Time allowed to open a connection (TCP, TLS and `AUTH`).
+    #[serde(default = "default_redis_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Prefix of every key and channel Portico uses, so several gateways (or other
+    /// programs) can share one Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_redis_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_redis_prefix() -> String {
+    "portico:".into()
 }
 
 /// Process-wide settings. `worker_threads` changes only on restart (a reload logs that the

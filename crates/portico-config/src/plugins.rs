@@ -274,6 +274,45 @@ pub struct JwtProvider {
     /// These headers are always stripped from client requests first.
     #[serde(default)]
     pub forward_claims: BTreeMap<String, String>,
+    /// Refuse revoked tokens: a `jti` or subject deny-list shared by every instance through
+    /// the top-level `redis` (see docs/auth.md#revocation). Absent: no revocation check.
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
+}
+
+/// The revocation check of a JWT provider. It runs after the signature and claims checks
+/// succeed; its answers are cached in the process for `cache_ttl`, and every instance drops
+/// a cached answer as soon as a revocation is published.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revocation {
+    /// How long an answer from Redis (revoked or not) is reused without asking again. It
+    /// bounds how stale a check can be when a change notice is lost. `0s`: ask every time.
+    /// At most 1m.
+    pub cache_ttl: Duration,
+    /// What a request gets when Redis cannot answer in time: `deny` (503, fail closed) or
+    /// `allow` (let the otherwise valid token through). Either way it is logged once per
+    /// outage and counted.
+    pub on_error: RevocationOnError,
+    /// Time allowed for one check. Default: `redis.timeout`.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Revocation {
+    fn default() -> Self {
+        Self { cache_ttl: Duration::from_secs(2), on_error: RevocationOnError::Deny, timeout: None }
+    }
+}
+
+/// What an unanswerable revocation check does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationOnError {
+    /// Refuse with 503 "credentials cannot be checked right now" (fail closed).
+    #[default]
+    Deny,
+    /// Accept the token as not revoked (fail open).
+    Allow,
 }
 
 fn default_jwks_algorithms() -> Vec<JwtAlgorithm> {
@@ -553,7 +592,11 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
         }
     }
     for (name, jp) in &config.jwt_providers {
-        check_provider(&format!("jwt_providers.{name}"), jp, err);
+        let p = format!("jwt_providers.{name}");
+        check_provider(&p, jp, err);
+        if let Some(r) = &jp.revocation {
+            check_revocation(&format!("{p}.revocation"), r, config.redis.is_some(), err);
+        }
     }
     let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut digests: std::collections::HashMap<String, String> = std::collections::HashMap::new();
@@ -836,6 +879,20 @@ fn check_provider(p: &str, jp: &JwtProvider, err: &mut impl FnMut(String, String
         if j.max_stale.get() < j.refresh_interval.get() {
             err(format!("{jp_}.max_stale"), "must be at least refresh_interval".into());
         }
+    }
+}
+
+fn check_revocation(p: &str, r: &Revocation, have_redis: bool, err: &mut impl FnMut(String, String)) {
+    if !have_redis {
+        err(p.into(), "revocation needs a top-level redis (the deny-list is shared through it)".into());
+    }
+    if r.cache_ttl.get() > std::time::Duration::from_secs(60) {
+        err(format!("{p}.cache_ttl"), "must be at most 1m: it bounds how long a revoked token may still pass".into());
+    }
+    if let Some(t) = r.timeout
+        && (t.get().is_zero() || t.get() > std::time::Duration::from_secs(10))
+    {
+        err(format!("{p}.timeout"), "must be greater than 0s and at most 10s".into());
     }
 }
 

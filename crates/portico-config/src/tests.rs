@@ -167,3 +167,50 @@ fn listener_tls_defaults_and_checks() {
     let c = parse(&src, no_env).unwrap().config;
     assert_eq!(c.listeners[0].redirect_https.as_ref().unwrap().port, 443);
 }
+
+const JWT_PROVIDER: &str = r#"jwt_providers:
+  main:
+    issuer: https://idp.test
+    audiences: [api]
+    keys: [{ alg: HS256, secret: 0123456789abcdef0123456789abcdef }]
+"#;
+
+#[test]
+fn revocation_gets_defaults_and_needs_redis() {
+    let src = format!("{BASE}{JWT_PROVIDER}    revocation: {{}}\nredis: {{ url: redis://127.0.0.1:6379 }}\n");
+    let c = parse(&src, no_env).unwrap().config;
+    let r = c.jwt_providers["main"].revocation.clone().unwrap();
+    assert_eq!(r.cache_ttl, Duration::from_secs(2));
+    assert_eq!(r.on_error, RevocationOnError::Deny);
+    assert_eq!(r.timeout, None);
+    let redis = c.redis.unwrap();
+    assert_eq!(redis.timeout, Duration::from_millis(100));
+    assert_eq!(redis.key_prefix, "portico:");
+
+    let errs = errors(&format!("{BASE}{JWT_PROVIDER}    revocation: {{ on_error: allow }}\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("jwt_providers.main.revocation: revocation needs a top-level redis"), "{errs:?}");
+}
+
+#[test]
+fn bad_redis_and_revocation_fields_are_reported_together() {
+    let src = format!(
+        "{BASE}{JWT_PROVIDER}    revocation: {{ cache_ttl: 2m, timeout: 0s }}\nredis: {{ url: http://r:6379, timeout: 0s, key_prefix: 'a b' }}\n"
+    );
+    let errs = errors(&src);
+    for want in [
+        "jwt_providers.main.revocation.cache_ttl: must be at most 1m",
+        "jwt_providers.main.revocation.timeout: must be greater than 0s",
+        "redis.url: must start with redis:// or rediss://",
+        "redis.timeout: must be greater than 0s",
+        "redis.key_prefix: must be at most 64 characters",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(want)), "{want} not in {errs:?}");
+    }
+    let errs = errors(&format!("{BASE}redis: {{ url: 'redis://:secret@/0' }}\n"));
+    assert!(errs[0].starts_with("redis.url: names no host"), "{errs:?}");
+    assert!(!errs[0].contains("secret"), "the password leaked: {errs:?}");
+    let errs =
+        errors(&format!("{BASE}{JWT_PROVIDER}    revocation: {{ on_error: maybe }}\nredis: {{ url: redis://r }}\n"));
+    assert!(errs[0].contains("on_error"), "{errs:?}");
+}

@@ -129,8 +129,33 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         check_route(&p, r, &mut err);
     }
     crate::plugins::check(config, &mut err);
+    if let Some(r) = &config.redis {
+        check_redis(r, &mut err);
+    }
 
     if errs.is_empty() { Ok(()) } else { Err(ConfigErrors(errs)) }
+}
+
+fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
+    let rest = r.url.strip_prefix("redis://").or_else(|| r.url.strip_prefix("rediss://"));
+    match rest {
+        None => err("redis.url".into(), "must start with redis:// or rediss:// (TLS)".into()),
+        Some(rest) => {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if host.is_empty() {
+                err("redis.url".into(), "names no host".into());
+            }
+        }
+    }
+    for (field, d) in [("timeout", r.timeout), ("connect_timeout", r.connect_timeout)] {
+        if d.get().is_zero() || d.get() > std::time::Duration::from_secs(10) {
+            err(format!("redis.{field}"), "must be greater than 0s and at most 10s".into());
+        }
+    }
+    if r.key_prefix.len() > 64 || r.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        err("redis.key_prefix".into(), "must be at most 64 characters without spaces".into());
+    }
 }
 
 fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String)) {

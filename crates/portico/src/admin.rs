@@ -1,12 +1,15 @@
 //! The admin listener: `/health` (the process is up), `/ready` (it takes traffic; 503
 //! while draining), `/metrics` (Prometheus text format) and `/upstreams` (live target
-//! health, ejections, in-flight counts and circuit-breaker states, as JSON).
+//! health, ejections, in-flight counts and circuit-breaker states, as JSON), and
+//! `POST /revocations` (revoke a JWT by `jti`, or every token of a subject, through the
+//! shared Redis: see docs/auth.md#revocation).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,7 +36,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &shared)) }
+                async move {
+                    if req.uri().path() == "/revocations" {
+                        return Ok::<_, Infallible>(revocations(req, &shared).await);
+                    }
+                    Ok::<_, Infallible>(handle(&req, &shared))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http1_only()
@@ -67,6 +75,46 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())
         }
         _ => text(StatusCode::NOT_FOUND, "application/json", r#"{"error":"not found"}"#.into()),
+    }
+}
+
+/// Largest `POST /revocations` body.
+const MAX_REVOCATION_BODY: usize = 4096;
+
+/// `POST /revocations`: 204 written and published; 400 bad input; 503 no Redis configured
+/// or Redis failed.
+async fn revocations(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let json = "application/json";
+    if req.method() != Method::POST {
+        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, json, r#"{"error":"method not allowed"}"#.into());
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    let Some(service) = &shared.services.revocations else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, json, r#"{"error":"no redis configured"}"#.into());
+    };
+    let body = match Limited::new(req.into_body(), MAX_REVOCATION_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let msg = format!("body unreadable or over {MAX_REVOCATION_BODY} bytes");
+            return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string());
+        }
+    };
+    let what = match crate::plugins::revocation::parse_request(&body) {
+        Ok(w) => w,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string()),
+    };
+    match service.revoke(&what).await {
+        Ok(()) => {
+            tracing::info!(revocation = ?what, "revocation written and published");
+            let mut res = Response::new(Body::Empty);
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            res
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation could not be written");
+            text(StatusCode::SERVICE_UNAVAILABLE, json, r#"{"error":"redis unavailable"}"#.into())
+        }
     }
 }
 

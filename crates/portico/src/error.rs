@@ -55,6 +55,9 @@ pub enum ErrorKind {
     /// The keys to check credentials with are not available yet (503): the identity
     /// provider has not answered since start, or its last answer is too old.
     KeysUnavailable,
+    /// The token is valid but whether it was revoked cannot be checked (Redis is down or
+    /// too slow) and the provider fails closed (503).
+    RevocationUnavailable,
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
@@ -99,7 +102,8 @@ impl GatewayError {
             | ErrorKind::Overloaded
             | ErrorKind::RouteBusy
             | ErrorKind::CircuitOpen(_)
-            | ErrorKind::KeysUnavailable => Side::Internal,
+            | ErrorKind::KeysUnavailable
+            | ErrorKind::RevocationUnavailable => Side::Internal,
         }
     }
 
@@ -125,7 +129,8 @@ impl GatewayError {
             | ErrorKind::Overloaded
             | ErrorKind::RouteBusy
             | ErrorKind::CircuitOpen(_)
-            | ErrorKind::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::KeysUnavailable
+            | ErrorKind::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -146,7 +151,7 @@ impl GatewayError {
             ErrorKind::RouteBusy => "route busy",
             ErrorKind::CircuitOpen(_) => "upstream circuit open",
             ErrorKind::Unauthorized(_, m) | ErrorKind::Forbidden(m) => m,
-            ErrorKind::KeysUnavailable => "credentials cannot be checked right now",
+            ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable => "credentials cannot be checked right now",
         }
     }
 
@@ -252,6 +257,7 @@ mod tests {
             (ErrorKind::Unauthorized(Challenge::Bearer, "missing credentials"), 401),
             (ErrorKind::Forbidden("not allowed"), 403),
             (ErrorKind::KeysUnavailable, 503),
+            (ErrorKind::RevocationUnavailable, 503),
             (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),
             (ErrorKind::UpstreamTimeout(Duration::from_secs(1)), 504),
         ];

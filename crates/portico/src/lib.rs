@@ -32,6 +32,7 @@ pub mod plugins;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Open connections and tunnels.
     pub tracker: Arc<Tracker>,
+    /// Process-wide handles (the shared Redis and what uses it), fixed at start.
+    pub services: snapshot::Services,
 }
 
 /// Why the gateway could not start.
@@ -131,6 +134,15 @@ async fn start_jwks_tasks<'a>(providers: impl Iterator<Item = &'a Arc<plugins::j
     }
 }
 
+/// Connects the shared Redis (lazily: a Redis that is down does not stop the start) and
+/// starts what uses it.
+fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<snapshot::Services, ConfigErrors> {
+    let Some(r) = &config.redis else { return Ok(snapshot::Services::default()) };
+    let store = store::redis::RedisStore::new(r).map_err(|e| ConfigErrors(vec![e]))?;
+    store.warm_up();
+    Ok(snapshot::Services { revocations: Some(plugins::revocation::Revocations::start(store, metrics)) })
+}
+
 /// Starts the health-check and discovery tasks of upstreams, and waits (at most 3 s) for
 /// discovery's first answer so that traffic does not meet an empty upstream.
 async fn start_upstream_tasks<'a>(ups: impl Iterator<Item = &'a Arc<upstream::Upstream>>) {
@@ -169,6 +181,7 @@ struct FixedSettings {
     access_log: portico_config::AccessLog,
     audit_log: portico_config::AuditLog,
     admin: portico_config::Admin,
+    redis: Option<portico_config::Redis>,
 }
 
 impl FixedSettings {
@@ -178,6 +191,7 @@ impl FixedSettings {
             access_log: c.access_log.clone(),
             audit_log: c.audit_log.clone(),
             admin: c.admin.clone(),
+            redis: c.redis.clone(),
         }
     }
 }
@@ -227,7 +241,8 @@ impl Gateway {
             None
         };
         let fixed = FixedSettings::of(&config);
-        let snapshot = Snapshot::compile(config, None, &metrics)?;
+        let services = start_services(&config, &metrics)?;
+        let snapshot = Snapshot::compile_with(config, None, &metrics, Some(&services))?;
         start_upstream_tasks(snapshot.upstreams.values()).await;
         start_jwks_tasks(snapshot.jwt_providers.values()).await;
         let shared = Arc::new(Shared {
@@ -237,6 +252,7 @@ impl Gateway {
             audit_log,
             draining: AtomicBool::new(false),
             tracker: Arc::new(Tracker::default()),
+            services,
         });
         let (conn_shutdown, conn_shutdown_rx) = watch::channel(false);
         let mut listeners = HashMap::new();
@@ -343,6 +359,9 @@ impl Gateway {
         if fixed.admin != self.fixed.admin {
             tracing::warn!("admin changes only on restart; keeping the running admin listener");
         }
+        if fixed.redis != self.fixed.redis {
+            tracing::warn!("redis changes only on restart; keeping the running connection");
+        }
         // Bind new listeners first: if one fails, nothing changes.
         let mut to_start = Vec::new();
         let mut to_stop = Vec::new();
@@ -376,7 +395,8 @@ impl Gateway {
             })?;
             bound.push((l, sock));
         }
-        let snapshot = Snapshot::compile(config, Some(&current), &self.shared.metrics)?;
+        let snapshot =
+            Snapshot::compile_with(config, Some(&current), &self.shared.metrics, Some(&self.shared.services))?;
         // Upstreams kept from the running config keep their health-check and discovery
         // tasks; new ones start theirs, and get their first DNS answer before traffic.
         let fresh: Vec<&Arc<upstream::Upstream>> = snapshot

@@ -179,11 +179,14 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut res = match result {
         Ok(res) => res,
         Err(e) => {
-            // A full route limit and missing token keys are the gateway's own state, not
-            // an upstream failure.
+            // A full route limit, missing token keys and an unreadable revocation list are
+            // the gateway's own state, not an upstream failure.
             if let Some(r) = route
                 && e.side() != crate::error::Side::Downstream
-                && !matches!(e.kind, ErrorKind::RouteBusy | ErrorKind::KeysUnavailable)
+                && !matches!(
+                    e.kind,
+                    ErrorKind::RouteBusy | ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable
+                )
             {
                 let upstream = outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
                 shared.metrics.backend_error(upstream, e.metric_kind());

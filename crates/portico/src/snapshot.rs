@@ -19,6 +19,14 @@ use crate::router::{Params, Router};
 use crate::server::tls::ListenerTls;
 use crate::upstream::Upstream;
 
+/// Process-wide handles that compiled plugins use. Made once at start (from settings that
+/// change only on restart) and kept across reloads.
+#[derive(Debug, Default, Clone)]
+pub struct Services {
+    /// The shared revocation deny-list, when `redis` is configured.
+    pub revocations: Option<Arc<crate::plugins::revocation::Revocations>>,
+}
+
 /// A compiled config.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -257,9 +265,21 @@ impl ListenerSettings {
 }
 
 impl Snapshot {
-    /// Compiles a validated config. Upstreams whose definition is unchanged since `prev`
-    /// are reused, with their pools and balancing state.
+    /// Compiles a validated config without process services: what `portico validate`
+    /// needs (revocation checks are left out). See [`Snapshot::compile_with`].
     pub fn compile(config: Config, prev: Option<&Snapshot>, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigErrors> {
+        Self::compile_with(config, prev, metrics, None)
+    }
+
+    /// Compiles a validated config. Upstreams whose definition is unchanged since `prev`
+    /// are reused, with their pools and balancing state. `services`: the process's shared
+    /// handles (`None`: compile only to check, without them).
+    pub fn compile_with(
+        config: Config,
+        prev: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
+        services: Option<&Services>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let router = Router::new(config.routes.iter().map(|r| &r.matcher))?;
         let mut listener_tls = HashMap::new();
         let mut client_cert_headers = vec![HeaderName::from_static(portico_config::DEFAULT_CLIENT_CERT_HEADER)];
@@ -309,12 +329,27 @@ impl Snapshot {
                 Some(j) => {
                     jwt_providers.insert(name.clone(), j);
                 }
-                None => match JwtProvider::new(name, def, metrics) {
-                    Ok(j) => {
-                        jwt_providers.insert(name.clone(), Arc::new(j));
+                None => {
+                    let revocation = match (&def.revocation, services) {
+                        (Some(r), Some(svc)) => match &svc.revocations {
+                            Some(rv) => Some(rv.check_for(name, r, metrics)),
+                            None => {
+                                tls_errors.push(ConfigError::new(
+                                    format!("jwt_providers.{name}.revocation"),
+                                    "needs the top-level redis, which is read only at start: restart to turn it on",
+                                ));
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
+                    match JwtProvider::new(name, def, metrics) {
+                        Ok(j) => {
+                            jwt_providers.insert(name.clone(), Arc::new(j.with_revocation(revocation)));
+                        }
+                        Err(e) => tls_errors.push(e),
                     }
-                    Err(e) => tls_errors.push(e),
-                },
+                }
             }
         }
         if !tls_errors.is_empty() {

@@ -65,6 +65,18 @@ struct ProviderResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevocationLabels {
+    provider: Arc<str>,
+    result: &'static str,
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     upstream: Arc<str>,
     to: &'static str,
@@ -149,6 +161,9 @@ pub struct Metrics {
     auth_failures: Family<AuthFailureLabels, Counter>,
     jwks_fetches: Family<ProviderResultLabels, Counter>,
     jwks_last_success: Family<ProviderLabels, Gauge>,
+    revocation_checks: Family<RevocationLabels, Counter>,
+    revocation_cache_clears: Family<KindLabel, Counter>,
+    redis_subscribed: Gauge,
     /// `gateway_audit_log_dropped_total`.
     pub audit_log_dropped: Counter,
     tls_expiry: Family<CertificateLabels, Gauge>,
@@ -266,6 +281,24 @@ impl Metrics {
             "Unix time of the last successful JWKS fetch, by JWT provider",
             jwks_last_success.clone(),
         );
+        let revocation_checks = Family::<RevocationLabels, Counter>::default();
+        registry.register(
+            "gateway_revocation_checks",
+            "JWT revocation checks, by provider, result (not_revoked, revoked, error) and source (redis, cache)",
+            revocation_checks.clone(),
+        );
+        let revocation_cache_clears = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "gateway_revocation_cache_clears",
+            "Times a shard of the revocation cache was full of live answers and was cleared, by kind (jti, sub)",
+            revocation_cache_clears.clone(),
+        );
+        let redis_subscribed = Gauge::default();
+        registry.register(
+            "gateway_redis_subscribed",
+            "1 while the subscription to the revocation notices is open, else 0",
+            redis_subscribed.clone(),
+        );
         let audit_log_dropped = Counter::default();
         registry.register(
             "gateway_audit_log_dropped",
@@ -316,6 +349,9 @@ impl Metrics {
             auth_failures,
             jwks_fetches,
             jwks_last_success,
+            revocation_checks,
+            revocation_cache_clears,
+            redis_subscribed,
             audit_log_dropped,
             tls_expiry,
             tls_reloads,
@@ -387,6 +423,30 @@ impl Metrics {
         ["success", "error"].map(|result| {
             self.jwks_fetches.get_or_create_owned(&ProviderResultLabels { provider: provider.into(), result })
         })
+    }
+
+    /// The revocation-check counters of a JWT provider.
+    pub fn revocation_checks(&self, provider: &str) -> crate::plugins::revocation::RevocationCounters {
+        let c = |result, source| {
+            self.revocation_checks.get_or_create_owned(&RevocationLabels { provider: provider.into(), result, source })
+        };
+        crate::plugins::revocation::RevocationCounters {
+            not_revoked: c("not_revoked", "redis"),
+            revoked: c("revoked", "redis"),
+            cached_not_revoked: c("not_revoked", "cache"),
+            cached_revoked: c("revoked", "cache"),
+            error: c("error", "redis"),
+        }
+    }
+
+    /// The clear counter of a revocation cache (`jti` or `sub`).
+    pub fn revocation_cache_clears(&self, kind: &'static str) -> Counter {
+        self.revocation_cache_clears.get_or_create_owned(&KindLabel { kind })
+    }
+
+    /// The gauge of the revocation subscription.
+    pub fn redis_subscribed(&self) -> Gauge {
+        self.redis_subscribed.clone()
     }
 
     /// The last-success gauge of a JWT provider's JWKS.

@@ -12,6 +12,10 @@
 //! `min_refresh_interval` (single flight: concurrent requests wait for the same fetch).
 //! When the endpoint fails, the last good key set keeps serving for up to `max_stale`
 //! after it was fetched; a blip at the identity provider never turns valid tokens into 401s.
+//!
+//! With `revocation`, a token that passed every check is then looked up in the shared
+//! deny-list ([`super::revocation`]): revoked → 401 "token revoked"; Redis unreachable →
+//! 503 or pass, as `on_error` says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -80,7 +84,9 @@ pub struct JwtProvider {
     leeway: u64,
     required: Box<[Box<str>]>,
     forward: Box<[(Box<str>, HeaderName)]>,
-    /// Tokens verified before, by their exact text.
+    revocation: Option<super::revocation::RevocationCheck>,
+    /// Tokens verified before, by their exact text. A cached token is still checked for
+    /// revocation on every request: only the signature and claims checks are remembered.
     verified: Option<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
 }
 
@@ -262,8 +268,14 @@ impl JwtProvider {
             leeway: def.leeway.get().as_secs(),
             required: def.required_claims.iter().map(|c| c.as_str().into()).collect(),
             forward: forward.into(),
+            revocation: None,
             verified: (def.token_cache_size > 0).then(|| quick_cache::sync::Cache::new(def.token_cache_size as usize)),
         })
+    }
+
+    /// With a revocation check (after every other check succeeds).
+    pub fn with_revocation(self, revocation: Option<super::revocation::RevocationCheck>) -> Self {
+        Self { revocation, ..self }
     }
 
     /// Header names this provider vouches for (its `forward_claims`).
@@ -325,6 +337,7 @@ impl JwtProvider {
             && jsonwebtoken::get_current_timestamp() <= v.exp.saturating_add(self.leeway)
             && (!v.by_jwks || self.jwks.as_ref().is_some_and(|j| j.current().is_some()))
         {
+            self.not_revoked(&v.subject, &v.facts).await?;
             return Ok(self.valid(v.subject.clone(), v.facts.clone(), consumers));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
@@ -349,7 +362,17 @@ impl JwtProvider {
             let v = Verified { subject: subject.clone(), facts: facts.clone(), exp, generation, by_jwks };
             cache.insert(token.into(), Arc::new(v));
         }
+        self.not_revoked(&subject, &facts).await?;
         Ok(self.valid(subject, facts, consumers))
+    }
+
+    /// The revocation check, when the provider has one: the last check, after the
+    /// signature and every claim passed (freshly or from the verified-token cache).
+    async fn not_revoked(&self, subject: &str, facts: &TokenFacts) -> Result<(), GatewayError> {
+        match &self.revocation {
+            Some(r) => r.check(&self.name, facts.jti.as_deref(), subject, facts.iat).await,
+            None => Ok(()),
+        }
     }
 
     fn valid(&self, subject: Arc<str>, facts: Arc<TokenFacts>, consumers: &Consumers) -> Checked {

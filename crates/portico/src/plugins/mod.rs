@@ -8,7 +8,7 @@
 //! |----------|-------|--------------------|-----------------------|
 //! | request  | 1     | `ip_filter`        | 403 |
 //! | request  | 2     | `cors` (preflight) | 204, 403 |
-//! | request  | 3     | `mtls`, `jwt`, `api_key` | 401 (first credential found decides) |
+//! | request  | 3     | `mtls`, `jwt`, `api_key` | 401 (first credential found decides); `jwt` with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` |
 //! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
 //! | response | 1     | `cors`             | |
 //! | response | 2     | `security_headers` | |
@@ -23,6 +23,7 @@ pub mod identity;
 pub mod ip_filter;
 pub mod jwt;
 pub mod mtls;
+pub mod revocation;
 pub mod security_headers;
 
 use std::collections::HashMap;

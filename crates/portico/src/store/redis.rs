@@ -1,0 +1,220 @@
+//! The handle to the shared Redis: one multiplexed connection for commands and, per
+//! subscribed channel, one subscriber connection, both reconnecting by themselves.
+//!
+//! - Commands go through a [`ConnectionManager`]: cloning it is cheap, every request
+//!   shares the one TCP connection (pipelined), and a broken connection is replaced in the
+//!   background. It is created lazily, so the gateway starts while Redis is down; every
+//!   command is bounded by a timeout, so a missing Redis costs a request at most that long.
+//! - [`RedisStore::subscribe`] starts a task that keeps a subscription open. Each time the
+//!   subscription is (re)established the [`Subscriber`] is told to resynchronize, because
+//!   notices published while it was gone are lost. A silent dead connection is found by a
+//!   `PING` every [`PING_EVERY`].
+//!
+//! `rediss://` URLs use rustls with the aws-lc-rs provider and the system's root
+//! certificates (no custom CA yet).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use portico_config::ConfigError;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// How often a subscriber connection is checked with `PING`.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Longest wait between two attempts to re-subscribe.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why a Redis command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the time allowed.
+    #[error("no answer from redis within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Receives the messages of a subscribed channel.
+pub trait Subscriber: Send + Sync + 'static {
+    /// A message, in the order published. Called on the listener task: keep it short.
+    fn message(&self, payload: &[u8]);
+    /// The subscription was (re)established: messages published while there was none are
+    /// lost, so anything derived from them must be dropped.
+    fn resync(&self);
+}
+
+/// The shared Redis of a gateway.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL: it may carry a password.
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).field("timeout", &self.timeout).finish()
+    }
+}
+
+impl RedisStore {
+    /// A handle for `config`. Connects lazily (needs a Tokio runtime); never fails because
+    /// Redis is down, only on a URL the client cannot use.
+    pub fn new(config: &portico_config::Redis) -> Result<Arc<Self>, ConfigError> {
+        if config.url.starts_with("rediss://") {
+            // The redis crate builds its TLS config from the process default provider.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| ConfigError::new("redis.url", format!("unusable URL: {}", e)))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout.get()))
+            // Our own timeout bounds each command; this one only ends a wait the
+            // connection would otherwise never give up on.
+            .set_response_timeout(Some(config.connect_timeout.get().max(config.timeout.get())))
+            // Fail the pending reconnect quickly: the next command starts another one.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(|e| ConfigError::new("redis", format!("cannot set up the connection: {}", e)))?;
+        Ok(Arc::new(Self {
+            client,
+            conn,
+            prefix: config.key_prefix.as_str().into(),
+            timeout: config.timeout.get(),
+            connect_timeout: config.connect_timeout.get(),
+        }))
+    }
+
+    /// The key prefix (`redis.key_prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The default time allowed for one command (`redis.timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `cmd` within `timeout`.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd, timeout: Duration) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
+    /// Runs the commands of `pipe` (in order, in one round trip) within `timeout`.
+    pub async fn exec(&self, pipe: &redis::Pipeline, timeout: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
+    /// Opens the connection now rather than on the first command, and says in the log
+    /// whether Redis answers.
+    pub fn warm_up(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.query::<String>(&redis::cmd("PING"), me.connect_timeout + me.timeout).await {
+                Ok(_) => tracing::info!(prefix = %me.prefix, "redis answers"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis does not answer yet; features that need it fail as configured")
+                }
+            }
+        });
+    }
+
+    /// Keeps `channel` subscribed for `sub` until `sub` is dropped. `up` is 1 while
+    /// subscribed.
+    pub fn subscribe(self: &Arc<Self>, channel: String, sub: &Arc<dyn Subscriber>, up: Gauge) {
+        let client = self.client.clone();
+        let connect_timeout = self.connect_timeout;
+        let weak = Arc::downgrade(sub);
+        tokio::spawn(listen(client, channel, weak, up, connect_timeout));
+    }
+}
+
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    sub: Weak<dyn Subscriber>,
+    up: Gauge,
+    connect_timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(100);
+    // Log a failure once per outage, not once per attempt.
+    let mut healthy = true;
+    loop {
+        if sub.strong_count() == 0 {
+            return;
+        }
+        let opened = tokio::time::timeout(connect_timeout, async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        let ps = match opened {
+            Ok(Ok(ps)) => ps,
+            Ok(Err(e)) => {
+                if std::mem::take(&mut healthy) {
+                    tracing::warn!(%channel, error = %e, "redis subscription failed; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                if std::mem::take(&mut healthy) {
+                    tracing::warn!(%channel, timeout = ?connect_timeout, "redis subscription timed out; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let Some(s) = sub.upgrade() else { return };
+        s.resync();
+        drop(s);
+        up.set(1);
+        if !healthy {
+            tracing::info!(%channel, "redis subscription restored");
+        }
+        backoff = Duration::from_millis(100);
+        let (mut sink, mut stream) = ps.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        let why = loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(msg) => {
+                        let Some(s) = sub.upgrade() else { return };
+                        s.message(msg.get_payload_bytes());
+                    }
+                    None => break "connection closed",
+                },
+                _ = ping.tick() => {
+                    match tokio::time::timeout(connect_timeout, sink.ping::<String>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => break "ping failed",
+                        Err(_) => break "ping timed out",
+                    }
+                }
+            }
+        };
+        up.set(0);
+        healthy = false;
+        tracing::warn!(%channel, reason = why, "redis subscription lost; reconnecting");
+    }
+}
