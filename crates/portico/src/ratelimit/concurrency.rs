@@ -24,7 +24,6 @@ use super::table::{layout, shard_of};
 /// still running), and refusing would turn a full table into an outage for every new
 /// client; letting the new key through is bounded by the gateway's connection limits,
 /// which a full table of in-flight requests is already pressing against.
-#[derive(Debug)]
 pub struct Concurrency {
     max: u64,
     hasher: RandomState,
@@ -33,18 +32,15 @@ pub struct Concurrency {
     untracked: AtomicU64,
 }
 
-#[derive(Debug)]
 #[repr(align(128))]
 struct Shard(Mutex<ShardState>);
 
-#[derive(Debug)]
 struct ShardState {
     map: HashTable<Slot>,
     /// Identifies slots for guards (which keep no copy of the key).
     next_id: u64,
 }
 
-#[derive(Debug)]
 struct Slot {
     hash: u64,
     id: u64,
@@ -52,12 +48,28 @@ struct Slot {
     in_flight: u64,
 }
 
-/// A slot taken by [`Concurrency::acquire`], given back on drop.
-#[derive(Debug)]
+/// A slot taken by [`Concurrency::acquire`], given back on drop. It keeps its shard alive,
+/// so it may outlive the [`Concurrency`] (a config reload that builds a new one).
 #[must_use = "the slot is released when the guard is dropped"]
 pub struct ConcurrencyGuard {
     /// `None` when untracked.
     slot: Option<(Arc<Shard>, u64, u64)>,
+}
+
+// Not derived: the keys (consumer names, addresses, key digests) stay out of logs.
+impl std::fmt::Debug for Concurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Concurrency")
+            .field("max", &self.max)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ConcurrencyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcurrencyGuard").field("tracked", &self.is_tracked()).finish()
+    }
 }
 
 impl Concurrency {

@@ -31,10 +31,10 @@
 //!
 //! | algorithm | state per key | exact | largest burst | fits for |
 //! |---|---|---|---|---|
-//! | `token_bucket` | 24 bytes | yes | `limit + burst` at once | APIs that tolerate bursts |
+//! | `token_bucket` | 32 bytes | yes | `limit + burst` at once | APIs that tolerate bursts |
 //! | `gcra` | 16 bytes | yes, same decisions as `token_bucket` | `limit + burst` at once | the default; the one that also runs in Redis |
 //! | `fixed_window` | 16 bytes | per window only | `2 × limit` across a window boundary | quotas read as "per calendar minute" |
-//! | `sliding_log` | 16 bytes × requests in the last period | yes | `limit` in any period | small limits that must never be exceeded |
+//! | `sliding_log` | 40 bytes + 16 per request in the last period | yes | `limit` in any period | small limits that must never be exceeded |
 //! | `sliding_window` | 24 bytes | approximate | `limit × (1 + d/period)` within any `d ≤ period` | large limits, cheap and smooth |
 //! | `leaky_bucket` | 16 bytes | yes | none: requests are spaced out | protecting an upstream from bursts |
 //!
@@ -56,7 +56,7 @@
 //! `now` is allowed when `max(TAT, now) + n·T − now ≤ C·T`, and then moves `TAT` to
 //! `max(TAT, now) + n·T`. (In the usual formulation the tolerance is `τ = (C − 1)·T`: with
 //! `burst` 0, `τ = (limit − 1)·T`, so `limit` requests can come at once. `redis-cell`'s
-//! `max_burst` is `C − 1`.) Its decisions, `remaining`, `reset_after` and `retry_after` are
+//! `max_burst` is `C − 1`; `governor`'s `allow_burst` is `C`.) Its decisions, `remaining`, `reset_after` and `retry_after` are
 //! identical to `token_bucket`'s for the same arrivals (a unit test checks it on random
 //! ones), and one timestamp is what a Redis script can update atomically.
 //!
@@ -96,8 +96,9 @@
 //!   window of length `period` that straddles the boundary can hold up to almost
 //!   `2 × limit` (the second half spread over the current window: never as a burst); if
 //!   they came at its start, the estimate still counts them and refuses requests an exact
-//!   count would allow. Cloudflare measured 0.003% of requests wrongly decided on real
-//!   traffic.
+//!   count would allow. On real traffic the error is small: Cloudflare reported 0.003% of
+//!   requests wrongly allowed or limited ("Counting things, a lot of different things",
+//!   2017).
 //!
 //! ## `leaky_bucket`
 //!
@@ -163,10 +164,10 @@
 //!
 //! It never fails open (an untracked key would be unlimited for as long as an attacker
 //! keeps the table full) and never fails closed (refusing every new client while the
-//! table is full would be an outage). Memory is bounded: `max_keys` entries of ~60 bytes
-//! plus the key, plus the log for `sliding_log`. The bound is per shard (`max_keys /
-//! shards` each), so with an uneven spread of keys a shard fills a little before the
-//! whole limiter does: give `max_keys` ~25% headroom over the keys you expect.
+//! table is full would be an outage). Memory is bounded: `max_keys` entries of 40 to 64
+//! bytes plus a copy of the key, plus the log for `sliding_log`. The bound is per shard
+//! (`max_keys / shards` each), so with an uneven spread of keys a shard fills a little
+//! before the whole limiter does: give `max_keys` ~25% headroom over the keys you expect.
 //!
 //! The key map is split into up to 64 shards, each under its own lock, held only for one
 //! decision (no allocation except a new key's copy): threads contend only when they hit

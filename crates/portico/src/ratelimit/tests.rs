@@ -374,3 +374,42 @@ fn ratelimit_exact_counts_one_request_per_ms_for_ten_seconds() {
         assert_eq!(allowed, expected, "{policy:?}");
     }
 }
+
+#[test]
+fn ratelimit_entry_sizes_match_the_docs() {
+    use std::mem::size_of;
+    use table::Slot;
+    assert_eq!(size_of::<token_bucket::State>(), 32);
+    assert_eq!(size_of::<gcra::State>(), 16);
+    assert_eq!(size_of::<fixed_window::State>(), 16);
+    assert_eq!(size_of::<sliding_log::State>(), 40);
+    assert_eq!(size_of::<sliding_window::State>(), 24);
+    assert_eq!(size_of::<leaky_bucket::State>(), 16);
+    let slots = [
+        size_of::<Slot<token_bucket::State>>(),
+        size_of::<Slot<gcra::State>>(),
+        size_of::<Slot<fixed_window::State>>(),
+        size_of::<Slot<sliding_log::State>>(),
+        size_of::<Slot<sliding_window::State>>(),
+        size_of::<Slot<leaky_bucket::State>>(),
+    ];
+    assert!(slots.iter().all(|&s| (40..=64).contains(&s)), "{slots:?}");
+}
+
+#[test]
+fn ratelimit_types_are_shareable_and_debug_shows_no_keys() {
+    fn shared<T: Send + Sync>() {}
+    shared::<LocalLimiter>();
+    shared::<Concurrency>();
+    // Held across `.await` on a multi-threaded runtime.
+    fn sendable<T: Send + 'static>() {}
+    sendable::<ConcurrencyGuard>();
+
+    let (l, t0) = limiter(Policy::new(Algorithm::Gcra, 1, ms(1)));
+    let _ = l.check(b"secret-key", t0, 1);
+    let c = Concurrency::new(1, 10).unwrap();
+    let g = c.acquire(b"secret-key").unwrap();
+    for text in [format!("{l:?}"), format!("{c:?}"), format!("{g:?}")] {
+        assert!(!text.contains("secret") && !text.contains("115, 101"), "{text}");
+    }
+}
