@@ -29,6 +29,7 @@ pub mod handlers;
 pub mod observe;
 pub mod pipeline;
 pub mod plugins;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod snapshot;
