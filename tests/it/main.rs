@@ -14,6 +14,7 @@ mod errors;
 mod lifecycle;
 mod observe;
 mod proxy;
+mod ratelimit;
 mod resilience;
 mod revocation;
 mod support;

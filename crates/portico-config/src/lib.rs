@@ -22,6 +22,7 @@ pub mod env;
 pub mod locate;
 pub mod model;
 pub mod plugins;
+pub mod ratelimit;
 pub mod template;
 pub mod units;
 pub mod validate;
@@ -32,6 +33,7 @@ use std::path::Path;
 pub use locate::{Locator, Position};
 pub use model::*;
 pub use plugins::*;
+pub use ratelimit::*;
 pub use units::{ByteSize, Duration, Percent};
 
 /// One problem in a config file.

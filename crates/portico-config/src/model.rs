@@ -53,6 +53,9 @@ pub struct Config {
     /// Named callers: API keys, groups, roles, tenant and plan.
     #[serde(default)]
     pub consumers: Vec<crate::plugins::Consumer>,
+    /// Plans by name (`free`, `pro`): the rate limits of the consumers on them.
+    #[serde(default)]
+    pub plans: BTreeMap<String, crate::ratelimit::Plan>,
     /// Headers that carry the authenticated identity upstream (client copies removed).
     #[serde(default)]
     pub identity_headers: crate::plugins::IdentityHeaders,

@@ -29,6 +29,10 @@ pub enum Plugin {
     Mtls(MtlsAuth),
     /// Allow or deny by consumer, group, role, scope or tenant (403).
     Authorize(Authorize),
+    /// Rate limits per client, consumer, tenant, route... (429).
+    RateLimit(crate::ratelimit::RateLimit),
+    /// Most requests in flight at once per client, consumer or tenant (429 or 503).
+    ConcurrencyLimit(crate::ratelimit::ConcurrencyLimit),
     /// Security response headers (HSTS, `X-Content-Type-Options`, ...) and removal of
     /// internal response headers (`Server`, `X-Powered-By`).
     SecurityHeaders(SecurityHeaders),
@@ -44,6 +48,8 @@ impl Plugin {
             Plugin::ApiKey(_) => "api_key",
             Plugin::Mtls(_) => "mtls",
             Plugin::Authorize(_) => "authorize",
+            Plugin::RateLimit(_) => "rate_limit",
+            Plugin::ConcurrencyLimit(_) => "concurrency_limit",
             Plugin::SecurityHeaders(_) => "security_headers",
         }
     }
@@ -645,6 +651,7 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
             err(format!("identity_headers.strip[{i}]"), format!("{h:?} is not a valid header name"));
         }
     }
+    crate::ratelimit::check_plans(config, err);
     if config.audit_log.output.trim().is_empty() {
         err("audit_log.output".into(), "must be stdout, stderr or a file path".into());
     }
@@ -702,6 +709,8 @@ fn check_list(
                 }
             }
             Plugin::Mtls(_) => {}
+            Plugin::RateLimit(r) => crate::ratelimit::check_rate_limit(&pp, r, config, err),
+            Plugin::ConcurrencyLimit(c) => crate::ratelimit::check_concurrency(&pp, c, err),
             Plugin::Authorize(a) => {
                 match &a.tenant {
                     Some(TenantFrom::Param(name)) => {

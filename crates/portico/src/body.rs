@@ -26,12 +26,21 @@ pub enum Body {
     Incoming(Incoming),
     /// A client body streamed upstream, cut off with an error past the listener's limit.
     Limited(Limited<Incoming>),
+    /// A body that holds something until it ends or is dropped (a concurrency slot).
+    Holding(Box<Body>, Option<Box<dyn std::fmt::Debug + Send + Sync>>),
 }
 
 impl Body {
     /// A body holding `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Body::Full(Some(bytes.into()))
+    }
+}
+
+impl Body {
+    /// This body, holding `held` until it ends or is dropped.
+    pub fn holding(self, held: impl std::fmt::Debug + Send + Sync + 'static) -> Self {
+        Body::Holding(Box::new(self), Some(Box::new(held)))
     }
 }
 
@@ -46,6 +55,13 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Limited(b) => Pin::new(b).poll_frame(cx),
+            Body::Holding(b, held) => {
+                let res = Pin::new(&mut **b).poll_frame(cx);
+                if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    *held = None;
+                }
+                res
+            }
         }
     }
 
@@ -56,6 +72,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Limited(b) => b.is_end_stream(),
+            Body::Holding(b, _) => b.is_end_stream(),
         }
     }
 
@@ -66,6 +83,7 @@ impl http_body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Limited(b) => b.size_hint(),
+            Body::Holding(b, _) => b.size_hint(),
         }
     }
 }

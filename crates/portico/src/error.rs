@@ -52,6 +52,15 @@ pub enum ErrorKind {
     Unauthorized(Challenge, &'static str),
     /// Authenticated (or not needed) but not allowed (403).
     Forbidden(&'static str),
+    /// Over a rate limit (429 with `Retry-After` and the rate-limit headers).
+    RateLimited {
+        /// The refusing limit's numbers.
+        info: crate::plugins::rate_limit::RateInfo,
+        /// Seconds until a retry can pass (at least 1).
+        retry_after: u64,
+    },
+    /// The caller's `concurrency_limit` is full: 429, or 503 when `true`.
+    InFlightLimit(bool),
     /// The keys to check credentials with are not available yet (503): the identity
     /// provider has not answered since start, or its last answer is too old.
     KeysUnavailable,
@@ -93,7 +102,9 @@ impl GatewayError {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
             | ErrorKind::Unauthorized(..)
-            | ErrorKind::Forbidden(_) => Side::Downstream,
+            | ErrorKind::Forbidden(_)
+            | ErrorKind::RateLimited { .. }
+            | ErrorKind::InFlightLimit(_) => Side::Downstream,
             ErrorKind::ConnectFailed
             | ErrorKind::BadResponse
             | ErrorKind::ConnectTimeout(_)
@@ -125,6 +136,8 @@ impl GatewayError {
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden(_) => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited { .. } | ErrorKind::InFlightLimit(false) => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::InFlightLimit(true) => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::NoTarget
             | ErrorKind::Overloaded
             | ErrorKind::RouteBusy
@@ -151,6 +164,8 @@ impl GatewayError {
             ErrorKind::RouteBusy => "route busy",
             ErrorKind::CircuitOpen(_) => "upstream circuit open",
             ErrorKind::Unauthorized(_, m) | ErrorKind::Forbidden(m) => m,
+            ErrorKind::RateLimited { .. } => "rate limit exceeded",
+            ErrorKind::InFlightLimit(_) => "too many requests in flight",
             ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable => "credentials cannot be checked right now",
         }
     }
@@ -180,6 +195,15 @@ impl GatewayError {
         }
         if let ErrorKind::Unauthorized(challenge, message) = self.kind {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.header(message));
+        }
+        if let ErrorKind::RateLimited { info, retry_after } = &self.kind {
+            info.write(res.headers_mut());
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            return res;
+        }
+        if let ErrorKind::InFlightLimit(_) = self.kind {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return res;
         }
         if let ErrorKind::CircuitOpen(wait) = self.kind {
             // Whole seconds, rounded up: when probes are let through again.
@@ -256,6 +280,20 @@ mod tests {
             (ErrorKind::CircuitOpen(Duration::from_secs(3)), 503),
             (ErrorKind::Unauthorized(Challenge::Bearer, "missing credentials"), 401),
             (ErrorKind::Forbidden("not allowed"), 403),
+            (
+                ErrorKind::RateLimited {
+                    info: crate::plugins::rate_limit::RateInfo {
+                        limit: 10,
+                        remaining: 0,
+                        reset_secs: 5,
+                        headers: portico_config::RateLimitHeaders::Ietf,
+                    },
+                    retry_after: 5,
+                },
+                429,
+            ),
+            (ErrorKind::InFlightLimit(false), 429),
+            (ErrorKind::InFlightLimit(true), 503),
             (ErrorKind::KeysUnavailable, 503),
             (ErrorKind::RevocationUnavailable, 503),
             (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),

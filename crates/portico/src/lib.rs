@@ -144,6 +144,32 @@ fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<snapshot::S
     Ok(snapshot::Services { revocations: Some(plugins::revocation::Revocations::start(store, metrics)) })
 }
 
+/// Every 10 s, drops idle keys from the rate limiters of the config in force, so that keys
+/// seen once do not hold memory (each limiter is also bounded on its own).
+fn spawn_limit_sweeper(shared: std::sync::Weak<Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else { return };
+            let snap = shared.snapshot.load_full();
+            drop(shared);
+            // Routes share a global plugin's limiters: sweep each once.
+            let mut seen: Vec<usize> = Vec::new();
+            for r in &snap.routes {
+                if let Some(rl) = r.plugins.rate_limit() {
+                    let at = Arc::as_ptr(rl) as usize;
+                    if !seen.contains(&at) {
+                        seen.push(at);
+                        rl.sweep();
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Starts the health-check and discovery tasks of upstreams, and waits (at most 3 s) for
 /// discovery's first answer so that traffic does not meet an empty upstream.
 async fn start_upstream_tasks<'a>(ups: impl Iterator<Item = &'a Arc<upstream::Upstream>>) {
@@ -255,6 +281,7 @@ impl Gateway {
             tracker: Arc::new(Tracker::default()),
             services,
         });
+        spawn_limit_sweeper(Arc::downgrade(&shared));
         let (conn_shutdown, conn_shutdown_rx) = watch::channel(false);
         let mut listeners = HashMap::new();
         for (l, sock) in bound {

@@ -92,6 +92,8 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut outcome = Outcome::default();
     let mut route_idx = None;
     let mut user_id = None;
+    let mut rate = None;
+    let mut slot = None;
     let mut preflight_answered = false;
     // Read now: the request is gone by the response phase. Global CORS also answers the
     // gateway's own errors outside any route (404, 405, 400).
@@ -138,9 +140,13 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                         params: &params,
                         client_ip,
                         tls: conn.tls.as_deref(),
+                        route: &route.name,
                     };
                     match route.plugins.request(&view, &snap.consumers).await {
                         Err(refusal) => {
+                            if let ErrorKind::RateLimited { info, .. } = &refusal.error.kind {
+                                rate = Some(*info);
+                            }
                             audit(&shared, &req, &route.name, &request_id, client_ip, &refusal);
                             Err(refusal.error)
                         }
@@ -148,7 +154,10 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                             preflight_answered = true;
                             Ok(res)
                         }
-                        Ok(Flow::Continue(identity)) => {
+                        Ok(Flow::Continue(passed)) => {
+                            let identity = passed.identity;
+                            rate = passed.rate;
+                            slot = passed.slot;
                             let h = req.headers_mut();
                             snap.identity.strip(h);
                             route.plugins.hide_credentials(h);
@@ -196,7 +205,10 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
         }
     };
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
-    chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered);
+    chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered, rate.as_ref());
+    if let Some(slot) = slot {
+        res = res.map(|b| b.holding(slot));
+    }
     res.headers_mut().insert(snap.request_id_header.clone(), request_id.clone());
 
     let elapsed = start.elapsed();
@@ -219,7 +231,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
             client_ip,
             user_agent,
             user_id,
-            rate_limit_remaining: None,
+            rate_limit_remaining: rate.map(|r| r.remaining),
             route: route.map(|r| r.name.clone()),
             backend_service: outcome.upstream.clone().or_else(|| route.map(|r| r.upstream.name.clone())),
             backend_latency: outcome.backend_latency,
@@ -284,7 +296,8 @@ fn preflight_method(method: &Method, headers: &http::HeaderMap) -> Option<Method
     Method::from_bytes(headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?.as_bytes()).ok()
 }
 
-/// Counts a refused request and writes its audit line.
+/// Counts a refused request and writes its audit line (rate and concurrency limits are
+/// only counted).
 fn audit(
     shared: &Shared,
     req: &Request<Incoming>,
@@ -293,6 +306,11 @@ fn audit(
     client_ip: std::net::IpAddr,
     r: &Refusal,
 ) {
+    // Limits are counted, not audited: a flood of them says nothing about who may do what.
+    if matches!(r.error.kind, ErrorKind::RateLimited { .. } | ErrorKind::InFlightLimit(_)) {
+        shared.metrics.rate_limited(route);
+        return;
+    }
     let status = r.error.status().as_u16();
     let (event, reason) = match r.error.kind {
         ErrorKind::Unauthorized(_, m) => ("authentication", m),

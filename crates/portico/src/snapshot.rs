@@ -15,6 +15,7 @@ use crate::observe::Metrics;
 use crate::plugins::Chain;
 use crate::plugins::identity::{Consumers, IdentityHeaders};
 use crate::plugins::jwt::JwtProvider;
+use crate::plugins::rate_limit::{ConcurrencyLimit, RateLimit};
 use crate::router::{Params, Router};
 use crate::server::tls::ListenerTls;
 use crate::upstream::Upstream;
@@ -56,6 +57,8 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// The global plugins, for requests that match no route.
     pub global_plugins: Chain,
+    /// The global `rate_limit` and `concurrency_limit`, shared by the routes that use them.
+    pub global_limits: (Option<Arc<RateLimit>>, Option<Arc<ConcurrencyLimit>>),
     /// Compiled TLS settings of each TLS listener, by listener name.
     pub listener_tls: HashMap<String, Arc<ListenerTls>>,
 }
@@ -365,6 +368,17 @@ impl Snapshot {
         )?;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut errors = Vec::new();
+        // Stateful limits: the global ones once, so every route that uses them shares the
+        // counters; each compiled against the previous config's to carry counters over.
+        let prev_global = prev.map(|p| &p.global_limits);
+        let global_limits = compile_limits(
+            "plugins",
+            &config.plugins,
+            &config.plans,
+            prev_global.and_then(|g| g.0.as_deref()),
+            prev_global.and_then(|g| g.1.as_deref()),
+            &mut errors,
+        );
         for (i, r) in config.routes.iter().enumerate() {
             let primary =
                 r.upstream.clone().or_else(|| r.split.iter().find(|s| s.weight > 0).map(|s| s.upstream.clone()));
@@ -407,7 +421,40 @@ impl Snapshot {
                 queue_timeout: r.queue_timeout.get(),
                 queue_wait: metrics.queue_wait("route", &r.name),
                 duration: metrics.route_duration(&r.name),
-                plugins: Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &jwt_providers),
+                plugins: {
+                    // The route's own limits, carried from the same route's own limits.
+                    let prev_own = prev
+                        .and_then(|p| p.routes.iter().find(|pr| *pr.name == *r.name))
+                        .map(|pr| &pr.plugins)
+                        .map(|c| {
+                            let own = |a: Option<&Arc<RateLimit>>, g: Option<&Arc<RateLimit>>| {
+                                a.filter(|a| !g.is_some_and(|g| Arc::ptr_eq(a, g))).cloned()
+                            };
+                            let own_c = |a: Option<&Arc<ConcurrencyLimit>>, g: Option<&Arc<ConcurrencyLimit>>| {
+                                a.filter(|a| !g.is_some_and(|g| Arc::ptr_eq(a, g))).cloned()
+                            };
+                            (
+                                own(c.rate_limit(), prev_global.and_then(|g| g.0.as_ref())),
+                                own_c(c.concurrency_limit(), prev_global.and_then(|g| g.1.as_ref())),
+                            )
+                        });
+                    let (own_rate, own_conc) = compile_limits(
+                        &format!("routes[{i}].plugins"),
+                        &r.plugins,
+                        &config.plans,
+                        prev_own.as_ref().and_then(|o| o.0.as_deref()),
+                        prev_own.as_ref().and_then(|o| o.1.as_deref()),
+                        &mut errors,
+                    );
+                    let has = |kind: &str| r.plugins.iter().any(|p| p.kind() == kind);
+                    let rate = if has("rate_limit") { own_rate } else { global_limits.0.clone() };
+                    let conc = if has("concurrency_limit") { own_conc } else { global_limits.1.clone() };
+                    if rate.is_some() {
+                        metrics.rate_limited_init(&r.name);
+                    }
+                    Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &jwt_providers)
+                        .with_limits(rate, conc)
+                },
             });
         }
         if !errors.is_empty() {
@@ -422,6 +469,7 @@ impl Snapshot {
             consumers,
             identity,
             global_plugins,
+            global_limits,
             router,
             routes,
             upstreams,
@@ -434,6 +482,38 @@ impl Snapshot {
             config: Arc::new(config),
         })
     }
+}
+
+/// Compiles the `rate_limit` and `concurrency_limit` of a plugin list (`path` names the
+/// list for errors), reusing the counters of `prev_rate` and `prev_conc`.
+fn compile_limits(
+    path: &str,
+    plugins: &[portico_config::Plugin],
+    plans: &std::collections::BTreeMap<String, portico_config::Plan>,
+    prev_rate: Option<&RateLimit>,
+    prev_conc: Option<&ConcurrencyLimit>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<Arc<RateLimit>>, Option<Arc<ConcurrencyLimit>>) {
+    let mut rate = None;
+    let mut conc = None;
+    for (j, p) in plugins.iter().enumerate() {
+        match p {
+            portico_config::Plugin::RateLimit(def) => {
+                match RateLimit::new(&format!("{path}[{j}].rate_limit"), def, plans, prev_rate) {
+                    Ok(r) => rate = Some(Arc::new(r)),
+                    Err(e) => errors.push(e),
+                }
+            }
+            portico_config::Plugin::ConcurrencyLimit(def) => {
+                match ConcurrencyLimit::new(&format!("{path}[{j}].concurrency_limit"), def, prev_conc) {
+                    Ok(c) => conc = Some(Arc::new(c)),
+                    Err(e) => errors.push(e),
+                }
+            }
+            _ => {}
+        }
+    }
+    (rate, conc)
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ pub struct Metrics {
     retries_exhausted: Family<UpstreamLabel, Counter>,
     mirror_skipped: Family<RouteLabel, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
+    rate_limited: Family<RouteLabel, Counter>,
     jwks_fetches: Family<ProviderResultLabels, Counter>,
     jwks_last_success: Family<ProviderLabels, Gauge>,
     revocation_checks: Family<RevocationLabels, Counter>,
@@ -269,6 +270,12 @@ impl Metrics {
             "Requests refused by authentication (401) or authorization (403), by route, status and reason",
             auth_failures.clone(),
         );
+        let rate_limited = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_rate_limit_exceeded",
+            "Requests refused by a rate limit or a concurrency limit (429, or 503 when configured), by route",
+            rate_limited.clone(),
+        );
         let jwks_fetches = Family::<ProviderResultLabels, Counter>::default();
         registry.register(
             "gateway_jwks_fetches",
@@ -347,6 +354,7 @@ impl Metrics {
             retries_exhausted,
             mirror_skipped,
             auth_failures,
+            rate_limited,
             jwks_fetches,
             jwks_last_success,
             revocation_checks,
@@ -416,6 +424,16 @@ impl Metrics {
     /// Counts a request refused by authentication or authorization.
     pub fn auth_failure(&self, route: &Arc<str>, status: u16, reason: &'static str) {
         self.auth_failures.get_or_create(&AuthFailureLabels { route: route.clone(), status, reason }).inc();
+    }
+
+    /// Creates a route's rate-limit series at 0.
+    pub fn rate_limited_init(&self, route: &str) {
+        self.rate_limited.get_or_create(&RouteLabel { route: route.into() }).get();
+    }
+
+    /// Counts a request refused by a rate or concurrency limit.
+    pub fn rate_limited(&self, route: &Arc<str>) {
+        self.rate_limited.get_or_create(&RouteLabel { route: route.clone() }).inc();
     }
 
     /// The fetch counters of a JWT provider's JWKS: success, error.

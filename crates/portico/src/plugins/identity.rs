@@ -158,6 +158,8 @@ pub struct TokenFacts {
     pub jti: Option<String>,
     /// The token's `iat`, for revocation of a subject's older tokens.
     pub iat: Option<u64>,
+    /// The other claims (rate-limit keys may name one).
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The authenticated caller of one request.

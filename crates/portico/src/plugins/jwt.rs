@@ -480,6 +480,7 @@ impl JwtProvider {
                 facts.forward.push((header.clone(), v));
             }
         }
+        facts.claims = claims;
         Ok((subject.into(), Arc::new(facts), exp))
     }
 }

@@ -10,8 +10,11 @@
 //! | request  | 2     | `cors` (preflight) | 204, 403 |
 //! | request  | 3     | `mtls`, `jwt`, `api_key` | 401 (first credential found decides); `jwt` with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` |
 //! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
-//! | response | 1     | `cors`             | |
-//! | response | 2     | `security_headers` | |
+//! | request  | 5     | `rate_limit`       | 429 (a leaky bucket may delay instead) |
+//! | request  | 6     | `concurrency_limit` | 429 or 503 |
+//! | response | 1     | `rate_limit` (headers) | |
+//! | response | 2     | `cors`             | |
+//! | response | 3     | `security_headers` | |
 //!
 //! The chain is a struct of optional slots rather than a list of trait objects: the order
 //! is then the field order, and the request hook is one future with no boxing per plugin.
@@ -23,6 +26,7 @@ pub mod identity;
 pub mod ip_filter;
 pub mod jwt;
 pub mod mtls;
+pub mod rate_limit;
 pub mod revocation;
 pub mod security_headers;
 
@@ -53,6 +57,8 @@ pub struct Chain {
     cors: Option<cors::Cors>,
     authn: Box<[Authn]>,
     authorize: Option<authorize::Authorize>,
+    rate_limit: Option<Arc<rate_limit::RateLimit>>,
+    concurrency: Option<Arc<rate_limit::ConcurrencyLimit>>,
     security_headers: Option<security_headers::SecurityHeaders>,
     challenge: Option<Challenge>,
     /// Credential headers not passed upstream (API keys).
@@ -76,13 +82,26 @@ pub struct RequestView<'a> {
     pub client_ip: IpAddr,
     /// What the TLS handshake established, on a TLS listener.
     pub tls: Option<&'a crate::pipeline::TlsInfo>,
+    /// The route's name.
+    pub route: &'a str,
+}
+
+/// What a request that passed the request phase carries on.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// The caller (`None`: anonymous, or no authentication).
+    pub identity: Option<Identity>,
+    /// The tightest rate limit's numbers, for the response headers and the access log.
+    pub rate: Option<rate_limit::RateInfo>,
+    /// The caller's concurrency slot, held until the response ends.
+    pub slot: Option<crate::ratelimit::ConcurrencyGuard>,
 }
 
 /// What the request phase decided.
 #[derive(Debug)]
 pub enum Flow {
-    /// Go on to the handler, as this caller (`None`: anonymous, or no authentication).
-    Continue(Option<Identity>),
+    /// Go on to the handler.
+    Continue(Passed),
     /// Answer with this response (a CORS preflight).
     Respond(Response<Body>),
 }
@@ -127,6 +146,9 @@ impl Chain {
                 Plugin::Mtls(c) => authn.push(Authn::Mtls(mtls::MtlsAuth::new(c))),
                 Plugin::Authorize(c) => chain.authorize = Some(authorize::Authorize::new(c)),
                 Plugin::SecurityHeaders(c) => chain.security_headers = Some(security_headers::SecurityHeaders::new(c)),
+                // Stateful: compiled by the snapshot (shared, carried over reloads), see
+                // `with_limits`.
+                Plugin::RateLimit(_) | Plugin::ConcurrencyLimit(_) => {}
             }
         }
         // A verified certificate first (the handshake already proved it), then a bearer
@@ -145,6 +167,28 @@ impl Chain {
         chain
     }
 
+    /// Sets the chain's rate and concurrency limits (compiled by the snapshot, so that a
+    /// global plugin's counters are shared by the routes that use it).
+    pub fn with_limits(
+        mut self,
+        rate: Option<Arc<rate_limit::RateLimit>>,
+        concurrency: Option<Arc<rate_limit::ConcurrencyLimit>>,
+    ) -> Self {
+        self.rate_limit = rate;
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// The chain's rate limit, if any.
+    pub fn rate_limit(&self) -> Option<&Arc<rate_limit::RateLimit>> {
+        self.rate_limit.as_ref()
+    }
+
+    /// The chain's concurrency limit, if any.
+    pub fn concurrency_limit(&self) -> Option<&Arc<rate_limit::ConcurrencyLimit>> {
+        self.concurrency.as_ref()
+    }
+
     /// Whether the chain answers CORS preflights.
     pub fn has_cors(&self) -> bool {
         self.cors.is_some()
@@ -160,7 +204,47 @@ impl Chain {
         {
             return Ok(Flow::Respond(c.preflight(req.headers)?));
         }
-        let Some(challenge) = self.challenge else { return Ok(Flow::Continue(None)) };
+        let identity = match self.challenge {
+            Some(challenge) => self.authenticate(req, consumers, challenge).await?,
+            None => None,
+        };
+        let input = rate_limit::KeyInput {
+            client_ip: req.client_ip,
+            identity: identity.as_ref(),
+            route: req.route,
+            headers: req.headers,
+        };
+        let refused = |error, identity: &Option<Identity>| Refusal {
+            error,
+            credential: identity.as_ref().map(|i| i.method),
+            user: identity.as_ref().map(|i| i.user_id.clone()),
+        };
+        let mut rate = None;
+        if let Some(r) = &self.rate_limit {
+            match r.check(&input) {
+                Ok((info, delay)) => {
+                    rate = Some(info);
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
+                }
+                Err(e) => return Err(refused(e, &identity)),
+            }
+        }
+        let slot = match &self.concurrency {
+            Some(c) => Some(c.acquire(&input).map_err(|e| refused(e, &identity))?),
+            None => None,
+        };
+        Ok(Flow::Continue(Passed { identity, rate, slot }))
+    }
+
+    /// Authentication and authorization: the caller, or the refusal.
+    async fn authenticate(
+        &self,
+        req: &RequestView<'_>,
+        consumers: &Consumers,
+        challenge: Challenge,
+    ) -> Result<Option<Identity>, Refusal> {
         let mut identity = None;
         for a in &*self.authn {
             let (found, credential) = match a {
@@ -189,7 +273,7 @@ impl Chain {
             None => authorize::Authorize::default().check(identity.as_ref(), &subject, challenge),
         };
         match checked {
-            Ok(()) => Ok(Flow::Continue(identity)),
+            Ok(()) => Ok(identity),
             Err(error) => Err(Refusal {
                 error,
                 credential: identity.as_ref().map(|i| i.method),
@@ -208,7 +292,17 @@ impl Chain {
 
     /// The response phase. `origin` is the request's `Origin`; `tls` whether the client
     /// connection is TLS; `preflight` whether `res` is this chain's preflight answer.
-    pub fn response(&self, res: &mut Response<Body>, origin: Option<&HeaderValue>, tls: bool, preflight: bool) {
+    pub fn response(
+        &self,
+        res: &mut Response<Body>,
+        origin: Option<&HeaderValue>,
+        tls: bool,
+        preflight: bool,
+        rate: Option<&rate_limit::RateInfo>,
+    ) {
+        if let Some(r) = rate {
+            r.write(res.headers_mut());
+        }
         if let Some(c) = &self.cors
             && !preflight
         {
