@@ -18,5 +18,6 @@ mod ratelimit;
 mod resilience;
 mod revocation;
 mod support;
+mod tenants;
 mod tls_listener;
 mod tls_upstream;

@@ -101,7 +101,13 @@ pub struct RateLimit {
     limits: Box<[Limit]>,
     plans: HashMap<Box<str>, Box<[Limit]>>,
     key: Box<[Part]>,
+    /// Limiters of tenants with limits of their own, built on first use (bounded).
+    tenant_limits: parking_lot::Mutex<HashMap<Box<str>, Arc<[Limit]>>>,
 }
+
+/// Most tenants with limits of their own tracked per plugin; past it the table starts
+/// afresh (their counters restart).
+const MAX_TENANTS: usize = 10_000;
 
 fn algorithm(a: LimitAlgorithm) -> Algorithm {
     match a {
@@ -169,21 +175,33 @@ impl RateLimit {
                 compiled_plans.insert(name.as_str().into(), compiled);
             }
         }
-        Ok(Self { def: def.clone(), limits, plans: compiled_plans, key: compile_key(&def.key) })
+        Ok(Self {
+            def: def.clone(),
+            limits,
+            plans: compiled_plans,
+            key: compile_key(&def.key),
+            tenant_limits: parking_lot::Mutex::new(prev.map(|p| p.tenant_limits.lock().clone()).unwrap_or_default()),
+        })
     }
 
     /// Checks the limits for this request: the tightest limit's numbers when allowed (and
     /// how long a leaky bucket wants the request held), 429 when refused.
     pub fn check(&self, req: &KeyInput<'_>) -> Result<(RateInfo, Option<Duration>), GatewayError> {
-        let limits = match req.identity.and_then(Identity::plan).and_then(|p| self.plans.get(p)) {
-            Some(plan_limits) => plan_limits,
-            None => &self.limits,
+        // The tenant's own limits, else the caller's plan, else the tenant's plan, else
+        // the plugin's limits.
+        let tenant_own = if self.def.plans { req.tenant.and_then(|t| self.tenant_limits(t)) } else { None };
+        let settings = req.tenant.and_then(|t| t.settings.as_deref());
+        let plan = req.identity.and_then(Identity::plan).or_else(|| settings.and_then(|s| s.plan.as_deref()));
+        let limits: &[Limit] = match (&tenant_own, plan.and_then(|p| self.plans.get(p))) {
+            (Some(own), _) => own,
+            (None, Some(plan_limits)) => plan_limits,
+            (None, None) => &self.limits,
         };
         let key = build_key(&self.key, req);
         let now = Instant::now();
         let mut tightest: Option<Decision> = None;
         let mut delay = None;
-        for l in limits.iter() {
+        for l in limits {
             let d = l.limiter.check(&key, now, 1);
             if !d.allowed {
                 let info = RateInfo::of(&d, self.def.headers);
@@ -202,10 +220,40 @@ impl RateLimit {
         Ok((info, delay))
     }
 
+    /// The limiters of a tenant with limits of its own, made when first needed and made
+    /// again when its limits change (settings in Redis may change at any time).
+    fn tenant_limits(&self, t: &super::tenants::Tenant) -> Option<Arc<[Limit]>> {
+        let defs = &t.settings.as_ref()?.rate_limit;
+        if defs.is_empty() {
+            return None;
+        }
+        let mut table = self.tenant_limits.lock();
+        if let Some(l) = table.get(&*t.id)
+            && l.len() == defs.len()
+            && l.iter().all(|l| defs.contains(&l.def))
+        {
+            return Some(l.clone());
+        }
+        let mut carried: Carried = table
+            .get(&*t.id)
+            .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
+            .unwrap_or_default();
+        let compiled: Arc<[Limit]> = compile_limits("tenants", defs, &mut carried).ok()?.into();
+        if table.len() >= MAX_TENANTS {
+            table.clear();
+        }
+        table.insert(t.id.as_ref().into(), compiled.clone());
+        Some(compiled)
+    }
+
     /// Drops idle keys from every limiter (run by a periodic task).
     pub fn sweep(&self) {
         let now = Instant::now();
         for l in self.limits.iter().chain(self.plans.values().flat_map(|p| p.iter())) {
+            l.limiter.sweep(now);
+        }
+        let tenants: Vec<Arc<[Limit]>> = self.tenant_limits.lock().values().cloned().collect();
+        for l in tenants.iter().flat_map(|t| t.iter()) {
             l.limiter.sweep(now);
         }
     }
@@ -240,6 +288,8 @@ pub struct KeyInput<'a> {
     pub client_ip: IpAddr,
     /// The caller, when authenticated.
     pub identity: Option<&'a Identity>,
+    /// The request's tenant.
+    pub tenant: Option<&'a super::tenants::Tenant>,
     /// The route's name.
     pub route: &'a str,
     /// Request headers.
@@ -273,7 +323,7 @@ fn build_key(parts: &[Part], req: &KeyInput<'_>) -> Vec<u8> {
                 }
                 None => ip(&mut key),
             },
-            Part::Tenant => match req.identity.and_then(Identity::tenant) {
+            Part::Tenant => match req.tenant.map(|t| &*t.id) {
                 Some(t) => {
                     key.push_str("tenant=");
                     key.push_str(t);
