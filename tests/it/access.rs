@@ -57,6 +57,7 @@ fn api_config(up: &TestUpstream, ci_keys: &[&str]) -> String {
   main:
     issuer: https://idp.test
     audiences: [api]
+    consumer_claim: sub
     keys: [{{ alg: HS256, secret: "{SECRET}" }}]
 routes:
   - name: deploy

@@ -33,6 +33,8 @@ tenants:
 {redis_tenants}  settings:
     acme: {{ plan: pro, flags: [beta] }}
     globex: {{ rate_limit: [{{ limit: 2, per: 1m }}] }}
+    initech: {{}}
+    umbrella: {{}}
 routes:
   - name: api
     match: {{ prefix: /api }}
@@ -76,6 +78,14 @@ async fn each_tenant_has_its_plan_limits_and_flags() {
     assert_eq!(allowed(&gw, "initech.api.test", 5).await, 2, "initech has used 1 of its 3");
     // One tenant exhausting its limit never affects another's.
     assert_eq!(allowed(&gw, "umbrella.api.test", 3).await, 3);
+    // A subdomain that is no tenant names none (no header, no budget of its own), and
+    // neither does a different spelling of a tenant's.
+    let (s, _, _) = as_host(&gw, "nobody.api.test", "/api/x", &[("x-tenant-id", "acme")]).await;
+    assert_eq!(s, 200);
+    assert!(stable.last_headers().get("x-tenant-id").is_none());
+    let before = beta.hits();
+    assert_eq!(as_host(&gw, "ACME.api.test", "/api/x", &[]).await.0, 429, "ACME is acme, whose budget is spent");
+    assert_eq!(beta.hits(), before);
     assert!(
         Gateway::eventually(Duration::from_secs(3), || async {
             let log = gw.access_log();

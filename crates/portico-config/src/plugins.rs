@@ -263,10 +263,14 @@ pub struct JwtProvider {
     /// check. `0` turns the cache off.
     #[serde(default = "default_token_cache")]
     pub token_cache_size: u32,
-    /// The claim that names the caller (the user ID; a consumer with this ID, if there is
-    /// one, lends its groups, tenant and plan).
+    /// The claim that names the caller (the user ID).
     #[serde(default = "default_subject_claim")]
     pub subject_claim: String,
+    /// The claim whose value is a consumer ID: the caller then is that consumer too (its
+    /// groups, roles, tenant and plan apply). Off by default: turn it on only for an
+    /// identity provider whose users cannot choose that claim's value.
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
     /// The claim with the caller's roles (a string or an array of strings).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
@@ -594,6 +598,16 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
             err(
                 format!("{p}[{j}].authorize"),
                 "authorize needs an authentication plugin (jwt, api_key or mtls) on the route or globally".into(),
+            );
+        } else if let Some(g) = config.plugins.iter().position(|p| matches!(p, Plugin::Authorize(_)))
+            && !authenticates
+            && !r.plugins.iter().any(|p| matches!(p, Plugin::Authorize(_)))
+        {
+            err(
+                format!("routes[{i}].plugins"),
+                format!(
+                    "the global authorize (plugins[{g}]) applies here, but this route has no authentication plugin (jwt, api_key or mtls): it would let every request through"
+                ),
             );
         }
     }

@@ -19,6 +19,12 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 
 /// The client's IP: the peer, unless the peer is a trusted proxy, in which case the
 /// right-most untrusted address of `X-Forwarded-For`. Returns `(client_ip, peer_trusted)`.
+///
+/// Elements are read from the raw bytes, right to left, so a client's junk on the left of
+/// a value never hides the address its proxy appended. `ip:port` and `[v6]:port` are
+/// accepted. When the right-most untrusted element is not an address, the client is
+/// unknown: the unspecified address (`0.0.0.0`) is returned, never a trusted proxy's, so
+/// allow lists refuse it and rate limits do not charge the proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAddr, bool) {
     let peer = peer.to_canonical();
     if trusted.is_empty() || !is_trusted(peer, trusted) {
@@ -28,17 +34,30 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAdd
     // Walk the chain from the right (nearest hop) and stop at the first untrusted address.
     let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for v in values.iter().rev() {
-        let Ok(s) = v.to_str() else { return (client, true) };
-        for part in s.rsplit(',') {
-            let Ok(ip) = part.trim().parse::<IpAddr>() else { return (client, true) };
-            let ip = ip.to_canonical();
-            client = ip;
-            if !is_trusted(ip, trusted) {
+        for part in v.as_bytes().rsplit(|b| *b == b',') {
+            let Some(ip) = parse_element(part) else {
+                return (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), true);
+            };
+            client = ip.to_canonical();
+            if !is_trusted(client, trusted) {
                 return (client, true);
             }
         }
     }
     (client, true)
+}
+
+/// One `X-Forwarded-For` element: `192.0.2.1`, `2001:db8::1`, `192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`, with spaces around.
+fn parse_element(raw: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(raw).ok()?.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).and_then(|r| r.parse().ok())
 }
 
 /// The forwarding header values that depend only on the connection's peer, built once
@@ -113,6 +132,37 @@ pub fn set_forwarding_headers(
     }
     // Forwarded (RFC 7239): a new element for this hop. The host is in X-Forwarded-Host.
     headers.append(header::FORWARDED, peer.forwarded.clone());
+}
+
+/// Removes the headers the client named in `Connection` (but `Upgrade`), and rewrites
+/// `Connection` to just `upgrade` when it asked for one (else removes it). Run on the
+/// request as received, before the gateway adds headers of its own: otherwise
+/// `Connection: x-user-id` would make the later hop-by-hop pass delete the gateway's
+/// identity headers.
+pub fn drop_connection_listed(headers: &mut HeaderMap) {
+    let Some(conn) = headers.get(header::CONNECTION) else { return };
+    let mut upgrade = false;
+    let named: Vec<HeaderName> = conn
+        .as_bytes()
+        .split(|b| *b == b',')
+        .filter_map(|t| std::str::from_utf8(t).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| {
+            let is_upgrade = n == header::UPGRADE;
+            upgrade |= is_upgrade;
+            !is_upgrade
+        })
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+    }
 }
 
 /// Removes hop-by-hop headers: those named in `Connection`, and the fixed set. With
@@ -205,6 +255,34 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarding_headers(&mut h, &PeerHeaders::new("::1".parse().unwrap(), "http"), false, None);
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn junk_left_of_the_proxys_entry_does_not_hide_the_client() {
+        let trusted = [net("10.0.0.0/8")];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap());
+        assert_eq!(client_ip(peer, &h, &trusted).0, "203.0.113.9".parse::<IpAddr>().unwrap());
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7:4711, [2001:db8::1]:80"));
+        assert_eq!(client_ip(peer, &h, &trusted).0, "2001:db8::1".parse::<IpAddr>().unwrap());
+        // The proxy itself passed junk: the client is unknown, never the proxy.
+        h.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(client_ip(peer, &h, &trusted).0, "0.0.0.0".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn connection_cannot_name_headers_the_gateway_adds_later() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-user-id, Upgrade, keep-alive"));
+        h.insert("x-user-id", HeaderValue::from_static("forged"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        drop_connection_listed(&mut h);
+        assert!(h.get("x-user-id").is_none());
+        assert_eq!(h["connection"], "upgrade");
+        h.insert("x-user-id", HeaderValue::from_static("gateway"));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["x-user-id"], "gateway");
     }
 
     #[test]

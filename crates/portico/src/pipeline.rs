@@ -102,6 +102,11 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
         Err(e) => Err(e),
         Ok(()) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
         Ok(()) => {
+            // Before anything reads the request: headers the client named in `Connection`
+            // go (so none can later delete what the gateway adds), and so do the client's
+            // copies of every identity header (so no plugin, key or log sees a forged one).
+            forwarded::drop_connection_listed(req.headers_mut());
+            snap.identity.strip(req.headers_mut());
             let host = host_of(&req).unwrap_or("");
             let path = req.uri().path();
             let query = req.uri().query();
@@ -141,6 +146,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                         client_ip,
                         tls: conn.tls.as_deref(),
                         route: &route.name,
+                        flag_upstreams: !route.flag_upstreams.is_empty(),
                     };
                     match route.plugins.request(&view, &snap.consumers, &snap.tenants).await {
                         Err(refusal) => {
@@ -159,7 +165,6 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                             rate = passed.rate;
                             slot = passed.slot.take();
                             let h = req.headers_mut();
-                            snap.identity.strip(h);
                             route.plugins.hide_credentials(h);
                             if let Some(id) = &identity {
                                 snap.identity.apply(id, h);
@@ -321,6 +326,12 @@ fn audit(
         return;
     }
     let status = r.error.status().as_u16();
+    if status >= 500 {
+        // The gateway could not check (keys or revocation list unavailable): counted, and
+        // logged by the part that failed; not a refusal of this caller.
+        shared.metrics.auth_failure(route, status, r.error.public_message());
+        return;
+    }
     let (event, reason) = match r.error.kind {
         ErrorKind::Unauthorized(_, m) => ("authentication", m),
         ErrorKind::Forbidden(m) => ("authorization", m),

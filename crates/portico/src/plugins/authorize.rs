@@ -85,7 +85,10 @@ impl Authorize {
             }
             return Err(GatewayError::new(ErrorKind::Unauthorized(challenge, "credentials required")));
         };
-        if has(&self.deny_consumers, std::iter::once(&*id.user_id))
+        // Consumers are matched by the consumer an identity maps to, never by a token's
+        // subject alone: an identity provider may let users pick their subject.
+        let consumer = id.consumer.as_ref().map(|c| &*c.id);
+        if has(&self.deny_consumers, consumer.into_iter())
             || has(&self.deny_groups, id.groups())
             || has(&self.deny_roles, id.roles())
         {
@@ -93,7 +96,7 @@ impl Authorize {
         }
         let open = self.consumers.is_empty() && self.groups.is_empty() && self.roles.is_empty();
         if !open
-            && !has(&self.consumers, std::iter::once(&*id.user_id))
+            && !has(&self.consumers, consumer.into_iter())
             && !has(&self.groups, id.groups())
             && !has(&self.roles, id.roles())
         {
@@ -109,7 +112,8 @@ impl Authorize {
                 TenantFrom::Header(h) => req.headers.get(h).and_then(|v| v.to_str().ok()),
             };
             match (named, id.tenant()) {
-                (Some(want), Some(have)) if want.eq_ignore_ascii_case(have) => {}
+                // Exact: tenant IDs may be case-sensitive upstream.
+                (Some(want), Some(have)) if want == have => {}
                 _ => return forbid("caller belongs to another tenant"),
             }
         }

@@ -256,6 +256,25 @@ impl IdentityHeaders {
         for h in &*self.strip {
             headers.remove(h);
         }
+        // CGI-style servers (WSGI, PHP, nginx with `underscores_in_headers`) read
+        // `X_User_ID` as `X-User-ID`: such spellings of identity headers go too.
+        if headers.keys().any(|k| k.as_str().contains('_')) {
+            let forged: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| {
+                    let name = k.as_str();
+                    name.contains('_')
+                        && self.strip.iter().any(|s| {
+                            s.as_str().len() == name.len()
+                                && s.as_str().bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+                        })
+                })
+                .cloned()
+                .collect();
+            for k in forged {
+                headers.remove(k);
+            }
+        }
     }
 
     /// Adds the caller's identity to the upstream request.
@@ -318,6 +337,8 @@ mod tests {
         h.insert("x-user-id", HeaderValue::from_static("admin"));
         h.insert("x-user-email", HeaderValue::from_static("forged@example.com"));
         h.insert("x-tenant-id", HeaderValue::from_static("other"));
+        h.insert("x_user_id", HeaderValue::from_static("admin"));
+        h.insert("x-user_role", HeaderValue::from_static("admin"));
         h.insert("accept", HeaderValue::from_static("*/*"));
         ih.strip(&mut h);
         assert_eq!(h.len(), 1);

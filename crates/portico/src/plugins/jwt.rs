@@ -63,6 +63,8 @@ impl std::fmt::Debug for Key {
 struct KeySet {
     keys: Vec<Key>,
     fetched: Instant,
+    /// SHA-256 of the document, to tell a changed set from the same one fetched again.
+    digest: [u8; 32],
 }
 
 /// A JWT provider, ready to check tokens. Lives across reloads while its definition (and
@@ -376,7 +378,14 @@ impl JwtProvider {
     }
 
     fn valid(&self, subject: Arc<str>, facts: Arc<TokenFacts>, consumers: &Consumers) -> Checked {
-        let consumer = consumers.get(&subject).cloned();
+        let consumer = self
+            .definition
+            .consumer_claim
+            .as_ref()
+            .and_then(|c| facts.claims.get(c))
+            .and_then(Value::as_str)
+            .and_then(|id| consumers.get(id))
+            .cloned();
         Checked::Valid(Identity { method: "jwt", user_id: subject, consumer, token: Some(facts), key_name: None })
     }
 
@@ -586,8 +595,13 @@ impl Jwks {
                         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
                 );
                 tracing::debug!(url = %self.url, keys = set.keys.len(), "JWKS fetched");
+                // Only a different key set invalidates the tokens verified with the old one:
+                // the same document fetched again keeps them.
+                let changed = self.set.load().as_ref().is_none_or(|old| old.digest != set.digest);
                 self.set.store(Some(Arc::new(set)));
-                self.generation.fetch_add(1, Ordering::Relaxed);
+                if changed {
+                    self.generation.fetch_add(1, Ordering::Relaxed);
+                }
                 self.fetched.send_modify(|n| *n += 1);
             }
             Err(e) => {
@@ -628,7 +642,7 @@ impl Jwks {
         if keys.is_empty() {
             return Err("no usable signing key in the set".into());
         }
-        Ok(KeySet { keys, fetched: Instant::now() })
+        Ok(KeySet { keys, fetched: Instant::now(), digest: super::identity::sha256(&body) })
     }
 
     /// A usable key from a JWK, or `None` (encryption keys, symmetric keys, unknown types).

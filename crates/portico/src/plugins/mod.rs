@@ -85,6 +85,8 @@ pub struct RequestView<'a> {
     pub tls: Option<&'a crate::pipeline::TlsInfo>,
     /// The route's name.
     pub route: &'a str,
+    /// Whether the route has `flag_upstreams` (so tenant settings are needed).
+    pub flag_upstreams: bool,
 }
 
 /// What a request that passed the request phase carries on.
@@ -165,6 +167,11 @@ impl Chain {
             Authn::Jwt(_) | Authn::Mtls(_) => Challenge::Bearer,
             Authn::ApiKey(_) => Challenge::ApiKey,
         });
+        // An `authorize` without any authentication still decides (everyone is anonymous),
+        // rather than being skipped (validation refuses such a config; this is the backstop).
+        if chain.challenge.is_none() && chain.authorize.is_some() {
+            chain.challenge = Some(Challenge::Bearer);
+        }
         chain.authn = authn.into();
         chain.hide = hide.into();
         chain
@@ -216,13 +223,8 @@ impl Chain {
             Some(challenge) => self.authenticate(req, consumers, challenge).await?,
             None => None,
         };
-        let tenant = match tenants.resolve(identity.as_ref(), req.host) {
-            Some(id) => {
-                let settings = tenants.settings(&id).await;
-                Some(tenants::Tenant { id, settings })
-            }
-            None => None,
-        };
+        let needed = self.rate_limit.is_some() || req.flag_upstreams;
+        let tenant = tenants.settle(identity.as_ref(), req.host, needed).await;
         let input = rate_limit::KeyInput {
             client_ip: req.client_ip,
             identity: identity.as_ref(),

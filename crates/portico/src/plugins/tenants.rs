@@ -79,23 +79,41 @@ impl Tenants {
         }
     }
 
-    /// The request's tenant ID, from the first source that names one.
-    pub fn resolve(&self, identity: Option<&Identity>, host: &str) -> Option<Arc<str>> {
+    /// The request's tenant ID, from the first source that names one, and whether it came
+    /// from the host (which anyone can choose: such a tenant counts only when it has
+    /// settings, see [`Tenants::settle`]).
+    pub fn resolve(&self, identity: Option<&Identity>, host: &str) -> Option<(Arc<str>, bool)> {
         for s in &*self.from {
-            let found: Option<&str> = match s {
-                TenantSource::Token => identity.and_then(|i| i.token.as_ref()).and_then(|t| t.tenant.as_deref()),
-                TenantSource::Consumer => identity.and_then(|i| i.consumer.as_ref()).and_then(|c| c.tenant.as_deref()),
-                TenantSource::Subdomain => {
-                    let ip = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
-                    let labels = host.split('.').count();
-                    host.split('.').next().filter(|l| !ip && labels >= 3 && !l.is_empty())
+            let found: Option<(Arc<str>, bool)> = match s {
+                TenantSource::Token => {
+                    identity.and_then(|i| i.token.as_ref()).and_then(|t| t.tenant.as_deref()).map(|t| (t.into(), false))
                 }
+                TenantSource::Consumer => {
+                    identity.and_then(|i| i.consumer.as_ref()).and_then(|c| c.tenant.clone()).map(|t| (t, false))
+                }
+                TenantSource::Subdomain => subdomain(host).map(|t| (t.into(), true)),
             };
-            if let Some(t) = found {
-                return Some(t.into());
+            if found.is_some() {
+                return found;
             }
         }
         None
+    }
+
+    /// The request's tenant with its settings. `needed`: whether the route uses settings
+    /// (rate limits, flags); a tenant named by the host is checked to exist either way.
+    pub async fn settle(&self, identity: Option<&Identity>, host: &str, needed: bool) -> Option<Tenant> {
+        let (id, from_host) = self.resolve(identity, host)?;
+        if !needed && !from_host {
+            return Some(Tenant { id, settings: None });
+        }
+        let settings = self.settings(&id).await;
+        if from_host && settings.is_none() {
+            // An unknown subdomain names no tenant: it must not pick another's budget or
+            // flags, nor mint fresh counters per random label.
+            return None;
+        }
+        Some(Tenant { id, settings })
     }
 
     /// The tenant's settings: from Redis (cached) when configured, else from the config.
@@ -109,13 +127,34 @@ impl Tenants {
     }
 }
 
+/// The tenant a host names: its first label, lower case, when the host has at least three
+/// labels, is not an address, and the label is a DNS label (letters, digits, `-`, at most
+/// 63).
+fn subdomain(host: &str) -> Option<String> {
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() || host.split('.').count() < 3 {
+        return None;
+    }
+    let label = host.split('.').next()?;
+    let ok = !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| label.to_ascii_lowercase())
+}
+
 type CacheMap = HashMap<Box<str>, (Option<Arc<TenantSettings>>, Instant)>;
+
+/// After a failed read, Redis is not asked again for this long (the config's settings
+/// apply), so a Redis that does not answer costs one timeout per period, not per request.
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Tenant settings read from Redis, cached, invalidated by published notices.
 pub struct TenantStore {
     store: Arc<RedisStore>,
     cache: parking_lot::Mutex<CacheMap>,
     failing: AtomicBool,
+    /// When the last read failed (for the backoff).
+    failed_at: parking_lot::Mutex<Option<Instant>>,
+    /// Bumped by every notice: an answer read while a notice arrived is not cached (it may
+    /// predate the change).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TenantStore {
@@ -131,6 +170,8 @@ impl TenantStore {
             store: store.clone(),
             cache: parking_lot::Mutex::new(HashMap::new()),
             failing: AtomicBool::new(false),
+            failed_at: parking_lot::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
         });
         let sub: Arc<dyn Subscriber> = me.clone();
         store.subscribe(format!("{}tenants", store.prefix()), &sub, metrics.redis_subscribed("tenants"));
@@ -145,24 +186,34 @@ impl TenantStore {
         {
             return Some(s.clone());
         }
+        if self.failed_at.lock().is_some_and(|at| at.elapsed() < ERROR_BACKOFF) {
+            return None;
+        }
         let key = format!("{}tenant:{id}", self.store.prefix());
         let asked = Instant::now();
+        let generation = self.generation.load(Ordering::Acquire);
         match self.store.query::<HashMap<String, String>>(redis::cmd("HGETALL").arg(&key), self.store.timeout()).await {
             Ok(fields) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("tenant settings are read from redis again");
                 }
+                *self.failed_at.lock() = None;
                 let settings = parse(&fields).map(Arc::new);
                 if id.len() <= 256 {
                     let mut cache = self.cache.lock();
                     if cache.len() >= CACHE_ENTRIES {
-                        cache.clear();
+                        cache.retain(|_, (_, at)| at.elapsed() < ttl);
                     }
-                    cache.insert(id.into(), (settings.clone(), asked));
+                    // Full of live entries: serve without caching rather than evicting
+                    // the tenants in use.
+                    if cache.len() < CACHE_ENTRIES && self.generation.load(Ordering::Acquire) == generation {
+                        cache.insert(id.into(), (settings.clone(), asked));
+                    }
                 }
                 Some(settings)
             }
             Err(e) => {
+                *self.failed_at.lock() = Some(Instant::now());
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "tenant settings cannot be read from redis; using the config's");
                 }
@@ -211,12 +262,14 @@ fn parse_limit(s: &str) -> Option<portico_config::Limit> {
 
 impl Subscriber for TenantStore {
     fn message(&self, payload: &[u8]) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(id) = std::str::from_utf8(payload) {
             self.cache.lock().remove(id.trim());
         }
     }
 
     fn resync(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.lock().clear();
     }
 }
@@ -245,9 +298,13 @@ mod tests {
     fn the_tenant_comes_from_the_first_source_that_names_one() {
         let cfg: portico_config::Tenants = serde_saphyr::from_str("{ from: [subdomain] }").unwrap();
         let t = Tenants::compile(&cfg, None);
-        assert_eq!(t.resolve(None, "acme.api.example.com").as_deref(), Some("acme"));
-        assert_eq!(t.resolve(None, "example.com"), None);
-        assert_eq!(t.resolve(None, "[::1]"), None);
-        assert_eq!(t.resolve(None, "127.0.0.1"), None, "an address names no tenant");
+        let id = |h: &str| t.resolve(None, h).map(|(id, from_host)| (id.to_string(), from_host));
+        assert_eq!(id("acme.api.example.com"), Some(("acme".into(), true)));
+        assert_eq!(id("ACME.api.example.com"), Some(("acme".into(), true)), "lower case");
+        assert_eq!(id("example.com"), None);
+        assert_eq!(id("[::1]"), None);
+        assert_eq!(id("127.0.0.1"), None, "an address names no tenant");
+        assert_eq!(id("a_b.api.example.com"), None, "not a DNS label");
+        assert_eq!(id(&format!("{}.api.example.com", "a".repeat(64))), None);
     }
 }
