@@ -141,7 +141,10 @@ fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<snapshot::S
     let Some(r) = &config.redis else { return Ok(snapshot::Services::default()) };
     let store = store::redis::RedisStore::new(r).map_err(|e| ConfigErrors(vec![e]))?;
     store.warm_up();
-    Ok(snapshot::Services { revocations: Some(plugins::revocation::Revocations::start(store, metrics)) })
+    Ok(snapshot::Services {
+        revocations: Some(plugins::revocation::Revocations::start(store.clone(), metrics)),
+        redis: Some(store),
+    })
 }
 
 /// Every 10 s, drops idle keys from the rate limiters of the config in force, so that keys

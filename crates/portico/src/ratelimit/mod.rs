@@ -183,6 +183,7 @@ mod concurrency;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
+pub mod redis;
 mod sliding_log;
 mod sliding_window;
 mod table;
@@ -197,6 +198,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use concurrency::{Concurrency, ConcurrencyGuard};
+pub use redis::RedisLimiter;
 
 use table::Table;
 
