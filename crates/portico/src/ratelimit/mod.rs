@@ -1,5 +1,6 @@
 //! Local rate limiting: six algorithms behind one bounded, sharded, in-memory limiter, and
-//! per-key concurrency limits.
+//! per-key concurrency limits; and the same algorithms shared through Redis
+//! ([`RedisLimiter`], see [`redis`]).
 //!
 //! Pure logic, no config parsing, no HTTP, no I/O. A [`LocalLimiter`] enforces one
 //! [`Policy`] for many keys (a consumer, a tenant, a client address: whatever the caller
