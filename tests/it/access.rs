@@ -11,14 +11,6 @@ use serde_json::json;
 use crate::auth::{SECRET, claims, mint};
 use crate::support::*;
 
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> (http::StatusCode, http::HeaderMap, String) {
-    let mut b = http::Request::get(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(Full::new(Bytes::new())).unwrap()).await
-}
-
 /// SHA-256 hex of `key`, by `portico hash-key` (the command operators use).
 fn hash_key(key: &str) -> String {
     use std::io::Write;

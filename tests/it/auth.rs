@@ -76,14 +76,6 @@ pub fn claims(sub: &str, extra: Value) -> Value {
     c
 }
 
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> (http::StatusCode, http::HeaderMap, String) {
-    let mut b = http::Request::get(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(Full::new(Bytes::new())).unwrap()).await
-}
-
 async fn bearer(url: &str, token: &str) -> (http::StatusCode, http::HeaderMap, String) {
     get_with(url, &[("authorization", &format!("Bearer {token}"))]).await
 }

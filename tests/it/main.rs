@@ -19,5 +19,6 @@ mod ratelimit_redis;
 mod resilience;
 mod revocation;
 mod support;
+mod tenants;
 mod tls_listener;
 mod tls_upstream;

@@ -2,18 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-
 use crate::support::*;
-
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> (http::StatusCode, http::HeaderMap, String) {
-    let mut b = http::Request::get(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    send(b.body(Full::new(Bytes::new())).unwrap()).await
-}
 
 fn sha(key: &str) -> String {
     use std::io::Write;

@@ -66,9 +66,10 @@ async fn revoke(gw: &Gateway, body: &str) -> (u16, String) {
 
 /// Waits until the gateway's subscription to the revocation notices is open.
 async fn subscribed(gw: &Gateway) {
-    let ok =
-        Gateway::eventually(Duration::from_secs(10), || async { gw.metric("gateway_redis_subscribed").await == 1.0 })
-            .await;
+    let ok = Gateway::eventually(Duration::from_secs(10), || async {
+        gw.metric(r#"gateway_redis_subscribed{channel="revocations"}"#).await == 1.0
+    })
+    .await;
     assert!(ok, "no subscription; stderr:\n{}", gw.stderr_text());
 }
 

@@ -458,6 +458,15 @@ pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
     send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// GET `url` with `headers`.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
 pub async fn send(req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, String) {
     let res = client().request(req).await.expect("request failed");
     let status = res.status();

@@ -24,6 +24,7 @@ pub mod model;
 pub mod plugins;
 pub mod ratelimit;
 pub mod template;
+pub mod tenants;
 pub mod units;
 pub mod validate;
 
@@ -34,6 +35,7 @@ pub use locate::{Locator, Position};
 pub use model::*;
 pub use plugins::*;
 pub use ratelimit::*;
+pub use tenants::*;
 pub use units::{ByteSize, Duration, Percent};
 
 /// One problem in a config file.

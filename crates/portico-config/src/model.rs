@@ -56,6 +56,9 @@ pub struct Config {
     /// Plans by name (`free`, `pro`): the rate limits of the consumers on them.
     #[serde(default)]
     pub plans: BTreeMap<String, crate::ratelimit::Plan>,
+    /// Tenants: how a request's tenant is found, and each tenant's plan, limits and flags.
+    #[serde(default)]
+    pub tenants: crate::tenants::Tenants,
     /// Headers that carry the authenticated identity upstream (client copies removed).
     #[serde(default)]
     pub identity_headers: crate::plugins::IdentityHeaders,
@@ -749,6 +752,10 @@ pub struct Route {
     /// How long a request waits for a slot under `max_in_flight`.
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Duration,
+    /// Feature flag to upstream: a request whose tenant has the flag goes to that upstream
+    /// instead (`{ beta: orders-beta }`).
+    #[serde(default)]
+    pub flag_upstreams: BTreeMap<String, String>,
     /// The route's plugins (authentication, authorization, CORS, ...). They run in the
     /// fixed order of docs/plugins.md, whatever their order here.
     #[serde(default)]

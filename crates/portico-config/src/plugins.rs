@@ -652,6 +652,7 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
         }
     }
     crate::ratelimit::check_plans(config, err);
+    crate::tenants::check(config, err);
     if config.audit_log.output.trim().is_empty() {
         err("audit_log.output".into(), "must be stdout, stderr or a file path".into());
     }

@@ -185,7 +185,8 @@ pub struct Plan {
     pub rate_limit: Vec<Limit>,
 }
 
-fn check_limits(p: &str, limits: &[Limit], err: &mut impl FnMut(String, String)) {
+/// Checks a list of limits.
+pub(crate) fn check_limit_list(p: &str, limits: &[Limit], err: &mut impl FnMut(String, String)) {
     for (i, l) in limits.iter().enumerate() {
         let lp = format!("{p}[{i}]");
         if l.limit == 0 {
@@ -232,10 +233,13 @@ fn check_key(p: &str, key: &[KeyPart], err: &mut impl FnMut(String, String)) {
 
 /// Checks a `rate_limit` plugin.
 pub(crate) fn check_rate_limit(p: &str, r: &RateLimit, config: &crate::Config, err: &mut impl FnMut(String, String)) {
-    if r.limits.is_empty() && !(r.plans && config.plans.values().any(|p| !p.rate_limit.is_empty())) {
+    let plan_limits = config.plans.values().any(|p| !p.rate_limit.is_empty())
+        || config.tenants.settings.values().any(|t| !t.rate_limit.is_empty())
+        || config.tenants.redis.is_some();
+    if r.limits.is_empty() && !(r.plans && plan_limits) {
         err(format!("{p}.limits"), "give at least one limit (or plans with rate_limit)".into());
     }
-    check_limits(&format!("{p}.limits"), &r.limits, err);
+    check_limit_list(&format!("{p}.limits"), &r.limits, err);
     check_key(&format!("{p}.key"), &r.key, err);
     if r.store == LimitStore::Redis && config.redis.is_none() {
         err(format!("{p}.store"), "store: redis needs a top-level redis (the counters are shared through it)".into());
@@ -259,7 +263,7 @@ pub(crate) fn check_concurrency(p: &str, c: &ConcurrencyLimit, err: &mut impl Fn
 /// Checks `plans`, and that every consumer's plan exists.
 pub(crate) fn check_plans(config: &crate::Config, err: &mut impl FnMut(String, String)) {
     for (name, plan) in &config.plans {
-        check_limits(&format!("plans.{name}.rate_limit"), &plan.rate_limit, err);
+        check_limit_list(&format!("plans.{name}.rate_limit"), &plan.rate_limit, err);
     }
     for (i, c) in config.consumers.iter().enumerate() {
         if let Some(plan) = &c.plan

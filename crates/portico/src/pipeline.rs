@@ -142,7 +142,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                         tls: conn.tls.as_deref(),
                         route: &route.name,
                     };
-                    match route.plugins.request(&view, &snap.consumers).await {
+                    match route.plugins.request(&view, &snap.consumers, &snap.tenants).await {
                         Err(refusal) => {
                             if let ErrorKind::RateLimited { info, .. } = &refusal.error.kind {
                                 rate = Some(*info);
@@ -154,16 +154,24 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                             preflight_answered = true;
                             Ok(res)
                         }
-                        Ok(Flow::Continue(passed)) => {
-                            let identity = passed.identity;
+                        Ok(Flow::Continue(mut passed)) => {
+                            let identity = passed.identity.take();
                             rate = passed.rate;
-                            slot = passed.slot;
+                            slot = passed.slot.take();
                             let h = req.headers_mut();
                             snap.identity.strip(h);
                             route.plugins.hide_credentials(h);
                             if let Some(id) = &identity {
                                 snap.identity.apply(id, h);
                                 user_id = Some(id.user_id.clone());
+                            }
+                            let mut upstream_override = None;
+                            if let Some(t) = &passed.tenant {
+                                snap.identity.set_tenant(&t.id, h);
+                                if let Some(s) = &t.settings {
+                                    upstream_override =
+                                        route.flag_upstreams.iter().find(|(f, _)| s.has_flag(f)).map(|(_, up)| up);
+                                }
                             }
                             h.insert(snap.request_id_header.clone(), request_id.clone());
                             let ctx = proxy::ProxyCtx {
@@ -175,6 +183,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                                 max_body: conn.listener.max_body,
                                 shared: &shared,
                                 tls: conn.tls.as_deref(),
+                                upstream_override,
                             };
                             proxy::forward(req, ctx, &mut outcome).await
                         }

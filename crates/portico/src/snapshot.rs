@@ -28,6 +28,8 @@ pub struct Services {
     pub revocations: Option<Arc<crate::plugins::revocation::Revocations>>,
     /// The shared Redis, when `redis` is configured (`store: redis` rate limits).
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
+    /// Tenant settings in Redis, when `redis` is configured.
+    pub tenants: Option<Arc<crate::plugins::tenants::TenantStore>>,
 }
 
 /// A compiled config.
@@ -59,6 +61,8 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     /// The global plugins, for requests that match no route.
     pub global_plugins: Chain,
+    /// Tenants and their settings.
+    pub tenants: crate::plugins::tenants::Tenants,
     /// The global `rate_limit` and `concurrency_limit`, shared by the routes that use them.
     pub global_limits: (Option<Arc<RateLimit>>, Option<Arc<ConcurrencyLimit>>),
     /// Compiled TLS settings of each TLS listener, by listener name.
@@ -95,6 +99,8 @@ pub struct CompiledRoute {
     pub duration: Histogram,
     /// The route's plugins (its own and the global ones).
     pub plugins: Chain,
+    /// Feature flag to upstream (`flag_upstreams`).
+    pub flag_upstreams: Vec<(Box<str>, Arc<Upstream>)>,
 }
 
 /// A compiled `split`.
@@ -425,6 +431,11 @@ impl Snapshot {
                 queue_timeout: r.queue_timeout.get(),
                 queue_wait: metrics.queue_wait("route", &r.name),
                 duration: metrics.route_duration(&r.name),
+                flag_upstreams: r
+                    .flag_upstreams
+                    .iter()
+                    .filter_map(|(flag, up)| Some((flag.as_str().into(), upstreams.get(up)?.clone())))
+                    .collect(),
                 plugins: {
                     // The route's own limits, carried from the same route's own limits.
                     let prev_own = prev
@@ -478,6 +489,10 @@ impl Snapshot {
             identity,
             global_plugins,
             global_limits,
+            tenants: crate::plugins::tenants::Tenants::compile(
+                &config.tenants,
+                services.and_then(|s| s.tenants.clone()),
+            ),
             router,
             routes,
             upstreams,

@@ -49,6 +49,9 @@ pub struct ProxyCtx<'a> {
     pub shared: &'a Shared,
     /// What the connection's TLS handshake established, on a TLS listener.
     pub tls: Option<&'a crate::pipeline::TlsInfo>,
+    /// The upstream chosen for this request instead of the route's (a tenant's feature
+    /// flag, `flag_upstreams`).
+    pub upstream_override: Option<&'a Arc<Upstream>>,
 }
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -109,14 +112,15 @@ pub async fn forward(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let route = ctx.route;
-    let upstream = match &route.split {
-        None => &route.upstream,
-        Some(_) => {
+    let upstream = match (ctx.upstream_override, &route.split) {
+        (Some(up), _) => up,
+        (None, None) => &route.upstream,
+        (None, Some(_)) => {
             let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
             route.choose_upstream(&key)
         }
     };
-    if route.split.is_some() {
+    if route.split.is_some() || ctx.upstream_override.is_some() {
         outcome.upstream = Some(upstream.name.clone());
     }
     let started = Instant::now();

@@ -54,6 +54,11 @@ struct AuthFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: Arc<str>,
 }
@@ -165,7 +170,7 @@ pub struct Metrics {
     jwks_last_success: Family<ProviderLabels, Gauge>,
     revocation_checks: Family<RevocationLabels, Counter>,
     revocation_cache_clears: Family<KindLabel, Counter>,
-    redis_subscribed: Gauge,
+    redis_subscribed: Family<ChannelLabel, Gauge>,
     /// `gateway_audit_log_dropped_total`.
     pub audit_log_dropped: Counter,
     tls_expiry: Family<CertificateLabels, Gauge>,
@@ -307,10 +312,10 @@ impl Metrics {
             "Times a shard of the revocation cache was full of live answers and was cleared, by kind (jti, sub)",
             revocation_cache_clears.clone(),
         );
-        let redis_subscribed = Gauge::default();
+        let redis_subscribed = Family::<ChannelLabel, Gauge>::default();
         registry.register(
             "gateway_redis_subscribed",
-            "1 while the subscription to the revocation notices is open, else 0",
+            "1 while the subscription to a Redis notice channel is open, else 0, by channel (revocations, tenants)",
             redis_subscribed.clone(),
         );
         let audit_log_dropped = Counter::default();
@@ -481,9 +486,9 @@ impl Metrics {
         self.revocation_cache_clears.get_or_create_owned(&KindLabel { kind })
     }
 
-    /// The gauge of the revocation subscription.
-    pub fn redis_subscribed(&self) -> Gauge {
-        self.redis_subscribed.clone()
+    /// The gauge of a Redis subscription (`revocations`, `tenants`).
+    pub fn redis_subscribed(&self, channel: &'static str) -> Gauge {
+        self.redis_subscribed.get_or_create_owned(&ChannelLabel { channel })
     }
 
     /// The last-success gauge of a JWT provider's JWKS.

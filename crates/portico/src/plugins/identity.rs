@@ -243,6 +243,13 @@ impl IdentityHeaders {
         Ok(Self { user_id, roles, tenant, plan, strip: strip.into() })
     }
 
+    /// Sets the tenant header (the tenant as `tenants.from` found it).
+    pub fn set_tenant(&self, tenant: &str, headers: &mut HeaderMap) {
+        if let Ok(v) = HeaderValue::from_bytes(tenant.as_bytes()) {
+            headers.insert(&self.tenant, v);
+        }
+    }
+
     /// Removes client copies of every identity header.
     #[inline]
     pub fn strip(&self, headers: &mut HeaderMap) {
@@ -269,9 +276,7 @@ impl IdentityHeaders {
                 headers.insert(&self.roles, v);
             }
         }
-        if let Some(v) = id.tenant().and_then(|t| HeaderValue::from_bytes(t.as_bytes()).ok()) {
-            headers.insert(&self.tenant, v);
-        }
+        // The tenant header is set from the tenant `tenants.from` found: see `set_tenant`.
         if let Some(v) = id.plan().and_then(|p| HeaderValue::from_bytes(p.as_bytes()).ok()) {
             headers.insert(&self.plan, v);
         }
@@ -320,6 +325,7 @@ mod tests {
         let consumer = c.get("ci").cloned();
         let id = Identity { method: "api_key", user_id: "ci".into(), consumer, token: None, key_name: None };
         ih.apply(&id, &mut h);
+        ih.set_tenant(id.tenant().unwrap(), &mut h);
         assert_eq!(h["x-user-id"], "ci");
         assert_eq!(h["x-user-role"], "deployer,reader");
         assert_eq!(h["x-tenant-id"], "acme");

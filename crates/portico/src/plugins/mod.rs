@@ -29,6 +29,7 @@ pub mod mtls;
 pub mod rate_limit;
 pub mod revocation;
 pub mod security_headers;
+pub mod tenants;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -95,6 +96,8 @@ pub struct Passed {
     pub rate: Option<rate_limit::RateInfo>,
     /// The caller's concurrency slot, held until the response ends.
     pub slot: Option<crate::ratelimit::ConcurrencyGuard>,
+    /// The request's tenant.
+    pub tenant: Option<tenants::Tenant>,
 }
 
 /// What the request phase decided.
@@ -195,7 +198,12 @@ impl Chain {
     }
 
     /// The request phase.
-    pub async fn request(&self, req: &RequestView<'_>, consumers: &Consumers) -> Result<Flow, Refusal> {
+    pub async fn request(
+        &self,
+        req: &RequestView<'_>,
+        consumers: &Consumers,
+        tenants: &tenants::Tenants,
+    ) -> Result<Flow, Refusal> {
         if let Some(f) = &self.ip_filter {
             f.check(req.client_ip)?;
         }
@@ -208,9 +216,17 @@ impl Chain {
             Some(challenge) => self.authenticate(req, consumers, challenge).await?,
             None => None,
         };
+        let tenant = match tenants.resolve(identity.as_ref(), req.host) {
+            Some(id) => {
+                let settings = tenants.settings(&id).await;
+                Some(tenants::Tenant { id, settings })
+            }
+            None => None,
+        };
         let input = rate_limit::KeyInput {
             client_ip: req.client_ip,
             identity: identity.as_ref(),
+            tenant: tenant.as_ref(),
             route: req.route,
             headers: req.headers,
         };
@@ -235,7 +251,7 @@ impl Chain {
             Some(c) => Some(c.acquire(&input).map_err(|e| refused(e, &identity))?),
             None => None,
         };
-        Ok(Flow::Continue(Passed { identity, rate, slot }))
+        Ok(Flow::Continue(Passed { identity, rate, slot, tenant }))
     }
 
     /// Authentication and authorization: the caller, or the refusal.

@@ -121,6 +121,12 @@ pub struct RateLimit {
     key: Box<[Part]>,
     /// `store: redis`: the state of the store, shared by this plugin's limits.
     store: Option<StoreState>,
+    /// `store: redis`: the shared Redis (tenant limits are compiled on first use).
+    redis: Option<Arc<RedisStore>>,
+    /// The plugin's place in Redis keys: the route, or `global`.
+    scope: Box<str>,
+    /// Limiters of tenants with limits of their own, built on first use (bounded).
+    tenant_limits: parking_lot::Mutex<HashMap<Box<str>, Arc<[Limit]>>>,
 }
 
 /// How the Redis of a `store: redis` plugin is doing.
@@ -167,6 +173,10 @@ impl StoreState {
         }
     }
 }
+
+/// Most tenants with limits of their own tracked per plugin; past it the table starts
+/// afresh (their counters restart).
+const MAX_TENANTS: usize = 10_000;
 
 fn algorithm(a: LimitAlgorithm) -> Algorithm {
     match a {
@@ -286,7 +296,16 @@ impl RateLimit {
             paused_until: AtomicU64::new(0),
             epoch: Instant::now(),
         });
-        Ok(Self { def: def.clone(), limits, plans: compiled_plans, key: compile_key(&def.key), store })
+        Ok(Self {
+            def: def.clone(),
+            limits,
+            plans: compiled_plans,
+            key: compile_key(&def.key),
+            tenant_limits: parking_lot::Mutex::new(prev.map(|p| p.tenant_limits.lock().clone()).unwrap_or_default()),
+            store,
+            redis: redis.cloned(),
+            scope: scope.into(),
+        })
     }
 
     /// Whether the limits are counted in Redis.
@@ -299,9 +318,15 @@ impl RateLimit {
     /// redis`, one round trip per limit; when Redis fails, as `on_store_error` says (503
     /// for `deny`).
     pub async fn check(&self, req: &KeyInput<'_>) -> Result<(RateInfo, Option<Duration>), GatewayError> {
-        let limits = match req.identity.and_then(Identity::plan).and_then(|p| self.plans.get(p)) {
-            Some(plan_limits) => plan_limits,
-            None => &self.limits,
+        // The tenant's own limits, else the caller's plan, else the tenant's plan, else
+        // the plugin's limits.
+        let tenant_own = if self.def.plans { req.tenant.and_then(|t| self.tenant_limits(t)) } else { None };
+        let settings = req.tenant.and_then(|t| t.settings.as_deref());
+        let plan = req.identity.and_then(Identity::plan).or_else(|| settings.and_then(|s| s.plan.as_deref()));
+        let limits: &[Limit] = match (&tenant_own, plan.and_then(|p| self.plans.get(p))) {
+            (Some(own), _) => own,
+            (None, Some(plan_limits)) => plan_limits,
+            (None, None) => &self.limits,
         };
         let key = build_key(&self.key, req);
         let mut tightest: Option<Decision> = None;
@@ -359,10 +384,43 @@ impl RateLimit {
         }
     }
 
+    /// The limiters of a tenant with limits of its own, made when first needed and made
+    /// again when its limits change (settings in Redis may change at any time).
+    fn tenant_limits(&self, t: &super::tenants::Tenant) -> Option<Arc<[Limit]>> {
+        let defs = &t.settings.as_ref()?.rate_limit;
+        if defs.is_empty() {
+            return None;
+        }
+        let mut table = self.tenant_limits.lock();
+        if let Some(l) = table.get(&*t.id)
+            && l.len() == defs.len()
+            && l.iter().all(|l| defs.contains(&l.def))
+        {
+            return Some(l.clone());
+        }
+        let mut carried: Carried = table
+            .get(&*t.id)
+            .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
+            .unwrap_or_default();
+        let store =
+            Store { redis: self.redis.as_ref(), instances: u64::from(self.def.instances.max(1)), scope: &self.scope };
+        let plan = format!("tenant={}", t.id);
+        let compiled: Arc<[Limit]> = compile_limits("tenants", &plan, defs, &mut carried, &store).ok()?.into();
+        if table.len() >= MAX_TENANTS {
+            table.clear();
+        }
+        table.insert(t.id.as_ref().into(), compiled.clone());
+        Some(compiled)
+    }
+
     /// Drops idle keys from every limiter (run by a periodic task).
     pub fn sweep(&self) {
         let now = Instant::now();
         for l in self.limits.iter().chain(self.plans.values().flat_map(|p| p.iter())) {
+            l.limiter.sweep(now);
+        }
+        let tenants: Vec<Arc<[Limit]>> = self.tenant_limits.lock().values().cloned().collect();
+        for l in tenants.iter().flat_map(|t| t.iter()) {
             l.limiter.sweep(now);
         }
     }
@@ -397,6 +455,8 @@ pub struct KeyInput<'a> {
     pub client_ip: IpAddr,
     /// The caller, when authenticated.
     pub identity: Option<&'a Identity>,
+    /// The request's tenant.
+    pub tenant: Option<&'a super::tenants::Tenant>,
     /// The route's name.
     pub route: &'a str,
     /// Request headers.
@@ -430,7 +490,7 @@ fn build_key(parts: &[Part], req: &KeyInput<'_>) -> Vec<u8> {
                 }
                 None => ip(&mut key),
             },
-            Part::Tenant => match req.identity.and_then(Identity::tenant) {
+            Part::Tenant => match req.tenant.map(|t| &*t.id) {
                 Some(t) => {
                     key.push_str("tenant=");
                     key.push_str(t);

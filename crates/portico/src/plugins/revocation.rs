@@ -188,7 +188,7 @@ impl Revocations {
             store,
         });
         let sub: Arc<dyn Subscriber> = me.clone();
-        me.store.subscribe(me.channel.clone(), &sub, metrics.redis_subscribed());
+        me.store.subscribe(me.channel.clone(), &sub, metrics.redis_subscribed("revocations"));
         me
     }
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# What JWT checking costs in the plain-proxy run: Portico without auth (bench/portico.yaml,
+# What plugins cost in the plain-proxy run: Portico without plugins (bench/portico.yaml,
 # port 18090) against Portico checking an ES256 token on every request
-# (bench/portico-jwt.yaml, port 18091), with the verified-token cache on (TOKEN_CACHE=10000)
-# or off (TOKEN_CACHE=0). Needs the benchmark backend on 127.0.0.1:18080 (../shared/bench),
+# (bench/portico-jwt.yaml: port 18091 with the verified-token cache off, 18092 with it on),
+# and against a rate limit checked on every request (bench/portico-ratelimit.yaml, 18093:
+# a token bucket per client IP, high enough never to refuse). Needs the benchmark backend on 127.0.0.1:18080 (../shared/bench),
 # wrk, python3 with PyJWT, and target/release/portico. Each proxy is pinned to CPU 1 with
 # one worker thread; wrk runs on CPU 0. Prints req/s and CPU us/req per round.
-# usage: bench/auth.sh [rounds] [secs]
+# usage: bench/plugins.sh [rounds] [secs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; SECS=${2:-8}
@@ -20,6 +21,7 @@ BENCH_KEYS=$KEYS TOKEN_CACHE=0 TOKIO_WORKER_THREADS=1 taskset -c 1 target/releas
 sleep 1
 sed 's/18091/18092/; s/19091/19092/' bench/portico-jwt.yaml > "$KEYS/cached.yaml"
 BENCH_KEYS=$KEYS TOKEN_CACHE=10000 TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/portico run -c "$KEYS/cached.yaml" 2>/dev/null & pids+=($!)
+TOKIO_WORKER_THREADS=1 taskset -c 1 target/release/portico run -c bench/portico-ratelimit.yaml 2>/dev/null & pids+=($!)
 sleep 1
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" http://127.0.0.1:18091/api/users/123
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" http://127.0.0.1:18092/api/users/123
@@ -40,4 +42,5 @@ for r in $(seq "$ROUNDS"); do
     measure plain 18090
     measure jwt-es256 18091 -H "Authorization: Bearer $TOKEN"
     measure jwt-cached 18092 -H "Authorization: Bearer $TOKEN"
+    measure rate-limit 18093
 done
