@@ -15,6 +15,7 @@ mod lifecycle;
 mod observe;
 mod proxy;
 mod ratelimit;
+mod ratelimit_redis;
 mod resilience;
 mod revocation;
 mod support;

@@ -247,7 +247,7 @@ pub struct Redis {
     /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS (server
     /// certificate checked against the system's roots). Use `${VAR}` for the password.
     pub url: String,
-    /// Time allowed for one command (a revocation check, a write); a feature's own
+    /// Time allowed for one command (a revocation check, a write, a rate-limit decision); a feature's own
     /// `timeout` may override it. Past it the command counts as failed.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Duration,

@@ -25,9 +25,38 @@ pub struct RateLimit {
     /// `legacy` (`X-RateLimit-*`), `both` or `none`.
     #[serde(default)]
     pub headers: RateLimitHeaders,
-    /// Where the counters live: `local` (this instance's memory).
+    /// Where the counters live: `local` (this instance's memory, the default) or `redis`
+    /// (the top-level `redis`, shared by every instance; see docs/ratelimit.md#redis).
     #[serde(default)]
     pub store: LimitStore,
+    /// `store: redis`: what a limit decides when Redis fails or is slower than
+    /// `redis.timeout`: `allow` (the request passes that limit), `deny` (503 `rate limit
+    /// store unavailable`) or `local` (this instance decides alone, with `limit / instances`;
+    /// the default).
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// `store: redis`: how many gateway instances share the limits. With
+    /// `on_store_error: local`, each instance allows `limit / instances` (at least 1) while
+    /// Redis is unavailable, so that together they stay near the limit. Default 1.
+    #[serde(default = "one")]
+    pub instances: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a `store: redis` limit decides when Redis cannot answer in time.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// The limit lets the request pass (fail open).
+    Allow,
+    /// The request is refused with 503 (fail closed).
+    Deny,
+    /// This instance decides alone, allowing `limit / instances` (at least 1).
+    #[default]
+    Local,
 }
 
 fn yes() -> bool {
@@ -125,6 +154,9 @@ pub enum LimitStore {
     /// In this instance's memory.
     #[default]
     Local,
+    /// In the top-level `redis`, shared by every instance: one Lua script (one round trip)
+    /// per limit and request, timed by the Redis server's clock.
+    Redis,
 }
 
 /// The `concurrency_limit` plugin: most requests in flight at once per key.
@@ -209,6 +241,12 @@ pub(crate) fn check_rate_limit(p: &str, r: &RateLimit, config: &crate::Config, e
     }
     check_limit_list(&format!("{p}.limits"), &r.limits, err);
     check_key(&format!("{p}.key"), &r.key, err);
+    if r.store == LimitStore::Redis && config.redis.is_none() {
+        err(format!("{p}.store"), "store: redis needs a top-level redis (the counters are shared through it)".into());
+    }
+    if r.instances == 0 {
+        err(format!("{p}.instances"), "must be at least 1".into());
+    }
 }
 
 /// Checks a `concurrency_limit` plugin.

@@ -214,3 +214,27 @@ fn bad_redis_and_revocation_fields_are_reported_together() {
         errors(&format!("{BASE}{JWT_PROVIDER}    revocation: {{ on_error: maybe }}\nredis: {{ url: redis://r }}\n"));
     assert!(errs[0].contains("on_error"), "{errs:?}");
 }
+
+#[test]
+fn rate_limit_store_redis_needs_redis_and_gets_defaults() {
+    let plugin = "plugins: [{ rate_limit: { limits: [{ limit: 10, per: 1m }], store: redis } }]\n";
+    let src = format!("{BASE}{plugin}redis: {{ url: redis://127.0.0.1:6379 }}\n");
+    let c = parse(&src, no_env).unwrap().config;
+    let Plugin::RateLimit(r) = &c.plugins[0] else { panic!("{:?}", c.plugins) };
+    assert_eq!((r.store, r.on_store_error, r.instances), (LimitStore::Redis, OnStoreError::Local, 1));
+
+    let errs = errors(&format!("{BASE}{plugin}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("plugins[0].rate_limit.store: store: redis needs a top-level redis"), "{errs:?}");
+    let errs = errors(&format!(
+        "{BASE}plugins: [{{ rate_limit: {{ limits: [{{ limit: 10, per: 1m }}], instances: 0, on_store_error: deny }} }}]\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("plugins[0].rate_limit.instances: must be at least 1"), "{errs:?}");
+    // The default stays local.
+    let c = parse(&format!("{BASE}plugins: [{{ rate_limit: {{ limits: [{{ limit: 1, per: 1s }}] }} }}]\n"), no_env)
+        .unwrap()
+        .config;
+    let Plugin::RateLimit(r) = &c.plugins[0] else { panic!() };
+    assert_eq!(r.store, LimitStore::Local);
+}

@@ -67,6 +67,9 @@ pub enum ErrorKind {
     /// The token is valid but whether it was revoked cannot be checked (Redis is down or
     /// too slow) and the provider fails closed (503).
     RevocationUnavailable,
+    /// A `store: redis` rate limit cannot reach Redis in time and has `on_store_error:
+    /// deny` (503).
+    RateLimitUnavailable,
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
@@ -114,7 +117,8 @@ impl GatewayError {
             | ErrorKind::RouteBusy
             | ErrorKind::CircuitOpen(_)
             | ErrorKind::KeysUnavailable
-            | ErrorKind::RevocationUnavailable => Side::Internal,
+            | ErrorKind::RevocationUnavailable
+            | ErrorKind::RateLimitUnavailable => Side::Internal,
         }
     }
 
@@ -143,7 +147,8 @@ impl GatewayError {
             | ErrorKind::RouteBusy
             | ErrorKind::CircuitOpen(_)
             | ErrorKind::KeysUnavailable
-            | ErrorKind::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::RevocationUnavailable
+            | ErrorKind::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -167,6 +172,7 @@ impl GatewayError {
             ErrorKind::RateLimited { .. } => "rate limit exceeded",
             ErrorKind::InFlightLimit(_) => "too many requests in flight",
             ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable => "credentials cannot be checked right now",
+            ErrorKind::RateLimitUnavailable => "rate limit store unavailable",
         }
     }
 
@@ -296,6 +302,7 @@ mod tests {
             (ErrorKind::InFlightLimit(true), 503),
             (ErrorKind::KeysUnavailable, 503),
             (ErrorKind::RevocationUnavailable, 503),
+            (ErrorKind::RateLimitUnavailable, 503),
             (ErrorKind::ConnectTimeout(Duration::from_secs(1)), 504),
             (ErrorKind::UpstreamTimeout(Duration::from_secs(1)), 504),
         ];

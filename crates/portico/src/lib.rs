@@ -143,7 +143,8 @@ fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<snapshot::S
     store.warm_up();
     Ok(snapshot::Services {
         revocations: Some(plugins::revocation::Revocations::start(store.clone(), metrics)),
-        tenants: Some(plugins::tenants::TenantStore::start(store, metrics)),
+        tenants: Some(plugins::tenants::TenantStore::start(store.clone(), metrics)),
+        redis: Some(store),
     })
 }
 

@@ -202,13 +202,17 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let mut res = match result {
         Ok(res) => res,
         Err(e) => {
-            // A full route limit, missing token keys and an unreadable revocation list are
-            // the gateway's own state, not an upstream failure.
+            // A full route limit, missing token keys, an unreadable revocation list and an
+            // unreachable rate-limit store are the gateway's own state, not an upstream
+            // failure.
             if let Some(r) = route
                 && e.side() != crate::error::Side::Downstream
                 && !matches!(
                     e.kind,
-                    ErrorKind::RouteBusy | ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable
+                    ErrorKind::RouteBusy
+                        | ErrorKind::KeysUnavailable
+                        | ErrorKind::RevocationUnavailable
+                        | ErrorKind::RateLimitUnavailable
                 )
             {
                 let upstream = outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
@@ -323,6 +327,10 @@ fn audit(
     // Limits are counted, not audited: a flood of them says nothing about who may do what.
     if matches!(r.error.kind, ErrorKind::RateLimited { .. } | ErrorKind::InFlightLimit(_)) {
         shared.metrics.rate_limited(route);
+        return;
+    }
+    // Counted by the plugin (`gateway_rate_limit_store_errors_total`); nobody's credentials.
+    if r.error.kind == ErrorKind::RateLimitUnavailable {
         return;
     }
     let status = r.error.status().as_u16();

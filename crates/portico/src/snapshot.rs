@@ -26,6 +26,8 @@ use crate::upstream::Upstream;
 pub struct Services {
     /// The shared revocation deny-list, when `redis` is configured.
     pub revocations: Option<Arc<crate::plugins::revocation::Revocations>>,
+    /// The shared Redis, when `redis` is configured (`store: redis` rate limits).
+    pub redis: Option<Arc<crate::store::redis::RedisStore>>,
     /// Tenant settings in Redis, when `redis` is configured.
     pub tenants: Option<Arc<crate::plugins::tenants::TenantStore>>,
 }
@@ -377,10 +379,12 @@ impl Snapshot {
         // Stateful limits: the global ones once, so every route that uses them shares the
         // counters; each compiled against the previous config's to carry counters over.
         let prev_global = prev.map(|p| &p.global_limits);
+        let limits_ctx = LimitsCtx { plans: &config.plans, services, metrics };
         let global_limits = compile_limits(
             "plugins",
+            "global",
             &config.plugins,
-            &config.plans,
+            &limits_ctx,
             prev_global.and_then(|g| g.0.as_deref()),
             prev_global.and_then(|g| g.1.as_deref()),
             &mut errors,
@@ -451,8 +455,9 @@ impl Snapshot {
                         });
                     let (own_rate, own_conc) = compile_limits(
                         &format!("routes[{i}].plugins"),
+                        &r.name,
                         &r.plugins,
-                        &config.plans,
+                        &limits_ctx,
                         prev_own.as_ref().and_then(|o| o.0.as_deref()),
                         prev_own.as_ref().and_then(|o| o.1.as_deref()),
                         &mut errors,
@@ -460,8 +465,11 @@ impl Snapshot {
                     let has = |kind: &str| r.plugins.iter().any(|p| p.kind() == kind);
                     let rate = if has("rate_limit") { own_rate } else { global_limits.0.clone() };
                     let conc = if has("concurrency_limit") { own_conc } else { global_limits.1.clone() };
-                    if rate.is_some() {
+                    if let Some(rl) = &rate {
                         metrics.rate_limited_init(&r.name);
+                        if rl.uses_redis() {
+                            metrics.rate_limit_store_errors_init(&r.name);
+                        }
                     }
                     Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &jwt_providers)
                         .with_limits(rate, conc)
@@ -499,12 +507,21 @@ impl Snapshot {
     }
 }
 
+/// What the limits of every plugin list are compiled with.
+struct LimitsCtx<'a> {
+    plans: &'a std::collections::BTreeMap<String, portico_config::Plan>,
+    services: Option<&'a Services>,
+    metrics: &'a Arc<Metrics>,
+}
+
 /// Compiles the `rate_limit` and `concurrency_limit` of a plugin list (`path` names the
-/// list for errors), reusing the counters of `prev_rate` and `prev_conc`.
+/// list for errors, `scope` its place in Redis keys: the route or `global`), reusing the
+/// counters of `prev_rate` and `prev_conc`.
 fn compile_limits(
     path: &str,
+    scope: &str,
     plugins: &[portico_config::Plugin],
-    plans: &std::collections::BTreeMap<String, portico_config::Plan>,
+    ctx: &LimitsCtx<'_>,
     prev_rate: Option<&RateLimit>,
     prev_conc: Option<&ConcurrencyLimit>,
     errors: &mut Vec<ConfigError>,
@@ -514,7 +531,22 @@ fn compile_limits(
     for (j, p) in plugins.iter().enumerate() {
         match p {
             portico_config::Plugin::RateLimit(def) => {
-                match RateLimit::new(&format!("{path}[{j}].rate_limit"), def, plans, prev_rate) {
+                let path = format!("{path}[{j}].rate_limit");
+                // Without services (compiled only to be checked), counted locally.
+                let redis = match ctx.services {
+                    Some(svc) if def.store == portico_config::LimitStore::Redis => match &svc.redis {
+                        Some(r) => Some(r),
+                        None => {
+                            errors.push(ConfigError::new(
+                                format!("{path}.store"),
+                                "needs the top-level redis, which is read only at start: restart to turn it on",
+                            ));
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
+                match RateLimit::new(&path, scope, def, ctx.plans, prev_rate, redis, ctx.metrics) {
                     Ok(r) => rate = Some(Arc::new(r)),
                     Err(e) => errors.push(e),
                 }

@@ -165,6 +165,7 @@ pub struct Metrics {
     mirror_skipped: Family<RouteLabel, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<RouteLabel, Counter>,
+    rate_limit_store_errors: Family<RouteLabel, Counter>,
     jwks_fetches: Family<ProviderResultLabels, Counter>,
     jwks_last_success: Family<ProviderLabels, Gauge>,
     revocation_checks: Family<RevocationLabels, Counter>,
@@ -281,6 +282,12 @@ impl Metrics {
             "Requests refused by a rate limit or a concurrency limit (429, or 503 when configured), by route",
             rate_limited.clone(),
         );
+        let rate_limit_store_errors = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_rate_limit_store_errors",
+            "Rate-limit decisions of store: redis limits that Redis did not make (an error, a timeout, or skipped just after one), decided as on_store_error says, by route",
+            rate_limit_store_errors.clone(),
+        );
         let jwks_fetches = Family::<ProviderResultLabels, Counter>::default();
         registry.register(
             "gateway_jwks_fetches",
@@ -360,6 +367,7 @@ impl Metrics {
             mirror_skipped,
             auth_failures,
             rate_limited,
+            rate_limit_store_errors,
             jwks_fetches,
             jwks_last_success,
             revocation_checks,
@@ -434,6 +442,17 @@ impl Metrics {
     /// Creates a route's rate-limit series at 0.
     pub fn rate_limited_init(&self, route: &str) {
         self.rate_limited.get_or_create(&RouteLabel { route: route.into() }).get();
+    }
+
+    /// Creates the store-error series of a route whose rate limit uses Redis, at 0.
+    pub fn rate_limit_store_errors_init(&self, route: &str) {
+        self.rate_limit_store_errors.get_or_create(&RouteLabel { route: route.into() }).get();
+    }
+
+    /// Counts a rate-limit decision that Redis did not make. (Allocates the label: only on
+    /// the error path.)
+    pub fn rate_limit_store_error(&self, route: &str) {
+        self.rate_limit_store_errors.get_or_create(&RouteLabel { route: route.into() }).inc();
     }
 
     /// Counts a request refused by a rate or concurrency limit.

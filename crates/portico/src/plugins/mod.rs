@@ -239,7 +239,7 @@ impl Chain {
         };
         let mut rate = None;
         if let Some(r) = &self.rate_limit {
-            match r.check(&input) {
+            match r.check(&input).await {
                 Ok((info, delay)) => {
                     rate = Some(info);
                     if let Some(d) = delay {

@@ -6,20 +6,29 @@
 //! [`crate::ratelimit`] limiters, one per limit (and per plan), shared by every route that
 //! uses the same plugin instance: a global plugin counts across routes unless its key has
 //! `route`. A reload keeps the counters of limits whose definition did not change.
+//!
+//! With `store: redis` every limit is decided by a [`RedisLimiter`] (one round trip each,
+//! all instances counting together); when Redis fails or is too slow, by
+//! `on_store_error`: pass, 503, or a local limiter allowing `limit / instances`. A failure
+//! pauses the use of Redis for [`STORE_PAUSE`], so a hanging Redis costs one timeout per
+//! pause rather than one per request.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use portico_config::{ConfigError, KeyPart, LimitAlgorithm, RateLimitHeaders};
+use portico_config::{ConfigError, KeyPart, LimitAlgorithm, LimitStore, OnStoreError, RateLimitHeaders};
 use tokio::time::Instant;
 
 use super::identity::Identity;
 use crate::error::{ErrorKind, GatewayError};
-use crate::ratelimit::{Algorithm, Concurrency, ConcurrencyGuard, Decision, LocalLimiter, Policy};
+use crate::observe::Metrics;
+use crate::ratelimit::{Algorithm, Concurrency, ConcurrencyGuard, Decision, LocalLimiter, Policy, RedisLimiter};
+use crate::store::redis::RedisStore;
 
 /// Keys one limiter tracks at most.
 const MAX_KEYS: usize = 100_000;
@@ -78,7 +87,11 @@ fn ceil_secs(d: Duration) -> u64 {
 #[derive(Debug)]
 struct Limit {
     def: portico_config::Limit,
+    /// `store: local`: the limiter. `store: redis`: the fallback of `on_store_error:
+    /// local`, sized `limit / instances`.
     limiter: Arc<LocalLimiter>,
+    /// `store: redis`: the shared limiter.
+    shared: Option<RedisLimiter>,
 }
 
 /// A key part, compiled.
@@ -93,6 +106,11 @@ enum Part {
     Claim(Box<str>),
 }
 
+/// After a failed Redis decision, decisions skip Redis for this long (and go as
+/// `on_store_error` says at once): a Redis that hangs costs one timeout per pause, not one
+/// per request. The first decision after the pause tries Redis again.
+const STORE_PAUSE: Duration = Duration::from_millis(200);
+
 /// A compiled `rate_limit` plugin.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -101,8 +119,59 @@ pub struct RateLimit {
     limits: Box<[Limit]>,
     plans: HashMap<Box<str>, Box<[Limit]>>,
     key: Box<[Part]>,
+    /// `store: redis`: the state of the store, shared by this plugin's limits.
+    store: Option<StoreState>,
+    /// `store: redis`: the shared Redis (tenant limits are compiled on first use).
+    redis: Option<Arc<RedisStore>>,
+    /// The plugin's place in Redis keys: the route, or `global`.
+    scope: Box<str>,
     /// Limiters of tenants with limits of their own, built on first use (bounded).
     tenant_limits: parking_lot::Mutex<HashMap<Box<str>, Arc<[Limit]>>>,
+}
+
+/// How the Redis of a `store: redis` plugin is doing.
+#[derive(Debug)]
+struct StoreState {
+    metrics: Arc<Metrics>,
+    /// Set while decisions fail, so that an outage is logged once, not per request.
+    failing: AtomicBool,
+    /// Until when (ms since `epoch`) decisions skip Redis.
+    paused_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl StoreState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn paused(&self) -> bool {
+        self.now_ms() < self.paused_until.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, route: &str, on_error: OnStoreError, why: &dyn std::fmt::Display) {
+        self.metrics.rate_limit_store_error(route);
+        let pause = u64::try_from(STORE_PAUSE.as_millis()).unwrap_or(u64::MAX);
+        self.paused_until.store(self.now_ms().saturating_add(pause), Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            let what = match on_error {
+                OnStoreError::Allow => "let through unlimited",
+                OnStoreError::Deny => "refused with 503",
+                OnStoreError::Local => "limited by this instance alone (limit / instances)",
+            };
+            tracing::warn!(
+                route,
+                error = %why,
+                "rate limits cannot reach redis; requests are {what} until it answers"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("rate limits reach redis again");
+        }
+    }
 }
 
 /// Most tenants with limits of their own tracked per plugin; past it the table starts
@@ -123,26 +192,64 @@ fn algorithm(a: LimitAlgorithm) -> Algorithm {
 /// Limiters of the previous config, by limit definition, to carry counters over.
 pub type Carried = Vec<(portico_config::Limit, Arc<LocalLimiter>)>;
 
+fn policy(def: &portico_config::Limit) -> Policy {
+    Policy::new(algorithm(def.algorithm), def.limit, def.per.get())
+        .with_burst(def.burst)
+        .with_max_delay(def.max_delay.get())
+}
+
+/// The limiter id of a `store: redis` limit: the same on every instance and across
+/// reloads for the same limit of the same plugin, whatever the order of the list. `scope`
+/// is the route (or `global`), `plan` the plan's name (or `-`), `nth` how many identical
+/// limits come before this one in the list (identical limits count apart, as locally).
+fn limiter_id(scope: &str, plan: &str, def: &portico_config::Limit, nth: usize) -> String {
+    let p = policy(def);
+    let canonical =
+        format!("{}|{}|{}|{}|{}|{nth}", p.algorithm, p.limit, p.period.as_nanos(), p.burst, p.max_delay.as_nanos());
+    format!("{scope}:{plan}:{:016x}", crate::upstream::balance::fnv1a(canonical.as_bytes()))
+}
+
+/// Where and how a plugin's limits are counted.
+struct Store<'a> {
+    /// The shared Redis, for `store: redis` (`None`: counted locally).
+    redis: Option<&'a Arc<RedisStore>>,
+    /// `instances` (the fallback allows `limit / instances`).
+    instances: u64,
+    /// The route, or `global`.
+    scope: &'a str,
+}
+
 fn compile_limits(
     path: &str,
+    plan: &str,
     defs: &[portico_config::Limit],
     carried: &mut Carried,
+    store: &Store<'_>,
 ) -> Result<Box<[Limit]>, ConfigError> {
     let mut out = Vec::with_capacity(defs.len());
     for (i, def) in defs.iter().enumerate() {
-        let limiter = match carried.iter().position(|(d, _)| d == def) {
-            Some(j) => carried.swap_remove(j).1,
-            None => {
-                let policy = Policy::new(algorithm(def.algorithm), def.limit, def.per.get())
-                    .with_burst(def.burst)
-                    .with_max_delay(def.max_delay.get());
-                Arc::new(
-                    LocalLimiter::new(policy, MAX_KEYS)
-                        .map_err(|e| ConfigError::new(format!("{path}[{i}]"), e.to_string()))?,
-                )
+        let full = policy(def);
+        let local = match store.redis {
+            None => full,
+            // The fallback: this instance's share.
+            Some(_) => {
+                Policy { limit: (full.limit / store.instances).max(1), burst: full.burst / store.instances, ..full }
             }
         };
-        out.push(Limit { def: def.clone(), limiter });
+        let err = |e: crate::ratelimit::PolicyError| ConfigError::new(format!("{path}[{i}]"), e.to_string());
+        let limiter = match carried.iter().position(|(d, l)| d == def && *l.policy() == local) {
+            Some(j) => carried.swap_remove(j).1,
+            None => Arc::new(LocalLimiter::new(local, MAX_KEYS).map_err(err)?),
+        };
+        let shared = match store.redis {
+            None => None,
+            Some(r) => {
+                let nth = defs[..i].iter().filter(|d| policy(d) == full).count();
+                let id = limiter_id(store.scope, plan, def, nth);
+                Some(RedisLimiter::new(r.clone(), full, &id, r.timeout()).map_err(err)?)
+            }
+        };
+        out.push(Limit { def: def.clone(), limiter, shared });
     }
     // Shortest period first: a request refused by the minute is not charged to the day.
     out.sort_by_key(|l| l.def.per.get());
@@ -151,16 +258,23 @@ fn compile_limits(
 
 impl RateLimit {
     /// Compiles the plugin; `prev` is the same plugin of the previous config, whose
-    /// limiters are reused for unchanged limits.
+    /// limiters are reused for unchanged limits. `scope` names the plugin's place (the
+    /// route, or `global`) in the Redis keys of `store: redis`; `redis` is the shared
+    /// store (`None` with `store: redis`: compiled only to be checked, counted locally).
     pub fn new(
         path: &str,
+        scope: &str,
         def: &portico_config::RateLimit,
         plans: &std::collections::BTreeMap<String, portico_config::Plan>,
         prev: Option<&RateLimit>,
+        redis: Option<&Arc<RedisStore>>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
+        let redis = redis.filter(|_| def.store == LimitStore::Redis);
+        let store = Store { redis, instances: u64::from(def.instances.max(1)), scope };
         let mut carried: Carried =
             prev.map(|p| p.limits.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect()).unwrap_or_default();
-        let limits = compile_limits(&format!("{path}.limits"), &def.limits, &mut carried)?;
+        let limits = compile_limits(&format!("{path}.limits"), "-", &def.limits, &mut carried, &store)?;
         let mut compiled_plans = HashMap::new();
         if def.plans {
             for (name, plan) in plans {
@@ -171,22 +285,39 @@ impl RateLimit {
                     .and_then(|p| p.plans.get(name.as_str()))
                     .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
                     .unwrap_or_default();
-                let compiled = compile_limits(&format!("plans.{name}.rate_limit"), &plan.rate_limit, &mut carried)?;
+                let compiled =
+                    compile_limits(&format!("plans.{name}.rate_limit"), name, &plan.rate_limit, &mut carried, &store)?;
                 compiled_plans.insert(name.as_str().into(), compiled);
             }
         }
+        let store = redis.map(|_| StoreState {
+            metrics: metrics.clone(),
+            failing: AtomicBool::new(false),
+            paused_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
         Ok(Self {
             def: def.clone(),
             limits,
             plans: compiled_plans,
             key: compile_key(&def.key),
             tenant_limits: parking_lot::Mutex::new(prev.map(|p| p.tenant_limits.lock().clone()).unwrap_or_default()),
+            store,
+            redis: redis.cloned(),
+            scope: scope.into(),
         })
     }
 
+    /// Whether the limits are counted in Redis.
+    pub fn uses_redis(&self) -> bool {
+        self.store.is_some()
+    }
+
     /// Checks the limits for this request: the tightest limit's numbers when allowed (and
-    /// how long a leaky bucket wants the request held), 429 when refused.
-    pub fn check(&self, req: &KeyInput<'_>) -> Result<(RateInfo, Option<Duration>), GatewayError> {
+    /// how long a leaky bucket wants the request held), 429 when refused. With `store:
+    /// redis`, one round trip per limit; when Redis fails, as `on_store_error` says (503
+    /// for `deny`).
+    pub async fn check(&self, req: &KeyInput<'_>) -> Result<(RateInfo, Option<Duration>), GatewayError> {
         // The tenant's own limits, else the caller's plan, else the tenant's plan, else
         // the plugin's limits.
         let tenant_own = if self.def.plans { req.tenant.and_then(|t| self.tenant_limits(t)) } else { None };
@@ -198,11 +329,20 @@ impl RateLimit {
             (None, None) => &self.limits,
         };
         let key = build_key(&self.key, req);
-        let now = Instant::now();
         let mut tightest: Option<Decision> = None;
         let mut delay = None;
-        for l in limits {
-            let d = l.limiter.check(&key, now, 1);
+        for l in limits.iter() {
+            let d = match (&l.shared, &self.store) {
+                (Some(shared), Some(state)) => match self.check_shared(shared, state, &key, req.route).await {
+                    Some(d) => d,
+                    None => match self.def.on_store_error {
+                        OnStoreError::Allow => continue,
+                        OnStoreError::Deny => return Err(GatewayError::new(ErrorKind::RateLimitUnavailable)),
+                        OnStoreError::Local => l.limiter.check(&key, Instant::now(), 1),
+                    },
+                },
+                _ => l.limiter.check(&key, Instant::now(), 1),
+            };
             if !d.allowed {
                 let info = RateInfo::of(&d, self.def.headers);
                 let retry_after = ceil_secs(d.retry_after.unwrap_or(d.reset_after)).max(1);
@@ -218,6 +358,30 @@ impl RateLimit {
                 RateInfo::of(&d, self.def.headers)
             });
         Ok((info, delay))
+    }
+
+    /// The decision of Redis, or `None` when it failed (counted and logged).
+    async fn check_shared(
+        &self,
+        shared: &RedisLimiter,
+        state: &StoreState,
+        key: &[u8],
+        route: &str,
+    ) -> Option<Decision> {
+        if state.paused() {
+            state.failed(route, self.def.on_store_error, &"paused after a failure");
+            return None;
+        }
+        match shared.check(key, 1).await {
+            Ok(d) => {
+                state.succeeded();
+                Some(d)
+            }
+            Err(e) => {
+                state.failed(route, self.def.on_store_error, &e);
+                None
+            }
+        }
     }
 
     /// The limiters of a tenant with limits of its own, made when first needed and made
@@ -238,7 +402,10 @@ impl RateLimit {
             .get(&*t.id)
             .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
             .unwrap_or_default();
-        let compiled: Arc<[Limit]> = compile_limits("tenants", defs, &mut carried).ok()?.into();
+        let store =
+            Store { redis: self.redis.as_ref(), instances: u64::from(self.def.instances.max(1)), scope: &self.scope };
+        let plan = format!("tenant={}", t.id);
+        let compiled: Arc<[Limit]> = compile_limits("tenants", &plan, defs, &mut carried, &store).ok()?.into();
         if table.len() >= MAX_TENANTS {
             table.clear();
         }

@@ -1,5 +1,6 @@
 //! Local rate limiting: six algorithms behind one bounded, sharded, in-memory limiter, and
-//! per-key concurrency limits.
+//! per-key concurrency limits; and the same algorithms shared through Redis
+//! ([`RedisLimiter`], see [`redis`]).
 //!
 //! Pure logic, no config parsing, no HTTP, no I/O. A [`LocalLimiter`] enforces one
 //! [`Policy`] for many keys (a consumer, a tenant, a client address: whatever the caller
@@ -183,6 +184,7 @@ mod concurrency;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
+pub mod redis;
 mod sliding_log;
 mod sliding_window;
 mod table;
@@ -197,6 +199,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use concurrency::{Concurrency, ConcurrencyGuard};
+pub use redis::RedisLimiter;
 
 use table::Table;
 

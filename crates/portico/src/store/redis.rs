@@ -121,6 +121,20 @@ impl RedisStore {
         }
     }
 
+    /// Runs a Lua script (`EVALSHA`; on `NOSCRIPT`, `SCRIPT LOAD` and `EVALSHA` again) within
+    /// `timeout`, the reload included.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(timeout, script.invoke_async(&mut conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
     /// Opens the connection now rather than on the first command, and says in the log
     /// whether Redis answers.
     pub fn warm_up(self: &Arc<Self>) {
