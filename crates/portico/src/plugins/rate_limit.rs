@@ -369,7 +369,9 @@ impl RateLimit {
         route: &str,
     ) -> Option<Decision> {
         if state.paused() {
-            state.failed(route, self.def.on_store_error, &"paused after a failure");
+            // Counted, but the pause is not extended: with requests arriving more often than
+            // the pause lasts, extending it would never let Redis be tried again.
+            state.metrics.rate_limit_store_error(route);
             return None;
         }
         match shared.check(key, 1).await {

@@ -50,7 +50,13 @@ pub trait Subscriber: Send + Sync + 'static {
 /// The shared Redis of a gateway.
 pub struct RedisStore {
     client: redis::Client,
-    conn: ConnectionManager,
+    manager: ConnectionManagerConfig,
+    /// Replaced by a fresh one when commands keep failing (see [`RedisStore::outcome`]).
+    conn: arc_swap::ArcSwap<ConnectionManager>,
+    /// Commands failed in a row.
+    failures: std::sync::atomic::AtomicU32,
+    /// When the connection manager was last replaced.
+    replaced: parking_lot::Mutex<std::time::Instant>,
     prefix: Arc<str>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -82,11 +88,14 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())
             .map_err(|e| ConfigError::new("redis", format!("cannot set up the connection: {}", e)))?;
         Ok(Arc::new(Self {
             client,
-            conn,
+            manager,
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            replaced: parking_lot::Mutex::new(std::time::Instant::now()),
             prefix: config.key_prefix.as_str().into(),
             timeout: config.timeout.get(),
             connect_timeout: config.connect_timeout.get(),
@@ -103,22 +112,54 @@ impl RedisStore {
         self.timeout
     }
 
+    /// Notes a command's outcome. The connection manager reconnects by itself after I/O
+    /// errors, but one whose reconnect failed in a way it does not count as I/O (a connect
+    /// timeout, say) would hand out the same failed connection forever. So after a few
+    /// failures in a row, at most once a second, it is replaced by a fresh one, which
+    /// connects on the next command: a safety net that costs nothing while Redis answers.
+    fn outcome<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        match &r {
+            Ok(_) => self.failures.store(0, Ordering::Relaxed),
+            Err(StoreError::Redis(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+                // Redis answered (a script error, a wrong type): the connection is fine.
+            }
+            Err(_) => {
+                if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= 3 {
+                    let mut replaced = self.replaced.lock();
+                    if replaced.elapsed() >= Duration::from_secs(1)
+                        && let Ok(fresh) =
+                            ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())
+                    {
+                        *replaced = std::time::Instant::now();
+                        self.failures.store(0, Ordering::Relaxed);
+                        self.conn.store(Arc::new(fresh));
+                        tracing::debug!("redis connection replaced after repeated failures");
+                    }
+                }
+            }
+        }
+        r
+    }
+
     /// Runs `cmd` within `timeout`.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd, timeout: Duration) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
-            Ok(r) => Ok(r?),
+        let mut conn = (**self.conn.load()).clone();
+        let r = match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(timeout)),
-        }
+        };
+        self.outcome(r)
     }
 
     /// Runs the commands of `pipe` (in order, in one round trip) within `timeout`.
     pub async fn exec(&self, pipe: &redis::Pipeline, timeout: Duration) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
-            Ok(r) => Ok(r?),
+        let mut conn = (**self.conn.load()).clone();
+        let r = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
+            Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(timeout)),
-        }
+        };
+        self.outcome(r)
     }
 
     /// Runs a Lua script (`EVALSHA`; on `NOSCRIPT`, `SCRIPT LOAD` and `EVALSHA` again) within
@@ -128,11 +169,12 @@ impl RedisStore {
         script: &redis::ScriptInvocation<'_>,
         timeout: Duration,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(timeout, script.invoke_async(&mut conn)).await {
-            Ok(r) => Ok(r?),
+        let mut conn = (**self.conn.load()).clone();
+        let r = match tokio::time::timeout(timeout, script.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(timeout)),
-        }
+        };
+        self.outcome(r)
     }
 
     /// Opens the connection now rather than on the first command, and says in the log
