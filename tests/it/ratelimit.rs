@@ -170,7 +170,10 @@ async fn concurrency_limits_count_requests_in_flight() {
     // The slots are free again once the responses have ended.
     assert_eq!(get(&gw.url("/inflight/x")).await.0, 200);
     // A streamed response holds its slot until its body ends.
+    let before = up.hits();
     let stream = slow("/busy/drip?chunks=5&ms=150");
+    // Poll only once the stream holds the slot (else a poll could take it first).
+    assert!(Gateway::eventually(Duration::from_secs(3), || async { up.hits() > before }).await);
     assert!(
         Gateway::eventually(Duration::from_secs(3), || async { get(&gw.url("/busy/x")).await.0 == 503 }).await,
         "the streaming request did not hold its slot"

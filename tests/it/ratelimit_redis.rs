@@ -121,7 +121,10 @@ async fn every_algorithm_counts_in_redis_across_instances() {
             statuses.push(s.as_u16());
             if s == 429 {
                 let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
-                assert!((1..=3600).contains(&retry), "{route}: {retry}");
+                // At most the period, but for sliding_window: its weighted estimate can
+                // need up to two periods to fall below the limit.
+                let most = if route == "sliding" { 7200 } else { 3600 };
+                assert!((1..=most).contains(&retry), "{route}: {retry}");
             }
         }
         let allowed = statuses.iter().filter(|s| **s == 200).count();

@@ -465,10 +465,28 @@ pub struct KeyInput<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// Keys longer than this are kept as a digest: header values and claims are the client's
+/// to choose, and 100,000 keys of 16 KiB would be 1.6 GB.
+const MAX_RAW_KEY: usize = 64;
+
 /// The key bytes: each part tagged and separated, so `("a", "bc")` and `("ab", "c")`
 /// never collide. A part the caller lacks (no consumer, no tenant) falls back to the
-/// client IP, so anonymous callers are limited per address, not all together.
+/// client IP, so anonymous callers are limited per address, not all together. A key over
+/// [`MAX_RAW_KEY`] bytes becomes `0xff` and the first 16 bytes of its SHA-256 (the same on
+/// every instance, so Redis counts it as one; `0xff` never appears in the UTF-8 of a raw
+/// key, so the two forms cannot collide).
 fn build_key(parts: &[Part], req: &KeyInput<'_>) -> Vec<u8> {
+    let raw = raw_key(parts, req);
+    if raw.len() <= MAX_RAW_KEY {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(17);
+    out.push(0xff);
+    out.extend_from_slice(&super::identity::sha256(&raw)[..16]);
+    out
+}
+
+fn raw_key(parts: &[Part], req: &KeyInput<'_>) -> Vec<u8> {
     let mut key = String::with_capacity(64);
     let ip = |key: &mut String| {
         let _ = write!(key, "ip={}", req.client_ip);
@@ -553,5 +571,32 @@ impl ConcurrencyLimit {
     pub fn acquire(&self, req: &KeyInput<'_>) -> Result<ConcurrencyGuard, GatewayError> {
         let key = build_key(&self.key, req);
         self.limiter.acquire(&key).ok_or_else(|| GatewayError::new(ErrorKind::InFlightLimit(self.def.status == 503)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_keys_are_kept_as_digests_and_short_ones_as_text() {
+        let key = |h: &HeaderMap| {
+            let input = KeyInput {
+                client_ip: "192.0.2.1".parse().unwrap(),
+                identity: None,
+                tenant: None,
+                route: "r",
+                headers: h,
+            };
+            build_key(&[Part::ClientIp, Part::Header(HeaderName::from_static("x-k"))], &input)
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-k", HeaderValue::from_static("short"));
+        assert_eq!(key(&headers), "ip=192.0.2.1\u{1f}h=short\u{1f}".as_bytes());
+        headers.insert("x-k", HeaderValue::from_str(&"a".repeat(16_000)).unwrap());
+        let long = key(&headers);
+        assert_eq!((long.len(), long[0]), (17, 0xff));
+        headers.insert("x-k", HeaderValue::from_str(&"a".repeat(15_999)).unwrap());
+        assert_ne!(key(&headers), long);
     }
 }
