@@ -11,21 +11,6 @@ use serde_json::json;
 use crate::auth::{SECRET, claims, mint};
 use crate::support::*;
 
-/// SHA-256 hex of `key`, by `portico hash-key` (the command operators use).
-fn hash_key(key: &str) -> String {
-    use std::io::Write;
-    let mut child = portico()
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn consumers_yaml(ci_keys: &[&str]) -> String {
     let keys: Vec<String> = ci_keys.iter().map(|k| format!("{{ sha256: {}, name: key-{k} }}", hash_key(k))).collect();
     format!(

@@ -4,18 +4,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn sha(key: &str) -> String {
-    use std::io::Write;
-    let mut child = portico()
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
-}
-
 fn rl_config(up: &TestUpstream, extra_routes: &str) -> String {
     config(&format!(
         r#"upstreams:
@@ -56,9 +44,9 @@ routes:
     plugins: [{{ concurrency_limit: {{ max: 1, status: 503 }} }}]
 {extra_routes}"#,
         up = up.url(),
-        a = sha("acme-key-000001"),
-        g = sha("globex-key-00001"),
-        c = sha("acme-ci-key-0001"),
+        a = hash_key("acme-key-000001"),
+        g = hash_key("globex-key-00001"),
+        c = hash_key("acme-ci-key-0001"),
     ))
 }
 

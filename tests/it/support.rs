@@ -514,6 +514,16 @@ pub fn rss_bytes(pid: i32) -> u64 {
     kb * 1024
 }
 
+/// SHA-256 hex of an API key, by `portico hash-key` (the command operators use).
+pub fn hash_key(key: &str) -> String {
+    use std::io::Write;
+    let mut child = portico().arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 pub fn portico() -> Command {
     Command::new(env!("CARGO_BIN_EXE_portico"))
 }
