@@ -293,3 +293,26 @@ routes:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn the_admin_token_guards_everything_but_health_and_ready() {
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\n  token: \"${{ADMIN_TOKEN}}\"\naccess_log:\n  output: ACCESS_LOG\nupstreams:\n  app: {{ targets: [{{ url: {} }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: app }}\n",
+        up.url()
+    );
+    let gw = Gateway::start_with_env(&yaml, &[("ADMIN_TOKEN", "s3cret-admin-token-0001")]);
+    for path in ["/health", "/ready"] {
+        assert_eq!(get(&gw.admin_url(path)).await.0, 200, "{path}");
+    }
+    for path in ["/metrics", "/upstreams"] {
+        let (s, h, _) = get(&gw.admin_url(path)).await;
+        assert_eq!((s.as_u16(), h["www-authenticate"].to_str().unwrap()), (401, r#"Bearer realm="portico-admin""#));
+        let wrong = get_with(&gw.admin_url(path), &[("authorization", "Bearer s3cret-admin-token-0002")]).await;
+        assert_eq!(wrong.0, 401);
+        let right = get_with(&gw.admin_url(path), &[("authorization", "Bearer s3cret-admin-token-0001")]).await;
+        assert_eq!(right.0, 200, "{path}");
+    }
+    let req = http::Request::post(gw.admin_url("/revocations")).body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+    assert_eq!(send(req).await.0, 401, "revocations need the token");
+}

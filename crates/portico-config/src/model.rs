@@ -231,11 +231,15 @@ pub struct Admin {
     /// Address and port of the admin listener.
     #[schemars(with = "String")]
     pub bind: SocketAddr,
+    /// When set, every admin endpoint but `/health` and `/ready` (which load balancers
+    /// probe) requires `Authorization: Bearer <token>`. At least 16 characters; keep it
+    /// out of the file with `${PORTICO_ADMIN_TOKEN}`.
+    pub token: Option<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
-        Self { enabled: true, bind: SocketAddr::from(([127, 0, 0, 1], 9901)) }
+        Self { enabled: true, bind: SocketAddr::from(([127, 0, 0, 1], 9901)), token: None }
     }
 }
 

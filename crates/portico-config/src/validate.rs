@@ -73,6 +73,11 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         err("request_id.header".into(), format!("{:?} is not a valid header name", config.request_id.header));
     }
 
+    if let Some(t) = &config.admin.token
+        && (t.len() < 16 || http::HeaderValue::from_str(t).is_err())
+    {
+        err("admin.token".into(), "must be at least 16 visible characters".into());
+    }
     for (name, up) in &config.upstreams {
         check_upstream(name, up, &mut err);
     }

@@ -37,6 +37,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move {
+                    if let Some(refused) = refuse_without_token(&req, &shared) {
+                        return Ok::<_, Infallible>(refused);
+                    }
                     if req.uri().path() == "/revocations" {
                         return Ok::<_, Infallible>(revocations(req, &shared).await);
                     }
@@ -49,6 +52,33 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                 .await;
         });
     }
+}
+
+/// With `admin.token`, a request for anything but `/health` and `/ready` without
+/// `Authorization: Bearer <token>` gets 401. Compared as SHA-256 digests in constant time,
+/// so neither the content nor the length of the token leaks through timing.
+fn refuse_without_token(req: &Request<Incoming>, shared: &Shared) -> Option<Response<Body>> {
+    if matches!(req.uri().path(), "/health" | "/ready") {
+        return None;
+    }
+    let snap = shared.snapshot.load();
+    let want = snap.config.admin.token.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .unwrap_or("");
+    let (a, b) =
+        (crate::plugins::identity::sha256(want.as_bytes()), crate::plugins::identity::sha256(given.as_bytes()));
+    if aws_lc_rs::constant_time::verify_slices_are_equal(&a, &b).is_ok() {
+        return None;
+    }
+    let mut res = text(StatusCode::UNAUTHORIZED, "application/json", r#"{"error":"admin token required"}"#.into());
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="portico-admin""#));
+    Some(res)
 }
 
 fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
