@@ -90,7 +90,9 @@ async fn api_keys_identify_consumers_and_are_never_forwarded() {
     assert!(seen.get("x-api-key").is_none(), "the key reached the upstream");
     // The second key of the same consumer, and the query parameter where configured.
     assert_eq!(get_with(&gw.url("/deploy/2"), &[("x-api-key", "ci-key-0002")]).await.0, 200);
-    assert_eq!(get(&gw.url("/deploy/3?api_key=ci-key-0001")).await.0, 200);
+    let (status, _, body) = get(&gw.url("/deploy/3?a=1&api_key=ci-key-0001&b=2")).await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["query"], "a=1&b=2", "the key went upstream in the query");
     // Unknown, empty and huge keys.
     for key in ["ci-key-0003", "CI-KEY-0001", " ", &"k".repeat(2000)] {
         let (status, headers, body) = get_with(&gw.url("/deploy/4"), &[("x-api-key", key)]).await;
@@ -113,6 +115,7 @@ async fn api_keys_identify_consumers_and_are_never_forwarded() {
     );
     // The key itself is never written to a log.
     assert!(!gw.stderr_text().contains("ci-key-0003"));
+    assert!(gw.access_log().iter().all(|l| !l.to_string().contains("ci-key-0001")), "a key in the access log");
 
     // A reload revokes a key and adds another.
     gw.write_config(&api_config(&up, &["ci-key-0002", "ci-key-0009"]));

@@ -85,7 +85,7 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
     let request_id = request_id(&req, &snap.request_id_header, snap.trust_request_id);
     let (client_ip, peer_trusted) = forwarded::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
     let method = req.method().clone();
-    let log_uri = wall_start.map(|_| req.uri().clone());
+    let mut log_uri = wall_start.map(|_| req.uri().clone());
     let version = req.version();
     let user_agent = wall_start.and(req.headers().get(header::USER_AGENT).cloned());
 
@@ -164,6 +164,12 @@ pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc
                             let identity = passed.identity.take();
                             rate = passed.rate;
                             slot = passed.slot.take();
+                            if let Some(uri) = route.plugins.hide_query(req.uri()) {
+                                if log_uri.is_some() {
+                                    log_uri = Some(uri.clone());
+                                }
+                                *req.uri_mut() = uri;
+                            }
                             let h = req.headers_mut();
                             route.plugins.hide_credentials(h);
                             if let Some(id) = &identity {

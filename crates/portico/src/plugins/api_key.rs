@@ -26,6 +26,11 @@ impl ApiKeyAuth {
         }
     }
 
+    /// The query parameter that carries keys, if any (never forwarded upstream).
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
     /// The header that carries keys, if any (never forwarded upstream).
     pub fn header(&self) -> Option<&HeaderName> {
         self.header.as_ref()

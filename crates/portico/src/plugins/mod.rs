@@ -64,6 +64,8 @@ pub struct Chain {
     challenge: Option<Challenge>,
     /// Credential headers not passed upstream (API keys).
     hide: Box<[HeaderName]>,
+    /// A credential query parameter not passed upstream nor logged (API keys).
+    hide_query: Option<Box<str>>,
 }
 
 /// What the request phase reads of a request.
@@ -146,6 +148,9 @@ impl Chain {
                 Plugin::ApiKey(c) => {
                     let a = api_key::ApiKeyAuth::new(c);
                     hide.extend(a.header().cloned());
+                    if let Some(q) = a.query() {
+                        chain.hide_query = Some(q.into());
+                    }
                     authn.push(Authn::ApiKey(a));
                 }
                 Plugin::Mtls(c) => authn.push(Authn::Mtls(mtls::MtlsAuth::new(c))),
@@ -298,6 +303,22 @@ impl Chain {
                 user: identity.map(|i| i.user_id),
             }),
         }
+    }
+
+    /// The URI without the credential query parameter, when it has one (for the upstream
+    /// request and the access log); `None` when there is nothing to remove.
+    pub fn hide_query(&self, uri: &Uri) -> Option<Uri> {
+        let name = self.hide_query.as_deref()?;
+        let query = uri.query()?;
+        let is_key = |pair: &&str| pair.split_once('=').map_or(*pair, |(k, _)| k) == name;
+        if !query.split('&').any(|p| is_key(&p)) {
+            return None;
+        }
+        let kept: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
+        let pq = if kept.is_empty() { uri.path().to_owned() } else { format!("{}?{}", uri.path(), kept.join("&")) };
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        Uri::from_parts(parts).ok()
     }
 
     /// Removes credentials that the upstream must not see (API keys).
