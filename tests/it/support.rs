@@ -514,6 +514,15 @@ pub fn rss_bytes(pid: i32) -> u64 {
     kb * 1024
 }
 
+/// What `portico validate` prints for `yaml`, which must be refused.
+pub fn validation_errors(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_temp(dir.path(), "bad.yaml", yaml);
+    let out = portico().args(["validate", f.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "the config was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// SHA-256 hex of an API key, by `portico hash-key` (the command operators use).
 pub fn hash_key(key: &str) -> String {
     use std::io::Write;
