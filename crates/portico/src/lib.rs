@@ -242,13 +242,8 @@ impl Gateway {
             AccessLog::disabled()
         };
         let audit_log = if config.audit_log.enabled {
-            AuditLog::start_named(
-                &config.audit_log.output,
-                config.audit_log.queue_size,
-                metrics.audit_log_dropped.clone(),
-                "portico-audit-log",
-            )
-            .map_err(|source| StartError::AccessLog { path: config.audit_log.output.clone(), source })?
+            AuditLog::new(&config.audit_log.output, config.audit_log.queue_size, metrics.audit_log_dropped.clone())
+                .map_err(|source| StartError::AccessLog { path: config.audit_log.output.clone(), source })?
         } else {
             AuditLog::disabled()
         };

@@ -12,8 +12,62 @@ use serde::Serialize;
 
 use super::access_log::{JsonLine, LineLog};
 
-/// The audit log.
-pub type AuditLog = LineLog<AuditRecord>;
+/// The audit log. Its writer thread starts with the first refusal: a gateway that never
+/// refuses anyone (no authentication configured) never pays for it (a thread costs about
+/// 2 MiB of allocator memory).
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    inner: Option<Arc<Lazy>>,
+}
+
+#[derive(Debug)]
+struct Lazy {
+    output: String,
+    queue_size: usize,
+    dropped: prometheus_client::metrics::counter::Counter,
+    log: std::sync::OnceLock<LineLog<AuditRecord>>,
+}
+
+impl AuditLog {
+    /// An audit log that writes nothing.
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    /// An audit log to `output` (`stdout`, `stderr` or a file, which is opened here to
+    /// report a bad path at start); the writer starts on first use.
+    pub fn new(
+        output: &str,
+        queue_size: usize,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> std::io::Result<Self> {
+        if !matches!(output, "stdout" | "stderr") {
+            std::fs::OpenOptions::new().create(true).append(true).open(output)?;
+        }
+        let lazy = Lazy { output: output.to_owned(), queue_size, dropped, log: std::sync::OnceLock::new() };
+        Ok(Self { inner: Some(Arc::new(lazy)) })
+    }
+
+    /// Queues a record (starting the writer the first time), or drops and counts it.
+    pub fn log(&self, record: AuditRecord) {
+        let Some(lazy) = &self.inner else { return };
+        let log = lazy.log.get_or_init(|| {
+            LineLog::start_named(&lazy.output, lazy.queue_size, lazy.dropped.clone(), "portico-audit-log")
+                .unwrap_or_else(|e| {
+                    tracing::warn!(output = %lazy.output, error = %e, "cannot open the audit log; its lines are lost");
+                    LineLog::disabled()
+                })
+        });
+        log.log(record);
+    }
+
+    /// Writes out what is queued (at most `timeout`), if the writer ever started.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if let Some(log) = self.inner.as_ref().and_then(|l| l.log.get()) {
+            log.flush(timeout);
+        }
+    }
+}
 
 /// One refused request.
 #[derive(Debug)]
