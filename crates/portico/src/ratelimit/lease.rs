@@ -1,5 +1,6 @@
 //! The batched mode of Redis limits: each instance holds, per key, a *lease* of units
-//! reserved from Redis in one round trip ([`RedisLimiter::reserve`]) and spends it locally.
+//! reserved from Redis in one round trip
+//! ([`RedisLimiter::reserve`](super::RedisLimiter::reserve)) and spends it locally.
 //!
 //! - A request takes one unit of its key's lease, without Redis, while the lease has units
 //!   and has not expired.
@@ -14,8 +15,9 @@
 //!   refused requests do not each cost a round trip either.
 //!
 //! The table is sharded, each shard behind a `parking_lot` mutex held for a few
-//! instructions, and bounded: a full shard drops its expired leases, and a key that still
-//! finds no room is decided by a reservation of one unit, not remembered.
+//! instructions, and bounded: a full shard drops its expired leases (scanning at most
+//! every 100 ms), and a key that still finds no room is decided by a reservation of one
+//! unit, not remembered.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,8 +32,19 @@ use super::redis::Reservation;
 
 const SHARDS: usize = 16;
 
+/// How often at most a full shard is scanned for expired leases (a scan holds its lock
+/// for the whole shard).
+const PURGE_EVERY: Duration = Duration::from_millis(100);
+
 /// One shard of the table: leases by key.
-type Shard = Mutex<HashMap<Box<[u8]>, Lease>>;
+#[derive(Debug)]
+struct Table {
+    map: HashMap<Box<[u8]>, Lease>,
+    /// When a full shard may be scanned again.
+    next_purge: Option<Instant>,
+}
+
+type Shard = Mutex<Table>;
 
 #[derive(Debug)]
 struct Lease {
@@ -83,7 +96,7 @@ impl Leases {
     /// Leases of `batch` units (at least 1), valid for `ttl`, for at most about
     /// `max_keys` keys.
     pub fn new(batch: u64, ttl: Duration, max_keys: usize) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(Table { map: HashMap::new(), next_purge: None })).collect();
         Self { shards, batch: batch.max(1), ttl, per_shard: max_keys.div_ceil(SHARDS).max(1) }
     }
 
@@ -121,14 +134,18 @@ impl Leases {
 
     fn step(&self, key: &[u8]) -> Step {
         let now = Instant::now();
-        let mut shard = self.shard(key).lock();
-        if !shard.contains_key(key) && shard.len() >= self.per_shard {
-            shard.retain(|_, l| !l.idle(now));
-            if shard.len() >= self.per_shard {
+        let mut guard = self.shard(key).lock();
+        let table = &mut *guard;
+        if !table.map.contains_key(key) && table.map.len() >= self.per_shard {
+            if table.next_purge.is_none_or(|t| t <= now) {
+                table.map.retain(|_, l| !l.idle(now));
+                table.next_purge = Some(now + PURGE_EVERY);
+            }
+            if table.map.len() >= self.per_shard {
                 return Step::Unstored;
             }
         }
-        let lease = shard.entry(key.into()).or_insert_with(|| Lease {
+        let lease = table.map.entry(key.into()).or_insert_with(|| Lease {
             units: 0,
             until: now,
             remaining: 0,
@@ -162,7 +179,7 @@ impl Leases {
     fn settle(&self, key: &[u8], r: Option<&Reservation>) {
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
-        let Some(lease) = shard.get_mut(key) else { return };
+        let Some(lease) = shard.map.get_mut(key) else { return };
         lease.pending = None;
         let Some(r) = r else { return };
         let d = r.decision;
@@ -184,13 +201,13 @@ impl Leases {
     pub fn sweep(&self) {
         let now = Instant::now();
         for s in &*self.shards {
-            s.lock().retain(|_, l| !l.idle(now));
+            s.lock().map.retain(|_, l| !l.idle(now));
         }
     }
 
     /// Keys with a lease (for tests).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 
     /// Whether no key has a lease.
@@ -315,10 +332,13 @@ mod tests {
         assert!(l.len() <= 16, "{}", l.len());
         // Keys without room were decided by a reservation of one unit.
         assert!(b.sizes.lock().contains(&1));
-        // Expired leases make room.
+        // Expired leases make room, without a sweep.
         tokio::time::advance(Duration::from_secs(1)).await;
+        let calls = b.sizes.lock().len();
+        assert!(decide(&l, &b, b"new").await.allowed);
+        assert_eq!(b.sizes.lock()[calls..], [10]);
         l.sweep();
-        assert!(l.is_empty());
+        assert_eq!(l.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
