@@ -285,3 +285,92 @@ fn store_redis_without_redis_is_refused_with_its_path() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("routes[0].plugins[0].rate_limit.store"), "{text}");
 }
+
+/// `mode: batched`: 600 requests for one key, round-robin over three instances, against a
+/// `200/1m` token bucket with `batch: 10`. The bound of docs/ratelimit.md#batched-mode: no
+/// more than the limit plus what refills while the test runs (Redis never grants more
+/// than a strict decision would), no fewer than the limit minus `instances × (batch - 1)`
+/// (units left in leases); and far fewer round trips than requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_stays_within_its_bound_with_few_round_trips() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let cfg = redis_config(
+        &up,
+        &redis,
+        &[("batched", "{ limits: [{ limit: 200, per: 1m }], store: redis, instances: 3, mode: batched, batch: 10 }")],
+    );
+    let gws = [Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg)];
+    let gws: Vec<&Gateway> = gws.iter().collect();
+    let before = evalsha_ok(&redis);
+    let start = Instant::now();
+    let answers = burst(&gws, "/batched/x", 600, 48).await;
+    let took = start.elapsed();
+    let calls = evalsha_ok(&redis) - before;
+    let allowed = count(&answers, 200);
+    // 200 per minute refill: one unit per 300 ms.
+    let refilled = (took.as_millis() / 300) as usize + 1;
+    eprintln!("batched: 600 requests over 3 instances in {took:?}: {allowed} allowed, {calls} EVALSHA calls");
+    assert_eq!(allowed + count(&answers, 429), 600, "{answers:?}");
+    assert!(allowed <= 200 + refilled, "{allowed} allowed, limit 200 (+{refilled} refilled)");
+    assert!(allowed >= 200 - 3 * 9, "{allowed} allowed, limit 200, at most 27 left in leases");
+    assert!(calls < 100, "{calls} round trips for 600 requests");
+    for gw in &gws {
+        assert_eq!(gw.metric(r#"gateway_rate_limit_store_errors_total{route="batched"}"#).await, 0.0);
+    }
+}
+
+/// `mode: batched` when Redis goes away: the units already leased are spent, then
+/// `on_store_error` decides, as in strict mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_mode_spends_its_lease_then_follows_on_store_error() {
+    let mut redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let cfg = redis_config(
+        &up,
+        &redis,
+        &[(
+            "deny",
+            "{ limits: [{ limit: 100, per: 1h, algorithm: fixed_window }], store: redis, mode: batched, batch: 5, on_store_error: deny }",
+        )],
+    );
+    let gw = Gateway::start(&cfg);
+    let (s, h, _) = get(&gw.url("/deny/x")).await;
+    assert_eq!((s.as_u16(), remaining(&h)), (200, Some(99)));
+    assert_eq!(evalsha_ok(&redis), 1);
+    redis.stop();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(&gw.url("/deny/x")).await.0.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 503, 503]);
+    assert!(gw.metric(r#"gateway_rate_limit_store_errors_total{route="deny"}"#).await >= 2.0);
+    redis.restart();
+    assert!(Gateway::eventually(Duration::from_secs(10), || async { get(&gw.url("/deny/x")).await.0 == 200 }).await);
+}
+
+#[test]
+fn batched_mode_is_refused_where_it_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("{ limits: [{ limit: 1, per: 1s }], mode: batched }", "rate_limit.mode"),
+        (
+            "{ limits: [{ limit: 1, per: 1s, algorithm: sliding_log }], store: redis, mode: batched }",
+            "rate_limit.limits[0].algorithm",
+        ),
+        ("{ limits: [{ limit: 1, per: 1s }], store: redis, mode: batched, batch: 0 }", "rate_limit.batch"),
+    ];
+    for (plugin, path) in cases {
+        let file = write_temp(
+            dir.path(),
+            "p.yaml",
+            &format!(
+                "version: 1\nlisteners: [{{ name: public, bind: 127.0.0.1:0 }}]\nredis: {{ url: \"redis://127.0.0.1:9\" }}\nupstreams: {{ app: {{ targets: [{{ url: http://127.0.0.1:9 }}] }} }}\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: app, plugins: [{{ rate_limit: {plugin} }}] }}\n"
+            ),
+        );
+        let out = portico().args(["validate", file.to_str().unwrap()]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{plugin}: {text}");
+        assert!(text.contains(&format!("routes[0].plugins[0].{path}")), "{plugin}: {text}");
+    }
+}

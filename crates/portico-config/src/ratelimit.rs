@@ -40,10 +40,39 @@ pub struct RateLimit {
     /// Redis is unavailable, so that together they stay near the limit. Default 1.
     #[serde(default = "one")]
     pub instances: u32,
+    /// `store: redis`: `strict` (one Redis round trip per limit and request: exact; the
+    /// default) or `batched` (each instance reserves `batch` units of a key's budget in one
+    /// round trip and spends them locally; see docs/ratelimit.md#batched-mode for its
+    /// bounds). `batched` works with `token_bucket`, `gcra` and `fixed_window`.
+    #[serde(default)]
+    pub mode: LimitMode,
+    /// `mode: batched`: how many units an instance reserves from Redis at once (1 to
+    /// 1000; default 10). Larger: fewer round trips, more units left unused when a
+    /// reservation expires (after `min(per, 1s)`).
+    #[serde(default = "default_batch")]
+    pub batch: u32,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn default_batch() -> u32 {
+    10
+}
+
+/// Most units a `batched` limit reserves at once.
+pub const MAX_BATCH: u32 = 1000;
+
+/// How a `store: redis` limit talks to Redis.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// One round trip per limit and request: exact across instances.
+    #[default]
+    Strict,
+    /// Each instance reserves `batch` units at once and spends them without asking Redis.
+    Batched,
 }
 
 /// What a `store: redis` limit decides when Redis cannot answer in time.
@@ -155,7 +184,8 @@ pub enum LimitStore {
     #[default]
     Local,
     /// In the top-level `redis`, shared by every instance: one Lua script (one round trip)
-    /// per limit and request, timed by the Redis server's clock.
+    /// per limit and request (`mode: strict`) or per `batch` requests (`mode: batched`),
+    /// timed by the Redis server's clock.
     Redis,
 }
 
@@ -246,6 +276,33 @@ pub(crate) fn check_rate_limit(p: &str, r: &RateLimit, config: &crate::Config, e
     }
     if r.instances == 0 {
         err(format!("{p}.instances"), "must be at least 1".into());
+    }
+    if r.mode == LimitMode::Batched {
+        if r.store != LimitStore::Redis {
+            err(format!("{p}.mode"), "mode: batched needs store: redis (it batches Redis round trips)".into());
+        }
+        let batched_ok = |l: &Limit| {
+            matches!(l.algorithm, LimitAlgorithm::TokenBucket | LimitAlgorithm::Gcra | LimitAlgorithm::FixedWindow)
+        };
+        for (i, l) in r.limits.iter().enumerate() {
+            if !batched_ok(l) {
+                err(
+                    format!("{p}.limits[{i}].algorithm"),
+                    "mode: batched supports token_bucket, gcra and fixed_window only (use mode: strict)".into(),
+                );
+            }
+        }
+        for (name, plan) in &config.plans {
+            if r.plans && plan.rate_limit.iter().any(|l| !batched_ok(l)) {
+                err(
+                    format!("plans.{name}.rate_limit"),
+                    format!("{p} has mode: batched, which supports token_bucket, gcra and fixed_window only"),
+                );
+            }
+        }
+    }
+    if !(1..=MAX_BATCH).contains(&r.batch) {
+        err(format!("{p}.batch"), format!("must be 1 to {MAX_BATCH}"));
     }
 }
 

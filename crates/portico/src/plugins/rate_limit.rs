@@ -11,7 +11,9 @@
 //! all instances counting together); when Redis fails or is too slow, by
 //! `on_store_error`: pass, 503, or a local limiter allowing `limit / instances`. A failure
 //! pauses the use of Redis for [`STORE_PAUSE`], so a hanging Redis costs one timeout per
-//! pause rather than one per request.
+//! pause rather than one per request. With `mode: batched`, a limit that can reserve
+//! (`token_bucket`, `gcra`, `fixed_window`) is decided from this instance's
+//! [`Leases`] instead: one reservation of `batch` units per round trip.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,13 +23,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use portico_config::{ConfigError, KeyPart, LimitAlgorithm, LimitStore, OnStoreError, RateLimitHeaders};
+use portico_config::{ConfigError, KeyPart, LimitAlgorithm, LimitMode, LimitStore, OnStoreError, RateLimitHeaders};
 use tokio::time::Instant;
 
 use super::identity::Identity;
 use crate::error::{ErrorKind, GatewayError};
 use crate::observe::Metrics;
-use crate::ratelimit::{Algorithm, Concurrency, ConcurrencyGuard, Decision, LocalLimiter, Policy, RedisLimiter};
+use crate::ratelimit::{
+    Algorithm, Concurrency, ConcurrencyGuard, Decision, Leases, LocalLimiter, Policy, RedisLimiter,
+};
 use crate::store::redis::RedisStore;
 
 /// Keys one limiter tracks at most.
@@ -92,7 +96,12 @@ struct Limit {
     limiter: Arc<LocalLimiter>,
     /// `store: redis`: the shared limiter.
     shared: Option<RedisLimiter>,
+    /// `mode: batched` (and an algorithm that can reserve): this instance's leases.
+    leases: Option<Leases>,
 }
+
+/// How long a batched lease may be spent: `min(per, LEASE_TTL)`.
+const LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// A key part, compiled.
 #[derive(Debug)]
@@ -209,6 +218,11 @@ fn limiter_id(scope: &str, plan: &str, def: &portico_config::Limit, nth: usize) 
     format!("{scope}:{plan}:{:016x}", crate::upstream::balance::fnv1a(canonical.as_bytes()))
 }
 
+/// `mode: batched`: the units reserved at once.
+fn batch(def: &portico_config::RateLimit) -> Option<u64> {
+    (def.mode == LimitMode::Batched).then(|| u64::from(def.batch.max(1)))
+}
+
 /// Where and how a plugin's limits are counted.
 struct Store<'a> {
     /// The shared Redis, for `store: redis` (`None`: counted locally).
@@ -217,6 +231,8 @@ struct Store<'a> {
     instances: u64,
     /// The route, or `global`.
     scope: &'a str,
+    /// `mode: batched`: the units reserved at once.
+    batch: Option<u64>,
 }
 
 fn compile_limits(
@@ -249,7 +265,11 @@ fn compile_limits(
                 Some(RedisLimiter::new(r.clone(), full, &id, r.timeout()).map_err(err)?)
             }
         };
-        out.push(Limit { def: def.clone(), limiter, shared });
+        let leases = match (&shared, store.batch) {
+            (Some(s), Some(batch)) if s.can_reserve() => Some(Leases::new(batch, full.period.min(LEASE_TTL), MAX_KEYS)),
+            _ => None,
+        };
+        out.push(Limit { def: def.clone(), limiter, shared, leases });
     }
     // Shortest period first: a request refused by the minute is not charged to the day.
     out.sort_by_key(|l| l.def.per.get());
@@ -271,7 +291,7 @@ impl RateLimit {
         metrics: &Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         let redis = redis.filter(|_| def.store == LimitStore::Redis);
-        let store = Store { redis, instances: u64::from(def.instances.max(1)), scope };
+        let store = Store { redis, instances: u64::from(def.instances.max(1)), scope, batch: batch(def) };
         let mut carried: Carried =
             prev.map(|p| p.limits.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect()).unwrap_or_default();
         let limits = compile_limits(&format!("{path}.limits"), "-", &def.limits, &mut carried, &store)?;
@@ -333,7 +353,7 @@ impl RateLimit {
         let mut delay = None;
         for l in limits.iter() {
             let d = match (&l.shared, &self.store) {
-                (Some(shared), Some(state)) => match self.check_shared(shared, state, &key, req.route).await {
+                (Some(shared), Some(state)) => match self.check_shared(l, shared, state, &key, req.route).await {
                     Some(d) => d,
                     None => match self.def.on_store_error {
                         OnStoreError::Allow => continue,
@@ -363,11 +383,34 @@ impl RateLimit {
     /// The decision of Redis, or `None` when it failed (counted and logged).
     async fn check_shared(
         &self,
+        limit: &Limit,
         shared: &RedisLimiter,
         state: &StoreState,
         key: &[u8],
         route: &str,
     ) -> Option<Decision> {
+        if let Some(leases) = &limit.leases {
+            // Batched: from this instance's lease, or a reservation (the same error
+            // handling as a strict decision).
+            return leases
+                .decide(key, |n| async move {
+                    if state.paused() {
+                        state.metrics.rate_limit_store_error(route);
+                        return None;
+                    }
+                    match shared.reserve(key, n).await {
+                        Ok(r) => {
+                            state.succeeded();
+                            Some(r)
+                        }
+                        Err(e) => {
+                            state.failed(route, self.def.on_store_error, &e);
+                            None
+                        }
+                    }
+                })
+                .await;
+        }
         if state.paused() {
             // Counted, but the pause is not extended: with requests arriving more often than
             // the pause lasts, extending it would never let Redis be tried again.
@@ -404,8 +447,12 @@ impl RateLimit {
             .get(&*t.id)
             .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
             .unwrap_or_default();
-        let store =
-            Store { redis: self.redis.as_ref(), instances: u64::from(self.def.instances.max(1)), scope: &self.scope };
+        let store = Store {
+            redis: self.redis.as_ref(),
+            instances: u64::from(self.def.instances.max(1)),
+            scope: &self.scope,
+            batch: batch(&self.def),
+        };
         let plan = format!("tenant={}", t.id);
         let compiled: Arc<[Limit]> = compile_limits("tenants", &plan, defs, &mut carried, &store).ok()?.into();
         if table.len() >= MAX_TENANTS {
@@ -420,10 +467,16 @@ impl RateLimit {
         let now = Instant::now();
         for l in self.limits.iter().chain(self.plans.values().flat_map(|p| p.iter())) {
             l.limiter.sweep(now);
+            if let Some(leases) = &l.leases {
+                leases.sweep();
+            }
         }
         let tenants: Vec<Arc<[Limit]>> = self.tenant_limits.lock().values().cloned().collect();
         for l in tenants.iter().flat_map(|t| t.iter()) {
             l.limiter.sweep(now);
+            if let Some(leases) = &l.leases {
+                leases.sweep();
+            }
         }
     }
 

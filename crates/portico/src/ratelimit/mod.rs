@@ -184,6 +184,7 @@ mod concurrency;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
+pub mod lease;
 pub mod redis;
 mod sliding_log;
 mod sliding_window;
@@ -199,7 +200,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use concurrency::{Concurrency, ConcurrencyGuard};
-pub use redis::RedisLimiter;
+pub use lease::Leases;
+pub use redis::{RedisLimiter, Reservation};
 
 use table::Table;
 

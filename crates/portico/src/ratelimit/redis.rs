@@ -7,6 +7,10 @@
 //! run once more, which is the only case with more than one round trip. The whole call,
 //! reload included, is bounded by the store's timeout.
 //!
+//! [`RedisLimiter::reserve`] is the batched mode's call (see [`super::lease`]): one round
+//! trip that grants up to `n` units at once, only those available (`gcra`, `token_bucket`,
+//! `fixed_window`).
+//!
 //! # Semantics
 //!
 //! The same algorithms as the [local ones](super), with the same [`Decision`] fields, so a
@@ -97,6 +101,40 @@ if after <= max_debt + slack then
   return {1, whole((max_debt - after) / interval), ns(after), 0, 0}
 end
 return {0, whole((max_debt - debt) / interval), ns(debt), ns(after - max_debt), 0}
+";
+
+/// A reservation of `gcra` (`token_bucket`): grants `min(cost, available)` units at once,
+/// spending them as one request of that cost would. ARGV as [`GCRA`]. Returns `{granted,
+/// remaining, reset_after ns, retry_after ns (of one unit, when none was granted), 0}`.
+const GCRA_RESERVE: &str = r"
+local interval, max_debt = tonumber(ARGV[2]), tonumber(ARGV[3])
+local debt = state(KEYS[1])
+local grant = math.min(cost, whole((max_debt - debt) / interval))
+if grant > 0 then
+  debt = debt + grant * interval
+  save(KEYS[1], debt)
+  return {grant, whole((max_debt - debt) / interval), ns(debt), 0, 0}
+end
+return {0, 0, ns(debt), ns(debt + interval - max_debt), 0}
+";
+
+/// A reservation of `fixed_window`: `INCRBY` of `min(cost, limit - count)`. ARGV as
+/// [`FIXED_WINDOW`]. Returns `{granted, remaining, reset_after ns, time to the window's
+/// end ns, 0}`.
+const FIXED_WINDOW_RESERVE: &str = r"
+local period, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local window = math.floor(now / period)
+local key = KEYS[1] .. ':' .. string.format('%.0f', window)
+local count = tonumber(redis.call('GET', key)) or 0
+local left = (window + 1) * period - now
+local grant = math.max(0, math.min(cost, limit - count))
+if grant > 0 then
+  count = redis.call('INCRBY', key, grant)
+  redis.call('PEXPIRE', key, math.ceil(left / 1000) + 1)
+end
+local reset = 0
+if count > 0 then reset = left end
+return {grant, math.max(0, limit - count), ns(reset), ns(left), 0}
 ";
 
 /// `leaky_bucket`. ARGV: cost, `T` in µs, `max_delay` in µs, capacity.
@@ -226,6 +264,21 @@ static LEAKY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEAKY));
 static FIXED_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FIXED_WINDOW));
 static SLIDING_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SLIDING_WINDOW));
 static SLIDING_LOG_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SLIDING_LOG));
+static GCRA_RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GCRA_RESERVE));
+static FIXED_WINDOW_RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FIXED_WINDOW_RESERVE));
+
+/// What a reservation ([`RedisLimiter::reserve`]) obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Units granted (0: none was available).
+    pub granted: u64,
+    /// The decision for the first of them (or the refusal when none was granted), with
+    /// the shared numbers after the reservation.
+    pub decision: Decision,
+    /// How long the granted units may be spent: `fixed_window`, until the window ends;
+    /// the rate algorithms, unbounded (`None`).
+    pub valid_for: Option<Duration>,
+}
 
 /// One [`Policy`] enforced in Redis for every instance that builds it with the same id.
 pub struct RedisLimiter {
@@ -283,6 +336,64 @@ impl RedisLimiter {
         };
         let key_prefix = format!("{}rl:{{{id}:", store.prefix()).into_bytes().into_boxed_slice();
         Ok(Self { store, policy, capacity, key_prefix, script, args: args.into(), timeout })
+    }
+
+    /// Whether [`reserve`](Self::reserve) supports the policy's algorithm (`gcra`,
+    /// `token_bucket`, `fixed_window`).
+    pub fn can_reserve(&self) -> bool {
+        matches!(self.policy.algorithm, Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::FixedWindow)
+    }
+
+    /// Reserves up to `want` units of `key` at once, in one round trip: Redis grants
+    /// `min(want, available)` atomically, so the units granted to every instance together
+    /// never exceed what the limit allows. Only for the algorithms of
+    /// [`can_reserve`](Self::can_reserve); others decide one unit as [`check`](Self::check).
+    pub async fn reserve(&self, key: &[u8], want: u64) -> Result<Reservation, StoreError> {
+        let script: &Script = match self.policy.algorithm {
+            Algorithm::Gcra | Algorithm::TokenBucket => &GCRA_RESERVE_SCRIPT,
+            Algorithm::FixedWindow => &FIXED_WINDOW_RESERVE_SCRIPT,
+            _ => {
+                let decision = self.check(key, 1).await?;
+                return Ok(Reservation { granted: u64::from(decision.allowed), decision, valid_for: None });
+            }
+        };
+        if self.policy.limit == 0 {
+            let period = self.policy.period;
+            return Ok(Reservation { granted: 0, decision: Decision::refuse(0, 0, period, period), valid_for: None });
+        }
+        let want = want.clamp(1, self.capacity.max(1));
+        let mut inv = script.prepare_invoke();
+        inv.key(self.redis_key(key)).arg(want);
+        for a in &*self.args {
+            inv.arg(a.as_str());
+        }
+        let (granted, remaining, reset_ns, retry_ns, _): (i64, i64, i64, i64, i64) =
+            self.store.invoke(&inv, self.timeout).await?;
+        let nanos = |v: i64| Duration::from_nanos(u64::try_from(v).unwrap_or(0));
+        let granted = u64::try_from(granted).unwrap_or(0).min(want);
+        let remaining = u64::try_from(remaining).unwrap_or(0).min(self.capacity);
+        let reset_after = nanos(reset_ns);
+        let fixed = self.policy.algorithm == Algorithm::FixedWindow;
+        Ok(if granted > 0 {
+            // Of the units granted, the first is this request's; the rest are the lease.
+            let left = remaining.saturating_add(granted - 1).min(self.capacity);
+            Reservation {
+                granted,
+                decision: Decision::allow(self.capacity, left, reset_after),
+                valid_for: fixed.then(|| nanos(retry_ns)),
+            }
+        } else {
+            Reservation {
+                granted: 0,
+                decision: Decision::refuse(
+                    self.capacity,
+                    remaining,
+                    reset_after,
+                    nanos(retry_ns).max(Duration::from_micros(1)),
+                ),
+                valid_for: None,
+            }
+        })
     }
 
     /// The policy enforced.
@@ -496,6 +607,36 @@ mod tests {
             let pttl: i64 = s.store.query(redis::cmd("PTTL").arg(&keys[0]), ms(500)).await.unwrap();
             assert!(pttl > 0 && pttl <= 20_001, "{alg}: {pttl}");
         }
+    }
+
+    #[tokio::test]
+    async fn ratelimit_redis_reservations_grant_what_is_available() {
+        let s = server().await;
+        let hour = Duration::from_secs(3600);
+        for alg in [Algorithm::Gcra, Algorithm::TokenBucket, Algorithm::FixedWindow] {
+            let l = limiter(&s, Policy::new(alg, 25, hour), alg.as_str());
+            assert!(l.can_reserve());
+            let mut granted = Vec::new();
+            for _ in 0..4 {
+                let r = l.reserve(b"k", 10).await.unwrap();
+                granted.push(r.granted);
+                if r.granted > 0 {
+                    assert!(r.decision.allowed);
+                    assert_eq!(r.decision.remaining, 25 - granted.iter().sum::<u64>() + r.granted - 1, "{alg}");
+                } else {
+                    assert!(!r.decision.allowed);
+                    let retry = r.decision.retry_after.unwrap();
+                    assert!(retry > ms(100_000) && retry <= hour, "{alg}: {retry:?}");
+                }
+                assert_eq!(r.valid_for.is_some(), alg == Algorithm::FixedWindow && r.granted > 0, "{alg}");
+            }
+            assert_eq!(granted, [10, 10, 5, 0], "{alg}");
+            // Reservations and single decisions count in the same keys.
+            assert!(!l.check(b"k", 1).await.unwrap().allowed, "{alg}");
+            assert!(l.check(b"other", 1).await.unwrap().allowed, "{alg}");
+            assert_eq!(l.reserve(b"other", 100).await.unwrap().granted, 24, "{alg}");
+        }
+        assert!(!limiter(&s, Policy::new(Algorithm::SlidingLog, 5, hour), "log").can_reserve());
     }
 
     #[tokio::test]
