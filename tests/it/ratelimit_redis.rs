@@ -374,3 +374,29 @@ fn batched_mode_is_refused_where_it_cannot_work() {
         assert!(text.contains(&format!("routes[0].plugins[0].{path}")), "{plugin}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_token_bucket() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let cfg = redis_config(
+        &up,
+        &redis,
+        &[("bucket", "{ limits: [{ limit: 200, per: 1m, algorithm: gcra }], store: redis }")],
+    );
+    let gws = [Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg)];
+    let gws: Vec<&Gateway> = gws.iter().collect();
+    let start = Instant::now();
+    let answers = burst(&gws, "/bucket/x", 600, 48).await;
+    let took = start.elapsed();
+    let allowed = count(&answers, 200) as u64;
+    // The bucket holds 200 and refills 200 per minute: during the burst, at most the
+    // tokens refilled meanwhile come on top (one every 300 ms).
+    let refilled = (took.as_millis() as u64).div_ceil(300);
+    eprintln!("600 requests over 3 instances in {took:?}: {allowed} allowed (refill bound {refilled})");
+    assert_eq!(allowed as usize + count(&answers, 429), 600, "{answers:?}");
+    assert!((200..=200 + refilled).contains(&allowed), "{allowed} allowed, limit 200, {took:?}");
+    if took < Duration::from_millis(600) {
+        assert!(allowed <= 202, "not within 1% of the limit: {allowed}");
+    }
+}
