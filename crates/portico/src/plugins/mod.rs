@@ -10,7 +10,7 @@
 //! | request  | 2     | `cors` (preflight) | 204, 403 |
 //! | request  | 3     | `mtls`, `jwt`, `api_key` | 401 (first credential found decides); `jwt` with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` |
 //! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
-//! | request  | 5     | `rate_limit`       | 429 (a leaky bucket may delay instead) |
+//! | request  | 5     | `rate_limit`       | 429 (a leaky bucket may delay instead); 503 with `store: redis` down and `on_store_error: deny` |
 //! | request  | 6     | `concurrency_limit` | 429 or 503 |
 //! | response | 1     | `rate_limit` (headers) | |
 //! | response | 2     | `cors`             | |
