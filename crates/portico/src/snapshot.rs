@@ -442,15 +442,9 @@ impl Snapshot {
                         .and_then(|p| p.routes.iter().find(|pr| *pr.name == *r.name))
                         .map(|pr| &pr.plugins)
                         .map(|c| {
-                            let own = |a: Option<&Arc<RateLimit>>, g: Option<&Arc<RateLimit>>| {
-                                a.filter(|a| !g.is_some_and(|g| Arc::ptr_eq(a, g))).cloned()
-                            };
-                            let own_c = |a: Option<&Arc<ConcurrencyLimit>>, g: Option<&Arc<ConcurrencyLimit>>| {
-                                a.filter(|a| !g.is_some_and(|g| Arc::ptr_eq(a, g))).cloned()
-                            };
                             (
-                                own(c.rate_limit(), prev_global.and_then(|g| g.0.as_ref())),
-                                own_c(c.concurrency_limit(), prev_global.and_then(|g| g.1.as_ref())),
+                                own_of(c.rate_limit(), prev_global.and_then(|g| g.0.as_ref())),
+                                own_of(c.concurrency_limit(), prev_global.and_then(|g| g.1.as_ref())),
                             )
                         });
                     let (own_rate, own_conc) = compile_limits(
@@ -512,6 +506,11 @@ struct LimitsCtx<'a> {
     plans: &'a std::collections::BTreeMap<String, portico_config::Plan>,
     services: Option<&'a Services>,
     metrics: &'a Arc<Metrics>,
+}
+
+/// A route's plugin instance when it is its own, not the global one it shares.
+fn own_of<T>(route: Option<&Arc<T>>, global: Option<&Arc<T>>) -> Option<Arc<T>> {
+    route.filter(|r| !global.is_some_and(|g| Arc::ptr_eq(r, g))).cloned()
 }
 
 /// Compiles the `rate_limit` and `concurrency_limit` of a plugin list (`path` names the

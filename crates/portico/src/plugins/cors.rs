@@ -67,16 +67,19 @@ impl Cors {
         if self.any {
             return true;
         }
-        let Ok(o) = origin.to_str() else { return false };
-        let o = o.to_ascii_lowercase();
-        self.exact.iter().any(|e| **e == o)
+        // Compared without regard to case, without building a lower-case copy per request
+        // (the configured origins are stored lower case).
+        let o = origin.as_bytes();
+        self.exact.iter().any(|e| e.as_bytes().eq_ignore_ascii_case(o))
             || self.wildcard.iter().any(|(scheme, suffix)| {
-                o.strip_prefix(&**scheme).is_some_and(|host| {
+                let (scheme, suffix) = (scheme.as_bytes(), suffix.as_bytes());
+                o.len() > scheme.len() + suffix.len() && o[..scheme.len()].eq_ignore_ascii_case(scheme) && {
+                    let host = &o[scheme.len()..];
+                    let labels = &host[..host.len() - suffix.len()];
                     // One or more labels before the suffix, and no path or credentials.
-                    host.len() > suffix.len()
-                        && host.ends_with(&**suffix)
-                        && !host[..host.len() - suffix.len()].contains(['/', '@'])
-                })
+                    host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                        && !labels.iter().any(|b| matches!(b, b'/' | b'@'))
+                }
             })
     }
 

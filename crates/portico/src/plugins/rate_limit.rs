@@ -201,6 +201,11 @@ fn algorithm(a: LimitAlgorithm) -> Algorithm {
 /// Limiters of the previous config, by limit definition, to carry counters over.
 pub type Carried = Vec<(portico_config::Limit, Arc<LocalLimiter>)>;
 
+/// The limiters of `limits`, to carry over.
+fn carry(limits: &[Limit]) -> Carried {
+    limits.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect()
+}
+
 fn policy(def: &portico_config::Limit) -> Policy {
     Policy::new(algorithm(def.algorithm), def.limit, def.per.get())
         .with_burst(def.burst)
@@ -292,8 +297,7 @@ impl RateLimit {
     ) -> Result<Self, ConfigError> {
         let redis = redis.filter(|_| def.store == LimitStore::Redis);
         let store = Store { redis, instances: u64::from(def.instances.max(1)), scope, batch: batch(def) };
-        let mut carried: Carried =
-            prev.map(|p| p.limits.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect()).unwrap_or_default();
+        let mut carried: Carried = prev.map(|p| carry(&p.limits)).unwrap_or_default();
         let limits = compile_limits(&format!("{path}.limits"), "-", &def.limits, &mut carried, &store)?;
         let mut compiled_plans = HashMap::new();
         if def.plans {
@@ -301,10 +305,8 @@ impl RateLimit {
                 if plan.rate_limit.is_empty() {
                     continue;
                 }
-                let mut carried: Carried = prev
-                    .and_then(|p| p.plans.get(name.as_str()))
-                    .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
-                    .unwrap_or_default();
+                let mut carried: Carried =
+                    prev.and_then(|p| p.plans.get(name.as_str())).map(|l| carry(l)).unwrap_or_default();
                 let compiled =
                     compile_limits(&format!("plans.{name}.rate_limit"), name, &plan.rate_limit, &mut carried, &store)?;
                 compiled_plans.insert(name.as_str().into(), compiled);
@@ -443,10 +445,7 @@ impl RateLimit {
         {
             return Some(l.clone());
         }
-        let mut carried: Carried = table
-            .get(&*t.id)
-            .map(|l| l.iter().map(|l| (l.def.clone(), l.limiter.clone())).collect())
-            .unwrap_or_default();
+        let mut carried: Carried = table.get(&*t.id).map(|l| carry(l)).unwrap_or_default();
         let store = Store {
             redis: self.redis.as_ref(),
             instances: u64::from(self.def.instances.max(1)),
