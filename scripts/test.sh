@@ -4,7 +4,7 @@
 # tool for the listener TLS tests), ca-certificates (system roots for the TLS tests),
 # Python with PyJWT and cryptography (tokens and keys minted independently of the gateway),
 # Chromium (a real browser runs the CORS check; headless, about 145 MB, ~30 s to install),
-# redis-server (the shared store of the revocation tests; started by the tests themselves).
+# redis-server (the shared store of the revocation, rate-limit and cluster tests; started by the tests themselves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3 python3-jwt python3-cryptography)
 command -v chromium >/dev/null || need+=(chromium)
 command -v redis-server >/dev/null || need+=(redis-server)
+# redis-cli (from redis-tools, which redis-server depends on) builds the test cluster.
+command -v redis-cli >/dev/null || need+=(redis-tools)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     SUDO=""

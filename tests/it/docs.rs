@@ -98,6 +98,7 @@ fn every_example_config_validates() {
             .args(["validate", f.to_str().unwrap()])
             .current_dir(dir.path())
             .env("PORTICO_ADMIN_TOKEN", "x")
+            .env("REDIS_PASSWORD", "x")
             .output()
             .unwrap();
         assert!(out.status.success(), "{name} does not validate:\n{}\n{yaml}", String::from_utf8_lossy(&out.stderr));

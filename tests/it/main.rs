@@ -16,6 +16,7 @@ mod observe;
 mod proxy;
 mod ratelimit;
 mod ratelimit_redis;
+mod redis_cluster;
 mod resilience;
 mod revocation;
 mod support;

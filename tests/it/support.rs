@@ -629,6 +629,8 @@ pub struct RedisServer {
     pub port: u16,
     /// With `start_tls`: the TLS port, and the certificate and key files.
     tls: Option<(u16, PathBuf, PathBuf)>,
+    /// A Redis Cluster node (its cluster bus on `port` + 10000).
+    cluster: bool,
     dir: tempfile::TempDir,
 }
 
@@ -640,7 +642,13 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let mut r = RedisServer { child: None, port: free_port(), tls: None, dir: tempfile::tempdir().unwrap() };
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            tls: None,
+            cluster: false,
+            dir: tempfile::tempdir().unwrap(),
+        };
         r.restart();
         r
     }
@@ -648,7 +656,8 @@ impl RedisServer {
     /// Also serving TLS (no client certificates) with `pki`'s server certificate.
     pub fn start_tls(pki: &Pki) -> RedisServer {
         let tls = Some((free_port(), pki.server_cert.clone(), pki.server_key.clone()));
-        let mut r = RedisServer { child: None, port: free_port(), tls, dir: tempfile::tempdir().unwrap() };
+        let mut r =
+            RedisServer { child: None, port: free_port(), tls, cluster: false, dir: tempfile::tempdir().unwrap() };
         r.restart();
         r
     }
@@ -674,6 +683,13 @@ impl RedisServer {
                 .arg(cert)
                 .arg("--tls-key-file")
                 .arg(key);
+        }
+        if self.cluster {
+            // nodes.conf stays in `dir`: a restarted node rejoins with its slots (its
+            // data is gone: no persistence). A short node timeout makes a test's outage
+            // visible quickly. The bus port is the default, port + 10000
+            // (`--cluster-port` would need Redis 7).
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]);
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -744,6 +760,71 @@ impl RedisServer {
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|rest| rest.split(',').next())
             .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+/// A Redis Cluster of real `redis-server` nodes on loopback, each a primary with a third of
+/// the slots (no replicas), made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                // A free port whose bus port (+10000) is free too.
+                let port = loop {
+                    let p = free_port();
+                    if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                        break p;
+                    }
+                };
+                let mut r =
+                    RedisServer { child: None, port, tls: None, cluster: true, dir: tempfile::tempdir().unwrap() };
+                r.restart();
+                r
+            })
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (scripts/test.sh installs redis-server, which has it)");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let c = RedisCluster { nodes };
+        c.wait_ok();
+        c
+    }
+
+    /// The nodes' URLs, as `redis.cluster` takes them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and knows every node.
+    pub fn wait_ok(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.nodes.iter().filter(|r| r.child.is_some()).all(|r| {
+                r.try_cmd(&["CLUSTER", "INFO"]).is_ok_and(|i| {
+                    i.contains("cluster_state:ok") && i.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+                })
+            });
+            if ok {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the cluster did not become ok");
+            #[allow(clippy::disallowed_methods)] // a readiness poll in a sync helper
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keys (of any kind) stored on each node.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes.iter().map(|r| r.cmd(&["DBSIZE"]).parse().unwrap()).collect()
     }
 }
 

@@ -243,14 +243,22 @@ impl Default for Admin {
     }
 }
 
-/// The shared Redis. One multiplexed connection per instance (it reconnects by itself) and
-/// one subscriber connection for change notices.
+/// The shared Redis: one server (`url`) or a Redis Cluster (`cluster`). One multiplexed
+/// connection per instance (per node in a cluster; they reconnect by themselves) and one
+/// subscriber connection for change notices.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
-    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS (server
-    /// certificate checked against the system's roots). Use `${VAR}` for the password.
-    pub url: String,
+    /// One server: `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS
+    /// (server certificate checked against the system's roots). Use `${VAR}` for the
+    /// password. Exactly one of `url` and `cluster` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes (`redis://` or `rediss://` URLs, all with the same
+    /// scheme, no database number), from which the rest of the cluster and its slots are
+    /// learnt; the slot map follows `MOVED` answers and resharding by itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<String>,
     /// Time allowed for one command (a revocation check, a write, a rate-limit decision); a feature's own
     /// `timeout` may override it. Past it the command counts as failed.
     #[serde(default = "default_redis_timeout")]

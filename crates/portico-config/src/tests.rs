@@ -210,6 +210,19 @@ fn bad_redis_and_revocation_fields_are_reported_together() {
     let errs = errors(&format!("{BASE}redis: {{ url: 'redis://:secret@/0' }}\n"));
     assert!(errs[0].starts_with("redis.url: names no host"), "{errs:?}");
     assert!(!errs[0].contains("secret"), "the password leaked: {errs:?}");
+    for (redis, want) in [
+        ("{ timeout: 1s }", "redis: needs url (one server) or cluster"),
+        ("{ url: redis://a, cluster: [redis://b] }", "redis: give either url (one server) or cluster"),
+        ("{ cluster: [redis://a:7000, rediss://b:7000] }", "redis.cluster[1]: every node must use the same scheme"),
+        ("{ cluster: [redis://a:7000, 'redis://b:7000/2'] }", "redis.cluster[1]: a cluster node takes no database"),
+        ("{ cluster: [redis://a:7000, tcp://b] }", "redis.cluster[1]: must start with redis://"),
+        ("{ cluster: ['redis://:pw@a:7000', redis://b:7000] }", "redis.cluster[1]: every node must have the same user"),
+    ] {
+        let errs = errors(&format!("{BASE}redis: {redis}\n"));
+        assert!(errs.iter().any(|e| e.starts_with(want)), "{want} not in {errs:?}");
+    }
+    let ok = parse(&format!("{BASE}redis: {{ cluster: [redis://a:7000, 'redis://b:7001/0'] }}\n"), no_env).unwrap();
+    assert_eq!(ok.config.redis.unwrap().cluster.len(), 2);
     let errs =
         errors(&format!("{BASE}{JWT_PROVIDER}    revocation: {{ on_error: maybe }}\nredis: {{ url: redis://r }}\n"));
     assert!(errs[0].contains("on_error"), "{errs:?}");

@@ -142,16 +142,24 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
 }
 
 fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
-    let rest = r.url.strip_prefix("redis://").or_else(|| r.url.strip_prefix("rediss://"));
-    match rest {
-        None => err("redis.url".into(), "must start with redis:// or rediss:// (TLS)".into()),
-        Some(rest) => {
-            let authority = rest.split(['/', '?']).next().unwrap_or("");
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            if host.is_empty() {
-                err("redis.url".into(), "names no host".into());
+    match (&r.url, r.cluster.is_empty()) {
+        (Some(url), true) => check_redis_url("redis.url".into(), url, false, err),
+        (None, false) => {
+            let tls = r.cluster[0].starts_with("rediss://");
+            for (i, url) in r.cluster.iter().enumerate() {
+                let path = format!("redis.cluster[{i}]");
+                if i > 0 && url.starts_with("rediss://") != tls && url.contains("://") {
+                    err(path.clone(), "every node must use the same scheme (redis:// or rediss://)".into());
+                }
+                if i > 0 && redis_userinfo(url) != redis_userinfo(&r.cluster[0]) {
+                    // Not the values: they are secrets.
+                    err(path.clone(), "every node must have the same user and password as the first".into());
+                }
+                check_redis_url(path, url, true, err);
             }
         }
+        (Some(_), false) => err("redis".into(), "give either url (one server) or cluster (its nodes), not both".into()),
+        (None, true) => err("redis".into(), "needs url (one server) or cluster (the nodes of a Redis Cluster)".into()),
     }
     for (field, d) in [("timeout", r.timeout), ("connect_timeout", r.connect_timeout)] {
         if d.get().is_zero() || d.get() > std::time::Duration::from_secs(10) {
@@ -160,6 +168,30 @@ fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
     }
     if r.key_prefix.len() > 64 || r.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
         err("redis.key_prefix".into(), "must be at most 64 characters without spaces".into());
+    }
+}
+
+/// The `user:password` of a Redis URL, if any.
+fn redis_userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    authority.rsplit_once('@').map(|(u, _)| u)
+}
+
+/// `url` as `redis://` or `rediss://` with a host; in a cluster without a database number
+/// (a cluster has only database 0).
+fn check_redis_url(path: String, url: &str, cluster: bool, err: &mut impl FnMut(String, String)) {
+    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
+        return err(path, "must start with redis:// or rediss:// (TLS)".into());
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        err(path.clone(), "names no host".into());
+    }
+    let db = tail.strip_prefix('/').map(|t| t.split('?').next().unwrap_or(""));
+    if cluster && db.is_some_and(|d| !d.is_empty() && d != "0") {
+        err(path, "a cluster node takes no database number (a Redis Cluster has only database 0)".into());
     }
 }
 

@@ -1,14 +1,24 @@
-//! The handle to the shared Redis: one multiplexed connection for commands and, per
-//! subscribed channel, one subscriber connection, both reconnecting by themselves.
+//! The handle to the shared Redis (one server, or a Redis Cluster): one multiplexed
+//! connection for commands (one per node in a cluster) and, per subscribed channel, one
+//! subscriber connection, all reconnecting by themselves.
 //!
-//! - Commands go through a [`ConnectionManager`]: cloning it is cheap, every request
-//!   shares the one TCP connection (pipelined), and a broken connection is replaced in the
-//!   background. It is created lazily, so the gateway starts while Redis is down; every
-//!   command is bounded by a timeout, so a missing Redis costs a request at most that long.
+//! - Commands to one server go through a [`ConnectionManager`]: cloning it is cheap, every
+//!   request shares the one TCP connection (pipelined), and a broken connection is replaced
+//!   in the background. It is created lazily, so the gateway starts while Redis is down;
+//!   every command is bounded by a timeout, so a missing Redis costs a request at most that
+//!   long.
+//! - Commands to a cluster go through the redis crate's async [`ClusterConnection`], made
+//!   lazily too from the configured nodes: it learns the slot map (`CLUSTER SLOTS`), sends
+//!   each command to the node that owns its key's slot, follows `MOVED`/`ASK`, and
+//!   reconnects to nodes that fail. Every key one decision needs carries the same hash tag
+//!   (see `ratelimit::redis`), so a script touches one slot; a multi-key `MGET` is split
+//!   per slot by the client; `SCRIPT LOAD` goes to every primary.
 //! - [`RedisStore::subscribe`] starts a task that keeps a subscription open. Each time the
 //!   subscription is (re)established the [`Subscriber`] is told to resynchronize, because
 //!   notices published while it was gone are lost. A silent dead connection is found by a
-//!   `PING` every [`PING_EVERY`].
+//!   `PING` every [`PING_EVERY`]. In a cluster the subscription is on one node (the first
+//!   of the configured ones that answers, then the next): a cluster's `PUBLISH` reaches
+//!   every node's subscribers.
 //!
 //! `rediss://` URLs use rustls with the aws-lc-rs provider and the system's root
 //! certificates (no custom CA yet).
@@ -20,6 +30,8 @@ use futures_util::StreamExt;
 use portico_config::ConfigError;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 
 /// How often a subscriber connection is checked with `PING`.
 pub const PING_EVERY: Duration = Duration::from_secs(5);
@@ -47,15 +59,71 @@ pub trait Subscriber: Send + Sync + 'static {
     fn resync(&self);
 }
 
+/// A connection to send commands on: cheap to clone, shared by every request.
+#[derive(Clone)]
+enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What a fresh [`Conn`] is made from.
+enum Target {
+    One(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient, ClusterConfig),
+}
+
+impl Target {
+    /// A connection that connects on its first command.
+    fn connect(&self) -> redis::RedisResult<Conn> {
+        Ok(match self {
+            Target::One(client, config) => {
+                Conn::One(ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?)
+            }
+            Target::Cluster(client, config) => {
+                Conn::Cluster(client.get_pending_async_connection_with_config(config.clone()))
+            }
+        })
+    }
+}
+
 /// The shared Redis of a gateway.
 pub struct RedisStore {
-    client: redis::Client,
-    manager: ConnectionManagerConfig,
+    target: Target,
+    /// Where subscriptions go: the server, or each configured cluster node in turn.
+    subscribe_to: Arc<[redis::Client]>,
     /// Replaced by a fresh one when commands keep failing (see [`RedisStore::outcome`]).
-    conn: arc_swap::ArcSwap<ConnectionManager>,
+    conn: arc_swap::ArcSwap<Conn>,
     /// Commands failed in a row.
     failures: std::sync::atomic::AtomicU32,
-    /// When the connection manager was last replaced.
+    /// When the connection was last replaced.
     replaced: parking_lot::Mutex<std::time::Instant>,
     prefix: Arc<str>,
     timeout: Duration,
@@ -73,32 +141,59 @@ impl RedisStore {
     /// A handle for `config`. Connects lazily (needs a Tokio runtime); never fails because
     /// Redis is down, only on a URL the client cannot use.
     pub fn new(config: &portico_config::Redis) -> Result<Arc<Self>, ConfigError> {
-        if config.url.starts_with("rediss://") {
+        let urls: Vec<(&str, String)> = match &config.url {
+            Some(url) => vec![(url.as_str(), "redis.url".to_owned())],
+            None => {
+                config.cluster.iter().enumerate().map(|(i, u)| (u.as_str(), format!("redis.cluster[{i}]"))).collect()
+            }
+        };
+        if urls.iter().any(|(u, _)| u.starts_with("rediss://")) {
             // The redis crate builds its TLS config from the process default provider.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| ConfigError::new("redis.url", format!("unusable URL: {}", e)))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout.get()))
-            // Our own timeout bounds each command; this one only ends a wait the
-            // connection would otherwise never give up on.
-            .set_response_timeout(Some(config.connect_timeout.get().max(config.timeout.get())))
-            // Fail the pending reconnect quickly: the next command starts another one.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone())
-            .map_err(|e| ConfigError::new("redis", format!("cannot set up the connection: {}", e)))?;
+        let mut clients = Vec::with_capacity(urls.len());
+        for (url, path) in &urls {
+            // The error never repeats the URL: it may carry a password.
+            let client = redis::Client::open(*url)
+                .map_err(|e| ConfigError::new(path.clone(), format!("unusable URL: {}", e)))?;
+            clients.push(client);
+        }
+        let (connect, timeout) = (config.connect_timeout.get(), config.timeout.get());
+        let target = if config.url.is_some() {
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect))
+                // Our own timeout bounds each command; this one only ends a wait the
+                // connection would otherwise never give up on.
+                .set_response_timeout(Some(connect.max(timeout)))
+                // Fail the pending reconnect quickly: the next command starts another one.
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(500));
+            Target::One(clients[0].clone(), manager)
+        } else {
+            let client = ClusterClient::builder(urls.iter().map(|(u, _)| *u))
+                .connection_timeout(connect)
+                .response_timeout(connect.max(timeout))
+                // Retries follow MOVED/ASK and reconnect a failed node; our timeout bounds
+                // the whole command, so a few quick ones are enough.
+                .retries(3)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
+                .build()
+                .map_err(|e| ConfigError::new("redis.cluster", format!("unusable nodes: {}", e)))?;
+            Target::Cluster(client, ClusterConfig::new())
+        };
+        let conn =
+            target.connect().map_err(|e| ConfigError::new("redis", format!("cannot set up the connection: {}", e)))?;
         Ok(Arc::new(Self {
-            client,
-            manager,
+            target,
+            subscribe_to: clients.into(),
             conn: arc_swap::ArcSwap::from_pointee(conn),
             failures: std::sync::atomic::AtomicU32::new(0),
             replaced: parking_lot::Mutex::new(std::time::Instant::now()),
             prefix: config.key_prefix.as_str().into(),
-            timeout: config.timeout.get(),
-            connect_timeout: config.connect_timeout.get(),
+            timeout,
+            connect_timeout: connect,
         }))
     }
 
@@ -128,8 +223,7 @@ impl RedisStore {
                 if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= 3 {
                     let mut replaced = self.replaced.lock();
                     if replaced.elapsed() >= Duration::from_secs(1)
-                        && let Ok(fresh) =
-                            ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())
+                        && let Ok(fresh) = self.target.connect()
                     {
                         *replaced = std::time::Instant::now();
                         self.failures.store(0, Ordering::Relaxed);
@@ -152,10 +246,22 @@ impl RedisStore {
         self.outcome(r)
     }
 
-    /// Runs the commands of `pipe` (in order, in one round trip) within `timeout`.
+    /// Runs the commands of `pipe` in order within `timeout`: in one round trip on one
+    /// server; in a cluster one after the other, because a pipeline there must stay in one
+    /// slot, and `PUBLISH` is routed by its channel as if it were a key.
     pub async fn exec(&self, pipe: &redis::Pipeline, timeout: Duration) -> Result<(), StoreError> {
         let mut conn = (**self.conn.load()).clone();
-        let r = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
+        let run = async {
+            if let Conn::Cluster(_) = conn {
+                for cmd in pipe.cmd_iter() {
+                    cmd.exec_async(&mut conn).await?;
+                }
+                Ok(())
+            } else {
+                pipe.exec_async(&mut conn).await
+            }
+        };
+        let r = match tokio::time::timeout(timeout, run).await {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(timeout)),
         };
@@ -194,15 +300,15 @@ impl RedisStore {
     /// Keeps `channel` subscribed for `sub` until `sub` is dropped. `up` is 1 while
     /// subscribed.
     pub fn subscribe(self: &Arc<Self>, channel: String, sub: &Arc<dyn Subscriber>, up: Gauge) {
-        let client = self.client.clone();
+        let nodes = self.subscribe_to.clone();
         let connect_timeout = self.connect_timeout;
         let weak = Arc::downgrade(sub);
-        tokio::spawn(listen(client, channel, weak, up, connect_timeout));
+        tokio::spawn(listen(nodes, channel, weak, up, connect_timeout));
     }
 }
 
 async fn listen(
-    client: redis::Client,
+    nodes: Arc<[redis::Client]>,
     channel: String,
     sub: Weak<dyn Subscriber>,
     up: Gauge,
@@ -211,10 +317,14 @@ async fn listen(
     let mut backoff = Duration::from_millis(100);
     // Log a failure once per outage, not once per attempt.
     let mut healthy = true;
+    // The node tried next (a cluster's nodes in turn; after a failure, the next one).
+    let mut node = 0;
     loop {
         if sub.strong_count() == 0 {
             return;
         }
+        let client = &nodes[node % nodes.len()];
+        node += 1;
         let opened = tokio::time::timeout(connect_timeout, async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
@@ -248,6 +358,8 @@ async fn listen(
             tracing::info!(%channel, "redis subscription restored");
         }
         backoff = Duration::from_millis(100);
+        // While this node serves, it is the one tried first again.
+        node -= 1;
         let (mut sink, mut stream) = ps.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;

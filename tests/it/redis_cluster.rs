@@ -1,0 +1,219 @@
+//! Redis Cluster (`redis.cluster`): three real `redis-server` nodes in cluster mode. Rate
+//! limits counted exactly across three gateway instances with the keys spread over the
+//! nodes, batched leases, revocations (a cross-slot `MGET`, pub/sub through any node), and
+//! a node going down and coming back under load.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::*;
+
+fn cluster_yaml(cluster: &RedisCluster) -> String {
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!("redis: {{ cluster: [{}], timeout: 300ms }}\n", nodes.join(", "))
+}
+
+/// Routes `/NAME` with one `rate_limit` each, counted per `x-key` header, in `cluster`.
+fn limits_config(up: &TestUpstream, cluster: &RedisCluster, routes: &[(&str, &str)]) -> String {
+    let mut r = String::new();
+    for (name, plugin) in routes {
+        r.push_str(&format!(
+            "  - name: {name}\n    match: {{ prefix: /{name} }}\n    upstream: app\n    plugins: [{{ rate_limit: {plugin} }}]\n"
+        ));
+    }
+    config(&format!(
+        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{}routes:\n{r}",
+        up.url(),
+        cluster_yaml(cluster)
+    ))
+}
+
+async fn get_keyed(gw: &Gateway, path: &str, key: &str) -> u16 {
+    let req = http::Request::get(gw.url(path)).header("x-key", key).body(Full::new(Bytes::new())).unwrap();
+    send(req).await.0.as_u16()
+}
+
+/// Sends `per_key` requests for each of `keys`, spread round-robin over `gws`, 32 at a
+/// time; returns how many each key had allowed (200) and refused (429).
+async fn spread(gws: &[&Gateway], path: &str, keys: &[String], per_key: usize) -> Vec<(usize, usize)> {
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..per_key * keys.len() {
+        let (url, key) = (gws[i % gws.len()].url(path), keys[i % keys.len()].clone());
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(url).header("x-key", &key).body(Full::new(Bytes::new())).unwrap();
+            let s = send(req).await.0.as_u16();
+            drop(permit);
+            s
+        }));
+    }
+    let mut out = vec![(0, 0); keys.len()];
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            200 => out[i % keys.len()].0 += 1,
+            429 => out[i % keys.len()].1 += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_count_exactly_in_a_cluster_with_keys_on_every_node() {
+    let cluster = RedisCluster::start(3);
+    let up = TestUpstream::start("app").await;
+    let cfg = limits_config(
+        &up,
+        &cluster,
+        &[
+            (
+                "strict",
+                "{ limits: [{ limit: 20, per: 1m, algorithm: sliding_log }], key: [{ header: x-key }], store: redis, on_store_error: deny }",
+            ),
+            (
+                "batched",
+                "{ limits: [{ limit: 30, per: 1m }], key: [{ header: x-key }], store: redis, mode: batched, batch: 5, on_store_error: deny }",
+            ),
+        ],
+    );
+    let gws = [Gateway::start(&cfg), Gateway::start(&cfg), Gateway::start(&cfg)];
+    let gws: Vec<&Gateway> = gws.iter().collect();
+    // 12 keys: the chance that their slots all fall on one node is about 1 in 177,000.
+    let keys: Vec<String> = (0..12).map(|i| format!("caller-{i}")).collect();
+
+    let strict = spread(&gws, "/strict/x", &keys, 45).await;
+    for (key, (allowed, refused)) in keys.iter().zip(&strict) {
+        assert_eq!((*allowed, *refused), (20, 25), "sliding_log 20/1m for {key}");
+    }
+    let per_node = cluster.keys_per_node();
+    eprintln!("rate-limit keys per node: {per_node:?}");
+    assert_eq!(per_node.iter().sum::<u64>(), 12, "one sorted set per key: {per_node:?}");
+    assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "the keys did not spread: {per_node:?}");
+
+    // Batched: each instance leases 5 units at a time; within the bound of docs/ratelimit.md
+    // (no more than the limit plus what refills meanwhile; at most 3 × 4 units left unspent).
+    let start = Instant::now();
+    let batched = spread(&gws, "/batched/x", &keys, 40).await;
+    let refilled = (start.elapsed().as_millis() / 2_000) as usize + 1;
+    for (key, (allowed, _)) in keys.iter().zip(&batched) {
+        assert!(*allowed <= 30 + refilled && *allowed >= 30 - 12, "{allowed} allowed for {key}, limit 30");
+    }
+    for gw in &gws {
+        for route in ["strict", "batched"] {
+            let errors = gw.metric(&format!(r#"gateway_rate_limit_store_errors_total{{route="{route}"}}"#)).await;
+            assert_eq!(errors, 0.0, "{route}: {}", gw.stderr_text());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_instance_through_a_cluster() {
+    use crate::auth::{SECRET, claims, mint, now};
+    let cluster = RedisCluster::start(3);
+    let up = TestUpstream::start("app").await;
+    let cfg = config(&format!(
+        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{}jwt_providers:\n  main:\n    issuer: https://idp.test\n    audiences: [api]\n    keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n    revocation: {{ cache_ttl: 30s }}\nroutes:\n  - name: api\n    match: {{ prefix: /api }}\n    upstream: app\n    plugins: [{{ jwt: {{ provider: main }} }}]\n",
+        up.url(),
+        cluster_yaml(&cluster)
+    ));
+    let (a, b) = (Gateway::start(&cfg), Gateway::start(&cfg));
+    for gw in [&a, &b] {
+        let ok = Gateway::eventually(Duration::from_secs(10), || async {
+            gw.metric(r#"gateway_redis_subscribed{channel="revocations"}"#).await == 1.0
+        })
+        .await;
+        assert!(ok, "no subscription; stderr:\n{}", gw.stderr_text());
+    }
+    let specs: Vec<_> = ["bob", "carol"]
+        .iter()
+        .map(|u| json!({ "alg": "HS256", "key": SECRET, "claims": claims(u, json!({ "jti": format!("{u}-1") })) }))
+        .collect();
+    let tokens = mint(json!(specs));
+    let status = |gw: &Gateway, token: &str| {
+        let req = http::Request::get(gw.url("/api/x"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        async move { send(req).await.0.as_u16() }
+    };
+    // Each check is one MGET of a jti key and a subject key: different slots, so the
+    // client splits it per node.
+    for gw in [&a, &b] {
+        for t in &tokens {
+            assert_eq!(status(gw, t).await, 200, "{}", gw.stderr_text());
+        }
+    }
+    let revoke = http::Request::post(a.admin_url("/revocations"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!(r#"{{"jti":"bob-1","exp":{}}}"#, now() + 600))))
+        .unwrap();
+    let (s, _, body) = send(revoke).await;
+    assert_eq!(s, 204, "{body}");
+    // The cache TTL is 30 s: only the notice, published on one node and delivered by the
+    // cluster to the subscriber on whichever node it is, makes `b` see it this soon.
+    let start = Instant::now();
+    let seen = Gateway::eventually(Duration::from_secs(1), || async { status(&b, &tokens[0]).await == 401 }).await;
+    assert!(seen, "b still accepts the revoked token after 1 s");
+    eprintln!("revocation seen through the cluster after {:?}", start.elapsed());
+    assert_eq!(status(&b, &tokens[1]).await, 200);
+    let slot = cluster.nodes[0].cmd(&["CLUSTER", "KEYSLOT", "portico:revoked:jti:bob-1"]);
+    // Each node counts only its own keys in the slot.
+    let stored: u64 =
+        cluster.nodes.iter().map(|n| n.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot]).parse::<u64>().unwrap()).sum();
+    assert_eq!(stored, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_going_down_fails_as_configured_and_recovers_without_a_restart() {
+    let mut cluster = RedisCluster::start(3);
+    let up = TestUpstream::start("app").await;
+    let cfg = limits_config(
+        &up,
+        &cluster,
+        &[(
+            "deny",
+            "{ limits: [{ limit: 1000, per: 1m }], key: [{ header: x-key }], store: redis, on_store_error: deny }",
+        )],
+    );
+    let gw = Gateway::start(&cfg);
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert_eq!(get_keyed(&gw, "/deny/x", k).await, 200, "{}", gw.stderr_text());
+    }
+
+    // One primary goes (no replica takes over): its slots have no owner, and the cluster
+    // stops serving (full coverage is required by default).
+    cluster.nodes[1].stop();
+    let refused = Gateway::eventually(Duration::from_secs(10), || async {
+        let mut any = false;
+        for k in &keys {
+            let s = get_keyed(&gw, "/deny/x", k).await;
+            assert!(s == 200 || s == 503, "status {s}");
+            any |= s == 503;
+        }
+        any
+    })
+    .await;
+    assert!(refused, "no request was refused while a node was down");
+    assert!(gw.metric(r#"gateway_rate_limit_store_errors_total{route="deny"}"#).await >= 1.0);
+
+    // It comes back (empty, with its slots from nodes.conf); the gateway follows by itself.
+    cluster.nodes[1].restart();
+    cluster.wait_ok();
+    let start = Instant::now();
+    let back = Gateway::eventually(Duration::from_secs(15), || async {
+        let mut all = true;
+        for k in &keys {
+            all &= get_keyed(&gw, "/deny/x", k).await == 200;
+        }
+        all
+    })
+    .await;
+    assert!(back, "never recovered; stderr:\n{}", gw.stderr_text());
+    eprintln!("every key decided by the cluster again {:?} after it was whole", start.elapsed());
+    assert!(cluster.keys_per_node()[1] > 0, "the restarted node holds keys again");
+}
