@@ -281,7 +281,7 @@ async fn without_redis_the_admin_endpoint_answers_503() {
 #[tokio::test]
 async fn rediss_urls_speak_tls_to_redis_and_check_its_certificate() {
     let pki = Pki::new();
-    let redis = RedisServer::start_tls(&pki);
+    let redis = RedisServer::start_tls(&pki, false);
     let up = TestUpstream::start("app").await;
     let cfg = gateway_config_url(&up, Some(redis.tls_url()), "{ cache_ttl: 30s }", None);
     // The system roots, as rustls-native-certs reads them: here only the test CA.
@@ -303,4 +303,47 @@ async fn rediss_urls_speak_tls_to_redis_and_check_its_certificate() {
         "{}",
         other.stderr_text()
     );
+}
+
+#[tokio::test]
+async fn redis_tls_takes_a_private_ca_and_a_client_certificate() {
+    let pki = Pki::new();
+    // Redis asks for a client certificate from the test CA.
+    let redis = RedisServer::start_tls(&pki, true);
+    let up = TestUpstream::start("app").await;
+    let url = redis.tls_url();
+    let base = gateway_config_url(&up, Some(url.clone()), "{ cache_ttl: 30s }", None);
+    let with_tls = |tls: &str| base.replace(&format!("url: \"{url}\""), &format!("url: \"{url}\", tls: {tls}"));
+    let full = with_tls(&format!(
+        "{{ ca: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}",
+        pki.ca_pem.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    ));
+    assert_ne!(full, base);
+    // No system roots at all: only `redis.tls.ca` can make the server's certificate good.
+    let gw = Gateway::start_with_env(&full, &[("SSL_CERT_FILE", "/dev/null")]);
+    subscribed(&gw).await;
+    let t = tokens(&[claims("ivy", json!({ "jti": "ivy-1" }))]).remove(0);
+    assert_eq!(status(&gw, "/api/x", &t).await.0, 200, "{}", gw.stderr_text());
+    let (s, body) = revoke(&gw, &format!(r#"{{"jti":"ivy-1","exp":{}}}"#, now() + 60)).await;
+    assert_eq!(s, 204, "{body}");
+    until_revoked_everywhere(&[&gw], &t, Duration::from_secs(1)).await;
+    assert_eq!(redis.cmd(&["EXISTS", "portico:revoked:jti:ivy-1"]), "1");
+
+    // The CA without the client certificate: Redis ends the handshake, so nothing is
+    // checked and the token is refused (fail closed).
+    let no_cert = with_tls(&format!("{{ ca: \"{}\" }}", pki.ca_pem.display()));
+    let other = Gateway::start_with_env(&no_cert, &[("SSL_CERT_FILE", "/dev/null")]);
+    let (s, body) = status(&other, "/api/x", &t).await;
+    assert_eq!(s, 503, "{body}");
+
+    // An unreadable file is a start-up error that names the field.
+    let missing = with_tls("{ ca: /nonexistent/ca.pem }");
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &missing).unwrap();
+    let out = portico().args(["run", "-c", f.path().to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis.tls.ca: cannot read /nonexistent/ca.pem"), "{err}");
 }

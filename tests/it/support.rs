@@ -627,8 +627,9 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The plain port (the tests' own commands use it).
     pub port: u16,
-    /// With `start_tls`: the TLS port, and the certificate and key files.
-    tls: Option<(u16, PathBuf, PathBuf)>,
+    /// With `start_tls`: the TLS port, the certificate and key files, and the CA that
+    /// client certificates must chain to (`None`: no client certificate asked).
+    tls: Option<(u16, PathBuf, PathBuf, Option<PathBuf>)>,
     /// A Redis Cluster node (its cluster bus on `port` + 10000).
     cluster: bool,
     dir: tempfile::TempDir,
@@ -653,9 +654,11 @@ impl RedisServer {
         r
     }
 
-    /// Also serving TLS (no client certificates) with `pki`'s server certificate.
-    pub fn start_tls(pki: &Pki) -> RedisServer {
-        let tls = Some((free_port(), pki.server_cert.clone(), pki.server_key.clone()));
+    /// Also serving TLS with `pki`'s server certificate; with `client_auth`, only to
+    /// clients with a certificate from `pki`'s CA.
+    pub fn start_tls(pki: &Pki, client_auth: bool) -> RedisServer {
+        let ca = client_auth.then(|| pki.ca_pem.clone());
+        let tls = Some((free_port(), pki.server_cert.clone(), pki.server_key.clone(), ca));
         let mut r =
             RedisServer { child: None, port: free_port(), tls, cluster: false, dir: tempfile::tempdir().unwrap() };
         r.restart();
@@ -678,11 +681,12 @@ impl RedisServer {
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        if let Some((port, cert, key)) = &self.tls {
-            cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no", "--tls-cert-file"])
-                .arg(cert)
-                .arg("--tls-key-file")
-                .arg(key);
+        if let Some((port, cert, key, ca)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string(), "--tls-cert-file"]).arg(cert).arg("--tls-key-file").arg(key);
+            match ca {
+                Some(ca) => cmd.args(["--tls-auth-clients", "yes", "--tls-ca-cert-file"]).arg(ca),
+                None => cmd.args(["--tls-auth-clients", "no"]),
+            };
         }
         if self.cluster {
             // nodes.conf stays in `dir`: a restarted node rejoins with its slots (its

@@ -259,6 +259,10 @@ pub struct Redis {
     /// learnt; the slot map follows `MOVED` answers and resharding by itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster: Vec<String>,
+    /// TLS settings for `rediss://` URLs: a private CA, a client certificate (Redis's
+    /// `tls-auth-clients`). Absent: the system's roots, no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
     /// Time allowed for one command (a revocation check, a write, a rate-limit decision); a feature's own
     /// `timeout` may override it. Past it the command counts as failed.
     #[serde(default = "default_redis_timeout")]
@@ -270,6 +274,19 @@ pub struct Redis {
     /// programs) can share one Redis.
     #[serde(default = "default_redis_prefix")]
     pub key_prefix: String,
+}
+
+/// TLS to Redis (files read once, at start).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    /// PEM file of the CA certificates that sign the Redis servers' certificates, used
+    /// instead of the system's roots.
+    pub ca: Option<String>,
+    /// PEM certificate chain presented to Redis. Needs `client_key`.
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 fn default_redis_timeout() -> Duration {

@@ -217,6 +217,8 @@ fn bad_redis_and_revocation_fields_are_reported_together() {
         ("{ cluster: [redis://a:7000, 'redis://b:7000/2'] }", "redis.cluster[1]: a cluster node takes no database"),
         ("{ cluster: [redis://a:7000, tcp://b] }", "redis.cluster[1]: must start with redis://"),
         ("{ cluster: ['redis://:pw@a:7000', redis://b:7000] }", "redis.cluster[1]: every node must have the same user"),
+        ("{ url: redis://a, tls: { ca: ca.pem } }", "redis.tls: applies to rediss:// URLs only"),
+        ("{ url: rediss://a, tls: { client_cert: c.pem } }", "redis.tls: client_cert and client_key go together"),
     ] {
         let errs = errors(&format!("{BASE}redis: {redis}\n"));
         assert!(errs.iter().any(|e| e.starts_with(want)), "{want} not in {errs:?}");

@@ -161,6 +161,20 @@ fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
         (Some(_), false) => err("redis".into(), "give either url (one server) or cluster (its nodes), not both".into()),
         (None, true) => err("redis".into(), "needs url (one server) or cluster (the nodes of a Redis Cluster)".into()),
     }
+    if let Some(tls) = &r.tls {
+        let plain = r.url.iter().chain(&r.cluster).any(|u| u.starts_with("redis://"));
+        if plain {
+            err("redis.tls".into(), "applies to rediss:// URLs only; use rediss:// (TLS) or drop tls".into());
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            err("redis.tls".into(), "client_cert and client_key go together".into());
+        }
+        for (field, path) in [("ca", &tls.ca), ("client_cert", &tls.client_cert), ("client_key", &tls.client_key)] {
+            if path.as_ref().is_some_and(|p| p.is_empty()) {
+                err(format!("redis.tls.{field}"), "must name a file".into());
+            }
+        }
+    }
     for (field, d) in [("timeout", r.timeout), ("connect_timeout", r.connect_timeout)] {
         if d.get().is_zero() || d.get() > std::time::Duration::from_secs(10) {
             err(format!("redis.{field}"), "must be greater than 0s and at most 10s".into());

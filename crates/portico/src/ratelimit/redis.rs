@@ -466,6 +466,7 @@ mod tests {
         let config = portico_config::Redis {
             url: Some(format!("redis://127.0.0.1:{port}")),
             cluster: Vec::new(),
+            tls: None,
             timeout: portico_config::Duration(timeout),
             connect_timeout: portico_config::Duration::from_millis(500),
             key_prefix: "t:".into(),

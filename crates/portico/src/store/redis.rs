@@ -20,8 +20,8 @@
 //!   of the configured ones that answers, then the next): a cluster's `PUBLISH` reaches
 //!   every node's subscribers.
 //!
-//! `rediss://` URLs use rustls with the aws-lc-rs provider and the system's root
-//! certificates (no custom CA yet).
+//! `rediss://` URLs use rustls with the aws-lc-rs provider, and the system's root
+//! certificates or `redis.tls.ca`; `redis.tls.client_cert` is presented when Redis asks.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -151,11 +151,15 @@ impl RedisStore {
             // The redis crate builds its TLS config from the process default provider.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         }
+        let certs = config.tls.as_ref().map(tls_files).transpose()?;
         let mut clients = Vec::with_capacity(urls.len());
         for (url, path) in &urls {
             // The error never repeats the URL: it may carry a password.
-            let client = redis::Client::open(*url)
-                .map_err(|e| ConfigError::new(path.clone(), format!("unusable URL: {}", e)))?;
+            let client = match &certs {
+                Some(c) => redis::Client::build_with_tls(*url, c.clone()),
+                None => redis::Client::open(*url),
+            }
+            .map_err(|e| ConfigError::new(path.clone(), format!("unusable URL: {}", e)))?;
             clients.push(client);
         }
         let (connect, timeout) = (config.connect_timeout.get(), config.timeout.get());
@@ -171,7 +175,11 @@ impl RedisStore {
                 .set_max_delay(Duration::from_millis(500));
             Target::One(clients[0].clone(), manager)
         } else {
-            let client = ClusterClient::builder(urls.iter().map(|(u, _)| *u))
+            let mut builder = ClusterClient::builder(urls.iter().map(|(u, _)| *u));
+            if let Some(c) = certs {
+                builder = builder.certs(c);
+            }
+            let client = builder
                 .connection_timeout(connect)
                 .response_timeout(connect.max(timeout))
                 // Retries follow MOVED/ASK and reconnect a failed node; our timeout bounds
@@ -305,6 +313,24 @@ impl RedisStore {
         let weak = Arc::downgrade(sub);
         tokio::spawn(listen(nodes, channel, weak, up, connect_timeout));
     }
+}
+
+/// Reads `redis.tls`'s files (once, at start).
+fn tls_files(tls: &portico_config::RedisTls) -> Result<redis::TlsCertificates, ConfigError> {
+    let read = |field: &str, path: &Option<String>| -> Result<Option<Vec<u8>>, ConfigError> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| ConfigError::new(format!("redis.tls.{field}"), format!("cannot read {p}: {e}")))
+            })
+            .transpose()
+    };
+    let root_cert = read("ca", &tls.ca)?;
+    let client_tls = match (read("client_cert", &tls.client_cert)?, read("client_key", &tls.client_key)?) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        _ => None,
+    };
+    Ok(redis::TlsCertificates { client_tls, root_cert })
 }
 
 async fn listen(
