@@ -11,17 +11,19 @@ use crate::support::*;
 /// Routes `/NAME` with one `rate_limit` each (`plugin` is its YAML flow mapping), sharing
 /// `redis`.
 fn redis_config(up: &TestUpstream, redis: &RedisServer, routes: &[(&str, &str)]) -> String {
+    limit_routes(up, &format!("redis: {{ url: \"{}\", timeout: 100ms }}\n", redis.url()), routes)
+}
+
+/// Routes `/NAME` with one `rate_limit` each (`plugin` is its YAML flow mapping) to one
+/// upstream, with `redis_yaml` as the top-level `redis`.
+pub fn limit_routes(up: &TestUpstream, redis_yaml: &str, routes: &[(&str, &str)]) -> String {
     let mut r = String::new();
     for (name, plugin) in routes {
         r.push_str(&format!(
             "  - name: {name}\n    match: {{ prefix: /{name} }}\n    upstream: app\n    plugins: [{{ rate_limit: {plugin} }}]\n"
         ));
     }
-    config(&format!(
-        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\nredis: {{ url: \"{}\", timeout: 100ms }}\nroutes:\n{r}",
-        up.url(),
-        redis.url()
-    ))
+    config(&format!("upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{redis_yaml}routes:\n{r}", up.url()))
 }
 
 fn remaining(h: &http::HeaderMap) -> Option<u64> {

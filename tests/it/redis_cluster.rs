@@ -16,19 +16,9 @@ fn cluster_yaml(cluster: &RedisCluster) -> String {
     format!("redis: {{ cluster: [{}], timeout: 300ms }}\n", nodes.join(", "))
 }
 
-/// Routes `/NAME` with one `rate_limit` each, counted per `x-key` header, in `cluster`.
+/// Routes `/NAME` with one `rate_limit` each in `cluster`.
 fn limits_config(up: &TestUpstream, cluster: &RedisCluster, routes: &[(&str, &str)]) -> String {
-    let mut r = String::new();
-    for (name, plugin) in routes {
-        r.push_str(&format!(
-            "  - name: {name}\n    match: {{ prefix: /{name} }}\n    upstream: app\n    plugins: [{{ rate_limit: {plugin} }}]\n"
-        ));
-    }
-    config(&format!(
-        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{}routes:\n{r}",
-        up.url(),
-        cluster_yaml(cluster)
-    ))
+    crate::ratelimit_redis::limit_routes(up, &cluster_yaml(cluster), routes)
 }
 
 async fn get_keyed(gw: &Gateway, path: &str, key: &str) -> u16 {
