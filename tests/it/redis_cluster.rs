@@ -26,13 +26,16 @@ async fn get_keyed(gw: &Gateway, path: &str, key: &str) -> u16 {
     send(req).await.0.as_u16()
 }
 
-/// Sends `per_key` requests for each of `keys`, spread round-robin over `gws`, 32 at a
-/// time; returns how many each key had allowed (200) and refused (429).
+/// Sends `per_key` requests for each of `keys`, 32 at a time, each key's requests spread
+/// round-robin over `gws`; returns how many each key had allowed (200) and refused (429).
 async fn spread(gws: &[&Gateway], path: &str, keys: &[String], per_key: usize) -> Vec<(usize, usize)> {
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::new();
     for i in 0..per_key * keys.len() {
-        let (url, key) = (gws[i % gws.len()].url(path), keys[i % keys.len()].clone());
+        // Key `i % n` for the `i / n`-th time: its turn picks the instance, so every key
+        // reaches every instance whatever the number of keys.
+        let gw = gws[(i / keys.len()) % gws.len()];
+        let (url, key) = (gw.url(path), keys[i % keys.len()].clone());
         let permit = sem.clone().acquire_owned().await.unwrap();
         tasks.push(tokio::spawn(async move {
             let req = http::Request::get(url).header("x-key", &key).body(Full::new(Bytes::new())).unwrap();
@@ -101,24 +104,40 @@ async fn three_instances_count_exactly_in_a_cluster_with_keys_on_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocations_reach_every_instance_through_a_cluster() {
+async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subscribed_node() {
     use crate::auth::{SECRET, claims, mint, now};
-    let cluster = RedisCluster::start(3);
+    let mut cluster = RedisCluster::start(3);
+    // The other nodes keep serving their slots while one is down (so the subscription can
+    // be shown moving to another node).
+    for n in &cluster.nodes {
+        n.cmd(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+    }
+    // PUBLISH goes to the node that owns the channel's slot; the gateways subscribe on the
+    // first node of their list: make that another one, so a notice must cross the cluster.
+    let owner = cluster.owner_of("portico:revocations");
+    let order: Vec<usize> = (0..3).filter(|&i| i != owner).chain([owner]).collect();
+    let first = order[0];
+    let urls = cluster.urls();
+    let nodes: Vec<String> = order.iter().map(|&i| format!("\"{}\"", urls[i])).collect();
     let up = TestUpstream::start("app").await;
     let cfg = config(&format!(
-        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{}jwt_providers:\n  main:\n    issuer: https://idp.test\n    audiences: [api]\n    keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n    revocation: {{ cache_ttl: 30s }}\nroutes:\n  - name: api\n    match: {{ prefix: /api }}\n    upstream: app\n    plugins: [{{ jwt: {{ provider: main }} }}]\n",
+        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\nredis: {{ cluster: [{}], timeout: 300ms }}\njwt_providers:\n  main:\n    issuer: https://idp.test\n    audiences: [api]\n    keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n    revocation: {{ cache_ttl: 30s }}\nroutes:\n  - name: api\n    match: {{ prefix: /api }}\n    upstream: app\n    plugins: [{{ jwt: {{ provider: main }} }}]\n",
         up.url(),
-        cluster_yaml(&cluster)
+        nodes.join(", ")
     ));
     let (a, b) = (Gateway::start(&cfg), Gateway::start(&cfg));
     for gw in [&a, &b] {
-        let ok = Gateway::eventually(Duration::from_secs(10), || async {
-            gw.metric(r#"gateway_redis_subscribed{channel="revocations"}"#).await == 1.0
-        })
-        .await;
-        assert!(ok, "no subscription; stderr:\n{}", gw.stderr_text());
+        assert!(subscription_is(gw, 1.0).await, "no subscription; stderr:\n{}", gw.stderr_text());
     }
-    let specs: Vec<_> = ["bob", "carol"]
+    // Users whose jti and subject keys live away from the node stopped below, so their
+    // checks keep working while it is down.
+    let away = |u: &str| {
+        cluster.owner_of(&format!("portico:revoked:jti:{u}-1")) != first
+            && cluster.owner_of(&format!("portico:revoked:sub:{u}")) != first
+    };
+    let users: Vec<String> = (0..200).map(|i| format!("user{i}")).filter(|u| away(u)).take(3).collect();
+    assert_eq!(users.len(), 3);
+    let specs: Vec<_> = users
         .iter()
         .map(|u| json!({ "alg": "HS256", "key": SECRET, "claims": claims(u, json!({ "jti": format!("{u}-1") })) }))
         .collect();
@@ -130,31 +149,82 @@ async fn revocations_reach_every_instance_through_a_cluster() {
             .unwrap();
         async move { send(req).await.0.as_u16() }
     };
-    // Each check is one MGET of a jti key and a subject key: different slots, so the
+    // Each check is one MGET of a jti key and a subject key, in different slots: the
     // client splits it per node.
     for gw in [&a, &b] {
         for t in &tokens {
             assert_eq!(status(gw, t).await, 200, "{}", gw.stderr_text());
         }
     }
-    let revoke = http::Request::post(a.admin_url("/revocations"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!(r#"{{"jti":"bob-1","exp":{}}}"#, now() + 600))))
-        .unwrap();
-    let (s, _, body) = send(revoke).await;
-    assert_eq!(s, 204, "{body}");
-    // The cache TTL is 30 s: only the notice, published on one node and delivered by the
-    // cluster to the subscriber on whichever node it is, makes `b` see it this soon.
+    let revoke = |jti: String| {
+        let req = http::Request::post(a.admin_url("/revocations"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(r#"{{"jti":"{jti}","exp":{}}}"#, now() + 600))))
+            .unwrap();
+        async move {
+            let (s, _, body) = send(req).await;
+            assert_eq!(s, 204, "{body}");
+        }
+    };
+    // The cache TTL is 30 s: only the notice, published on the channel's node and
+    // delivered by the cluster to the subscriber on another node, makes `b` see it soon.
+    revoke(format!("{}-1", users[0])).await;
     let start = Instant::now();
     let seen = Gateway::eventually(Duration::from_secs(1), || async { status(&b, &tokens[0]).await == 401 }).await;
     assert!(seen, "b still accepts the revoked token after 1 s");
     eprintln!("revocation seen through the cluster after {:?}", start.elapsed());
     assert_eq!(status(&b, &tokens[1]).await, 200);
-    let slot = cluster.nodes[0].cmd(&["CLUSTER", "KEYSLOT", "portico:revoked:jti:bob-1"]);
-    // Each node counts only its own keys in the slot.
+    let slot = cluster.nodes[0].cmd(&["CLUSTER", "KEYSLOT", &format!("portico:revoked:jti:{}-1", users[0])]);
+    // Each node counts only its own keys in the slot: stored once.
     let stored: u64 =
         cluster.nodes.iter().map(|n| n.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot]).parse::<u64>().unwrap()).sum();
     assert_eq!(stored, 1);
+
+    // The node holding both subscriptions goes: each gateway subscribes on the next node
+    // of its list, and notices arrive again.
+    cluster.nodes[first].stop();
+    for gw in [&a, &b] {
+        assert!(subscription_is(gw, 0.0).await, "the lost subscription was not noticed");
+    }
+    for gw in [&a, &b] {
+        assert!(subscription_is(gw, 1.0).await, "no subscription on another node; stderr:\n{}", gw.stderr_text());
+    }
+    revoke(format!("{}-1", users[1])).await;
+    let seen = Gateway::eventually(Duration::from_secs(1), || async { status(&b, &tokens[1]).await == 401 }).await;
+    assert!(seen, "b missed a revocation after its subscription moved; stderr:\n{}", b.stderr_text());
+    assert_eq!(status(&b, &tokens[2]).await, 200);
+}
+
+/// The gateway may start before its cluster exists: commands fail as configured, then
+/// work once the cluster is up, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_its_cluster_uses_it_once_it_is_up() {
+    let mut cluster = RedisCluster::planned(3);
+    let up = TestUpstream::start("app").await;
+    let cfg = limits_config(
+        &up,
+        &cluster,
+        &[(
+            "deny",
+            "{ limits: [{ limit: 1000, per: 1m }], key: [{ header: x-key }], store: redis, on_store_error: deny }",
+        )],
+    );
+    let gw = Gateway::start(&cfg);
+    assert_eq!(get_keyed(&gw, "/deny/x", "k").await, 503);
+    cluster.create();
+    let start = Instant::now();
+    let up =
+        Gateway::eventually(Duration::from_secs(15), || async { get_keyed(&gw, "/deny/x", "k").await == 200 }).await;
+    assert!(up, "never used the cluster; stderr:\n{}", gw.stderr_text());
+    eprintln!("cluster used {:?} after it was created", start.elapsed());
+}
+
+/// Waits until `gw`'s subscription to the revocation notices is `up` (1) or down (0).
+async fn subscription_is(gw: &Gateway, up: f64) -> bool {
+    Gateway::eventually(Duration::from_secs(10), || async {
+        gw.metric(r#"gateway_redis_subscribed{channel="revocations"}"#).await == up
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,13 +337,32 @@ async fn redis_tls_takes_a_private_ca_and_a_client_certificate() {
     let other = Gateway::start_with_env(&no_cert, &[("SSL_CERT_FILE", "/dev/null")]);
     let (s, body) = status(&other, "/api/x", &t).await;
     assert_eq!(s, 503, "{body}");
+    // Because Redis wants a certificate, not for any other reason: the subscription never
+    // opens, and the log says why.
+    let refused = Gateway::eventually(Duration::from_secs(5), || async {
+        other.stderr_text().to_ascii_lowercase().contains("certificaterequired")
+    })
+    .await;
+    assert!(refused, "{}", other.stderr_text());
+    assert_eq!(other.metric(r#"gateway_redis_subscribed{channel="revocations"}"#).await, 0.0);
 
-    // An unreadable file is a start-up error that names the field.
-    let missing = with_tls("{ ca: /nonexistent/ca.pem }");
-    let f = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(f.path(), &missing).unwrap();
-    let out = portico().args(["run", "-c", f.path().to_str().unwrap()]).output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("redis.tls.ca: cannot read /nonexistent/ca.pem"), "{err}");
+    // A file that cannot serve is a start-up error that names the field.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    for (tls, want) in [
+        ("{ ca: /nonexistent/ca.pem }".to_owned(), "redis.tls.ca: cannot read /nonexistent/ca.pem".to_owned()),
+        (format!("{{ ca: \"{}\" }}", empty.display()), "redis.tls.ca: holds no PEM certificate".to_owned()),
+        (
+            format!("{{ client_cert: \"{}\", client_key: \"{}\" }}", pki.client_cert.display(), empty.display()),
+            "redis.tls.client_key: no usable PEM private key".to_owned(),
+        ),
+    ] {
+        let f = dir.path().join("portico.yaml");
+        std::fs::write(&f, with_tls(&tls)).unwrap();
+        let out = portico().args(["run", "-c", f.to_str().unwrap()]).current_dir(dir.path()).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&want), "{want} not in:\n{err}");
+    }
 }

@@ -775,7 +775,14 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..n)
+        let mut c = Self::planned(n);
+        c.create();
+        c
+    }
+
+    /// Nodes with their ports chosen, none started yet (see [`RedisCluster::create`]).
+    pub fn planned(n: usize) -> RedisCluster {
+        let nodes = (0..n)
             .map(|_| {
                 // A free port whose bus port (+10000) is free too.
                 let port = loop {
@@ -784,23 +791,44 @@ impl RedisCluster {
                         break p;
                     }
                 };
-                let mut r =
-                    RedisServer { child: None, port, tls: None, cluster: true, dir: tempfile::tempdir().unwrap() };
-                r.restart();
-                r
+                RedisServer { child: None, port, tls: None, cluster: true, dir: tempfile::tempdir().unwrap() }
             })
             .collect();
+        RedisCluster { nodes }
+    }
+
+    /// Starts the planned nodes and makes them a cluster.
+    pub fn create(&mut self) {
+        for r in &mut self.nodes {
+            r.restart();
+        }
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
-            .args(nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
+            .args(self.nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (scripts/test.sh installs redis-server, which has it)");
         assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
-        let c = RedisCluster { nodes };
-        c.wait_ok();
-        c
+        self.wait_ok();
+    }
+
+    /// The index of the node that serves `key`'s slot, from `CLUSTER NODES`.
+    pub fn owner_of(&self, key: &str) -> usize {
+        let slot: u16 = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]).parse().unwrap();
+        let table = self.nodes[0].cmd(&["CLUSTER", "NODES"]);
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let port: u16 = fields[1].split(['@', ',']).next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+            let serves = fields[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).contains(&slot),
+                None => r.parse::<u16>().is_ok_and(|s| s == slot),
+            });
+            if serves {
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no node serves slot {slot}:\n{table}");
     }
 
     /// The nodes' URLs, as `redis.cluster` takes them.

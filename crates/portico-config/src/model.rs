@@ -250,8 +250,9 @@ impl Default for Admin {
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     /// One server: `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS
-    /// (server certificate checked against the system's roots). Use `${VAR}` for the
-    /// password. Exactly one of `url` and `cluster` is required.
+    /// (server certificate checked against the system's roots, or `tls.ca`). Use `${VAR}`
+    /// for the password, percent-encoded where it holds `/ ? # @ :`. Exactly one of `url`
+    /// and `cluster` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A Redis Cluster: some of its nodes (`redis://` or `rediss://` URLs, all with the same

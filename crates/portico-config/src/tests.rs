@@ -218,6 +218,17 @@ fn bad_redis_and_revocation_fields_are_reported_together() {
         ("{ cluster: [redis://a:7000, tcp://b] }", "redis.cluster[1]: must start with redis://"),
         ("{ cluster: ['redis://:pw@a:7000', redis://b:7000] }", "redis.cluster[1]: every node must have the same user"),
         ("{ url: redis://a, tls: { ca: ca.pem } }", "redis.tls: applies to rediss:// URLs only"),
+        ("{ url: 'redis://:6379' }", "redis.url: names no host"),
+        ("{ url: 'redis://0.0.0.0:6379' }", "redis.url: names a wildcard address"),
+        ("{ url: 'redis://h:99999' }", "redis.url: has an invalid port"),
+        ("{ url: 'redis://h/x' }", "redis.url: the database must be a number"),
+        ("{ url: 'rediss://h#foo' }", "redis.url: takes no #fragment"),
+        ("{ url: 'rediss://h/#insecure' }", "redis.url: #insecure (no certificate check) is not supported"),
+        ("{ url: redis://h, key_prefix: '{gw}:' }", "redis.key_prefix: must not contain { or }"),
+        (
+            "{ cluster: ['rediss://a?protocol=resp3', 'rediss://b'] }",
+            "redis.cluster[1]: every node must have the same user",
+        ),
         ("{ url: rediss://a, tls: { client_cert: c.pem } }", "redis.tls: client_cert and client_key go together"),
     ] {
         let errs = errors(&format!("{BASE}redis: {redis}\n"));
@@ -225,6 +236,11 @@ fn bad_redis_and_revocation_fields_are_reported_together() {
     }
     let ok = parse(&format!("{BASE}redis: {{ cluster: [redis://a:7000, 'redis://b:7001/0'] }}\n"), no_env).unwrap();
     assert_eq!(ok.config.redis.unwrap().cluster.len(), 2);
+    for good in ["'redis://[::1]:6379/2'", "'rediss://u:p@h:6380/0'", "'redis://h?protocol=resp3'"] {
+        parse(&format!("{BASE}redis: {{ url: {good} }}\n"), no_env).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+    }
+    let tls_cluster = "{ cluster: ['rediss://a/?protocol=resp3', 'rediss://b/?protocol=resp3'] }";
+    parse(&format!("{BASE}redis: {tls_cluster}\n"), no_env).unwrap();
     let errs =
         errors(&format!("{BASE}{JWT_PROVIDER}    revocation: {{ on_error: maybe }}\nredis: {{ url: redis://r }}\n"));
     assert!(errs[0].contains("on_error"), "{errs:?}");

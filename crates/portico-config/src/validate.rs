@@ -151,9 +151,12 @@ fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
                 if i > 0 && url.starts_with("rediss://") != tls && url.contains("://") {
                     err(path.clone(), "every node must use the same scheme (redis:// or rediss://)".into());
                 }
-                if i > 0 && redis_userinfo(url) != redis_userinfo(&r.cluster[0]) {
-                    // Not the values: they are secrets.
-                    err(path.clone(), "every node must have the same user and password as the first".into());
+                if i > 0 && redis_shared_settings(url) != redis_shared_settings(&r.cluster[0]) {
+                    // Not the values: a password is a secret.
+                    err(
+                        path.clone(),
+                        "every node must have the same user, password, query and #fragment as the first".into(),
+                    );
                 }
                 check_redis_url(path, url, true, err);
             }
@@ -183,29 +186,65 @@ fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
     if r.key_prefix.len() > 64 || r.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
         err("redis.key_prefix".into(), "must be at most 64 characters without spaces".into());
     }
+    if r.key_prefix.contains(['{', '}']) {
+        // A hash tag in the prefix would put every key of every caller in one slot.
+        err("redis.key_prefix".into(), "must not contain { or } (Redis Cluster hash tags)".into());
+    }
 }
 
-/// The `user:password` of a Redis URL, if any.
-fn redis_userinfo(url: &str) -> Option<&str> {
+/// What every node of a cluster must share: the `user:password`, the query and the
+/// fragment of its URL.
+fn redis_shared_settings(url: &str) -> (Option<&str>, Option<&str>, Option<&str>) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    authority.rsplit_once('@').map(|(u, _)| u)
+    let (rest, fragment) = rest.split_once('#').map_or((rest, None), |(r, f)| (r, Some(f)));
+    let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
+    let authority = rest.split('/').next().unwrap_or("");
+    (authority.rsplit_once('@').map(|(u, _)| u), query, fragment)
 }
 
-/// `url` as `redis://` or `rediss://` with a host; in a cluster without a database number
-/// (a cluster has only database 0).
+/// `url` as `redis://` or `rediss://` with a host to connect to, an optional port and
+/// database number (none but 0 in a cluster: a Redis Cluster has only database 0), and
+/// no fragment (the redis crate's `#insecure` needs a feature Portico leaves out: the
+/// server's certificate is always checked). Errors never repeat the URL: it may hold a password.
 fn check_redis_url(path: String, url: &str, cluster: bool, err: &mut impl FnMut(String, String)) {
     let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
         return err(path, "must start with redis:// or rediss:// (TLS)".into());
     };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (rest, fragment) = rest.split_once('#').map_or((rest, None), |(r, f)| (r, Some(f)));
+    match fragment {
+        Some("insecure") => {
+            err(path.clone(), "#insecure (no certificate check) is not supported; give the CA in redis.tls.ca".into())
+        }
+        Some(_) => err(path.clone(), "takes no #fragment".into()),
+        None => {}
+    }
+    let rest = rest.split('?').next().unwrap_or("");
+    let (authority, db) = rest.split_once('/').map_or((rest, None), |(a, d)| (a, Some(d)));
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (h, p.strip_prefix(':')),
+            None => ("", None),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
     if host.is_empty() {
         err(path.clone(), "names no host".into());
+    } else if host == "0.0.0.0" || host == "::" {
+        err(path.clone(), "names a wildcard address, not a server to connect to".into());
     }
-    let db = tail.strip_prefix('/').map(|t| t.split('?').next().unwrap_or(""));
-    if cluster && db.is_some_and(|d| !d.is_empty() && d != "0") {
-        err(path, "a cluster node takes no database number (a Redis Cluster has only database 0)".into());
+    if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        err(path.clone(), "has an invalid port (1-65535)".into());
+    }
+    match db.filter(|d| !d.is_empty()) {
+        Some(d) if d.parse::<u32>().is_err() => err(path, "the database must be a number, as in /0".into()),
+        Some(d) if cluster && d != "0" => {
+            err(path, "a cluster node takes no database number (a Redis Cluster has only database 0)".into())
+        }
+        _ => {}
     }
 }
 

@@ -12,7 +12,8 @@
 //!   each command to the node that owns its key's slot, follows `MOVED`/`ASK`, and
 //!   reconnects to nodes that fail. Every key one decision needs carries the same hash tag
 //!   (see `ratelimit::redis`), so a script touches one slot; a multi-key `MGET` is split
-//!   per slot by the client; `SCRIPT LOAD` goes to every primary.
+//!   per slot by the client; `SCRIPT LOAD` goes to every node (replicas too, and all
+//!   must answer for a reload after `NOSCRIPT` to succeed).
 //! - [`RedisStore::subscribe`] starts a task that keeps a subscription open. Each time the
 //!   subscription is (re)established the [`Subscriber`] is told to resynchronize, because
 //!   notices published while it was gone are lost. A silent dead connection is found by a
@@ -22,6 +23,8 @@
 //!
 //! `rediss://` URLs use rustls with the aws-lc-rs provider, and the system's root
 //! certificates or `redis.tls.ca`; `redis.tls.client_cert` is presented when Redis asks.
+//! (The redis crate reads the system's roots even when `ca` replaces them: an unreadable
+//! system store fails the connection either way.)
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -220,6 +223,9 @@ impl RedisStore {
     /// timeout, say) would hand out the same failed connection forever. So after a few
     /// failures in a row, at most once a second, it is replaced by a fresh one, which
     /// connects on the next command: a safety net that costs nothing while Redis answers.
+    /// Not in a cluster: there the client reconnects each node by itself, and failures
+    /// of one node's slots say nothing of the others, which a fresh client (one that must
+    /// first learn the slot map again) would take down too.
     fn outcome<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         use std::sync::atomic::Ordering;
         match &r {
@@ -227,6 +233,7 @@ impl RedisStore {
             Err(StoreError::Redis(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
                 // Redis answered (a script error, a wrong type): the connection is fine.
             }
+            Err(_) if matches!(self.target, Target::Cluster(..)) => {}
             Err(_) => {
                 if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= 3 {
                     let mut replaced = self.replaced.lock();
@@ -325,9 +332,29 @@ fn tls_files(tls: &portico_config::RedisTls) -> Result<redis::TlsCertificates, C
             })
             .transpose()
     };
+    // Checked here, so that a wrong file is a start-up error naming its field, not an
+    // empty trust store or a failed handshake at the first command.
+    let certificates = |field: &str, pem: &[u8]| -> Result<(), ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let certs: Result<Vec<_>, _> = rustls_pki_types::CertificateDer::pem_slice_iter(pem).collect();
+        match certs {
+            Ok(c) if !c.is_empty() => Ok(()),
+            Ok(_) => Err(ConfigError::new(format!("redis.tls.{field}"), "holds no PEM certificate")),
+            Err(e) => Err(ConfigError::new(format!("redis.tls.{field}"), format!("unreadable PEM: {e}"))),
+        }
+    };
     let root_cert = read("ca", &tls.ca)?;
+    if let Some(pem) = &root_cert {
+        certificates("ca", pem)?;
+    }
     let client_tls = match (read("client_cert", &tls.client_cert)?, read("client_key", &tls.client_key)?) {
-        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        (Some(client_cert), Some(client_key)) => {
+            use rustls_pki_types::pem::PemObject;
+            certificates("client_cert", &client_cert)?;
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(&client_key)
+                .map_err(|e| ConfigError::new("redis.tls.client_key", format!("no usable PEM private key: {e}")))?;
+            Some(redis::ClientTlsConfig { client_cert, client_key })
+        }
         _ => None,
     };
     Ok(redis::TlsCertificates { client_tls, root_cert })
