@@ -277,3 +277,41 @@ async fn a_node_going_down_fails_as_configured_and_recovers_without_a_restart() 
     eprintln!("every key decided by the cluster again {:?} after it was whole", start.elapsed());
     assert!(cluster.keys_per_node()[1] > 0, "the restarted node holds keys again");
 }
+
+/// A cluster whose nodes speak TLS (to clients and on the cluster bus): `rediss://` seeds
+/// and `redis.tls.ca`, no system roots; the slot map's TLS ports are followed and the
+/// counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_used_with_the_configured_ca() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start_tls(3, &pki);
+    let up = TestUpstream::start("app").await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    assert!(nodes.iter().all(|u| u.starts_with("\"rediss://")), "{nodes:?}");
+    let redis = format!(
+        "redis: {{ cluster: [{}], timeout: 300ms, tls: {{ ca: \"{}\" }} }}\n",
+        nodes.join(", "),
+        pki.ca_pem.display()
+    );
+    let cfg = crate::ratelimit_redis::limit_routes(
+        &up,
+        &redis,
+        &[(
+            "strict",
+            "{ limits: [{ limit: 10, per: 1m, algorithm: sliding_log }], key: [{ header: x-key }], store: redis, on_store_error: deny }",
+        )],
+    );
+    let gws = [
+        Gateway::start_with_env(&cfg, &[("SSL_CERT_FILE", "/dev/null")]),
+        Gateway::start_with_env(&cfg, &[("SSL_CERT_FILE", "/dev/null")]),
+    ];
+    let gws: Vec<&Gateway> = gws.iter().collect();
+    let keys: Vec<String> = (0..12).map(|i| format!("tls-caller-{i}")).collect();
+    let counts = spread(&gws, "/strict/x", &keys, 16).await;
+    for (key, (allowed, refused)) in keys.iter().zip(&counts) {
+        assert_eq!((*allowed, *refused), (10, 6), "sliding_log 10/1m for {key}; stderr:\n{}", gws[0].stderr_text());
+    }
+    let per_node = cluster.keys_per_node();
+    assert_eq!(per_node.iter().sum::<u64>(), 12, "{per_node:?}");
+    assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "the keys did not spread: {per_node:?}");
+}

@@ -627,12 +627,29 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The plain port (the tests' own commands use it).
     pub port: u16,
-    /// With `start_tls`: the TLS port, the certificate and key files, and the CA that
-    /// client certificates must chain to (`None`: no client certificate asked).
-    tls: Option<(u16, PathBuf, PathBuf, Option<PathBuf>)>,
-    /// A Redis Cluster node (its cluster bus on `port` + 10000).
+    /// With `start_tls` (or a TLS cluster): its TLS port and files.
+    tls: Option<RedisTlsFiles>,
+    /// A Redis Cluster node (its cluster bus on `port` + 10000, or the TLS port + 10000
+    /// in a TLS cluster).
     cluster: bool,
     dir: tempfile::TempDir,
+}
+
+/// The TLS side of a test redis-server.
+struct RedisTlsFiles {
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The CA of client certificates (and, in a cluster, of the other nodes).
+    ca: PathBuf,
+    /// Whether clients must present a certificate.
+    client_auth: bool,
+}
+
+impl RedisTlsFiles {
+    fn new(port: u16, pki: &Pki, client_auth: bool) -> Self {
+        Self { port, cert: pki.server_cert.clone(), key: pki.server_key.clone(), ca: pki.ca_pem.clone(), client_auth }
+    }
 }
 
 /// A free loopback port: the OS picks it; the listener is dropped just before the server
@@ -657,8 +674,7 @@ impl RedisServer {
     /// Also serving TLS with `pki`'s server certificate; with `client_auth`, only to
     /// clients with a certificate from `pki`'s CA.
     pub fn start_tls(pki: &Pki, client_auth: bool) -> RedisServer {
-        let ca = client_auth.then(|| pki.ca_pem.clone());
-        let tls = Some((free_port(), pki.server_cert.clone(), pki.server_key.clone(), ca));
+        let tls = Some(RedisTlsFiles::new(free_port(), pki, client_auth));
         let mut r =
             RedisServer { child: None, port: free_port(), tls, cluster: false, dir: tempfile::tempdir().unwrap() };
         r.restart();
@@ -671,7 +687,7 @@ impl RedisServer {
 
     /// The `rediss://` URL of the TLS port.
     pub fn tls_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.tls.as_ref().unwrap().0)
+        format!("rediss://127.0.0.1:{}", self.tls.as_ref().unwrap().port)
     }
 
     /// Starts redis (again) on the same port and waits until it answers PING.
@@ -681,12 +697,17 @@ impl RedisServer {
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        if let Some((port, cert, key, ca)) = &self.tls {
-            cmd.args(["--tls-port", &port.to_string(), "--tls-cert-file"]).arg(cert).arg("--tls-key-file").arg(key);
-            match ca {
-                Some(ca) => cmd.args(["--tls-auth-clients", "yes", "--tls-ca-cert-file"]).arg(ca),
-                None => cmd.args(["--tls-auth-clients", "no"]),
-            };
+        if let Some(t) = &self.tls {
+            cmd.args(["--tls-port", &t.port.to_string(), "--tls-cert-file"])
+                .arg(&t.cert)
+                .arg("--tls-key-file")
+                .arg(&t.key);
+            cmd.arg("--tls-ca-cert-file").arg(&t.ca);
+            cmd.args(["--tls-auth-clients", if t.client_auth { "yes" } else { "no" }]);
+            if self.cluster {
+                // The cluster bus speaks TLS too; TLS clients are told the TLS ports.
+                cmd.args(["--tls-cluster", "yes"]);
+            }
         }
         if self.cluster {
             // nodes.conf stays in `dir`: a restarted node rejoins with its slots (its
@@ -782,16 +803,32 @@ impl RedisCluster {
 
     /// Nodes with their ports chosen, none started yet (see [`RedisCluster::create`]).
     pub fn planned(n: usize) -> RedisCluster {
+        Self::planned_with(n, None)
+    }
+
+    /// A cluster whose nodes also serve TLS with `pki`'s certificate, and talk TLS to
+    /// each other; the tests' own commands use the plain ports.
+    pub fn start_tls(n: usize, pki: &Pki) -> RedisCluster {
+        let mut c = Self::planned_with(n, Some(pki));
+        c.create();
+        c
+    }
+
+    fn planned_with(n: usize, pki: Option<&Pki>) -> RedisCluster {
+        // A free port whose bus port (+10000) is free too.
+        let bus_port = || loop {
+            let p = free_port();
+            if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                break p;
+            }
+        };
         let nodes = (0..n)
             .map(|_| {
-                // A free port whose bus port (+10000) is free too.
-                let port = loop {
-                    let p = free_port();
-                    if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-                        break p;
-                    }
+                let (port, tls) = match pki {
+                    None => (bus_port(), None),
+                    Some(pki) => (free_port(), Some(RedisTlsFiles::new(bus_port(), pki, false))),
                 };
-                RedisServer { child: None, port, tls: None, cluster: true, dir: tempfile::tempdir().unwrap() }
+                RedisServer { child: None, port, tls, cluster: true, dir: tempfile::tempdir().unwrap() }
             })
             .collect();
         RedisCluster { nodes }
@@ -802,10 +839,15 @@ impl RedisCluster {
         for r in &mut self.nodes {
             r.restart();
         }
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        // Over TLS when the nodes speak it: they then announce their TLS ports.
+        if let Some(t) = &self.nodes[0].tls {
+            cli.args(["--tls", "--cacert"]).arg(&t.ca);
+        }
+        let out = cli
             .arg("--cluster")
             .arg("create")
-            .args(self.nodes.iter().map(|r| format!("127.0.0.1:{}", r.port)))
+            .args(self.nodes.iter().map(|r| format!("127.0.0.1:{}", r.tls.as_ref().map_or(r.port, |t| t.port))))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (scripts/test.sh installs redis-server, which has it)");
@@ -831,9 +873,9 @@ impl RedisCluster {
         panic!("no node serves slot {slot}:\n{table}");
     }
 
-    /// The nodes' URLs, as `redis.cluster` takes them.
+    /// The nodes' URLs, as `redis.cluster` takes them (`rediss://` in a TLS cluster).
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
+        self.nodes.iter().map(|r| if r.tls.is_some() { r.tls_url() } else { r.url() }).collect()
     }
 
     /// Waits until every running node says `cluster_state:ok` and knows every node.
