@@ -103,11 +103,10 @@ pub fn set_forwarding_headers(
     host: Option<&HeaderValue>,
 ) {
     if !peer_trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_REAL_IP);
+        remove_present(
+            headers,
+            &[&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &header::FORWARDED, &X_REAL_IP],
+        );
         headers.insert(X_FORWARDED_FOR.clone(), peer.xff.clone());
     } else {
         // Append to the chain, as one comma-separated value.
@@ -185,11 +184,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(n);
         }
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::TRAILER);
+    remove_present(
+        headers,
+        &[&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::TRAILER],
+    );
     if headers.get(header::TE).is_some_and(|v| v.as_bytes() != b"trailers") {
         headers.remove(header::TE);
     }
@@ -197,6 +195,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes those of `names` that `headers` holds. A message holds a few header names and
+/// usually none of these: one pass comparing names (an enum compare for standard ones) is
+/// cheaper than hashing every absent name to look it up.
+pub fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    if headers.keys().any(|k| names.contains(&k)) {
+        for n in names {
+            headers.remove(*n);
+        }
     }
 }
 

@@ -253,8 +253,10 @@ impl IdentityHeaders {
     /// Removes client copies of every identity header.
     #[inline]
     pub fn strip(&self, headers: &mut HeaderMap) {
-        for h in &*self.strip {
-            headers.remove(h);
+        if headers.keys().any(|k| self.strip.contains(k)) {
+            for h in &*self.strip {
+                headers.remove(h);
+            }
         }
         // CGI-style servers (WSGI, PHP, nginx with `underscores_in_headers`) read
         // `X_User_ID` as `X-User-ID`: such spellings of identity headers go too.
