@@ -21,6 +21,12 @@ fn limits_config(up: &TestUpstream, cluster: &RedisCluster, routes: &[(&str, &st
     crate::ratelimit_redis::limit_routes(up, &cluster_yaml(cluster), routes)
 }
 
+/// `/deny`: a limit per `x-key` that never refuses, 503 when the cluster cannot decide.
+fn deny_config(up: &TestUpstream, cluster: &RedisCluster) -> String {
+    let plugin = "{ limits: [{ limit: 1000, per: 1m }], key: [{ header: x-key }], store: redis, on_store_error: deny }";
+    limits_config(up, cluster, &[("deny", plugin)])
+}
+
 async fn get_keyed(gw: &Gateway, path: &str, key: &str) -> u16 {
     let req = http::Request::get(gw.url(path)).header("x-key", key).body(Full::new(Bytes::new())).unwrap();
     send(req).await.0.as_u16()
@@ -201,14 +207,7 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
 async fn a_gateway_started_before_its_cluster_uses_it_once_it_is_up() {
     let mut cluster = RedisCluster::planned(3);
     let up = TestUpstream::start("app").await;
-    let cfg = limits_config(
-        &up,
-        &cluster,
-        &[(
-            "deny",
-            "{ limits: [{ limit: 1000, per: 1m }], key: [{ header: x-key }], store: redis, on_store_error: deny }",
-        )],
-    );
+    let cfg = deny_config(&up, &cluster);
     let gw = Gateway::start(&cfg);
     assert_eq!(get_keyed(&gw, "/deny/x", "k").await, 503);
     cluster.create();
@@ -231,14 +230,7 @@ async fn subscription_is(gw: &Gateway, up: f64) -> bool {
 async fn a_node_going_down_fails_as_configured_and_recovers_without_a_restart() {
     let mut cluster = RedisCluster::start(3);
     let up = TestUpstream::start("app").await;
-    let cfg = limits_config(
-        &up,
-        &cluster,
-        &[(
-            "deny",
-            "{ limits: [{ limit: 1000, per: 1m }], key: [{ header: x-key }], store: redis, on_store_error: deny }",
-        )],
-    );
+    let cfg = deny_config(&up, &cluster);
     let gw = Gateway::start(&cfg);
     let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
     for k in &keys {
