@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
 
+use crate::revocation;
 use crate::support::*;
 
 fn cluster_yaml(cluster: &RedisCluster) -> String {
@@ -111,7 +112,7 @@ async fn three_instances_count_exactly_in_a_cluster_with_keys_on_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subscribed_node() {
-    use crate::auth::{SECRET, claims, mint, now};
+    use crate::auth::claims;
     let mut cluster = RedisCluster::start(3);
     // The other nodes keep serving their slots while one is down (so the subscription can
     // be shown moving to another node).
@@ -126,11 +127,8 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
     let urls = cluster.urls();
     let nodes: Vec<String> = order.iter().map(|&i| format!("\"{}\"", urls[i])).collect();
     let up = TestUpstream::start("app").await;
-    let cfg = config(&format!(
-        "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\nredis: {{ cluster: [{}], timeout: 300ms }}\njwt_providers:\n  main:\n    issuer: https://idp.test\n    audiences: [api]\n    keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n    revocation: {{ cache_ttl: 30s }}\nroutes:\n  - name: api\n    match: {{ prefix: /api }}\n    upstream: app\n    plugins: [{{ jwt: {{ provider: main }} }}]\n",
-        up.url(),
-        nodes.join(", ")
-    ));
+    let redis = format!("redis: {{ cluster: [{}], timeout: 300ms }}\n", nodes.join(", "));
+    let cfg = revocation::gateway_config_redis(&up, &redis, "{ cache_ttl: 30s }", None);
     let (a, b) = (Gateway::start(&cfg), Gateway::start(&cfg));
     for gw in [&a, &b] {
         assert!(subscription_is(gw, 1.0).await, "no subscription; stderr:\n{}", gw.stderr_text());
@@ -143,43 +141,23 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
     };
     let users: Vec<String> = (0..200).map(|i| format!("user{i}")).filter(|u| away(u)).take(3).collect();
     assert_eq!(users.len(), 3);
-    let specs: Vec<_> = users
-        .iter()
-        .map(|u| json!({ "alg": "HS256", "key": SECRET, "claims": claims(u, json!({ "jti": format!("{u}-1") })) }))
-        .collect();
-    let tokens = mint(json!(specs));
-    let status = |gw: &Gateway, token: &str| {
-        let req = http::Request::get(gw.url("/api/x"))
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        async move { send(req).await.0.as_u16() }
-    };
+    let tokens =
+        revocation::tokens(&users.iter().map(|u| claims(u, json!({ "jti": format!("{u}-1") }))).collect::<Vec<_>>());
     // Each check is one MGET of a jti key and a subject key, in different slots: the
     // client splits it per node.
     for gw in [&a, &b] {
         for t in &tokens {
-            assert_eq!(status(gw, t).await, 200, "{}", gw.stderr_text());
+            assert_eq!(status_of(gw, t).await, 200, "{}", gw.stderr_text());
         }
     }
-    let revoke = |jti: String| {
-        let req = http::Request::post(a.admin_url("/revocations"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(format!(r#"{{"jti":"{jti}","exp":{}}}"#, now() + 600))))
-            .unwrap();
-        async move {
-            let (s, _, body) = send(req).await;
-            assert_eq!(s, 204, "{body}");
-        }
-    };
     // The cache TTL is 30 s: only the notice, published on the channel's node and
     // delivered by the cluster to the subscriber on another node, makes `b` see it soon.
-    revoke(format!("{}-1", users[0])).await;
+    revoke_jti(&a, &format!("{}-1", users[0])).await;
     let start = Instant::now();
-    let seen = Gateway::eventually(Duration::from_secs(1), || async { status(&b, &tokens[0]).await == 401 }).await;
+    let seen = Gateway::eventually(Duration::from_secs(1), || async { status_of(&b, &tokens[0]).await == 401 }).await;
     assert!(seen, "b still accepts the revoked token after 1 s");
     eprintln!("revocation seen through the cluster after {:?}", start.elapsed());
-    assert_eq!(status(&b, &tokens[1]).await, 200);
+    assert_eq!(status_of(&b, &tokens[1]).await, 200);
     let slot = cluster.nodes[0].cmd(&["CLUSTER", "KEYSLOT", &format!("portico:revoked:jti:{}-1", users[0])]);
     // Each node counts only its own keys in the slot: stored once.
     let stored: u64 =
@@ -195,10 +173,10 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
     for gw in [&a, &b] {
         assert!(subscription_is(gw, 1.0).await, "no subscription on another node; stderr:\n{}", gw.stderr_text());
     }
-    revoke(format!("{}-1", users[1])).await;
-    let seen = Gateway::eventually(Duration::from_secs(1), || async { status(&b, &tokens[1]).await == 401 }).await;
+    revoke_jti(&a, &format!("{}-1", users[1])).await;
+    let seen = Gateway::eventually(Duration::from_secs(1), || async { status_of(&b, &tokens[1]).await == 401 }).await;
     assert!(seen, "b missed a revocation after its subscription moved; stderr:\n{}", b.stderr_text());
-    assert_eq!(status(&b, &tokens[2]).await, 200);
+    assert_eq!(status_of(&b, &tokens[2]).await, 200);
 }
 
 /// The gateway may start before its cluster exists: commands fail as configured, then
@@ -216,6 +194,17 @@ async fn a_gateway_started_before_its_cluster_uses_it_once_it_is_up() {
         Gateway::eventually(Duration::from_secs(15), || async { get_keyed(&gw, "/deny/x", "k").await == 200 }).await;
     assert!(up, "never used the cluster; stderr:\n{}", gw.stderr_text());
     eprintln!("cluster used {:?} after it was created", start.elapsed());
+}
+
+/// The status of `/api/x` with `token`.
+async fn status_of(gw: &Gateway, token: &str) -> u16 {
+    revocation::status(gw, "/api/x", token).await.0
+}
+
+/// Revokes `jti` (for ten minutes) through `gw`'s admin API.
+async fn revoke_jti(gw: &Gateway, jti: &str) {
+    let (s, body) = revocation::revoke(gw, &format!(r#"{{"jti":"{jti}","exp":{}}}"#, crate::auth::now() + 600)).await;
+    assert_eq!(s, 204, "{body}");
 }
 
 /// Waits until `gw`'s subscription to the revocation notices is `up` (1) or down (0).

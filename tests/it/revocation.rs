@@ -18,6 +18,12 @@ fn gateway_config(up: &TestUpstream, redis: Option<&RedisServer>, revocation: &s
 }
 
 fn gateway_config_url(up: &TestUpstream, redis: Option<String>, revocation: &str, lenient: Option<&str>) -> String {
+    let redis = redis.map_or(String::new(), |url| format!("redis: {{ url: \"{url}\", timeout: 200ms }}\n"));
+    gateway_config_redis(up, &redis, revocation, lenient)
+}
+
+/// The same, with `redis_yaml` as the top-level `redis` (a cluster, say).
+pub fn gateway_config_redis(up: &TestUpstream, redis: &str, revocation: &str, lenient: Option<&str>) -> String {
     let provider = |name: &str, rev: &str| {
         format!(
             "  {name}:\n    issuer: https://idp.test\n    audiences: [api]\n    keys: [{{ alg: HS256, secret: \"{SECRET}\" }}]\n    revocation: {rev}\n"
@@ -33,7 +39,6 @@ fn gateway_config_url(up: &TestUpstream, redis: Option<String>, revocation: &str
             "  - name: lenient\n    match: { prefix: /lenient }\n    upstream: app\n    plugins: [{ jwt: { provider: lenient } }]\n",
         );
     }
-    let redis = redis.map_or(String::new(), |url| format!("redis: {{ url: \"{url}\", timeout: 200ms }}\n"));
     config(&format!(
         "upstreams:\n  app: {{ targets: [{{ url: {} }}] }}\n{redis}jwt_providers:\n{providers}routes:\n{routes}",
         up.url()
@@ -41,12 +46,12 @@ fn gateway_config_url(up: &TestUpstream, redis: Option<String>, revocation: &str
 }
 
 /// HS256 tokens for the given claims.
-fn tokens(claims: &[Value]) -> Vec<String> {
+pub fn tokens(claims: &[Value]) -> Vec<String> {
     let specs: Vec<Value> = claims.iter().map(|c| json!({ "alg": "HS256", "key": SECRET, "claims": c })).collect();
     mint(json!(specs))
 }
 
-async fn status(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
+pub async fn status(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
     let req = http::Request::get(gw.url(path))
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(Bytes::new()))
@@ -55,7 +60,7 @@ async fn status(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
     (s.as_u16(), serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-async fn revoke(gw: &Gateway, body: &str) -> (u16, String) {
+pub async fn revoke(gw: &Gateway, body: &str) -> (u16, String) {
     let req = http::Request::post(gw.admin_url("/revocations"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))

@@ -151,7 +151,7 @@ fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
                 if i > 0 && url.starts_with("rediss://") != tls && url.contains("://") {
                     err(path.clone(), "every node must use the same scheme (redis:// or rediss://)".into());
                 }
-                if i > 0 && redis_shared_settings(url) != redis_shared_settings(&r.cluster[0]) {
+                if i > 0 && RedisUrl::shared(url) != RedisUrl::shared(&r.cluster[0]) {
                     // Not the values: a password is a secret.
                     err(
                         path.clone(),
@@ -192,14 +192,30 @@ fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {
     }
 }
 
-/// What every node of a cluster must share: the `user:password`, the query and the
-/// fragment of its URL.
-fn redis_shared_settings(url: &str) -> (Option<&str>, Option<&str>, Option<&str>) {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let (rest, fragment) = rest.split_once('#').map_or((rest, None), |(r, f)| (r, Some(f)));
-    let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
-    let authority = rest.split('/').next().unwrap_or("");
-    (authority.rsplit_once('@').map(|(u, _)| u), query, fragment)
+/// The parts of a Redis URL after its scheme:
+/// `[userinfo@]host[:port][/db][?query][#fragment]`.
+struct RedisUrl<'a> {
+    userinfo: Option<&'a str>,
+    host_port: &'a str,
+    db: Option<&'a str>,
+    query: Option<&'a str>,
+    fragment: Option<&'a str>,
+}
+
+impl<'a> RedisUrl<'a> {
+    fn split(rest: &'a str) -> Self {
+        let (rest, fragment) = rest.split_once('#').map_or((rest, None), |(r, f)| (r, Some(f)));
+        let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
+        let (authority, db) = rest.split_once('/').map_or((rest, None), |(a, d)| (a, Some(d)));
+        let (userinfo, host_port) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
+        Self { userinfo, host_port, db, query, fragment }
+    }
+
+    /// What every node of a cluster must share: user and password, query and fragment.
+    fn shared(url: &'a str) -> (Option<&'a str>, Option<&'a str>, Option<&'a str>) {
+        let u = Self::split(url.split_once("://").map_or(url, |(_, r)| r));
+        (u.userinfo, u.query, u.fragment)
+    }
 }
 
 /// `url` as `redis://` or `rediss://` with a host to connect to, an optional port and
@@ -210,7 +226,7 @@ fn check_redis_url(path: String, url: &str, cluster: bool, err: &mut impl FnMut(
     let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
         return err(path, "must start with redis:// or rediss:// (TLS)".into());
     };
-    let (rest, fragment) = rest.split_once('#').map_or((rest, None), |(r, f)| (r, Some(f)));
+    let RedisUrl { host_port, db, fragment, .. } = RedisUrl::split(rest);
     match fragment {
         Some("insecure") => {
             err(path.clone(), "#insecure (no certificate check) is not supported; give the CA in redis.tls.ca".into())
@@ -218,9 +234,6 @@ fn check_redis_url(path: String, url: &str, cluster: bool, err: &mut impl FnMut(
         Some(_) => err(path.clone(), "takes no #fragment".into()),
         None => {}
     }
-    let rest = rest.split('?').next().unwrap_or("");
-    let (authority, db) = rest.split_once('/').map_or((rest, None), |(a, d)| (a, Some(d)));
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = match host_port.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((h, p)) => (h, p.strip_prefix(':')),

@@ -201,10 +201,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Removes those of `names` that `headers` holds. A message holds a few header names and
 /// usually none of these: one pass comparing names (an enum compare for standard ones) is
 /// cheaper than hashing every absent name to look it up.
-pub fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName]) {
-    if headers.keys().any(|k| names.contains(&k)) {
+pub fn remove_present<N: std::borrow::Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
+    if headers.keys().any(|k| names.iter().any(|n| n.borrow() == k)) {
         for n in names {
-            headers.remove(*n);
+            headers.remove(n.borrow());
         }
     }
 }

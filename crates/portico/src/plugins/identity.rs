@@ -253,11 +253,7 @@ impl IdentityHeaders {
     /// Removes client copies of every identity header.
     #[inline]
     pub fn strip(&self, headers: &mut HeaderMap) {
-        if headers.keys().any(|k| self.strip.contains(k)) {
-            for h in &*self.strip {
-                headers.remove(h);
-            }
-        }
+        crate::forwarded::remove_present(headers, &self.strip);
         // CGI-style servers (WSGI, PHP, nginx with `underscores_in_headers`) read
         // `X_User_ID` as `X-User-ID`: such spellings of identity headers go too.
         if headers.keys().any(|k| k.as_str().contains('_')) {
