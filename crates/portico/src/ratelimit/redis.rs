@@ -117,15 +117,20 @@ end
 return {0, 0, ns(debt), ns(debt + interval - max_debt), 0}
 ";
 
-/// A reservation of `fixed_window`: `INCRBY` of `min(cost, limit - count)`. ARGV as
-/// [`FIXED_WINDOW`]. Returns `{granted, remaining, reset_after ns, time to the window's
-/// end ns, 0}`.
-const FIXED_WINDOW_RESERVE: &str = r"
+/// What `fixed_window` and its reservation share: the current window's key, its count,
+/// and the time `left` in it (µs).
+const FIXED_WINDOW_HEAD: &str = r"
 local period, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local window = math.floor(now / period)
 local key = KEYS[1] .. ':' .. string.format('%.0f', window)
 local count = tonumber(redis.call('GET', key)) or 0
 local left = (window + 1) * period - now
+";
+
+/// A reservation of `fixed_window`, after [`FIXED_WINDOW_HEAD`]: `INCRBY` of `min(cost, limit - count)`. ARGV as
+/// [`FIXED_WINDOW`]. Returns `{granted, remaining, reset_after ns, time to the window's
+/// end ns, 0}`.
+const FIXED_WINDOW_RESERVE: &str = r"
 local grant = math.max(0, math.min(cost, limit - count))
 if grant > 0 then
   count = redis.call('INCRBY', key, grant)
@@ -153,13 +158,8 @@ end
 return {1, room, ns(queued), 0, ns(wait)}
 ";
 
-/// `fixed_window`. ARGV: cost, period in µs, limit.
+/// `fixed_window`, after [`FIXED_WINDOW_HEAD`]. ARGV: cost, period in µs, limit.
 const FIXED_WINDOW: &str = r"
-local period, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local window = math.floor(now / period)
-local key = KEYS[1] .. ':' .. string.format('%.0f', window)
-local count = tonumber(redis.call('GET', key)) or 0
-local left = (window + 1) * period - now
 local allowed = 0
 if count + cost <= limit then
   allowed = 1
@@ -260,11 +260,12 @@ fn script(body: &str) -> Script {
 
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GCRA));
 static LEAKY_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEAKY));
-static FIXED_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FIXED_WINDOW));
+static FIXED_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&format!("{FIXED_WINDOW_HEAD}{FIXED_WINDOW}")));
 static SLIDING_WINDOW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SLIDING_WINDOW));
 static SLIDING_LOG_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SLIDING_LOG));
 static GCRA_RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(GCRA_RESERVE));
-static FIXED_WINDOW_RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FIXED_WINDOW_RESERVE));
+static FIXED_WINDOW_RESERVE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{FIXED_WINDOW_HEAD}{FIXED_WINDOW_RESERVE}")));
 
 /// What a reservation ([`RedisLimiter::reserve`]) obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
