@@ -23,3 +23,4 @@ mod support;
 mod tenants;
 mod tls_listener;
 mod tls_upstream;
+mod upstream_h1;

@@ -228,7 +228,12 @@ async fn a_redis_outage_fails_closed_or_open_as_configured_and_recovers() {
     let ok = Gateway::eventually(Duration::from_secs(10), || async { status(&gw, "/api/x", &fresh[0]).await.0 == 200 })
         .await;
     assert!(ok, "checks did not recover; stderr:\n{}", gw.stderr_text());
-    assert!(gw.stderr_text().contains("revocation checks reach redis again"));
+    // The log line is written by the logging thread, maybe a moment after the answer.
+    let logged = Gateway::eventually(Duration::from_secs(2), || async {
+        gw.stderr_text().contains("revocation checks reach redis again")
+    })
+    .await;
+    assert!(logged, "stderr:\n{}", gw.stderr_text());
     // The subscription is back too: a revocation reaches the cache of this instance.
     subscribed(&gw).await;
     let (s, body) = revoke(&gw, &format!(r#"{{"jti":"u-2","exp":{}}}"#, now() + 60)).await;

@@ -26,6 +26,8 @@ pub enum Body {
     Incoming(Incoming),
     /// A client body streamed upstream, cut off with an error past the listener's limit.
     Limited(Limited<Incoming>),
+    /// A response body read straight from a pooled HTTP/1.1 upstream connection.
+    H1(Box<crate::upstream::h1::ResponseBody>),
     /// A body that holds something until it ends or is dropped (a concurrency slot).
     Holding(Box<Body>, Option<Box<dyn std::fmt::Debug + Send + Sync>>),
 }
@@ -55,6 +57,7 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Limited(b) => Pin::new(b).poll_frame(cx),
+            Body::H1(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::Holding(b, held) => {
                 let res = Pin::new(&mut **b).poll_frame(cx);
                 if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
@@ -72,6 +75,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Limited(b) => b.is_end_stream(),
+            Body::H1(b) => b.is_end_stream(),
             Body::Holding(b, _) => b.is_end_stream(),
         }
     }
@@ -83,6 +87,7 @@ impl http_body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Limited(b) => b.size_hint(),
+            Body::H1(b) => b.size_hint(),
             Body::Holding(b, _) => b.size_hint(),
         }
     }

@@ -28,7 +28,7 @@ use crate::error::{ErrorKind, GatewayError, Side};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
 use crate::snapshot::CompiledRoute;
-use crate::upstream::{PickKey, Upstream, retry};
+use crate::upstream::{PickKey, Upstream, h1, retry};
 
 /// What the proxy needs besides the request.
 #[derive(Debug)]
@@ -222,12 +222,6 @@ pub async fn forward(
         };
         last_target = Some(target.clone());
         let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(pq.clone())
-            .build()
-            .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
         let mut h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
         match (&original_host, ctx.route.preserve_host) {
             (Some(host), true) => h.insert(header::HOST, host.clone()),
@@ -240,17 +234,38 @@ pub async fn forward(
             (None, Some(b)) => Body::Limited(Limited::new(b, usize::try_from(ctx.max_body).unwrap_or(usize::MAX))),
             (None, None) => Body::Empty,
         };
-        let mut upstream_req = Request::new(attempt_body);
-        *upstream_req.method_mut() = method.clone();
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = version;
-        *upstream_req.headers_mut() = h;
 
         let sent = Instant::now();
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
         let flight = upstream.start_at(target.clone(), sent);
-        let res = tokio::time::timeout(try_timeout, upstream.client.request(upstream_req)).await;
+        // Plain HTTP/1.1 to an IP address without a request body: the lean client.
+        let lean = match (&upstream.h1, target.addr, &attempt_body) {
+            (Some(settings), Some(addr), Body::Empty) if !upgrade => Some((settings, addr)),
+            _ => None,
+        };
+        let res = match lean {
+            Some((settings, addr)) => {
+                let head = h1::encode_head(&method, pq.as_str(), &h);
+                let res = tokio::time::timeout(try_timeout, target.pool.send(addr, settings, &method, &head)).await;
+                res.map(|r| r.map_err(|e| lean_error(&e, upstream)))
+            }
+            None => {
+                let uri = Uri::builder()
+                    .scheme(upstream.scheme.clone())
+                    .authority(target.authority.clone())
+                    .path_and_query(pq.clone())
+                    .build()
+                    .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
+                let mut upstream_req = Request::new(attempt_body);
+                *upstream_req.method_mut() = method.clone();
+                *upstream_req.uri_mut() = uri;
+                *upstream_req.version_mut() = version;
+                *upstream_req.headers_mut() = h;
+                let res = tokio::time::timeout(try_timeout, upstream.client.request(upstream_req)).await;
+                res.map(|r| r.map(|res| res.map(Body::Incoming)).map_err(|e| classify(&e, upstream.connect_timeout)))
+            }
+        };
         let waited = sent.elapsed();
         upstream.latency.observe(waited.as_secs_f64());
         outcome.backend_latency = Some(outcome.backend_latency.unwrap_or_default() + waited);
@@ -278,7 +293,6 @@ pub async fn forward(
                 (e, true)
             }
             Ok(Err(e)) => {
-                let e = classify(&e, upstream.connect_timeout);
                 flight.finish(e.side() == Side::Upstream);
                 let sent = !e.retry_safe();
                 (e, sent)
@@ -328,7 +342,7 @@ pub async fn forward(
 
     let (mut parts, body) = res.into_parts();
     forwarded::remove_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, Body::Incoming(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Sends a copy of the request to the mirror upstream in a task of its own; the answer
@@ -442,6 +456,17 @@ trait EndStream {
 impl EndStream for Incoming {
     fn is_end_stream_(&self) -> bool {
         http_body::Body::is_end_stream(self)
+    }
+}
+
+/// Maps an error of the lean HTTP/1.1 client to the contract, as [`classify`] does for
+/// hyper's.
+fn lean_error(e: &h1::Error, upstream: &Upstream) -> GatewayError {
+    tracing::debug!(upstream = %upstream.name, error = %e, "upstream exchange failed");
+    match e {
+        h1::Error::Connect(_) => GatewayError::new(ErrorKind::ConnectFailed),
+        h1::Error::ConnectTimeout => GatewayError::new(ErrorKind::ConnectTimeout(upstream.connect_timeout)),
+        h1::Error::Io(_) | h1::Error::Malformed(_) => GatewayError::new(ErrorKind::BadResponse),
     }
 }
 

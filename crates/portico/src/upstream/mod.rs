@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod discovery;
+pub mod h1;
 pub mod health;
 pub mod retry;
 pub mod tls;
@@ -47,6 +48,11 @@ pub struct Target {
     pub host_header: HeaderValue,
     /// Relative weight.
     pub weight: u32,
+    /// The socket address, when the target is an IP address (then plain HTTP/1.1
+    /// requests without a body use [`h1`]).
+    pub addr: Option<std::net::SocketAddr>,
+    /// Idle connections for [`h1`].
+    pub pool: h1::Pool,
     /// Requests in flight to this target.
     pub in_flight: AtomicU32,
     /// Peak-EWMA latency in nanoseconds, and when it was last updated (ms since the
@@ -75,8 +81,15 @@ impl Target {
     pub fn new(upstream: &str, authority: Authority, host_header: HeaderValue, weight: u32, metrics: &Metrics) -> Self {
         let health_gauge = metrics.target_healthy(upstream, authority.as_str());
         health_gauge.set(1);
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let addr = host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, authority.port_u16().unwrap_or(80)));
         Target {
             ejections_total: metrics.target_ejections(upstream, authority.as_str()),
+            addr,
+            pool: h1::Pool::default(),
             authority,
             host_header,
             weight,
@@ -128,6 +141,9 @@ pub struct Upstream {
     pub(crate) resolved: tokio::sync::watch::Sender<bool>,
     /// Scheme toward targets.
     pub scheme: Scheme,
+    /// Set for plain-TCP HTTP/1.1 upstreams: their requests without a body to targets
+    /// given as IP addresses go through [`h1`] with these settings.
+    pub h1: Option<h1::Settings>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Default request timeout (time to response head).
@@ -206,6 +222,11 @@ impl Upstream {
             metrics: metrics.clone(),
             resolved: tokio::sync::watch::Sender::new(!discovered),
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            h1: (!https && def.protocol == UpstreamProtocol::Http1).then(|| h1::Settings {
+                max_idle: def.pool.max_idle_per_target,
+                idle_timeout: def.pool.idle_timeout.get(),
+                connect_timeout: def.timeouts.connect.get(),
+            }),
             connect_timeout: def.timeouts.connect.get(),
             request_timeout: def.timeouts.request.get(),
             latency: metrics.backend_latency(name),
