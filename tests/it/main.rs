@@ -11,6 +11,7 @@ mod demo;
 mod discovery;
 mod docs;
 mod errors;
+mod lean_server;
 mod lifecycle;
 mod observe;
 mod proxy;

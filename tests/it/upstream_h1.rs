@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// A TCP server answering each request with the bytes its path names, counting
 /// connections accepted and connections the other side closed.
-struct Scripted {
+pub struct Scripted {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     ended: Arc<AtomicUsize>,
@@ -68,7 +68,7 @@ fn script(method: &str, path: &str, nth: usize, head: &str) -> Act {
 }
 
 impl Scripted {
-    async fn start() -> Scripted {
+    pub async fn start() -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -83,7 +83,7 @@ impl Scripted {
         Scripted { addr, accepted, ended }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

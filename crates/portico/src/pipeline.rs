@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::Shared;
@@ -77,7 +76,8 @@ pub struct Outcome {
 }
 
 /// Handles one request. Never fails: every error becomes a response.
-pub async fn handle(mut req: Request<Incoming>, conn: Arc<ConnInfo>, shared: Arc<Shared>) -> Response<Body> {
+/// The request body is hyper's stream or, from the lean HTTP/1.1 server loop, empty.
+pub async fn handle(mut req: Request<Body>, conn: Arc<ConnInfo>, shared: Arc<Shared>) -> Response<Body> {
     let start = Instant::now();
     let wall_start = shared.access_log.enabled().then(SystemTime::now);
     let snap = shared.snapshot.load_full();
@@ -322,9 +322,9 @@ fn preflight_method(method: &Method, headers: &http::HeaderMap) -> Option<Method
 
 /// Counts a refused request and writes its audit line (rate and concurrency limits are
 /// only counted).
-fn audit(
+fn audit<B>(
     shared: &Shared,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     route: &Arc<str>,
     request_id: &HeaderValue,
     client_ip: std::net::IpAddr,
@@ -369,7 +369,7 @@ fn audit(
 }
 
 /// Limits and sanity checks before routing.
-fn check_request(req: &Request<Incoming>, limits: &ListenerSettings) -> Result<(), GatewayError> {
+fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<(), GatewayError> {
     // Request head size: the request line and every header line.
     let mut head = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 16;
     for (name, value) in req.headers() {

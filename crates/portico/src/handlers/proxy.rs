@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portico_config::UpstreamProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -107,7 +106,7 @@ async fn acquire(
 
 /// Forwards `req` upstream and returns the upstream's response.
 pub async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     mut ctx: ProxyCtx<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
@@ -231,7 +230,10 @@ pub async fn forward(
             (Some(bytes), _) if bytes.is_empty() => Body::Empty,
             (Some(bytes), _) => Body::full(bytes.clone()),
             (None, Some(b)) if b.is_end_stream_() => Body::Empty,
-            (None, Some(b)) => Body::Limited(Limited::new(b, usize::try_from(ctx.max_body).unwrap_or(usize::MAX))),
+            (None, Some(Body::Incoming(b))) => {
+                Body::Limited(Limited::new(b, usize::try_from(ctx.max_body).unwrap_or(usize::MAX)))
+            }
+            (None, Some(b)) => b,
             (None, None) => Body::Empty,
         };
 
@@ -241,11 +243,15 @@ pub async fn forward(
         let flight = upstream.start_at(target.clone(), sent);
         // Plain HTTP/1.1 to an IP address without a request body: the lean client.
         let lean = match (&upstream.h1, target.addr, &attempt_body) {
-            (Some(settings), Some(addr), Body::Empty) if !upgrade => Some((settings, addr)),
+            (Some(settings), Some(addr), Body::Empty) if !upgrade && method != http::Method::CONNECT => {
+                Some((settings, addr))
+            }
             _ => None,
         };
         let res = match lean {
             Some((settings, addr)) => {
+                // Trailers are not read on this path: do not invite them.
+                h.remove(header::TE);
                 let head = h1::encode_head(&method, pq.as_str(), &h);
                 let res = tokio::time::timeout(try_timeout, target.pool.send(addr, settings, &method, &head)).await;
                 res.map(|r| r.map_err(|e| lean_error(&e, upstream)))
@@ -424,7 +430,7 @@ async fn retry_allowed(
 /// Reads a small body into memory so it can be sent again. `None` when the body is too
 /// large (or of unknown length) to keep: such a request is tried once.
 async fn replayable_body(
-    body: &mut Option<Incoming>,
+    body: &mut Option<Body>,
     headers: &HeaderMap,
     max: u64,
 ) -> Result<Option<Bytes>, GatewayError> {
@@ -453,7 +459,7 @@ trait EndStream {
     fn is_end_stream_(&self) -> bool;
 }
 
-impl EndStream for Incoming {
+impl EndStream for Body {
     fn is_end_stream_(&self) -> bool {
         http_body::Body::is_end_stream(self)
     }

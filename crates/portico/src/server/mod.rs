@@ -2,6 +2,7 @@
 //! connection tracking for a graceful drain.
 
 pub(crate) mod conn;
+mod lean;
 pub mod tls;
 
 use std::io;
@@ -289,7 +290,7 @@ async fn accept_loop(
                 let info = Arc::new(ConnInfo::new(peer, "http", s));
                 tokio::spawn(async move {
                     shared.metrics.active_connections.inc();
-                    conn::serve(stream, info, builder, shared.clone(), shutdown).await;
+                    lean::serve(stream, info, builder, shared.clone(), shutdown).await;
                     shared.metrics.active_connections.dec();
                     drop(guard);
                     drop(permit);

@@ -19,8 +19,10 @@
 //! the body runs to the end of the connection); a connection goes back to the pool only
 //! after a complete HTTP/1.1 response without `Connection: close` and with nothing left
 //! over; a pooled connection the upstream closed while idle is noticed before use, and a
-//! request that met one closing anyway is sent again on a new connection when that is safe
-//! (its head could not be written, or its method is idempotent).
+//! request that met one closing anyway (the keep-alive race: the upstream closed it as
+//! the request went out, nothing came back) is sent once more on a new connection when
+//! that is safe: its head could not be written, or its method is GET, HEAD, OPTIONS or
+//! TRACE (Go's HTTP client draws the same line). A new connection that fails is an error.
 
 use std::future::Future;
 use std::io;
@@ -53,7 +55,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// The most trailer bytes accepted after the last chunk (they are read and dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
 /// How many closed pooled connections one request may meet before it connects anew.
-const MAX_STALE: u32 = 2;
+const MAX_STALE: u32 = 1;
 
 /// How the pool of an upstream behaves.
 #[derive(Clone, Copy, Debug)]
@@ -141,7 +143,7 @@ impl Conn {
         if let Err(e) = self.io.write_all(head).await {
             return Err(Failure::Stale { error: e, unwritten: true });
         }
-        let mut received = false;
+        let mut received = 0;
         loop {
             if !self.buf.is_empty() {
                 match parse(&mut self.buf, method_head) {
@@ -149,13 +151,14 @@ impl Conn {
                     Ok(None) => {}
                     Err(m) => return Err(Failure::Other(Error::Malformed(m))),
                 }
-                if self.buf.len() >= MAX_HEAD {
+                // Informational heads count too: an endless run of them is no answer.
+                if received >= MAX_HEAD {
                     return Err(Failure::Other(Error::Malformed("response head too large")));
                 }
             }
             let read = std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await;
             match read {
-                Ok(0) if !received => {
+                Ok(0) if received == 0 => {
                     let error = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
                     return Err(Failure::Stale { error, unwritten: false });
                 }
@@ -163,8 +166,8 @@ impl Conn {
                     let e = io::Error::new(io::ErrorKind::UnexpectedEof, "closed in the response head");
                     return Err(Failure::Other(Error::Io(e)));
                 }
-                Ok(_) => received = true,
-                Err(error) if !received => return Err(Failure::Stale { error, unwritten: false }),
+                Ok(n) => received += n,
+                Err(error) if received == 0 => return Err(Failure::Stale { error, unwritten: false }),
                 Err(e) => return Err(Failure::Other(Error::Io(e))),
             }
         }
@@ -238,7 +241,7 @@ fn parse(buf: &mut BytesMut, method_head: bool) -> Result<Option<Parsed>, &'stat
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| "invalid header value")?;
             headers.append(name, value);
         }
-        let (framing, must_close) = framing(&mut headers, status, method_head)?;
+        let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
         let reusable = http11 && !must_close && framing != Framing::Close && !asks_close(&headers);
         return Ok(Some(Parsed { status, headers, framing, reusable }));
     }
@@ -246,20 +249,26 @@ fn parse(buf: &mut BytesMut, method_head: bool) -> Result<Option<Parsed>, &'stat
 
 /// The response's framing (RFC 9112 section 6.3), and whether the connection must close
 /// after it. Leaves one unambiguous `Content-Length` in `headers`, or none.
-fn framing(headers: &mut HeaderMap, status: StatusCode, method_head: bool) -> Result<(Framing, bool), &'static str> {
+fn framing(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    method_head: bool,
+    http11: bool,
+) -> Result<(Framing, bool), &'static str> {
     if method_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), false));
     }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        // Only `chunked` alone, as nginx requires: any other coding would reach the
+        // client undeclared once the hop-by-hop header is gone.
+        if !http11 || codings.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err("unsupported transfer-encoding");
+        }
         // Both headers: a smuggling attempt or a broken upstream. The length is not
         // forwarded, and the connection is not used again.
         let both = headers.remove(header::CONTENT_LENGTH).is_some();
-        return Ok((if chunked { Framing::Chunked } else { Framing::Close }, both || !chunked));
+        return Ok((Framing::Chunked, both));
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -419,10 +428,7 @@ impl Pool {
         method: &Method,
         head: &[u8],
     ) -> Result<Response<Body>, Error> {
-        let idempotent = matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-        );
+        let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let method_head = *method == Method::HEAD;
         let mut stale = 0;
         loop {
@@ -472,6 +478,55 @@ impl Pool {
         *res.headers_mut() = p.headers;
         res
     }
+}
+
+/// Parses a chunk-size line (`1a;name=value CRLF`): the bytes it takes and the size, or
+/// `None` when the line is not complete yet. Stricter than httparse's version, as hyper
+/// is: at least one hex digit, no bare LF, no control bytes in extensions (a lenient
+/// parser here is how chunk-extension smuggling desynchronises a reused connection).
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    let mut i = 0;
+    while let Some(&b) = buf.get(i) {
+        let v = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => break,
+        };
+        digits += 1;
+        if digits > 16 {
+            return Err("chunk size too large");
+        }
+        size = size << 4 | u64::from(v);
+        i += 1;
+    }
+    if i == buf.len() {
+        return Ok(None);
+    }
+    if digits == 0 {
+        return Err("invalid chunk size");
+    }
+    // Optional whitespace, then extensions up to the CRLF.
+    let mut in_ext = false;
+    while let Some(&b) = buf.get(i) {
+        match b {
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((i + 2, size))),
+                    Some(_) => Err("invalid chunk size line"),
+                };
+            }
+            b';' => in_ext = true,
+            b' ' | b'\t' => {}
+            0x21..=0x7e | 0x80..=0xff if in_ext => {}
+            _ => return Err("invalid chunk size line"),
+        }
+        i += 1;
+    }
+    Ok(None)
 }
 
 /// Where a response body's reader is.
@@ -608,12 +663,12 @@ impl http_body::Body for ResponseBody {
                     let Some(buf) = this.conn.as_mut().map(|c| &mut c.buf) else {
                         return Poll::Ready(Some(Err(eof())));
                     };
-                    match httparse::parse_chunk_size(buf) {
-                        Ok(httparse::Status::Complete((used, size))) => {
+                    match chunk_size(buf) {
+                        Ok(Some((used, size))) => {
                             buf.advance(used);
                             this.state = if size == 0 { State::Trailers(0) } else { State::ChunkData(size) };
                         }
-                        Ok(httparse::Status::Partial) => {
+                        Ok(None) => {
                             if buf.len() > MAX_CHUNK_LINE {
                                 return this.fail(broken("chunk size line too long"));
                             }
@@ -622,7 +677,7 @@ impl http_body::Body for ResponseBody {
                                 return this.fail(e);
                             }
                         }
-                        Err(_) => return this.fail(broken("invalid chunk size")),
+                        Err(m) => return this.fail(broken(m)),
                     }
                 }
                 State::ChunkData(left) => {
@@ -706,7 +761,7 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).unwrap().unwrap();
         assert_eq!((p.framing, p.reusable), (Framing::Length(5), true));
-        let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false).unwrap().unwrap();
+        let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n", false).unwrap().unwrap();
         assert_eq!((p.framing, p.reusable), (Framing::Chunked, true));
         // Both: chunked wins, the length is dropped, the connection is not reused.
         let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false)
@@ -714,8 +769,6 @@ mod tests {
             .unwrap();
         assert_eq!((p.framing, p.reusable), (Framing::Chunked, false));
         assert!(p.headers.get("content-length").is_none());
-        let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).unwrap().unwrap();
-        assert_eq!((p.framing, p.reusable), (Framing::Close, false));
         let p = parsed("HTTP/1.1 200 OK\r\nServer: x\r\n\r\n", false).unwrap().unwrap();
         assert_eq!((p.framing, p.reusable), (Framing::Close, false));
         let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
@@ -744,12 +797,38 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
             "HTTX/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(parsed(head, false).is_err(), "{head:?}");
         }
         let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
         assert_eq!(parsed(&many, false).err(), Some("too many header fields"));
         assert!(parsed("HTTP/1.1 200 OK\r\nContent-Len", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn chunk_size_lines_are_parsed_strictly() {
+        assert_eq!(chunk_size(b"1a\r\nxx"), Ok(Some((4, 26))));
+        assert_eq!(chunk_size(b"FF;name=\"v\" ;x\r\n"), Ok(Some((16, 255))));
+        assert_eq!(chunk_size(b"0\r\n"), Ok(Some((3, 0))));
+        assert_eq!(chunk_size(b"1a"), Ok(None));
+        assert_eq!(chunk_size(b"1a;ext"), Ok(None));
+        assert_eq!(chunk_size(b"1a\r"), Ok(None));
+        for bad in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b"1a\n",
+            b"1a;x\ny\r\n",
+            b"1a;\x01\r\n",
+            b"1a\rx",
+            b"g\r\n",
+            b"12345678901234567\r\n",
+        ] {
+            assert!(chunk_size(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

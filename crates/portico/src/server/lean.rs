@@ -1,0 +1,452 @@
+//! A lean HTTP/1.1 server loop for cleartext listeners: requests without a body (most
+//! GET, HEAD and DELETE requests) are parsed, handled and answered by the connection's own
+//! task; the first request it does not take hands the connection to hyper for the rest of
+//! its life, with the bytes already read.
+//!
+//! Written here rather than left to hyper for the same reason as the upstream client
+//! (upstream/h1.rs): on a proxy's hot path hyper's per-message machinery (dispatcher state,
+//! body channels, encoders) costs more than the proxying itself; measured in
+//! docs/benchmarks.md. Parsing is httparse, hyper's own parser.
+//!
+//! What it takes: `HTTP/1.1` requests in origin form (`/path?query`) with no body (no
+//! `Transfer-Encoding`, no `Content-Length` other than one `0`), no `Expect`, no `Upgrade`,
+//! no `Connection: close` or `upgrade`, one `Host` at most, and header names and values the
+//! `http` crate accepts. Everything else — HTTP/1.0, bodies, upgrades, h2c prior
+//! knowledge, heads over the listener's `max_header_bytes`, anything malformed — goes to
+//! hyper, which answers exactly as it always did. So nothing this loop does not fully
+//! handle is ever half-handled here.
+//!
+//! Timeouts match the hyper path: the first request must start within `header_timeout`
+//! of the accept, a head must complete within `header_timeout` of its first byte (else
+//! the connection closes without an answer: slowloris), and a connection idle for
+//! `idle_timeout` between requests closes. At shutdown an idle connection closes at once
+//! and a busy one after its response, which carries `connection: close`.
+
+use std::io::Write as _;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::Shared;
+use crate::body::Body;
+use crate::pipeline::{self, ConnInfo};
+
+/// The most header fields this loop parses; a request with more goes to hyper.
+const MAX_HEADERS: usize = 64;
+/// Room made in the buffer before a read.
+const READ_ROOM: usize = 8 * 1024;
+/// Body frames up to this size are copied next to their framing and written in one call.
+const COPY_MAX: usize = 16 * 1024;
+
+/// Serves a cleartext connection: the lean loop while it can, then hyper.
+pub(crate) async fn serve(
+    io: TcpStream,
+    info: Arc<ConnInfo>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = Lean { io, buf: BytesMut::with_capacity(READ_ROOM), out: Vec::with_capacity(1024) };
+    if conn.run(&info, &shared, shutdown.clone()).await == End::HandOver {
+        let rest = Rewind { prefix: conn.buf.freeze(), inner: conn.io };
+        super::conn::serve(rest, info, builder, shared, shutdown).await;
+    }
+}
+
+/// How the lean loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The connection is finished (closed, timed out, failed).
+    Closed,
+    /// The next request (whose bytes are in the buffer) is for hyper.
+    HandOver,
+}
+
+struct Lean {
+    io: TcpStream,
+    /// Bytes read and not yet used: the start of the next request.
+    buf: BytesMut,
+    /// The response head being written.
+    out: Vec<u8>,
+}
+
+/// A request head this loop takes.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// What parsing the buffer gave.
+#[allow(clippy::large_enum_variant, reason = "returned once per request, and the large variant is the usual one")]
+enum Parse {
+    Complete(Head),
+    Partial,
+    /// For hyper: not something this loop takes, or not valid at all.
+    Other,
+}
+
+impl Lean {
+    async fn run(&mut self, info: &Arc<ConnInfo>, shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> End {
+        let limits = &info.listener;
+        let mut first = true;
+        loop {
+            if self.buf.is_empty() {
+                if *shutdown.borrow() {
+                    return End::Closed;
+                }
+                // The first request must start promptly; later ones within the idle time.
+                let wait = if first { limits.header_timeout } else { limits.idle_timeout };
+                tokio::select! {
+                    r = tokio::time::timeout(wait, self.fill()) => match r {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return End::Closed,
+                    },
+                    _ = shutdown.changed() => return End::Closed,
+                }
+            }
+            if first && self.buf.starts_with(b"PRI") {
+                // HTTP/2 with prior knowledge (or junk): hyper's protocol detection decides.
+                return End::HandOver;
+            }
+            first = false;
+            let head_deadline = Instant::now() + limits.header_timeout;
+            let head = loop {
+                match parse(&mut self.buf) {
+                    Parse::Complete(head) => break head,
+                    Parse::Other => return End::HandOver,
+                    Parse::Partial if self.buf.len() > limits.max_header_bytes => return End::HandOver,
+                    Parse::Partial => match tokio::time::timeout_at(head_deadline, self.fill()).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        // A stalled or abandoned head: close without an answer.
+                        _ => return End::Closed,
+                    },
+                }
+            };
+            let method_head = head.method == Method::HEAD;
+            let mut req = Request::new(Body::Empty);
+            *req.method_mut() = head.method;
+            *req.uri_mut() = head.uri;
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = head.headers;
+            let res = pipeline::handle(req, info.clone(), shared.clone()).await;
+            let close = *shutdown.borrow();
+            if self.respond(res, method_head, close).await.is_err() || close {
+                let _ = self.io.shutdown().await;
+                return End::Closed;
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
+            self.buf.reserve(READ_ROOM);
+        }
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    /// Writes the response: its head, then its body with the framing it calls for.
+    async fn respond(&mut self, res: http::Response<Body>, method_head: bool, close: bool) -> io::Result<()> {
+        let (parts, mut body) = res.into_parts();
+        let status = parts.status;
+        let bodiless = method_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            // The framing and the connection's fate are this side's own business.
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+                continue;
+            }
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !parts.headers.contains_key(header::DATE) {
+            write_field(out, b"date", &http_date());
+        }
+        if close {
+            write_field(out, b"connection", b"close");
+        }
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(n) = declared {
+            Framing::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            let _ = write!(out, "content-length: {n}\r\n");
+            Framing::Length(n)
+        } else {
+            write_field(out, b"transfer-encoding", b"chunked");
+            Framing::Chunked
+        };
+        out.extend_from_slice(b"\r\n");
+        if framing == Framing::None {
+            return self.io.write_all(&self.out).await;
+        }
+        self.send_body(&mut body, framing).await
+    }
+
+    /// Streams the body after the head in `out`; the head goes out with the first frame.
+    async fn send_body(&mut self, body: &mut Body, framing: Framing) -> io::Result<()> {
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => u64::MAX,
+        };
+        let mut pending_head = true;
+        loop {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => d,
+                    // Trailers are not sent on HTTP/1.1 responses.
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if let Framing::Length(_) = framing {
+                if data.len() as u64 > left {
+                    // More than the declared length: the response cannot be framed.
+                    return Err(io::Error::other("body longer than its content-length"));
+                }
+                left -= data.len() as u64;
+            }
+            let end = body.is_end_stream();
+            self.write_frame(&mut pending_head, &data, framing, end).await?;
+            if end {
+                return self.finish(framing, left, pending_head, true).await;
+            }
+        }
+        self.finish(framing, left, pending_head, false).await
+    }
+
+    /// Writes one body frame (with the head when it is still waiting, and the chunked
+    /// terminator when it is the last).
+    async fn write_frame(
+        &mut self,
+        pending_head: &mut bool,
+        data: &Bytes,
+        framing: Framing,
+        last: bool,
+    ) -> io::Result<()> {
+        if !*pending_head {
+            self.out.clear();
+        }
+        *pending_head = false;
+        if framing == Framing::Chunked {
+            let _ = write!(self.out, "{:x}\r\n", data.len());
+        }
+        let tail: &[u8] = match (framing, last) {
+            (Framing::Chunked, true) => b"\r\n0\r\n\r\n",
+            (Framing::Chunked, false) => b"\r\n",
+            _ => b"",
+        };
+        if data.len() <= COPY_MAX {
+            self.out.extend_from_slice(data);
+            self.out.extend_from_slice(tail);
+            return self.io.write_all(&self.out).await;
+        }
+        write_all_vectored(&mut self.io, &mut [IoSlice::new(&self.out), IoSlice::new(data), IoSlice::new(tail)]).await
+    }
+
+    /// After the last frame: the chunked terminator if not written yet, and a check that a
+    /// declared length was met.
+    async fn finish(&mut self, framing: Framing, left: u64, pending_head: bool, terminated: bool) -> io::Result<()> {
+        if pending_head {
+            // No data at all: the head alone (and an empty chunked body).
+            if framing == Framing::Chunked {
+                self.out.extend_from_slice(b"0\r\n\r\n");
+            }
+            self.io.write_all(&self.out).await?;
+        } else if framing == Framing::Chunked && !terminated {
+            self.io.write_all(b"0\r\n\r\n").await?;
+        }
+        if matches!(framing, Framing::Length(_)) && left > 0 {
+            // Shorter than declared: the client must see the connection end.
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its content-length"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes every slice, however the socket splits the writes.
+async fn write_all_vectored(io: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Parses a request head at the start of `buf`; a complete one this loop takes is removed
+/// from the buffer.
+fn parse(buf: &mut BytesMut) -> Parse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Other,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else { return Parse::Other };
+    if !path.starts_with('/') {
+        return Parse::Other;
+    }
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let takes = if name.eq_ignore_ascii_case(b"content-length") {
+            h.value == b"0"
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            false
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            !h.value.split(|&b| b == b',').any(|t| {
+                let t = t.trim_ascii();
+                t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"upgrade")
+            })
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            hosts == 1
+        } else {
+            true
+        };
+        if !takes {
+            return Parse::Other;
+        }
+    }
+    if req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).count() > 1 {
+        return Parse::Other;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::Other };
+    // Where each piece lies, so the head's bytes can be shared by the values.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let path_span = (offset(path.as_bytes()), offset(path.as_bytes()) + path.len());
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = req.headers.len();
+    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+        *span = (n, n + h.name.len(), v, v + h.value.len());
+    }
+    // Validate everything before taking the head out of the buffer: a head that does not
+    // convert stays there for hyper.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else { return Parse::Other };
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else { return Parse::Other };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else { return Parse::Other };
+        headers.append(name, value);
+    }
+    buf.advance(len);
+    Parse::Complete(Head { method, uri, headers })
+}
+
+thread_local! {
+    /// The `Date` value for the current second (one format per second per thread).
+    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// The current time as an HTTP date (`Tue, 01 Dec 2026 14:00:00 GMT`).
+fn http_date() -> [u8; 29] {
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            let mut out = [b' '; 29];
+            let n = text.len().min(29);
+            out[..n].copy_from_slice(&text.as_bytes()[..n]);
+            *d = (secs, out);
+        }
+        d.1
+    })
+}
+
+/// A stream that first yields bytes already read from it, for the hand-over to hyper.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
