@@ -253,3 +253,50 @@ async fn heads_must_arrive_in_time_and_idle_connections_close() {
     assert!(c.closed_within(Duration::from_secs(5)).await);
     assert!(started.elapsed() >= Duration::from_millis(400), "closed too early: {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_request_and_streams_start_at_once() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [{{ url: \"{}\" }}], max_in_flight: 1, queue_timeout: 0s }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
+        up.url()
+    )));
+    // The only upstream slot is taken by a slow request whose client leaves.
+    let mut c = Raw::connect(&gw).await;
+    c.send("GET /slow?ms=20000 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let taken = Gateway::eventually(Duration::from_secs(5), || async { up.hits() == 1 }).await;
+    assert!(taken);
+    let mut busy = Raw::connect(&gw).await;
+    busy.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(busy.answer(false).await.unwrap().status_line, "HTTP/1.1 503 Service Unavailable");
+    drop(c);
+    // Its slot is free again long before the upstream would have answered.
+    let mut freed = false;
+    for _ in 0..50 {
+        busy.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        if busy.answer(false).await.unwrap().status_line == "HTTP/1.1 200 OK" {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the abandoned request kept its slot");
+
+    // A streamed response: the head comes before the first body bytes exist.
+    let mut c = Raw::connect(&gw).await;
+    c.send("GET /drip?chunks=2&ms=500 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    while !c.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert!(c.more().await);
+    }
+    let text = String::from_utf8_lossy(&c.buf).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && !text.contains("chunk 0"), "{text}");
+    let r = c.answer(false).await.unwrap();
+    assert_eq!(r.body, "chunk 0\nchunk 1\n");
+
+    // HTTP/2's preface in the middle of an HTTP/1.1 connection ends it.
+    let mut c = Raw::connect(&gw).await;
+    c.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(c.answer(false).await.is_some());
+    c.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+}

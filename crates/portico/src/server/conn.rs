@@ -39,9 +39,9 @@ struct Phase {
 }
 
 impl Phase {
-    fn new() -> Self {
+    fn new(epoch: Instant) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch,
             state: AtomicU8::new(IDLE),
             in_flight: AtomicU32::new(0),
             since_ms: AtomicU64::new(0),
@@ -188,17 +188,20 @@ pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves one connection until it closes, is timed out, or the gateway shuts down.
+/// Serves one connection until it closes, is timed out, or the gateway shuts down. The
+/// first request head is due `header_timeout` after `head_started` (the accept, or when
+/// the lean loop saw the head it hands over begin).
 pub(crate) async fn serve<S>(
     stream: S,
     info: Arc<ConnInfo>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    head_started: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let phase = Arc::new(Phase::new());
+    let phase = Arc::new(Phase::new(head_started));
     phase.since_ms.store(0, Ordering::Relaxed);
     // A new connection counts as receiving a head: the client must start promptly.
     phase.state.store(HEAD, Ordering::Relaxed);

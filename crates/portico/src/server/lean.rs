@@ -44,7 +44,7 @@ use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
 
 /// The most header fields this loop parses; a request with more goes to hyper.
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 32;
 /// Room made in the buffer before a read.
 const READ_ROOM: usize = 8 * 1024;
 /// Body frames up to this size are copied next to their framing and written in one call.
@@ -59,9 +59,9 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut conn = Lean { io, buf: BytesMut::with_capacity(READ_ROOM), out: Vec::with_capacity(1024) };
-    if conn.run(&info, &shared, shutdown.clone()).await == End::HandOver {
+    if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let rest = Rewind { prefix: conn.buf.freeze(), inner: conn.io };
-        super::conn::serve(rest, info, builder, shared, shutdown).await;
+        super::conn::serve(rest, info, builder, shared, shutdown, head_started).await;
     }
 }
 
@@ -70,8 +70,8 @@ pub(crate) async fn serve(
 enum End {
     /// The connection is finished (closed, timed out, failed).
     Closed,
-    /// The next request (whose bytes are in the buffer) is for hyper.
-    HandOver,
+    /// The next request (whose bytes are in the buffer, begun at this time) is for hyper.
+    HandOver(Instant),
 }
 
 struct Lean {
@@ -102,37 +102,59 @@ impl Lean {
     async fn run(&mut self, info: &Arc<ConnInfo>, shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> End {
         let limits = &info.listener;
         let mut first = true;
+        // One timer per connection, not one per request: the wait for the next request
+        // moves `deadline`, and the timer, when it fires early, is set to it again.
+        let accepted = Instant::now();
+        let mut deadline = accepted + limits.header_timeout;
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         loop {
             if self.buf.is_empty() {
                 if *shutdown.borrow() {
                     return End::Closed;
                 }
-                // The first request must start promptly; later ones within the idle time.
-                let wait = if first { limits.header_timeout } else { limits.idle_timeout };
-                tokio::select! {
-                    r = tokio::time::timeout(wait, self.fill()) => match r {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return End::Closed,
-                    },
-                    _ = shutdown.changed() => return End::Closed,
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = self.fill() => match r {
+                            Ok(n) if n > 0 => break,
+                            _ => return End::Closed,
+                        },
+                        () = &mut timer => {
+                            if Instant::now() >= deadline {
+                                // The first request did not start in time, or idle too long.
+                                return End::Closed;
+                            }
+                            timer.as_mut().reset(deadline);
+                        }
+                        _ = shutdown.changed() => return End::Closed,
+                    }
                 }
             }
-            if first && self.buf.starts_with(b"PRI") {
-                // HTTP/2 with prior knowledge (or junk): hyper's protocol detection decides.
-                return End::HandOver;
+            // The first head is due `header_timeout` after the accept, as on hyper's path.
+            let head_started = if first { accepted } else { Instant::now() };
+            if self.buf.starts_with(b"PRI") {
+                if first {
+                    // HTTP/2 with prior knowledge (or junk): hyper's protocol detection decides.
+                    return End::HandOver(head_started);
+                }
+                // Not a protocol switch in the middle of an HTTP/1.1 connection.
+                return End::Closed;
             }
             first = false;
-            let head_deadline = Instant::now() + limits.header_timeout;
+            let until = head_started + limits.header_timeout;
             let head = loop {
                 match parse(&mut self.buf) {
                     Parse::Complete(head) => break head,
-                    Parse::Other => return End::HandOver,
-                    Parse::Partial if self.buf.len() > limits.max_header_bytes => return End::HandOver,
-                    Parse::Partial => match tokio::time::timeout_at(head_deadline, self.fill()).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        // A stalled or abandoned head: close without an answer.
-                        _ => return End::Closed,
-                    },
+                    Parse::Other => return End::HandOver(head_started),
+                    Parse::Partial if self.buf.len() > limits.max_header_bytes => return End::HandOver(head_started),
+                    Parse::Partial => {
+                        match tokio::time::timeout_at(until, self.fill()).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            // A stalled or abandoned head: close without an answer.
+                            _ => return End::Closed,
+                        }
+                    }
                 }
             };
             let method_head = head.method == Method::HEAD;
@@ -141,11 +163,39 @@ impl Lean {
             *req.uri_mut() = head.uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = head.headers;
-            let res = pipeline::handle(req, info.clone(), shared.clone()).await;
+            let Some(res) = self.handle(req, info, shared).await else { return End::Closed };
             let close = *shutdown.borrow();
             if self.respond(res, method_head, close).await.is_err() || close {
                 let _ = self.io.shutdown().await;
                 return End::Closed;
+            }
+            deadline = Instant::now() + limits.idle_timeout;
+            if deadline < timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    /// Runs the pipeline for a request. Like hyper, watches the connection meanwhile: a
+    /// client that goes away cancels its request (`None`), freeing its concurrency slots
+    /// at once; bytes that arrive (a pipelined request) are kept for later.
+    async fn handle(
+        &mut self,
+        req: Request<Body>,
+        info: &Arc<ConnInfo>,
+        shared: &Arc<Shared>,
+    ) -> Option<http::Response<Body>> {
+        let handling = pipeline::handle(req, info.clone(), shared.clone());
+        tokio::pin!(handling);
+        let mut watching = self.buf.is_empty();
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut handling => return Some(res),
+                r = self.fill(), if watching => match r {
+                    Ok(n) if n > 0 => watching = false,
+                    _ => return None,
+                },
             }
         }
     }
@@ -162,10 +212,6 @@ impl Lean {
     async fn respond(&mut self, res: http::Response<Body>, method_head: bool, close: bool) -> io::Result<()> {
         let (parts, mut body) = res.into_parts();
         let status = parts.status;
-        let bodiless = method_head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -173,9 +219,13 @@ impl Lean {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
+        if status.is_informational() {
+            // Neither upstream client passes 1xx on; a final answer must follow one.
+            return Err(io::Error::other("informational response without a final one"));
+        }
         for (name, value) in &parts.headers {
             // The framing and the connection's fate are this side's own business.
-            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION || name == header::CONTENT_LENGTH {
                 continue;
             }
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -186,12 +236,17 @@ impl Lean {
         if close {
             write_field(out, b"connection", b"close");
         }
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let framing = if bodiless {
+        // One length, written here: a value that does not parse as one is dropped and
+        // the body framed by what it is.
+        let declared = declared_length(&parts.headers).or_else(|| body.size_hint().exact());
+        let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::None
+        } else if method_head {
+            if let Some(n) = declared {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
             Framing::None
         } else if let Some(n) = declared {
-            Framing::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
             let _ = write!(out, "content-length: {n}\r\n");
             Framing::Length(n)
         } else {
@@ -213,7 +268,16 @@ impl Lean {
         };
         let mut pending_head = true;
         loop {
-            let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+            let frame = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+            if frame.is_pending() && pending_head {
+                // The body is not ready yet (a stream, a long poll): the head goes now.
+                pending_head = false;
+                self.io.write_all(&self.out).await?;
+            }
+            let frame = match frame {
+                Poll::Ready(f) => f,
+                Poll::Pending => std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await,
+            };
             let data = match frame {
                 None => break,
                 Some(Err(e)) => return Err(io::Error::other(e)),
@@ -301,6 +365,21 @@ enum Framing {
     Chunked,
 }
 
+/// The response's `Content-Length`: one number, or a list of equal ones.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().ok()?.split(',') {
+            let n: u64 = part.trim().parse().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -364,6 +443,10 @@ fn parse(buf: &mut BytesMut) -> Parse {
         return Parse::Other;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::Other };
+    if method == Method::CONNECT {
+        // A tunnel: hyper's.
+        return Parse::Other;
+    }
     // Where each piece lies, so the head's bytes can be shared by the values.
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;

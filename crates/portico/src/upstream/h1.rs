@@ -46,6 +46,8 @@ use crate::body::{Body, BoxError};
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 100;
+/// Fields parsed without the full array (so the usual head zeroes less stack).
+const FEW_HEADERS: usize = 24;
 /// Room made in the buffer before reading a response head.
 const HEAD_READ: usize = 8 * 1024;
 /// Room made in the buffer before reading body bytes.
@@ -206,45 +208,67 @@ enum Framing {
 /// (informational 1xx heads before it too). `None` when more bytes are needed.
 fn parse(buf: &mut BytesMut, method_head: bool) -> Result<Option<Parsed>, &'static str> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut fields);
-        let len = match res.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err("too many header fields"),
-            Err(_) => return Err("invalid response head"),
+        // Most heads have a few fields: a small array first, the full one when needed.
+        let step = match parse_head::<FEW_HEADERS>(buf, method_head)? {
+            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head)?,
+            step => step,
         };
-        let code = res.code.ok_or("invalid response head")?;
-        if code == 101 {
-            // Upgrades never take this path; an upstream must not switch protocols unasked.
-            return Err("unexpected 101 Switching Protocols");
+        match step {
+            Step::Final(parsed) => return Ok(Some(parsed)),
+            Step::Partial => return Ok(None),
+            Step::Informational(len) => buf.advance(len),
+            Step::TooMany => return Err("too many header fields"),
         }
-        if (100..200).contains(&code) {
-            buf.advance(len);
-            continue;
-        }
-        let status = StatusCode::from_u16(code).map_err(|_| "invalid status code")?;
-        let http11 = res.version == Some(1);
-        // Where each field lies in the head, so the values can share the head's bytes.
-        let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = res.headers.len();
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
-        }
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(n0, n1, v0, v1) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| "invalid header name")?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| "invalid header value")?;
-            headers.append(name, value);
-        }
-        let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
-        let reusable = http11 && !must_close && framing != Framing::Close && !asks_close(&headers);
-        return Ok(Some(Parsed { status, headers, framing, reusable }));
     }
+}
+
+/// One head parsed with room for `N` fields.
+enum Step {
+    Final(Parsed),
+    /// A 1xx head of this many bytes, to skip.
+    Informational(usize),
+    Partial,
+    TooMany,
+}
+
+fn parse_head<const N: usize>(buf: &mut BytesMut, method_head: bool) -> Result<Step, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; N];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Step::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Ok(Step::TooMany),
+        Err(_) => return Err("invalid response head"),
+    };
+    let code = res.code.ok_or("invalid response head")?;
+    if code == 101 {
+        // Upgrades never take this path; an upstream must not switch protocols unasked.
+        return Err("unexpected 101 Switching Protocols");
+    }
+    if (100..200).contains(&code) {
+        return Ok(Step::Informational(len));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| "invalid status code")?;
+    let http11 = res.version == Some(1);
+    // Where each field lies in the head, so the values can share the head's bytes.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
+    let count = res.headers.len();
+    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
+    let reusable = http11 && !must_close && framing != Framing::Close && !asks_close(&headers);
+    Ok(Step::Final(Parsed { status, headers, framing, reusable }))
 }
 
 /// The response's framing (RFC 9112 section 6.3), and whether the connection must close
@@ -804,6 +828,8 @@ mod tests {
         ] {
             assert!(parsed(head, false).is_err(), "{head:?}");
         }
+        let enough = format!("HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS - 1));
+        assert_eq!(parsed(&enough, false).unwrap().unwrap().headers.len(), MAX_HEADERS);
         let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
         assert_eq!(parsed(&many, false).err(), Some("too many header fields"));
         assert!(parsed("HTTP/1.1 200 OK\r\nContent-Len", false).unwrap().is_none());
