@@ -218,9 +218,14 @@ async fn what_the_lean_loop_does_not_take_goes_to_hyper_on_the_same_connection()
     .await;
     assert!(ok, "{out}");
     assert_eq!(out, "2 200");
-    // Malformed requests get hyper's 400.
+    // Malformed requests get hyper's 400, also after lean ones on the same connection and
+    // when only the `http` types refuse the head (a backtick in the target).
     let mut c = Raw::connect(&gw).await;
     c.send("GET /x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await;
+    assert!(c.answer(false).await.unwrap().status_line.starts_with("HTTP/1.1 400"));
+    let mut c = Raw::connect(&gw).await;
+    c.send("GET /ok HTTP/1.1\r\nHost: x\r\n\r\nGET /a`b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(json(&c.answer(false).await.unwrap().body)["path"], "/ok");
     assert!(c.answer(false).await.unwrap().status_line.starts_with("HTTP/1.1 400"));
 }
 

@@ -253,7 +253,8 @@ pub async fn forward(
                 // Trailers are not read on this path: do not invite them.
                 h.remove(header::TE);
                 let head = h1::encode_head(&method, pq.as_str(), &h);
-                let res = tokio::time::timeout(try_timeout, target.pool.send(addr, settings, &method, &head)).await;
+                let res =
+                    tokio::time::timeout(try_timeout, target.pool.send(addr, settings, &method, &head, sent)).await;
                 res.map(|r| r.map_err(|e| lean_error(&e, upstream)))
             }
             None => {

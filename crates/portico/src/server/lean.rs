@@ -96,6 +96,8 @@ enum Parse {
     Partial,
     /// For hyper: not something this loop takes, or not valid at all.
     Other,
+    /// For hyper too, found only once the head was taken out of the buffer: here it is.
+    Rejected(Bytes),
 }
 
 impl Lean {
@@ -132,23 +134,35 @@ impl Lean {
                 }
             }
             // The first head is due `header_timeout` after the accept, as on hyper's path.
-            let head_started = if first { accepted } else { Instant::now() };
+            // Read from the clock only when a head is not complete at once.
+            let mut started = first.then_some(accepted);
+            let mut head_started = move || *started.get_or_insert_with(Instant::now);
             if self.buf.starts_with(b"PRI") {
                 if first {
                     // HTTP/2 with prior knowledge (or junk): hyper's protocol detection decides.
-                    return End::HandOver(head_started);
+                    return End::HandOver(head_started());
                 }
                 // Not a protocol switch in the middle of an HTTP/1.1 connection.
                 return End::Closed;
             }
             first = false;
-            let until = head_started + limits.header_timeout;
             let head = loop {
                 match parse(&mut self.buf) {
                     Parse::Complete(head) => break head,
-                    Parse::Other => return End::HandOver(head_started),
-                    Parse::Partial if self.buf.len() > limits.max_header_bytes => return End::HandOver(head_started),
+                    Parse::Other => return End::HandOver(head_started()),
+                    Parse::Rejected(head) => {
+                        // Put the head back in front of what follows it, for hyper.
+                        let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
+                        all.extend_from_slice(&head);
+                        all.extend_from_slice(&self.buf);
+                        self.buf = all;
+                        return End::HandOver(head_started());
+                    }
+                    Parse::Partial if self.buf.len() > limits.max_header_bytes => {
+                        return End::HandOver(head_started());
+                    }
                     Parse::Partial => {
+                        let until = head_started() + limits.header_timeout;
                         match tokio::time::timeout_at(until, self.fill()).await {
                             Ok(Ok(n)) if n > 0 => {}
                             // A stalled or abandoned head: close without an answer.
@@ -457,17 +471,15 @@ fn parse(buf: &mut BytesMut) -> Parse {
         let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
         *span = (n, n + h.name.len(), v, v + h.value.len());
     }
-    // Validate everything before taking the head out of the buffer: a head that does not
-    // convert stays there for hyper.
-    let head = Bytes::copy_from_slice(&buf[..len]);
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else { return Parse::Other };
+    // The values share the head's bytes; a head that does not convert goes back.
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else { return Parse::Rejected(head) };
     let mut headers = HeaderMap::with_capacity(count);
     for &(n0, n1, v0, v1) in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else { return Parse::Other };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else { return Parse::Other };
+        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else { return Parse::Rejected(head) };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else { return Parse::Rejected(head) };
         headers.append(name, value);
     }
-    buf.advance(len);
     Parse::Complete(Head { method, uri, headers })
 }
 
@@ -531,5 +543,58 @@ impl AsyncWrite for Rewind {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> (Parse, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        let p = parse(&mut buf);
+        (p, buf)
+    }
+
+    #[test]
+    fn only_plain_bodiless_http11_requests_are_taken() {
+        let (p, rest) = parsed("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nGET /next");
+        let Parse::Complete(head) = p else { panic!("not taken") };
+        assert_eq!((head.method, head.uri.to_string()), (Method::GET, "/a?b=1".to_owned()));
+        assert_eq!(head.headers["host"], "x");
+        assert_eq!(&rest[..], b"GET /next", "the next request stays in the buffer");
+        for text in [
+            "GET /a HTTP/1.0\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            "POST /a HTTP/1.1\r\nContent-Length: 00\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "PUT /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET http://x/a HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "CONNECT /a HTTP/1.1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            let (p, rest) = parsed(text);
+            assert!(matches!(p, Parse::Other), "{text:?}");
+            assert_eq!(&rest[..], text.as_bytes(), "left for hyper untouched: {text:?}");
+        }
+        let (p, _) = parsed("GET /a HTTP/1.1\r\nHost: x\r\n");
+        assert!(matches!(p, Parse::Partial));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert!(matches!(parsed(&many).0, Parse::Other));
+    }
+
+    #[test]
+    fn a_head_the_http_types_refuse_comes_back_whole() {
+        // httparse takes a backtick in the target; `http::Uri` does not.
+        let text = "GET /a`b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (p, rest) = parsed(text);
+        let Parse::Rejected(head) = p else { panic!("not rejected") };
+        assert_eq!(&head[..], text.as_bytes());
+        assert!(rest.is_empty());
     }
 }

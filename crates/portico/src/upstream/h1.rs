@@ -444,19 +444,21 @@ impl Pool {
     }
 
     /// Sends a request head (without a body) to `addr` on a pooled or new connection and
-    /// returns the response with its body streaming from the connection.
+    /// returns the response with its body streaming from the connection. `now` is the
+    /// caller's clock reading, for the pool's idle times.
     pub async fn send(
         &self,
         addr: SocketAddr,
         s: &Settings,
         method: &Method,
         head: &[u8],
+        now: Instant,
     ) -> Result<Response<Body>, Error> {
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let method_head = *method == Method::HEAD;
         let mut stale = 0;
         loop {
-            let pooled = if stale < MAX_STALE { self.inner.checkout(s, Instant::now()) } else { None };
+            let pooled = if stale < MAX_STALE { self.inner.checkout(s, now) } else { None };
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
