@@ -119,17 +119,25 @@ impl http_body::Body for TrackedBody {
 
 /// A socket (or TLS stream) that reports the first bytes of each new request head to its
 /// [`Phase`]. Generic, so the plain path stays a `TcpStream` without dynamic dispatch.
+/// Reads start with `prefix`: bytes the lean loop had read before it handed over.
 struct Tracked<S> {
     inner: S,
     phase: Arc<Phase>,
     first: bool,
+    prefix: bytes::Bytes,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = if this.prefix.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         if buf.filled().len() > before {
             if this.first {
                 this.first = false;
@@ -188,24 +196,38 @@ pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves one connection until it closes, is timed out, or the gateway shuts down. The
-/// first request head is due `header_timeout` after `head_started` (the accept, or when
-/// the lean loop saw the head it hands over begin).
+/// Where hyper takes a connection up: at its start, or from the lean loop (server/lean.rs)
+/// with the bytes that loop read and did not use.
+pub(crate) struct Start {
+    /// When the first request head began: it is due `header_timeout` after this.
+    pub(crate) head_started: Instant,
+    /// Bytes read from the connection, not yet used.
+    pub(crate) prefix: bytes::Bytes,
+}
+
+impl Start {
+    /// A connection just accepted.
+    pub(crate) fn now() -> Self {
+        Start { head_started: Instant::now(), prefix: bytes::Bytes::new() }
+    }
+}
+
+/// Serves one connection until it closes, is timed out, or the gateway shuts down.
 pub(crate) async fn serve<S>(
     stream: S,
     info: Arc<ConnInfo>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    head_started: Instant,
+    start: Start,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let phase = Arc::new(Phase::new(head_started));
+    let phase = Arc::new(Phase::new(start.head_started));
     phase.since_ms.store(0, Ordering::Relaxed);
     // A new connection counts as receiving a head: the client must start promptly.
     phase.state.store(HEAD, Ordering::Relaxed);
-    let io = TokioIo::new(Tracked { inner: stream, phase: phase.clone(), first: true });
+    let io = TokioIo::new(Tracked { inner: stream, phase: phase.clone(), first: true, prefix: start.prefix });
 
     let head_ms = info.listener.header_timeout.as_millis() as u64;
     let idle_ms = info.listener.idle_timeout.as_millis() as u64;

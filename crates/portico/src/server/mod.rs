@@ -244,7 +244,7 @@ async fn serve_tls(
     let info = tls.conn_info(stream.get_ref().1);
     let builder = if info.alpn_h2 { http2 } else { http1 };
     let info = Arc::new(ConnInfo::with_tls(peer, settings, info));
-    conn::serve(stream, info, builder, shared, shutdown, tokio::time::Instant::now()).await;
+    conn::serve(stream, info, builder, shared, shutdown, conn::Start::now()).await;
 }
 
 async fn accept_loop(
