@@ -198,9 +198,10 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         )
         .await
     );
-    // The request in flight completes.
-    let (status, _, body) = slow.await.unwrap();
+    // The request in flight completes, and its connection is not kept alive.
+    let (status, headers, body) = slow.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "slept 1500ms"));
+    assert_eq!(headers.get("connection").and_then(|v| v.to_str().ok()), Some("close"), "{headers:?}");
     let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
     assert_eq!(code, Some(0));
     assert!(started.elapsed() < Duration::from_secs(5));
