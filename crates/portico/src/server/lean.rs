@@ -474,7 +474,8 @@ fn parse(buf: &mut BytesMut) -> Parse {
     // The values share the head's bytes; a head that does not convert goes back.
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else { return Parse::Rejected(head) };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
+    let mut headers = HeaderMap::with_capacity(count + 8);
     for &(n0, n1, v0, v1) in &spans[..count] {
         let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else { return Parse::Rejected(head) };
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else { return Parse::Rejected(head) };

@@ -260,7 +260,8 @@ fn parse_head<const N: usize>(buf: &mut BytesMut, method_head: bool) -> Result<S
         *span = (name, name + h.name.len(), value, value + h.value.len());
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the request ID the gateway sets on every response.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for &(n0, n1, v0, v1) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| "invalid header name")?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| "invalid header value")?;
