@@ -345,6 +345,12 @@ async fn client_certificates_required_and_optional() {
     assert!(ok, "alice is let in");
     let v = v.unwrap();
     assert_eq!(v["headers"]["x-client-cert-subject"], "CN=alice,O=Example", "{v}");
+    // The same over HTTP/1.1 (the lean loop serves TLS connections that chose it).
+    let (ok, v) = call(&gw, [&alice[..], &forged[..], &["--http1.1".to_owned()][..]].concat()).await;
+    assert!(ok, "alice is let in over HTTP/1.1");
+    let v = v.unwrap();
+    assert_eq!(v["headers"]["x-client-cert-subject"], "CN=alice,O=Example", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https", "{v}");
     let hits = up.hits();
     assert!(!call(&gw, forged.to_vec()).await.0, "no certificate: refused");
     assert!(!call(&gw, mallory.to_vec()).await.0, "a certificate from another CA: refused");

@@ -1,4 +1,5 @@
-//! A lean HTTP/1.1 server loop for cleartext listeners: requests without a body (most
+//! A lean HTTP/1.1 server loop for plain listeners and TLS connections that chose
+//! HTTP/1.1: requests without a body (most
 //! GET, HEAD and DELETE requests) are parsed, handled and answered by the connection's own
 //! task; the first request it does not take hands the connection to hyper for the rest of
 //! its life, with the bytes already read.
@@ -34,8 +35,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri,
 use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -50,14 +50,17 @@ const READ_ROOM: usize = 8 * 1024;
 /// Body frames up to this size are copied next to their framing and written in one call.
 const COPY_MAX: usize = 16 * 1024;
 
-/// Serves a cleartext connection: the lean loop while it can, then hyper.
-pub(crate) async fn serve(
-    io: TcpStream,
+/// Serves an HTTP/1 connection (plain, or TLS without h2): the lean loop while it can,
+/// then hyper.
+pub(crate) async fn serve<S>(
+    io: S,
     info: Arc<ConnInfo>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut conn = Lean { io, buf: BytesMut::with_capacity(READ_ROOM), out: Vec::with_capacity(1024) };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
@@ -74,8 +77,8 @@ enum End {
     HandOver(Instant),
 }
 
-struct Lean {
-    io: TcpStream,
+struct Lean<S> {
+    io: S,
     /// Bytes read and not yet used: the start of the next request.
     buf: BytesMut,
     /// The response head being written.
@@ -100,7 +103,7 @@ enum Parse {
     Rejected(Bytes),
 }
 
-impl Lean {
+impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
     async fn run(&mut self, info: &Arc<ConnInfo>, shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> End {
         let limits = &info.listener;
         let mut first = true;
@@ -402,7 +405,7 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Writes every slice, however the socket splits the writes.
-async fn write_all_vectored(io: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         let n = io.write_vectored(slices).await?;

@@ -242,9 +242,13 @@ async fn serve_tls(
         _ = shutdown.changed() => return,
     };
     let info = tls.conn_info(stream.get_ref().1);
-    let builder = if info.alpn_h2 { http2 } else { http1 };
+    let h2 = info.alpn_h2;
     let info = Arc::new(ConnInfo::with_tls(peer, settings, info));
-    conn::serve(stream, info, builder, shared, shutdown, conn::Start::now()).await;
+    if h2 {
+        conn::serve(stream, info, http2, shared, shutdown, conn::Start::now()).await;
+    } else {
+        lean::serve(stream, info, http1, shared, shutdown).await;
+    }
 }
 
 async fn accept_loop(
