@@ -31,7 +31,7 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
+use crate::upstream::h1::{content_length, shared_header_map, span_of};
 
 /// The most header fields this loop parses; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
@@ -255,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         }
         // One length, written here: a value that does not parse as one is dropped and
         // the body framed by what it is.
-        let declared = declared_length(&parts.headers).or_else(|| body.size_hint().exact());
+        let declared = content_length(&parts.headers).ok().flatten().or_else(|| body.size_hint().exact());
         let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::None
         } else if method_head {
@@ -382,21 +383,6 @@ enum Framing {
     Chunked,
 }
 
-/// The response's `Content-Length`: one number, or a list of equal ones.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let n: u64 = part.trim().parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    length
-}
-
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -465,25 +451,17 @@ fn parse(buf: &mut BytesMut) -> Parse {
         return Parse::Other;
     }
     // Where each piece lies, so the head's bytes can be shared by the values.
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let path_span = (offset(path.as_bytes()), offset(path.as_bytes()) + path.len());
+    let (p0, p1, ..) = span_of(buf.as_ptr(), path.as_bytes(), path.as_bytes());
     let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let count = req.headers.len();
     for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-        *span = (n, n + h.name.len(), v, v + h.value.len());
+        *span = span_of(buf.as_ptr(), h.name.as_bytes(), h.value);
     }
-    // The values share the head's bytes; a head that does not convert goes back.
+    // A head that does not convert goes back.
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.1)) else { return Parse::Rejected(head) };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Parse::Rejected(head) };
     // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
-    let mut headers = HeaderMap::with_capacity(count + 8);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[n0..n1]) else { return Parse::Rejected(head) };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else { return Parse::Rejected(head) };
-        headers.append(name, value);
-    }
+    let Some(headers) = shared_header_map(&head, &spans[..count], 8) else { return Parse::Rejected(head) };
     Parse::Complete(Head { method, uri, headers })
 }
 

@@ -251,22 +251,14 @@ fn parse_head<const N: usize>(buf: &mut BytesMut, method_head: bool) -> Result<S
     let status = StatusCode::from_u16(code).map_err(|_| "invalid status code")?;
     let http11 = res.version == Some(1);
     // Where each field lies in the head, so the values can share the head's bytes.
-    let base = buf.as_ptr() as usize;
     let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
     let count = res.headers.len();
     for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
+        *span = span_of(buf.as_ptr(), h.name.as_bytes(), h.value);
     }
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| "invalid header name")?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| "invalid header value")?;
-        headers.append(name, value);
-    }
+    let mut headers = shared_header_map(&head, &spans[..count], 2).ok_or("invalid header field")?;
     let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
     let reusable = http11 && !must_close && framing != Framing::Close && !asks_close(&headers);
     Ok(Step::Final(Parsed { status, headers, framing, reusable }))
@@ -295,6 +287,24 @@ fn framing(
         let both = headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok((Framing::Chunked, both));
     }
+    let length = content_length(headers)?;
+    match length {
+        Some(n) => {
+            if headers.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some()
+                || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b','))
+            {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok((Framing::Length(n), false))
+        }
+        None => Ok((Framing::Close, true)),
+    }
+}
+
+/// A message's `Content-Length`: one number, or a list of equal ones (`5, 5`, or the same
+/// value in several fields); `None` without the header; an error for anything else (a
+/// sign, a non-digit, values that disagree).
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| "invalid content-length")?;
@@ -310,17 +320,28 @@ fn framing(
             length = Some(n);
         }
     }
-    match length {
-        Some(n) => {
-            if headers.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some()
-                || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b','))
-            {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Ok((Framing::Length(n), false))
-        }
-        None => Ok((Framing::Close, true)),
+    Ok(length)
+}
+
+/// Where one header field lies in a head: name start and end, value start and end.
+pub(crate) type Span = (usize, usize, usize, usize);
+
+/// The span of an httparse field in the head that starts at `base`.
+pub(crate) fn span_of(base: *const u8, name: &[u8], value: &[u8]) -> Span {
+    let (n, v) = (name.as_ptr() as usize - base as usize, value.as_ptr() as usize - base as usize);
+    (n, n + name.len(), v, v + value.len())
+}
+
+/// The header map of a parsed head, its values sharing the head's bytes; `extra` is room
+/// for fields the gateway adds. `None` when a name or value is not valid for `http`.
+pub(crate) fn shared_header_map(head: &Bytes, spans: &[Span], extra: usize) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+    for &(n0, n1, v0, v1) in spans {
+        let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
+        headers.append(name, value);
     }
+    Some(headers)
 }
 
 /// Whether a `Connection` header carries `close`.
