@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
-use crate::upstream_h1::Scripted;
+use crate::upstream_h1::{self, Scripted, catch_all};
 
 /// A client speaking HTTP/1.1 by hand, so the test sees exactly what came back.
 struct Raw {
@@ -114,10 +114,7 @@ impl Raw {
 }
 
 fn gateway_for(up: &TestUpstream, limits: &str) -> Gateway {
-    let yaml = config(&format!(
-        "upstreams:\n  u: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
-        up.url()
-    ));
+    let yaml = catch_all(&up.url(), "");
     Gateway::start(&yaml.replace("    bind: 127.0.0.1:0\n", &format!("    bind: 127.0.0.1:0\n{limits}")))
 }
 
@@ -152,10 +149,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 #[tokio::test]
 async fn upstream_framing_is_rewritten_for_the_client() {
     let up = Scripted::start().await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n  s: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: s }}\n",
-        up.url()
-    )));
+    let gw = upstream_h1::gateway(&up, "");
     let mut c = Raw::connect(&gw).await;
     for (path, body) in [("/chunked", "hello world"), ("/close", "until close"), ("/len", "hello"), ("/both", "hello")]
     {
@@ -262,10 +256,7 @@ async fn heads_must_arrive_in_time_and_idle_connections_close() {
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_its_request_and_streams_start_at_once() {
     let up = TestUpstream::start("u").await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n  u: {{ targets: [{{ url: \"{}\" }}], max_in_flight: 1, queue_timeout: 0s }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
-        up.url()
-    )));
+    let gw = Gateway::start(&catch_all(&up.url(), ", max_in_flight: 1, queue_timeout: 0s"));
     // The only upstream slot is taken by a slow request whose client leaves.
     let mut c = Raw::connect(&gw).await;
     c.send("GET /slow?ms=20000 HTTP/1.1\r\nHost: x\r\n\r\n").await;

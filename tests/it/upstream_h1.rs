@@ -134,11 +134,16 @@ async fn serve(mut conn: TcpStream, ended: Arc<AtomicUsize>) {
     }
 }
 
-fn gateway(up: &Scripted, pool: &str) -> Gateway {
-    Gateway::start(&config(&format!(
-        "upstreams:\n  s: {{ targets: [{{ url: \"{}\" }}]{pool} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: s }}\n",
-        up.url()
-    )))
+/// A config routing everything to one upstream `s` at `url`; `extra` goes into the
+/// upstream's definition (`, pool: { ... }`).
+pub fn catch_all(url: &str, extra: &str) -> String {
+    config(&format!(
+        "upstreams:\n  s: {{ targets: [{{ url: \"{url}\" }}]{extra} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: s }}\n"
+    ))
+}
+
+pub fn gateway(up: &Scripted, pool: &str) -> Gateway {
+    Gateway::start(&catch_all(&up.url(), pool))
 }
 
 async fn request(gw: &Gateway, method: &str, path: &str) -> (u16, http::HeaderMap, String) {
