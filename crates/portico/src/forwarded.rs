@@ -121,13 +121,14 @@ pub fn set_forwarding_headers(
         };
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(peer.proto));
+    // One lookup each (these names are hashed byte by byte): set only when absent.
+    if let header::Entry::Vacant(e) = headers.entry(&X_FORWARDED_PROTO) {
+        e.insert(HeaderValue::from_static(peer.proto));
     }
     if let Some(h) = host
-        && !headers.contains_key(&X_FORWARDED_HOST)
+        && let header::Entry::Vacant(e) = headers.entry(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        e.insert(h.clone());
     }
     // Forwarded (RFC 7239): a new element for this hop. The host is in X-Forwarded-Host.
     headers.append(header::FORWARDED, peer.forwarded.clone());
@@ -167,12 +168,26 @@ pub fn drop_connection_listed(headers: &mut HeaderMap) {
 /// Removes hop-by-hop headers: those named in `Connection`, and the fixed set. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (WebSocket handshakes).
 /// `TE: trailers` is kept: gRPC needs it end to end.
+///
+/// One pass over the names finds which of the fixed set are there (usually none, or
+/// just `Connection`), so absent ones cost no lookup.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
+    let fixed: [&HeaderName; 7] = [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::TRAILER,
+        &header::TE,
+        &header::UPGRADE,
+    ];
+    let present = present_mask(headers, &fixed);
+    if present & 1 != 0 {
         // `keep-alive` and `close` are the common values; neither names an extra header to
         // drop, so the usual case collects nothing (and allocates nothing).
-        let named: Vec<HeaderName> = conn
-            .to_str()
+        let named: Vec<HeaderName> = headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .split(',')
             .map(str::trim)
@@ -184,26 +199,50 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(n);
         }
     }
-    remove_present(
-        headers,
-        &[&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::TRAILER],
-    );
-    if headers.get(header::TE).is_some_and(|v| v.as_bytes() != b"trailers") {
+    for (i, name) in fixed.iter().enumerate().take(5) {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
+    if present & (1 << 5) != 0 && headers.get(header::TE).is_some_and(|v| v.as_bytes() != b"trailers") {
         headers.remove(header::TE);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << 6) != 0 {
         headers.remove(header::UPGRADE);
     }
 }
 
-/// Removes those of `names` that `headers` holds. A message holds a few header names and
-/// usually none of these: one pass comparing names (an enum compare for standard ones) is
-/// cheaper than hashing every absent name to look it up.
+/// Bit `i` set when `names[i]` is in `headers` (up to 64 names). A message holds a few
+/// header names and usually none of these: one pass comparing names (an enum compare for
+/// standard ones) is cheaper than hashing every absent name to look it up.
+fn present_mask<N: std::borrow::Borrow<HeaderName>>(headers: &HeaderMap, names: &[N]) -> u64 {
+    let mut mask = 0u64;
+    for k in headers.keys() {
+        for (i, n) in names.iter().enumerate().take(64) {
+            if n.borrow() == k {
+                mask |= 1 << i;
+            }
+        }
+    }
+    mask
+}
+
+/// Removes those of `names` that `headers` holds, looking up only those.
 pub fn remove_present<N: std::borrow::Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
-    if headers.keys().any(|k| names.iter().any(|n| n.borrow() == k)) {
+    if names.len() > 64 {
         for n in names {
+            headers.remove(n.borrow());
+        }
+        return;
+    }
+    let mask = present_mask(headers, names);
+    if mask == 0 {
+        return;
+    }
+    for (i, n) in names.iter().enumerate() {
+        if mask & (1 << i) != 0 {
             headers.remove(n.borrow());
         }
     }
@@ -316,5 +355,44 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_alone_and_in_company() {
+        let fixed = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "trailer", "te", "upgrade"];
+        for (i, name) in fixed.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            h.append(*name, HeaderValue::from_static("gzip"));
+            h.append(*name, HeaderValue::from_static("again"));
+            // And every later one of the set, so each position in the mask is exercised.
+            for later in &fixed[i + 1..] {
+                h.insert(*later, HeaderValue::from_static("x"));
+            }
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-keep"], "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn only_present_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.insert("host", HeaderValue::from_static("h"));
+        let names = [X_FORWARDED_FOR.clone(), HeaderName::from_static("x-a"), header::HOST, header::ACCEPT];
+        remove_present(&mut h, &names);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-b"]);
+        // Past 64 names, every one is looked up.
+        let many: Vec<HeaderName> =
+            (0..70).map(|i| HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap()).collect();
+        h.insert("x-69", HeaderValue::from_static("1"));
+        remove_present(&mut h, &many);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-b"]);
     }
 }

@@ -237,8 +237,7 @@ pub async fn handle(mut req: Request<Body>, conn: Arc<ConnInfo>, shared: Arc<Sha
 
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
-    let route_name = route.map_or(&snap.no_route, |r| &r.name);
-    shared.metrics.count_request(route_name, &method, status);
+    route.map_or(&snap.no_route_requests, |r| &r.requests).count(&method, status);
     route.map_or(&snap.no_route_duration, |r| &r.duration).observe(elapsed.as_secs_f64());
     if let Some(b) = outcome.backend_latency {
         shared.metrics.overhead.observe(elapsed.saturating_sub(b).as_secs_f64());

@@ -12,6 +12,7 @@ use portico_config::{Config, ConfigError, ConfigErrors, Listener};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::observe::Metrics;
+use crate::observe::metrics::RouteRequests;
 use crate::plugins::Chain;
 use crate::plugins::identity::{Consumers, IdentityHeaders};
 use crate::plugins::jwt::JwtProvider;
@@ -53,6 +54,8 @@ pub struct Snapshot {
     pub no_route: Arc<str>,
     /// Duration histogram for requests that matched nothing.
     pub no_route_duration: Histogram,
+    /// Request counters for requests that matched nothing.
+    pub no_route_requests: RouteRequests,
     /// JWT providers by name.
     pub jwt_providers: HashMap<String, Arc<JwtProvider>>,
     /// Consumers, by ID and by API key.
@@ -97,6 +100,8 @@ pub struct CompiledRoute {
     pub queue_wait: Histogram,
     /// `gateway_request_duration_seconds{route}`.
     pub duration: Histogram,
+    /// `gateway_requests_total{route,..}`.
+    pub requests: RouteRequests,
     /// The route's plugins (its own and the global ones).
     pub plugins: Chain,
     /// Feature flag to upstream (`flag_upstreams`).
@@ -431,6 +436,7 @@ impl Snapshot {
                 queue_timeout: r.queue_timeout.get(),
                 queue_wait: metrics.queue_wait("route", &r.name),
                 duration: metrics.route_duration(&r.name),
+                requests: metrics.route_requests(&r.name),
                 flag_upstreams: r
                     .flag_upstreams
                     .iter()
@@ -494,6 +500,7 @@ impl Snapshot {
             trust_request_id: config.request_id.trust_incoming,
             trusted_proxies: config.client_ip.trusted_proxies.clone(),
             no_route_duration: metrics.route_duration(&no_route),
+            no_route_requests: metrics.route_requests(&no_route),
             no_route,
             listener_tls,
             config: Arc::new(config),

@@ -210,6 +210,7 @@ pub async fn forward(
         budget.record_request();
     }
 
+    let may_have_waited = route.limit.is_some() || upstream.limit.is_some() || keep.is_some();
     let per_try = route.try_timeout_for(upstream);
     let mut tries = 0u32;
     let mut last_target = None;
@@ -237,7 +238,9 @@ pub async fn forward(
             (None, None) => Body::Empty,
         };
 
-        let sent = Instant::now();
+        // The first try goes out right after `started` unless a limit or a body read could
+        // have made it wait: no second clock read then.
+        let sent = if tries == 1 && !may_have_waited { started } else { Instant::now() };
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
         let flight = upstream.start_at(target.clone(), sent);
@@ -254,7 +257,8 @@ pub async fn forward(
                 h.remove(header::TE);
                 let head = h1::encode_head(&method, pq.as_str(), &h);
                 let res =
-                    tokio::time::timeout(try_timeout, target.pool.send(addr, settings, &method, &head, sent)).await;
+                    tokio::time::timeout_at(sent + try_timeout, target.pool.send(addr, settings, &method, &head, sent))
+                        .await;
                 res.map(|r| r.map_err(|e| lean_error(&e, upstream)))
             }
             None => {
@@ -269,7 +273,7 @@ pub async fn forward(
                 *upstream_req.uri_mut() = uri;
                 *upstream_req.version_mut() = version;
                 *upstream_req.headers_mut() = h;
-                let res = tokio::time::timeout(try_timeout, upstream.client.request(upstream_req)).await;
+                let res = tokio::time::timeout_at(sent + try_timeout, upstream.client.request(upstream_req)).await;
                 res.map(|r| r.map(|res| res.map(Body::Incoming)).map_err(|e| classify(&e, upstream.connect_timeout)))
             }
         };

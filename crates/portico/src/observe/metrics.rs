@@ -523,11 +523,9 @@ impl Metrics {
         self.target_ejections.get_or_create_owned(&TargetLabels { upstream: upstream.into(), target: target.into() })
     }
 
-    /// Counts a finished request.
-    #[inline]
-    pub fn count_request(&self, route: &Arc<str>, method: &Method, status: u16) {
-        let labels = RequestLabels { route: route.clone(), method: method_label(method), status };
-        self.requests.get_or_create(&labels).inc();
+    /// The request counters of a route (made once per config load).
+    pub fn route_requests(&self, route: &str) -> RouteRequests {
+        RouteRequests { route: route.into(), family: self.requests.clone(), seen: Default::default() }
     }
 
     /// The duration histogram of a route (fetched once per config load).
@@ -565,18 +563,88 @@ impl Metrics {
     }
 }
 
+/// `gateway_requests_total` of one route, with the counters it has used at hand: the
+/// family's own lookup hashes all the labels (SipHash) under its lock on every request.
+#[derive(Debug)]
+pub struct RouteRequests {
+    route: Arc<str>,
+    family: Family<RequestLabels, Counter>,
+    /// (method index << 16 | status, counter) for the combinations seen, up to `SEEN_MAX`.
+    seen: parking_lot::RwLock<Vec<(u32, Counter)>>,
+}
+
+/// Method and status pairs kept per route; rarer ones go through the family's lookup.
+const SEEN_MAX: usize = 32;
+
+impl RouteRequests {
+    /// Counts a finished request.
+    pub fn count(&self, method: &Method, status: u16) {
+        let (index, label) = method_index_label(method);
+        let key = u32::from(index) << 16 | u32::from(status);
+        if let Some((_, c)) = self.seen.read().iter().find(|(k, _)| *k == key) {
+            c.inc();
+            return;
+        }
+        let c = self.family.get_or_create_owned(&RequestLabels { route: self.route.clone(), method: label, status });
+        c.inc();
+        let mut seen = self.seen.write();
+        if seen.len() < SEEN_MAX && !seen.iter().any(|(k, _)| *k == key) {
+            seen.push((key, c));
+        }
+    }
+}
+
 /// A bounded label for a method.
 pub fn method_label(m: &Method) -> &'static str {
+    method_index_label(m).1
+}
+
+/// A method's label and its place in the list of labels.
+fn method_index_label(m: &Method) -> (u8, &'static str) {
     match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
+        Method::GET => (0, "GET"),
+        Method::POST => (1, "POST"),
+        Method::PUT => (2, "PUT"),
+        Method::DELETE => (3, "DELETE"),
+        Method::PATCH => (4, "PATCH"),
+        Method::HEAD => (5, "HEAD"),
+        Method::OPTIONS => (6, "OPTIONS"),
+        Method::CONNECT => (7, "CONNECT"),
+        Method::TRACE => (8, "TRACE"),
+        _ => (9, "other"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<u64> {
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn route_counters_count_every_pair_also_beyond_the_kept_ones() {
+        let m = Metrics::new();
+        let r = m.route_requests("users");
+        // More distinct pairs than are kept at hand, each counted a different number of times.
+        for status in 200..(200 + SEEN_MAX as u16 + 8) {
+            for _ in 0..(status - 199) {
+                r.count(&Method::GET, status);
+            }
+        }
+        r.count(&Method::from_bytes(b"PURGE").unwrap(), 204);
+        r.count(&Method::DELETE, 204);
+        // A second handle on the same route (a reloaded config) adds to the same series.
+        m.route_requests("users").count(&Method::DELETE, 204);
+        let text = m.encode();
+        for status in 200..(200 + SEEN_MAX as u16 + 8) {
+            let prefix = format!("gateway_requests_total{{route=\"users\",method=\"GET\",status=\"{status}\"}}");
+            assert_eq!(line_value(&text, &prefix), Some(u64::from(status - 199)), "{prefix}");
+        }
+        let other = "gateway_requests_total{route=\"users\",method=\"other\",status=\"204\"}";
+        assert_eq!(line_value(&text, other), Some(1));
+        let delete = "gateway_requests_total{route=\"users\",method=\"DELETE\",status=\"204\"}";
+        assert_eq!(line_value(&text, delete), Some(2));
     }
 }

@@ -18,11 +18,15 @@
 //! for an exact path, one radix-tree walk, and one hash lookup per path segment for
 //! prefixes.
 
-use std::collections::HashMap;
-
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use portico_config::template::PathTemplate;
 use portico_config::{ConfigError, ConfigErrors, RouteMatch, ValueMatch};
+
+/// The route table's maps. Their keys come from the config and are only looked up with
+/// what a request carries, never inserted from it, so a fast hash (foldhash, hashbrown's
+/// own default, seeded per process) serves where SipHash's flood resistance buys nothing;
+/// SipHash was a measurable part of every request (docs/benchmarks.md).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Captured path parameters of a match.
 pub type Params<'k, 'v> = matchit::Params<'k, 'v>;

@@ -261,11 +261,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             Framing::None
         } else if method_head {
             if let Some(n) = declared {
-                let _ = write!(out, "content-length: {n}\r\n");
+                write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
             }
             Framing::None
         } else if let Some(n) = declared {
-            let _ = write!(out, "content-length: {n}\r\n");
+            write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
             Framing::Length(n)
         } else {
             write_field(out, b"transfer-encoding", b"chunked");

@@ -11,7 +11,7 @@ use portico_config::{Balance, HashOn};
 
 use std::sync::Arc;
 
-use super::{Target, TargetSet};
+use super::{LazyMs, Target, TargetSet};
 
 /// What a request offers to the balancer.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,13 @@ impl Balancer {
         }
     }
 
-    pub(super) fn pick(&self, set: &TargetSet, key: &PickKey<'_>, now: u64, exclude: Option<usize>) -> Option<usize> {
+    pub(super) fn pick(
+        &self,
+        set: &TargetSet,
+        key: &PickKey<'_>,
+        now: &LazyMs,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
         let n = set.targets.len();
         // A target is usable when available and not the one to avoid; if only the avoided
         // one is available, it is still better than nothing.

@@ -287,12 +287,10 @@ fn framing(
         let both = headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok((Framing::Chunked, both));
     }
-    let length = content_length(headers)?;
-    match length {
-        Some(n) => {
-            if headers.get_all(header::CONTENT_LENGTH).iter().nth(1).is_some()
-                || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b','))
-            {
+    match content_length_of(headers)? {
+        Some((n, plain)) => {
+            if !plain {
+                // A list of equal values, or several fields: forwarded as one.
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
             Ok((Framing::Length(n), false))
@@ -305,6 +303,28 @@ fn framing(
 /// value in several fields); `None` without the header; an error for anything else (a
 /// sign, a non-digit, values that disagree).
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    Ok(content_length_of(headers)?.map(|(n, _)| n))
+}
+
+/// [`content_length`], and whether it was written plainly (one field, one number).
+fn content_length_of(headers: &HeaderMap) -> Result<Option<(u64, bool)>, &'static str> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(first), None) => first,
+        _ => return Ok(content_length_list(headers)?.map(|n| (n, false))),
+    };
+    // The usual case: one field of up to 19 digits (no overflow), read without the
+    // general path's splitting and trimming.
+    let b = first.as_bytes();
+    if !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit) {
+        return Ok(Some((b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')), true)));
+    }
+    Ok(content_length_list(headers)?.map(|n| (n, !b.contains(&b','))))
+}
+
+/// [`content_length`] for any number of fields, each a list.
+fn content_length_list(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| "invalid content-length")?;
@@ -427,7 +447,6 @@ impl PoolInner {
         if s.max_idle == 0 || !conn.buf.is_empty() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let now = Instant::now();
         let mut st = self.lock();
         let expired = st.idle.iter().take_while(|i| now.saturating_duration_since(i.since) >= s.idle_timeout).count();
@@ -436,7 +455,9 @@ impl PoolInner {
             return;
         }
         st.idle.push(Idle { conn, since: now });
-        if !st.sweeping {
+        if !st.sweeping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             st.sweeping = true;
             runtime.spawn(sweep(Arc::downgrade(self), s.idle_timeout));
         }
@@ -834,6 +855,29 @@ mod tests {
         let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(p.framing, Framing::Length(4));
         assert_eq!(p.headers.get_all("content-length").iter().count(), 1);
+    }
+
+    #[test]
+    fn content_lengths_are_read_strictly() {
+        let cl = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            }
+            content_length_of(&h)
+        };
+        assert_eq!(cl(&[]), Ok(None));
+        assert_eq!(cl(&["0"]), Ok(Some((0, true))));
+        assert_eq!(cl(&["218"]), Ok(Some((218, true))));
+        assert_eq!(cl(&["9999999999999999999"]), Ok(Some((9_999_999_999_999_999_999, true))));
+        // Past the plain reader's 19 digits, the general one: u64::MAX still fits.
+        assert_eq!(cl(&["18446744073709551615"]), Ok(Some((u64::MAX, true))));
+        assert_eq!(cl(&["00000000000000000000005"]), Ok(Some((5, true))));
+        assert_eq!(cl(&["5, 5"]), Ok(Some((5, false))));
+        assert_eq!(cl(&["5", "5"]), Ok(Some((5, false))));
+        for bad in [&["18446744073709551616"][..], &["+5"], &["-1"], &["5a"], &[""], &["5,6"], &["5", "6"], &["5,"]] {
+            assert!(cl(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -106,10 +106,45 @@ impl Target {
         }
     }
 
-    /// Whether the target may take traffic at `now_ms` (the upstream's clock).
+    /// Whether the target may take traffic now (`now` reads the upstream's clock, only
+    /// for a target that has been ejected).
     #[inline]
-    pub fn available(&self, now_ms: u64) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    pub fn available(&self, now: &LazyMs) -> bool {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now.get()
+    }
+}
+
+/// An upstream's clock (milliseconds since its epoch), read at most once and only when
+/// asked: most picks never need it, and a clock read is a measurable part of a request.
+#[derive(Debug)]
+pub struct LazyMs {
+    epoch: Instant,
+    ms: std::cell::Cell<Option<u64>>,
+}
+
+impl LazyMs {
+    fn new(epoch: Instant) -> Self {
+        Self { epoch, ms: std::cell::Cell::new(None) }
+    }
+
+    fn at(epoch: Instant, ms: u64) -> Self {
+        Self { epoch, ms: std::cell::Cell::new(Some(ms)) }
+    }
+
+    /// The clock's reading (the same on every call).
+    pub fn get(&self) -> u64 {
+        match self.ms.get() {
+            Some(ms) => ms,
+            None => {
+                let ms = self.epoch.elapsed().as_millis() as u64;
+                self.ms.set(Some(ms));
+                ms
+            }
+        }
     }
 }
 
@@ -288,7 +323,7 @@ impl Upstream {
             return None;
         }
         let exclude = exclude.and_then(|e| set.targets.iter().position(|t| Arc::ptr_eq(t, e)));
-        let i = set.balancer.pick(&set, key, self.now_ms(), exclude)?;
+        let i = set.balancer.pick(&set, key, &LazyMs::new(self.epoch), exclude)?;
         set.targets.get(i).cloned()
     }
 
@@ -345,6 +380,7 @@ impl Upstream {
     /// The live state of the upstream and its targets, for the admin API.
     pub fn status(&self) -> serde_json::Value {
         let now = self.now_ms();
+        let clock = LazyMs::at(self.epoch, now);
         let set = self.set.load();
         let targets: Vec<serde_json::Value> = set
             .targets
@@ -359,7 +395,7 @@ impl Upstream {
                     "ejected": until > now,
                     "ejectedForMs": until.saturating_sub(now),
                     "ejections": t.ejections.load(Ordering::Relaxed),
-                    "available": t.available(now),
+                    "available": t.available(&clock),
                     "inFlight": t.in_flight.load(Ordering::Relaxed),
                     "latencyEwmaMs": t.ewma_ns.load(Ordering::Relaxed) as f64 / 1e6,
                 })
@@ -396,7 +432,12 @@ pub struct InFlight<'a> {
 impl InFlight<'_> {
     /// Records the outcome: `failed` for connect failures, timeouts and 5xx answers.
     pub fn finish(self, failed: bool) {
-        self.upstream.record(&self.target, self.started.elapsed(), failed);
+        // The latency feeds only the peak-EWMA balancer: no clock read for the others.
+        let latency = match self.upstream.definition.balance {
+            portico_config::Balance::PeakEwma => self.started.elapsed(),
+            _ => Duration::ZERO,
+        };
+        self.upstream.record(&self.target, latency, failed);
     }
 }
 
