@@ -28,6 +28,8 @@ enum Act {
     ReplyClose(Vec<u8>),
     /// Write these bytes, close a moment later.
     ReplyLater(Vec<u8>),
+    /// Wait this long, then write these bytes and keep the connection.
+    ReplyAfter(Duration, Vec<u8>),
     /// Close without answering.
     Drop,
 }
@@ -60,6 +62,7 @@ fn script(method: &str, path: &str, nth: usize, head: &str) -> Act {
         "/second-fails" if nth >= 2 => Act::Drop,
         "/second-fails" => Act::Reply(len("first")),
         "/idle-close" => Act::ReplyLater(len("later")),
+        "/slow" => Act::ReplyAfter(Duration::from_secs(2), len("slow")),
         "/echo-head" => {
             Act::Reply(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len()).into_bytes())
         }
@@ -129,6 +132,12 @@ async fn serve(mut conn: TcpStream, ended: Arc<AtomicUsize>) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 return;
             }
+            Act::ReplyAfter(wait, bytes) => {
+                tokio::time::sleep(wait).await;
+                if conn.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
             Act::Drop => return,
         }
     }
@@ -192,6 +201,32 @@ async fn responses_are_framed_as_rfc_9112_says_and_connections_reused_when_safe(
     assert_eq!(request(&gw, "GET", "/conn-close").await.2, "ok");
     assert_eq!(request(&gw, "GET", "/len").await.2, "hello");
     assert_eq!(up.accepted(), 4);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_keeps_each_requests_deadline_also_a_shorter_one() {
+    let up = Scripted::start().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  s: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: short, match: {{ prefix: /slow }}, upstream: s, timeout: 300ms }}\n  - {{ name: all, match: {{ prefix: / }}, upstream: s }}\n",
+        up.url()
+    )));
+    for round in 1..=2 {
+        // A pooled connection whose timer was last set to a default (later) deadline...
+        assert_eq!(request(&gw, "GET", "/len").await.2, "hello");
+        assert_eq!(request(&gw, "GET", "/len").await.2, "hello");
+        assert_eq!(up.accepted(), round);
+        // ...still times out at this request's earlier one.
+        let start = std::time::Instant::now();
+        let (s, _, body) = request(&gw, "GET", "/slow").await;
+        assert_eq!(s, 504, "{body}");
+        assert_eq!(json(&body)["error"], "upstream timeout");
+        assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+    }
+    // A connection that timed out is not used again (its late answer would be taken for
+    // the next request's).
+    assert_eq!(request(&gw, "GET", "/len").await.2, "hello");
+    assert_eq!(up.accepted(), 3);
+    assert_eq!(gw.metric("gateway_backend_errors_total{upstream=\"s\",kind=\"timeout\"}").await, 2.0);
 }
 
 #[tokio::test]

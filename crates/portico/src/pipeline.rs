@@ -424,11 +424,10 @@ fn request_id<B>(req: &Request<B>, header: &http::HeaderName, trust: bool) -> He
 /// A random 128-bit ID as 32 lowercase hex characters.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut out = [0u8; 32];
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
+    for (pair, b) in out.chunks_exact_mut(2).zip(fastrand::u128(..).to_le_bytes()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))

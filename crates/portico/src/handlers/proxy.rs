@@ -256,10 +256,11 @@ pub async fn forward(
                 // Trailers are not read on this path: do not invite them.
                 h.remove(header::TE);
                 let head = h1::encode_head(&method, pq.as_str(), &h);
-                let res =
-                    tokio::time::timeout_at(sent + try_timeout, target.pool.send(addr, settings, &method, &head, sent))
-                        .await;
-                res.map(|r| r.map_err(|e| lean_error(&e, upstream)))
+                // The lean client keeps the deadline itself, on the connection's own timer.
+                match target.pool.send(addr, settings, &method, &head, sent, sent + try_timeout).await {
+                    Err(h1::Error::Timeout) => Err(TimedOut),
+                    res => Ok(res.map_err(|e| lean_error(&e, upstream))),
+                }
             }
             None => {
                 let uri = Uri::builder()
@@ -274,7 +275,8 @@ pub async fn forward(
                 *upstream_req.version_mut() = version;
                 *upstream_req.headers_mut() = h;
                 let res = tokio::time::timeout_at(sent + try_timeout, upstream.client.request(upstream_req)).await;
-                res.map(|r| r.map(|res| res.map(Body::Incoming)).map_err(|e| classify(&e, upstream.connect_timeout)))
+                res.map_err(|_| TimedOut)
+                    .map(|r| r.map(|res| res.map(Body::Incoming)).map_err(|e| classify(&e, upstream.connect_timeout)))
             }
         };
         let waited = sent.elapsed();
@@ -478,8 +480,13 @@ fn lean_error(e: &h1::Error, upstream: &Upstream) -> GatewayError {
         h1::Error::Connect(_) => GatewayError::new(ErrorKind::ConnectFailed),
         h1::Error::ConnectTimeout => GatewayError::new(ErrorKind::ConnectTimeout(upstream.connect_timeout)),
         h1::Error::Io(_) | h1::Error::Malformed(_) => GatewayError::new(ErrorKind::BadResponse),
+        // Answered as a timeout where `send` is called; not reached.
+        h1::Error::Timeout => GatewayError::new(ErrorKind::UpstreamTimeout(upstream.request_timeout)),
     }
 }
+
+/// A try's deadline passed before the response head arrived.
+struct TimedOut;
 
 /// Maps a client error to the contract: refused/unreachable 502, connect timeout 504,
 /// client body over the limit 413, anything else (reset, malformed) 502.

@@ -271,7 +271,12 @@ impl Router {
     /// Finds the route for a request.
     pub fn lookup<'k, 'v>(&'k self, req: &RequestParts<'v>) -> Lookup<'k, 'v> {
         let mut allow: Vec<&Method> = Vec::new();
-        let host = normalize_host(req.host);
+        // Without host-specific routes the host is not looked at.
+        let host = if self.exact_hosts.is_empty() && self.wildcard_hosts.is_empty() {
+            std::borrow::Cow::Borrowed("")
+        } else {
+            normalize_host(req.host)
+        };
         let host = host.as_ref();
         if let Some(&g) = self.exact_hosts.get(host)
             && let Some(found) = self.lookup_group(g, req, &mut allow)

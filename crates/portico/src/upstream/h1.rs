@@ -81,6 +81,8 @@ pub enum Error {
     Io(io::Error),
     /// The response is not valid HTTP/1.1, or is larger than the limits.
     Malformed(&'static str),
+    /// No response head arrived before the deadline.
+    Timeout,
 }
 
 impl std::fmt::Display for Error {
@@ -90,6 +92,7 @@ impl std::fmt::Display for Error {
             Error::ConnectTimeout => f.write_str("connect timed out"),
             Error::Io(e) => write!(f, "connection failed: {e}"),
             Error::Malformed(m) => write!(f, "malformed response: {m}"),
+            Error::Timeout => f.write_str("no response before the deadline"),
         }
     }
 }
@@ -99,11 +102,18 @@ impl std::fmt::Display for Error {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The deadline of the request on this connection, one timer for the connection's
+    /// life: moving it to a later deadline is one atomic update, where a timer per
+    /// request is registered with the runtime's timer wheel and removed again.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
-    async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Error> {
-        let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    /// Connects within `timeout`, and before `deadline` (else [`Error::Timeout`]).
+    async fn connect(addr: SocketAddr, timeout: Duration, deadline: Instant) -> Result<Conn, Error> {
+        let connect_by = Instant::now() + timeout;
+        let io = match tokio::time::timeout_at(connect_by.min(deadline), TcpStream::connect(addr)).await {
+            Err(_) if deadline < connect_by => return Err(Error::Timeout),
             Err(_) => return Err(Error::ConnectTimeout),
             Ok(Err(e)) => return Err(Error::Connect(e)),
             Ok(Ok(io)) => io,
@@ -112,7 +122,7 @@ impl Conn {
         // As hyper's connector was set up: keep-alive probes after a minute of silence.
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
-        Ok(Conn { io, buf: BytesMut::with_capacity(HEAD_READ) })
+        Ok(Conn { io, buf: BytesMut::with_capacity(HEAD_READ), timer: None })
     }
 
     /// Whether an idle connection is still usable: the upstream has neither closed it nor
@@ -138,6 +148,24 @@ impl Conn {
         // poll loses no bytes.
         let read = self.io.read_buf(&mut self.buf);
         std::pin::pin!(read).poll(cx)
+    }
+
+    /// [`Conn::exchange`] before `deadline`.
+    async fn exchange_by(&mut self, head: &[u8], method_head: bool, deadline: Instant) -> Result<Parsed, Failure> {
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let res = tokio::select! {
+            biased;
+            res = self.exchange(head, method_head) => res,
+            () = timer.as_mut() => Err(Failure::Other(Error::Timeout)),
+        };
+        self.timer = Some(timer);
+        res
     }
 
     /// Writes a request head and reads the final response head.
@@ -251,16 +279,28 @@ fn parse_head<const N: usize>(buf: &mut BytesMut, method_head: bool) -> Result<S
     let status = StatusCode::from_u16(code).map_err(|_| "invalid status code")?;
     let http11 = res.version == Some(1);
     // Where each field lies in the head, so the values can share the head's bytes.
+    // `Connection` fields that say only `keep-alive` or `close` are read here and left out
+    // of the map (the hop-by-hop pass would remove them); one that names other fields
+    // stays, so that pass removes what it names.
     let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
-    let count = res.headers.len();
-    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-        *span = span_of(buf.as_ptr(), h.name.as_bytes(), h.value);
+    let mut count = 0;
+    let mut close = false;
+    for h in res.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            let (asks_close, plain) = connection_tokens(h.value);
+            close |= asks_close;
+            if plain {
+                continue;
+            }
+        }
+        spans[count] = span_of(buf.as_ptr(), h.name.as_bytes(), h.value);
+        count += 1;
     }
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
     let mut headers = shared_header_map(&head, &spans[..count], 2).ok_or("invalid header field")?;
     let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
-    let reusable = http11 && !must_close && framing != Framing::Close && !asks_close(&headers);
+    let reusable = http11 && !must_close && framing != Framing::Close && !close;
     Ok(Step::Final(Parsed { status, headers, framing, reusable }))
 }
 
@@ -364,21 +404,25 @@ pub(crate) fn shared_header_map(head: &Bytes, spans: &[Span], extra: usize) -> O
     Some(headers)
 }
 
-/// Whether a `Connection` header carries `close`.
-fn asks_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))))
+/// What a `Connection` value says: whether it carries `close`, and whether it carries
+/// nothing but `close` and `keep-alive` (names no other field).
+fn connection_tokens(value: &[u8]) -> (bool, bool) {
+    let (mut close, mut plain) = (false, true);
+    for t in value.split(|&b| b == b',') {
+        let t = t.trim_ascii();
+        if t.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+            plain = false;
+        }
+    }
+    (close, plain)
 }
 
 /// Writes a request head: `METHOD target HTTP/1.1`, then every field as given.
 pub fn encode_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u8> {
-    let mut len = method.as_str().len() + target.len() + 14;
-    for (name, value) in headers {
-        len += name.as_str().len() + value.len() + 4;
-    }
-    let mut out = Vec::with_capacity(len);
+    // Room for typical fields without a pass to measure them; a longer head grows once.
+    let mut out = Vec::with_capacity(method.as_str().len() + target.len() + 14 + 64 * headers.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -487,8 +531,9 @@ impl Pool {
     }
 
     /// Sends a request head (without a body) to `addr` on a pooled or new connection and
-    /// returns the response with its body streaming from the connection. `now` is the
-    /// caller's clock reading, for the pool's idle times.
+    /// returns the response with its body streaming from the connection; the head must
+    /// arrive before `deadline`. `now` is the caller's clock reading, for the pool's idle
+    /// times.
     pub async fn send(
         &self,
         addr: SocketAddr,
@@ -496,6 +541,7 @@ impl Pool {
         method: &Method,
         head: &[u8],
         now: Instant,
+        deadline: Instant,
     ) -> Result<Response<Body>, Error> {
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let method_head = *method == Method::HEAD;
@@ -505,9 +551,9 @@ impl Pool {
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => Conn::connect(addr, s.connect_timeout).await?,
+                None => Conn::connect(addr, s.connect_timeout, deadline).await?,
             };
-            match conn.exchange(head, method_head).await {
+            match conn.exchange_by(head, method_head, deadline).await {
                 Ok(parsed) => return Ok(self.response(conn, parsed, s)),
                 Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || idempotent) => {
                     stale += 1;
@@ -851,6 +897,15 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!p.reusable);
+        assert!(p.headers.get("connection").is_none());
+        let p =
+            parsed("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap();
+        assert!(p.reusable && p.headers.get("connection").is_none());
+        // A `Connection` that names another field stays for the hop-by-hop pass.
+        let head = "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nConnection: close\r\nx-hop: 1\r\nContent-Length: 1\r\n\r\n";
+        let p = parsed(head, false).unwrap().unwrap();
+        assert!(!p.reusable);
+        assert_eq!(p.headers.get_all("connection").iter().collect::<Vec<_>>(), ["x-hop"]);
         // Repeated equal lengths collapse to one.
         let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(p.framing, Framing::Length(4));
@@ -942,6 +997,11 @@ mod tests {
         h.append("x-m", HeaderValue::from_static("2"));
         let out = encode_head(&Method::DELETE, "/p?q=1", &h);
         assert_eq!(out, b"DELETE /p?q=1 HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\n\r\n");
-        assert_eq!(out.capacity(), out.len());
+        // Longer than the room made up front: the head grows and stays whole.
+        let long = "c".repeat(5000);
+        h.insert("cookie", HeaderValue::from_str(&long).unwrap());
+        let out = encode_head(&Method::GET, "/", &h);
+        let want = format!("GET / HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\ncookie: {long}\r\n\r\n");
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }
