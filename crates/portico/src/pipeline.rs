@@ -305,7 +305,8 @@ pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
 
 /// The host without its port (`[::1]:8080` gives `[::1]`).
 fn host_without_port(host: &str) -> &str {
-    match host.rfind(':') {
+    // A byte search: `rfind` on a short host costs more in its setup than in its scan.
+    match host.bytes().rposition(|b| b == b':') {
         Some(i) if !host[i..].contains(']') => &host[..i],
         _ => host,
     }
@@ -400,7 +401,7 @@ fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<(), G
 
 /// True for `.`/`..` segments, also percent-encoded (`%2e`).
 fn has_dot_segment(path: &str) -> bool {
-    if !path.contains('.') && !path.contains('%') {
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return false;
     }
     path.split('/').any(|seg| {

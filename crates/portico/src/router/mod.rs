@@ -338,7 +338,7 @@ impl Router {
             if candidate == "/" || candidate.is_empty() {
                 return None;
             }
-            candidate = match candidate.rfind('/') {
+            candidate = match candidate.bytes().rposition(|b| b == b'/') {
                 Some(0) => "/",
                 Some(i) => &candidate[..i],
                 None => return None,

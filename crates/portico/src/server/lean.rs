@@ -105,7 +105,7 @@ enum Parse {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
-    async fn run(&mut self, info: &Arc<ConnInfo>, shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> End {
+    async fn run(&mut self, info: &Arc<ConnInfo>, shared: &Arc<Shared>, shutdown: watch::Receiver<bool>) -> End {
         let limits = &info.listener;
         let mut first = true;
         // One timer per connection, not one per request: the wait for the next request
@@ -114,6 +114,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         let mut deadline = accepted + limits.header_timeout;
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
+        // One wait for the shutdown signal for the connection's life, not one per request
+        // (each registers with the signal and leaves again).
+        let mut watcher = shutdown.clone();
+        let stopping = watcher.changed();
+        tokio::pin!(stopping);
         loop {
             if self.buf.is_empty() {
                 if *shutdown.borrow() {
@@ -133,7 +138,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                             }
                             timer.as_mut().reset(deadline);
                         }
-                        _ = shutdown.changed() => return End::Closed,
+                        _ = &mut stopping => return End::Closed,
                     }
                 }
             }
