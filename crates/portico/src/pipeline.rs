@@ -77,7 +77,9 @@ pub struct Outcome {
 
 /// Handles one request. Never fails: every error becomes a response.
 /// The request body is hyper's stream or, from the lean HTTP/1.1 server loop, empty.
-pub async fn handle(mut req: Request<Body>, conn: Arc<ConnInfo>, shared: Arc<Shared>) -> Response<Body> {
+/// Borrows the connection and the process state: the lean loop calls it without
+/// reference-count traffic; hyper's service owns them in its future.
+pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) -> Response<Body> {
     let start = Instant::now();
     let wall_start = shared.access_log.enabled().then(SystemTime::now);
     let snap = shared.snapshot.load_full();
@@ -153,7 +155,7 @@ pub async fn handle(mut req: Request<Body>, conn: Arc<ConnInfo>, shared: Arc<Sha
                             if let ErrorKind::RateLimited { info, .. } = &refusal.error.kind {
                                 rate = Some(*info);
                             }
-                            audit(&shared, &req, &route.name, &request_id, client_ip, &refusal);
+                            audit(shared, &req, &route.name, &request_id, client_ip, &refusal);
                             Err(refusal.error)
                         }
                         Ok(Flow::Respond(res)) => {
@@ -192,7 +194,7 @@ pub async fn handle(mut req: Request<Body>, conn: Arc<ConnInfo>, shared: Arc<Sha
                                 peer_trusted,
                                 client_ip,
                                 max_body: conn.listener.max_body,
-                                shared: &shared,
+                                shared,
                                 tls: conn.tls.as_deref(),
                                 upstream_override,
                             };

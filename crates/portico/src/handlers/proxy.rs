@@ -220,7 +220,10 @@ pub async fn forward(
         let Some(target) = upstream.pick(&key, last_target.as_ref()) else {
             break Err(GatewayError::new(ErrorKind::NoTarget));
         };
-        last_target = Some(target.clone());
+        if policy.is_some() {
+            // Only a retry avoids the target it tried.
+            last_target = Some(target.clone());
+        }
         let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
         let mut h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
         match (&original_host, ctx.route.preserve_host) {

@@ -238,7 +238,7 @@ pub(crate) async fn serve<S>(
         let phase = svc_phase.clone();
         async move {
             let in_flight = InFlight::start(&phase);
-            let res = pipeline::handle(req.map(Body::Incoming), info, shared).await;
+            let res = pipeline::handle(req.map(Body::Incoming), &info, &shared).await;
             Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody { inner, in_flight: Some(in_flight) }))
         }
     });

@@ -208,7 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
     ) -> Option<http::Response<Body>> {
-        let handling = pipeline::handle(req, info.clone(), shared.clone());
+        let handling = pipeline::handle(req, info, shared);
         tokio::pin!(handling);
         let mut watching = self.buf.is_empty();
         loop {
