@@ -7,6 +7,7 @@
 # binary runs the harness's nginx peer config (../shared/bench, rendered by its
 # `run.sh start`) in one process on port 18091, for reference.
 # usage: ir.sh BINARY|nginx... -> "NAME ir_per_req N requests M"
+# IR_WRK_ARGS adds wrk arguments, e.g. -H "User-Agent: x" -H "Accept: */*" for a browser-like head.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${IR_OUT:-/tmp/portico-ir}
@@ -28,9 +29,11 @@ for bin in "$@"; do
   fi
   VG=$!
   for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:$PORT/api/users/1 && break; sleep 0.2; done
-  wrk -t1 -c16 -d3s http://127.0.0.1:$PORT/api/users/123 >/dev/null
+  # shellcheck disable=SC2086
+  wrk -t1 -c16 -d3s ${IR_WRK_ARGS:-} http://127.0.0.1:$PORT/api/users/123 >/dev/null
   callgrind_control -z "$VG" >/dev/null
-  REQ=$(wrk -t1 -c16 -d5s http://127.0.0.1:$PORT/api/users/123 | awk '/requests in/ {print $1}')
+  # shellcheck disable=SC2086
+  REQ=$(wrk -t1 -c16 -d5s ${IR_WRK_ARGS:-} http://127.0.0.1:$PORT/api/users/123 | awk '/requests in/ {print $1}')
   callgrind_control -d "$VG" >/dev/null
   sleep 0.5
   IR=$(cat "$OUT"/cg.*.1 | awk '/^summary:/ {s += $2} END {print s}')

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
-use crate::upstream::h1::{content_length, shared_header_map, span_of};
+use crate::upstream::h1::{NameCache, content_length, shared_header_map, span_of};
 
 /// The most header fields this loop parses; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
@@ -62,7 +62,12 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = Lean { io, buf: BytesMut::with_capacity(READ_ROOM), out: Vec::with_capacity(1024) };
+    let mut conn = Lean {
+        io,
+        buf: BytesMut::with_capacity(READ_ROOM),
+        out: Vec::with_capacity(1024),
+        names: NameCache::default(),
+    };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
         super::conn::serve(conn.io, info, builder, shared, shutdown, start).await;
@@ -84,6 +89,8 @@ struct Lean<S> {
     buf: BytesMut,
     /// The response head being written.
     out: Vec<u8>,
+    /// The header names of the last request, to reuse.
+    names: NameCache,
 }
 
 /// A request head this loop takes.
@@ -156,7 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             }
             first = false;
             let head = loop {
-                match parse(&mut self.buf) {
+                match parse(&mut self.buf, &mut self.names) {
                     Parse::Complete(head) => break head,
                     Parse::Other => return End::HandOver(head_started()),
                     Parse::Rejected(head) => {
@@ -410,7 +417,7 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut 
 
 /// Parses a request head at the start of `buf`; a complete one this loop takes is removed
 /// from the buffer.
-fn parse(buf: &mut BytesMut) -> Parse {
+fn parse(buf: &mut BytesMut, names: &mut NameCache) -> Parse {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
@@ -466,7 +473,7 @@ fn parse(buf: &mut BytesMut) -> Parse {
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Parse::Rejected(head) };
     // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
-    let Some(headers) = shared_header_map(&head, &spans[..count], 8) else { return Parse::Rejected(head) };
+    let Some(headers) = shared_header_map(&head, &spans[..count], 8, names) else { return Parse::Rejected(head) };
     Parse::Complete(Head { method, uri, headers })
 }
 
@@ -498,7 +505,7 @@ mod tests {
 
     fn parsed(text: &str) -> (Parse, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let p = parse(&mut buf);
+        let p = parse(&mut buf, &mut NameCache::default());
         (p, buf)
     }
 

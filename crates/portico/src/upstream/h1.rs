@@ -102,6 +102,8 @@ impl std::fmt::Display for Error {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The header names of the last response, to reuse.
+    names: NameCache,
     /// The deadline of the request on this connection, one timer for the connection's
     /// life: moving it to a later deadline is one atomic update, where a timer per
     /// request is registered with the runtime's timer wheel and removed again.
@@ -122,7 +124,7 @@ impl Conn {
         // As hyper's connector was set up: keep-alive probes after a minute of silence.
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
-        Ok(Conn { io, buf: BytesMut::with_capacity(HEAD_READ), timer: None })
+        Ok(Conn { io, buf: BytesMut::with_capacity(HEAD_READ), names: NameCache::default(), timer: None })
     }
 
     /// Whether an idle connection is still usable: the upstream has neither closed it nor
@@ -176,7 +178,7 @@ impl Conn {
         let mut received = 0;
         loop {
             if !self.buf.is_empty() {
-                match parse(&mut self.buf, method_head) {
+                match parse(&mut self.buf, method_head, &mut self.names) {
                     Ok(Some(parsed)) => return Ok(parsed),
                     Ok(None) => {}
                     Err(m) => return Err(Failure::Other(Error::Malformed(m))),
@@ -234,11 +236,11 @@ enum Framing {
 
 /// Parses a final response head from the start of `buf` and removes it from there
 /// (informational 1xx heads before it too). `None` when more bytes are needed.
-fn parse(buf: &mut BytesMut, method_head: bool) -> Result<Option<Parsed>, &'static str> {
+fn parse(buf: &mut BytesMut, method_head: bool, names: &mut NameCache) -> Result<Option<Parsed>, &'static str> {
     loop {
         // Most heads have a few fields: a small array first, the full one when needed.
-        let step = match parse_head::<FEW_HEADERS>(buf, method_head)? {
-            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head)?,
+        let step = match parse_head::<FEW_HEADERS>(buf, method_head, names)? {
+            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head, names)?,
             step => step,
         };
         match step {
@@ -259,7 +261,11 @@ enum Step {
     TooMany,
 }
 
-fn parse_head<const N: usize>(buf: &mut BytesMut, method_head: bool) -> Result<Step, &'static str> {
+fn parse_head<const N: usize>(
+    buf: &mut BytesMut,
+    method_head: bool,
+    names: &mut NameCache,
+) -> Result<Step, &'static str> {
     let mut fields = [httparse::EMPTY_HEADER; N];
     let mut res = httparse::Response::new(&mut fields);
     let len = match res.parse(buf) {
@@ -298,7 +304,7 @@ fn parse_head<const N: usize>(buf: &mut BytesMut, method_head: bool) -> Result<S
     }
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
-    let mut headers = shared_header_map(&head, &spans[..count], 2).ok_or("invalid header field")?;
+    let mut headers = shared_header_map(&head, &spans[..count], 2, names).ok_or("invalid header field")?;
     let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
     let reusable = http11 && !must_close && framing != Framing::Close && !close;
     Ok(Step::Final(Parsed { status, headers, framing, reusable }))
@@ -394,14 +400,53 @@ pub(crate) fn span_of(base: *const u8, name: &[u8], value: &[u8]) -> Span {
 
 /// The header map of a parsed head, its values sharing the head's bytes; `extra` is room
 /// for fields the gateway adds. `None` when a name or value is not valid for `http`.
-pub(crate) fn shared_header_map(head: &Bytes, spans: &[Span], extra: usize) -> Option<HeaderMap> {
+pub(crate) fn shared_header_map(
+    head: &Bytes,
+    spans: &[Span],
+    extra: usize,
+    names: &mut NameCache,
+) -> Option<HeaderMap> {
     let mut headers = HeaderMap::with_capacity(spans.len() + extra);
-    for &(n0, n1, v0, v1) in spans {
-        let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
+    for (i, &(n0, n1, v0, v1)) in spans.iter().enumerate() {
+        let name = names.name(i, &head[n0..n1])?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
         headers.append(name, value);
     }
     Some(headers)
+}
+
+/// The header names of the last message on a connection, by position. A client or an
+/// upstream sends the same names in the same order on every message of a connection, so a
+/// byte comparison replaces parsing a name again (lower-casing it and matching it against
+/// the standard names), which was a measurable part of every request.
+#[derive(Debug, Default)]
+pub(crate) struct NameCache {
+    names: Vec<(Box<[u8]>, HeaderName)>,
+}
+
+/// Positions kept per connection: the usual heads fit, and a connection's cache stays
+/// small (a few hundred bytes).
+const NAMES_KEPT: usize = 16;
+
+impl NameCache {
+    /// The name at position `i` of a head, `raw` as sent; `None` when it is not valid.
+    fn name(&mut self, i: usize, raw: &[u8]) -> Option<HeaderName> {
+        if let Some((seen, name)) = self.names.get(i)
+            && **seen == *raw
+        {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if i < NAMES_KEPT {
+            let entry = (Box::from(raw), name.clone());
+            match i.cmp(&self.names.len()) {
+                std::cmp::Ordering::Less => self.names[i] = entry,
+                std::cmp::Ordering::Equal => self.names.push(entry),
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        Some(name)
+    }
 }
 
 /// What a `Connection` value says: whether it carries `close`, and whether it carries
@@ -869,7 +914,7 @@ mod tests {
 
     fn parsed(head: &str, method_head: bool) -> Result<Option<Parsed>, &'static str> {
         let mut buf = BytesMut::from(head.as_bytes());
-        parse(&mut buf, method_head)
+        parse(&mut buf, method_head, &mut NameCache::default())
     }
 
     #[test]
@@ -910,6 +955,27 @@ mod tests {
         let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\nContent-Length: 4\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(p.framing, Framing::Length(4));
         assert_eq!(p.headers.get_all("content-length").iter().count(), 1);
+    }
+
+    #[test]
+    fn header_names_are_reused_by_position_only_when_the_bytes_match() {
+        let mut names = NameCache::default();
+        let map = |names: &mut NameCache, head: &str| {
+            let mut buf = BytesMut::from(head.as_bytes());
+            parse(&mut buf, false, names).map(|p| p.unwrap().headers)
+        };
+        let many: String = (0..20).map(|i| format!("X-F{i}: {i}\r\n")).collect();
+        let first = format!("HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\n{many}Content-Length: 0\r\n\r\n");
+        let h = map(&mut names, &first).unwrap();
+        assert_eq!((h["server"].to_str().unwrap(), h["x-custom"].to_str().unwrap(), h.len()), ("a", "1", 23));
+        assert_eq!(names.names.len(), NAMES_KEPT);
+        // Same names: the kept ones are used; other names at the same places are parsed anew.
+        let h = map(&mut names, &first).unwrap();
+        assert_eq!((h["x-f19"].to_str().unwrap(), h.len()), ("19", 23));
+        let h = map(&mut names, "HTTP/1.1 200 OK\r\nSERVER: b\r\nX-Other: 2\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!((h["server"].to_str().unwrap(), h["x-other"].to_str().unwrap()), ("b", "2"));
+        assert!(h.get("x-custom").is_none());
+        assert_eq!(&*names.names[1].0, b"X-Other");
     }
 
     #[test]
@@ -983,7 +1049,7 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"[..]);
-        let p = parse(&mut buf, false).unwrap().unwrap();
+        let p = parse(&mut buf, false, &mut NameCache::default()).unwrap().unwrap();
         assert_eq!(p.status, 201);
         assert!(p.headers.get("link").is_none());
         assert_eq!(&buf[..], b"ok");
