@@ -269,15 +269,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         // One length, written here: a value that does not parse as one is dropped and
         // the body framed by what it is.
         let declared = content_length(&parts.headers).ok().flatten().or_else(|| body.size_hint().exact());
-        let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::None
-        } else if method_head {
-            if let Some(n) = declared {
-                write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
-            }
+        let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        if let Some(n) = declared.filter(|_| !bodiless) {
+            // HEAD keeps the length a GET would have.
+            write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        }
+        let framing = if bodiless || method_head {
             Framing::None
         } else if let Some(n) = declared {
-            write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
             Framing::Length(n)
         } else {
             write_field(out, b"transfer-encoding", b"chunked");

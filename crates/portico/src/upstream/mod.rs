@@ -131,10 +131,6 @@ impl LazyMs {
         Self { epoch, ms: std::cell::Cell::new(None) }
     }
 
-    fn at(epoch: Instant, ms: u64) -> Self {
-        Self { epoch, ms: std::cell::Cell::new(Some(ms)) }
-    }
-
     /// The clock's reading (the same on every call).
     pub fn get(&self) -> u64 {
         match self.ms.get() {
@@ -284,10 +280,6 @@ impl Upstream {
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// The current targets.
     pub fn targets(&self) -> Arc<TargetSet> {
         self.set.load_full()
@@ -341,11 +333,13 @@ impl Upstream {
     /// Records the outcome of a request to `t` for passive outlier detection and the
     /// latency estimate.
     fn record(&self, t: &Target, latency: Duration, failed: bool) {
+        // One clock reading for both uses, none when neither is configured.
+        let clock = LazyMs::new(self.epoch);
         if self.definition.balance == portico_config::Balance::PeakEwma {
-            balance::update_ewma(t, latency, self.now_ms());
+            balance::update_ewma(t, latency, clock.get());
         }
         let Some(od) = &self.definition.outlier_detection else { return };
-        let now = self.now_ms();
+        let now = clock.get();
         if !failed {
             t.consecutive_failures.store(0, Ordering::Relaxed);
             // A target that has stayed in for a whole max_ejection since its last ejection
@@ -379,8 +373,8 @@ impl Upstream {
 
     /// The live state of the upstream and its targets, for the admin API.
     pub fn status(&self) -> serde_json::Value {
-        let now = self.now_ms();
-        let clock = LazyMs::at(self.epoch, now);
+        let clock = LazyMs::new(self.epoch);
+        let now = clock.get();
         let set = self.set.load();
         let targets: Vec<serde_json::Value> = set
             .targets
