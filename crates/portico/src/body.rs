@@ -27,7 +27,7 @@ pub enum Body {
     /// A client body streamed upstream, cut off with an error past the listener's limit.
     Limited(Limited<Incoming>),
     /// A response body read straight from a pooled HTTP/1.1 upstream connection.
-    H1(Box<crate::upstream::h1::ResponseBody>),
+    H1(crate::upstream::h1::ResponseBody),
     /// A body that holds something until it ends or is dropped (a concurrency slot).
     Holding(Box<Body>, Option<Box<dyn std::fmt::Debug + Send + Sync>>),
 }
@@ -57,7 +57,7 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Limited(b) => Pin::new(b).poll_frame(cx),
-            Body::H1(b) => Pin::new(&mut **b).poll_frame(cx),
+            Body::H1(b) => Pin::new(b).poll_frame(cx),
             Body::Holding(b, held) => {
                 let res = Pin::new(&mut **b).poll_frame(cx);
                 if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {

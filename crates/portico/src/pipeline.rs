@@ -432,8 +432,10 @@ pub fn new_request_id() -> HeaderValue {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 0xf)];
     }
-    // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+    // Hex digits are always a valid header value. Owned by its `Bytes` from the start (one
+    // allocation): copied into a `Vec`, the first of its clones (request, response, log)
+    // would allocate again to share it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -256,11 +256,9 @@ pub async fn forward(
         };
         let res = match lean {
             Some((settings, addr)) => {
-                // Trailers are not read on this path: do not invite them.
-                h.remove(header::TE);
-                let head = h1::encode_head(&method, pq.as_str(), &h);
-                // The lean client keeps the deadline itself, on the connection's own timer.
-                match target.pool.send(addr, settings, &method, &head, sent, sent + try_timeout).await {
+                // The lean client keeps the deadline itself, on the connection's own timer,
+                // and leaves `TE` out (it reads no trailers).
+                match target.pool.send(addr, settings, &method, pq.as_str(), h, sent, sent + try_timeout).await {
                     Err(h1::Error::Timeout) => Err(TimedOut),
                     res => Ok(res.map_err(|e| lean_error(&e, upstream))),
                 }

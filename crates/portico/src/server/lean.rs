@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
-use crate::upstream::h1::{NameCache, content_length, shared_header_map, span_of};
+use crate::upstream::h1::{NameCache, content_length, fill_header_map, plain_length, recycle, span_of};
 
 /// The most header fields this loop parses; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
@@ -67,6 +67,7 @@ pub(crate) async fn serve<S>(
         buf: BytesMut::with_capacity(READ_ROOM),
         out: Vec::with_capacity(1024),
         names: NameCache::default(),
+        spare: HeaderMap::new(),
     };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
@@ -91,6 +92,8 @@ struct Lean<S> {
     out: Vec<u8>,
     /// The header names of the last request, to reuse.
     names: NameCache,
+    /// The last response's header map, emptied: the next request's.
+    spare: HeaderMap,
 }
 
 /// A request head this loop takes.
@@ -163,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             }
             first = false;
             let head = loop {
-                match parse(&mut self.buf, &mut self.names) {
+                match parse(&mut self.buf, &mut self.names, &mut self.spare) {
                     Parse::Complete(head) => break head,
                     Parse::Other => return End::HandOver(head_started()),
                     Parse::Rejected(head) => {
@@ -253,14 +256,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             // Neither upstream client passes 1xx on; a final answer must follow one.
             return Err(io::Error::other("informational response without a final one"));
         }
+        // The fields that matter here are noted on the way, so the usual head needs no
+        // map lookups.
+        let (mut dated, mut lengths, mut length) = (false, 0, None);
         for (name, value) in &parts.headers {
             // The framing and the connection's fate are this side's own business.
-            if name == header::TRANSFER_ENCODING || name == header::CONNECTION || name == header::CONTENT_LENGTH {
+            if name == header::CONTENT_LENGTH {
+                lengths += 1;
+                length = plain_length(value.as_bytes());
                 continue;
             }
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+                continue;
+            }
+            dated |= name == header::DATE;
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if !parts.headers.contains_key(header::DATE) {
+        if !dated {
             write_field(out, b"date", &http_date());
         }
         if close {
@@ -268,7 +280,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         }
         // One length, written here: a value that does not parse as one is dropped and
         // the body framed by what it is.
-        let declared = content_length(&parts.headers).ok().flatten().or_else(|| body.size_hint().exact());
+        let length = match (lengths, length) {
+            (0, _) => None,
+            (1, Some(n)) => Some(n),
+            _ => content_length(&parts.headers).ok().flatten(),
+        };
+        let declared = length.or_else(|| body.size_hint().exact());
+        recycle(&mut self.spare, parts.headers);
         let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         if let Some(n) = declared.filter(|_| !bodiless) {
             // HEAD keeps the length a GET would have.
@@ -416,7 +434,7 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut 
 
 /// Parses a request head at the start of `buf`; a complete one this loop takes is removed
 /// from the buffer.
-fn parse(buf: &mut BytesMut, names: &mut NameCache) -> Parse {
+fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap) -> Parse {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
@@ -472,7 +490,10 @@ fn parse(buf: &mut BytesMut, names: &mut NameCache) -> Parse {
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Parse::Rejected(head) };
     // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
-    let Some(headers) = shared_header_map(&head, &spans[..count], 8, names) else { return Parse::Rejected(head) };
+    let mut headers = std::mem::take(spare);
+    if !fill_header_map(&mut headers, &head, &spans[..count], 8, names) {
+        return Parse::Rejected(head);
+    }
     Parse::Complete(Head { method, uri, headers })
 }
 
@@ -504,7 +525,7 @@ mod tests {
 
     fn parsed(text: &str) -> (Parse, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let p = parse(&mut buf, &mut NameCache::default());
+        let p = parse(&mut buf, &mut NameCache::default(), &mut HeaderMap::new());
         (p, buf)
     }
 

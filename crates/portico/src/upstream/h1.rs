@@ -102,6 +102,10 @@ impl std::fmt::Display for Error {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The request head being sent, kept for the next request's.
+    out: Vec<u8>,
+    /// The pool's settings as of the last request.
+    settings: Settings,
     /// The header names of the last response, to reuse.
     names: NameCache,
     /// The deadline of the request on this connection, one timer for the connection's
@@ -111,8 +115,11 @@ struct Conn {
 }
 
 impl Conn {
-    /// Connects within `timeout`, and before `deadline` (else [`Error::Timeout`]).
-    async fn connect(addr: SocketAddr, timeout: Duration, deadline: Instant) -> Result<Conn, Error> {
+    /// Connects within the connect timeout, and before `deadline` (else
+    /// [`Error::Timeout`]). Boxed for its life: the response body that holds it while the
+    /// body streams is then small enough to need no allocation of its own.
+    async fn connect(addr: SocketAddr, settings: &Settings, deadline: Instant) -> Result<Box<Conn>, Error> {
+        let timeout = settings.connect_timeout;
         let connect_by = Instant::now() + timeout;
         let io = match tokio::time::timeout_at(connect_by.min(deadline), TcpStream::connect(addr)).await {
             Err(_) if deadline < connect_by => return Err(Error::Timeout),
@@ -124,7 +131,14 @@ impl Conn {
         // As hyper's connector was set up: keep-alive probes after a minute of silence.
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
-        Ok(Conn { io, buf: BytesMut::with_capacity(HEAD_READ), names: NameCache::default(), timer: None })
+        Ok(Box::new(Conn {
+            io,
+            buf: BytesMut::with_capacity(HEAD_READ),
+            out: Vec::new(),
+            settings: *settings,
+            names: NameCache::default(),
+            timer: None,
+        }))
     }
 
     /// Whether an idle connection is still usable: the upstream has neither closed it nor
@@ -153,7 +167,12 @@ impl Conn {
     }
 
     /// [`Conn::exchange`] before `deadline`.
-    async fn exchange_by(&mut self, head: &[u8], method_head: bool, deadline: Instant) -> Result<Parsed, Failure> {
+    async fn exchange_by(
+        &mut self,
+        method_head: bool,
+        deadline: Instant,
+        spare: &mut HeaderMap,
+    ) -> Result<Parsed, Failure> {
         let mut timer = match self.timer.take() {
             Some(mut t) => {
                 t.as_mut().reset(deadline);
@@ -163,22 +182,22 @@ impl Conn {
         };
         let res = tokio::select! {
             biased;
-            res = self.exchange(head, method_head) => res,
+            res = self.exchange(method_head, spare) => res,
             () = timer.as_mut() => Err(Failure::Other(Error::Timeout)),
         };
         self.timer = Some(timer);
         res
     }
 
-    /// Writes a request head and reads the final response head.
-    async fn exchange(&mut self, head: &[u8], method_head: bool) -> Result<Parsed, Failure> {
-        if let Err(e) = self.io.write_all(head).await {
+    /// Writes the request head in `out` and reads the final response head, into `spare`.
+    async fn exchange(&mut self, method_head: bool, spare: &mut HeaderMap) -> Result<Parsed, Failure> {
+        if let Err(e) = self.io.write_all(&self.out).await {
             return Err(Failure::Stale { error: e, unwritten: true });
         }
         let mut received = 0;
         loop {
             if !self.buf.is_empty() {
-                match parse(&mut self.buf, method_head, &mut self.names) {
+                match parse(&mut self.buf, method_head, &mut self.names, spare) {
                     Ok(Some(parsed)) => return Ok(parsed),
                     Ok(None) => {}
                     Err(m) => return Err(Failure::Other(Error::Malformed(m))),
@@ -235,12 +254,18 @@ enum Framing {
 }
 
 /// Parses a final response head from the start of `buf` and removes it from there
-/// (informational 1xx heads before it too). `None` when more bytes are needed.
-fn parse(buf: &mut BytesMut, method_head: bool, names: &mut NameCache) -> Result<Option<Parsed>, &'static str> {
+/// (informational 1xx heads before it too). `None` when more bytes are needed. The header
+/// map is `spare`'s allocation, taken once the head is complete.
+fn parse(
+    buf: &mut BytesMut,
+    method_head: bool,
+    names: &mut NameCache,
+    spare: &mut HeaderMap,
+) -> Result<Option<Parsed>, &'static str> {
     loop {
         // Most heads have a few fields: a small array first, the full one when needed.
-        let step = match parse_head::<FEW_HEADERS>(buf, method_head, names)? {
-            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head, names)?,
+        let step = match parse_head::<FEW_HEADERS>(buf, method_head, names, spare)? {
+            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head, names, spare)?,
             step => step,
         };
         match step {
@@ -265,6 +290,7 @@ fn parse_head<const N: usize>(
     buf: &mut BytesMut,
     method_head: bool,
     names: &mut NameCache,
+    spare: &mut HeaderMap,
 ) -> Result<Step, &'static str> {
     let mut fields = [httparse::EMPTY_HEADER; N];
     let mut res = httparse::Response::new(&mut fields);
@@ -288,26 +314,55 @@ fn parse_head<const N: usize>(
     // `Connection` fields that say only `keep-alive` or `close` are read here and left out
     // of the map (the hop-by-hop pass would remove them); one that names other fields
     // stays, so that pass removes what it names.
+    // The framing fields are noted on the way, so the usual head needs no map lookups.
     let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
     let mut count = 0;
     let mut close = false;
+    let mut seen = Seen::default();
     for h in res.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
             let (asks_close, plain) = connection_tokens(h.value);
             close |= asks_close;
             if plain {
                 continue;
             }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            seen.lengths += 1;
+            seen.length = Some(h.value).filter(|_| seen.lengths == 1).and_then(plain_length);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            seen.codings = true;
         }
-        spans[count] = span_of(buf.as_ptr(), h.name.as_bytes(), h.value);
+        spans[count] = span_of(buf.as_ptr(), name, h.value);
         count += 1;
     }
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
-    let mut headers = shared_header_map(&head, &spans[..count], 2, names).ok_or("invalid header field")?;
-    let (framing, must_close) = framing(&mut headers, status, method_head, http11)?;
+    let mut headers = std::mem::take(spare);
+    if !fill_header_map(&mut headers, &head, &spans[..count], 2, names) {
+        return Err("invalid header field");
+    }
+    let (framing, must_close) = framing(&mut headers, status, method_head, http11, seen)?;
     let reusable = http11 && !must_close && framing != Framing::Close && !close;
     Ok(Step::Final(Parsed { status, headers, framing, reusable }))
+}
+
+/// What a head's fields said about its framing, noted while its fields were read.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// `Content-Length` fields.
+    lengths: u32,
+    /// The value of the only `Content-Length` field, when it is plain digits.
+    length: Option<u64>,
+    /// Whether there is a `Transfer-Encoding` field.
+    codings: bool,
+}
+
+/// A `Content-Length` value of 1 to 19 digits (no overflow possible); `None` for anything
+/// else, which the general reader takes.
+pub(crate) fn plain_length(b: &[u8]) -> Option<u64> {
+    (!b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit))
+        .then(|| b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// The response's framing (RFC 9112 section 6.3), and whether the connection must close
@@ -317,9 +372,18 @@ fn framing(
     status: StatusCode,
     method_head: bool,
     http11: bool,
+    seen: Seen,
 ) -> Result<(Framing, bool), &'static str> {
     if method_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), false));
+    }
+    if !seen.codings {
+        // The usual head: no coding, and no length or one plain one.
+        match (seen.lengths, seen.length) {
+            (0, _) => return Ok((Framing::Close, true)),
+            (1, Some(n)) => return Ok((Framing::Length(n), false)),
+            _ => {}
+        }
     }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
@@ -360,11 +424,11 @@ fn content_length_of(headers: &HeaderMap) -> Result<Option<(u64, bool)>, &'stati
         (Some(first), None) => first,
         _ => return Ok(content_length_list(headers)?.map(|n| (n, false))),
     };
-    // The usual case: one field of up to 19 digits (no overflow), read without the
-    // general path's splitting and trimming.
+    // The usual case: one field of up to 19 digits, read without the general path's
+    // splitting and trimming.
     let b = first.as_bytes();
-    if !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit) {
-        return Ok(Some((b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')), true)));
+    if let Some(n) = plain_length(b) {
+        return Ok(Some((n, true)));
     }
     Ok(content_length_list(headers)?.map(|n| (n, !b.contains(&b','))))
 }
@@ -398,21 +462,38 @@ pub(crate) fn span_of(base: *const u8, name: &[u8], value: &[u8]) -> Span {
     (n, n + name.len(), v, v + value.len())
 }
 
-/// The header map of a parsed head, its values sharing the head's bytes; `extra` is room
-/// for fields the gateway adds. `None` when a name or value is not valid for `http`.
-pub(crate) fn shared_header_map(
+/// Fills `headers` with the fields of a parsed head, the values sharing the head's bytes;
+/// `extra` is room for fields the gateway adds. The map is emptied first and its
+/// allocation reused: a connection passes one map from each message to the next (request,
+/// upstream response, next request), so the usual request allocates none. `false` when a
+/// name or value is not valid for `http`.
+pub(crate) fn fill_header_map(
+    headers: &mut HeaderMap,
     head: &Bytes,
     spans: &[Span],
     extra: usize,
     names: &mut NameCache,
-) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+) -> bool {
+    headers.clear();
+    headers.reserve(spans.len() + extra);
     for (i, &(n0, n1, v0, v1)) in spans.iter().enumerate() {
-        let name = names.name(i, &head[n0..n1])?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
+        let Some(name) = names.name(i, &head[n0..n1]) else { return false };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0..v1)) else { return false };
         headers.append(name, value);
     }
-    Some(headers)
+    true
+}
+
+/// A map kept for reuse holds at most this many fields' room: an unusually large one is
+/// let go rather than kept for the connection's life.
+pub(crate) const SPARE_MAX: usize = 64;
+
+/// Keeps `headers`' allocation in `spare` for the next message, emptied.
+pub(crate) fn recycle(spare: &mut HeaderMap, mut headers: HeaderMap) {
+    if headers.capacity() <= SPARE_MAX {
+        headers.clear();
+        *spare = headers;
+    }
 }
 
 /// The header names of the last message on a connection, by position. A client or an
@@ -464,22 +545,26 @@ fn connection_tokens(value: &[u8]) -> (bool, bool) {
     (close, plain)
 }
 
-/// Writes a request head: `METHOD target HTTP/1.1`, then every field as given.
-pub fn encode_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u8> {
+/// Writes a request head into `out` (emptied first): `METHOD target HTTP/1.1`, then every
+/// field as given but `TE` (trailers are not read on this path: none are invited).
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.clear();
     // Room for typical fields without a pass to measure them; a longer head grows once.
-    let mut out = Vec::with_capacity(method.as_str().len() + target.len() + 14 + 64 * headers.len());
+    out.reserve(method.as_str().len() + target.len() + 14 + 64 * headers.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
+        if name == header::TE {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The idle connections to one target.
@@ -508,7 +593,7 @@ struct PoolState {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -517,7 +602,7 @@ impl PoolInner {
         self.state.lock()
     }
 
-    fn checkout(&self, s: &Settings, now: Instant) -> Option<Conn> {
+    fn checkout(&self, s: &Settings, now: Instant) -> Option<Box<Conn>> {
         let mut st = self.lock();
         while let Some(mut idle) = st.idle.pop() {
             if now.saturating_duration_since(idle.since) >= s.idle_timeout {
@@ -532,7 +617,8 @@ impl PoolInner {
         None
     }
 
-    fn checkin(self: &Arc<Self>, conn: Conn, s: &Settings) {
+    fn checkin(self: &Arc<Self>, conn: Box<Conn>) {
+        let s = conn.settings;
         if s.max_idle == 0 || !conn.buf.is_empty() {
             return;
         }
@@ -575,32 +661,47 @@ impl Pool {
         self.inner.lock().idle.len()
     }
 
-    /// Sends a request head (without a body) to `addr` on a pooled or new connection and
-    /// returns the response with its body streaming from the connection; the head must
-    /// arrive before `deadline`. `now` is the caller's clock reading, for the pool's idle
-    /// times.
+    /// Sends a request (`method`, `target`, `headers`, no body) to `addr` on a pooled or
+    /// new connection and returns the response with its body streaming from the
+    /// connection; the head must arrive before `deadline`. `now` is the caller's clock
+    /// reading, for the pool's idle times. The response's header map is `headers`'
+    /// allocation.
+    #[allow(clippy::too_many_arguments, reason = "one call site, each argument a different part of the request")]
     pub async fn send(
         &self,
         addr: SocketAddr,
         s: &Settings,
         method: &Method,
-        head: &[u8],
+        target: &str,
+        mut headers: HeaderMap,
         now: Instant,
         deadline: Instant,
     ) -> Result<Response<Body>, Error> {
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let method_head = *method == Method::HEAD;
         let mut stale = 0;
+        // The head once written, while it moves to a second connection.
+        let mut written: Option<Vec<u8>> = None;
         loop {
             let pooled = if stale < MAX_STALE { self.inner.checkout(s, now) } else { None };
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => Conn::connect(addr, s.connect_timeout, deadline).await?,
+                None => Conn::connect(addr, s, deadline).await?,
             };
-            match conn.exchange_by(head, method_head, deadline).await {
-                Ok(parsed) => return Ok(self.response(conn, parsed, s)),
+            conn.settings = *s;
+            match written.take() {
+                Some(head) => conn.out = head,
+                None => {
+                    // Written into the connection's own buffer; the map's fields are done.
+                    encode_head(&mut conn.out, method, target, &headers);
+                    headers.clear();
+                }
+            }
+            match conn.exchange_by(method_head, deadline, &mut headers).await {
+                Ok(parsed) => return Ok(self.response(conn, parsed)),
                 Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || idempotent) => {
+                    written = Some(std::mem::take(&mut conn.out));
                     stale += 1;
                 }
                 Err(Failure::Stale { error, .. }) => return Err(Error::Io(error)),
@@ -609,11 +710,11 @@ impl Pool {
         }
     }
 
-    fn response(&self, conn: Conn, p: Parsed, s: &Settings) -> Response<Body> {
+    fn response(&self, conn: Box<Conn>, p: Parsed) -> Response<Body> {
         let body = match p.framing {
             Framing::Length(0) => {
                 if p.reusable {
-                    self.inner.checkin(conn, s);
+                    self.inner.checkin(conn);
                 }
                 Body::Empty
             }
@@ -623,13 +724,7 @@ impl Pool {
                     Framing::Chunked => State::ChunkSize,
                     Framing::Close => State::UntilClose,
                 };
-                Body::H1(Box::new(ResponseBody {
-                    conn: Some(conn),
-                    pool: self.inner.clone(),
-                    settings: *s,
-                    state,
-                    reusable: p.reusable,
-                }))
+                Body::H1(ResponseBody { conn: Some(conn), pool: self.inner.clone(), state, reusable: p.reusable })
             }
         };
         let mut res = Response::new(body);
@@ -711,9 +806,8 @@ enum State {
 /// A response body read straight from the upstream connection. Complete, it returns the
 /// connection to its pool; dropped early, it closes it.
 pub struct ResponseBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Arc<PoolInner>,
-    settings: Settings,
     state: State,
     reusable: bool,
 }
@@ -739,7 +833,7 @@ impl ResponseBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
         {
-            self.pool.checkin(conn, &self.settings);
+            self.pool.checkin(conn);
         }
     }
 
@@ -914,7 +1008,7 @@ mod tests {
 
     fn parsed(head: &str, method_head: bool) -> Result<Option<Parsed>, &'static str> {
         let mut buf = BytesMut::from(head.as_bytes());
-        parse(&mut buf, method_head, &mut NameCache::default())
+        parse(&mut buf, method_head, &mut NameCache::default(), &mut HeaderMap::new())
     }
 
     #[test]
@@ -962,7 +1056,7 @@ mod tests {
         let mut names = NameCache::default();
         let map = |names: &mut NameCache, head: &str| {
             let mut buf = BytesMut::from(head.as_bytes());
-            parse(&mut buf, false, names).map(|p| p.unwrap().headers)
+            parse(&mut buf, false, names, &mut HeaderMap::new()).map(|p| p.unwrap().headers)
         };
         let many: String = (0..20).map(|i| format!("X-F{i}: {i}\r\n")).collect();
         let first = format!("HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\n{many}Content-Length: 0\r\n\r\n");
@@ -976,6 +1070,30 @@ mod tests {
         assert_eq!((h["server"].to_str().unwrap(), h["x-other"].to_str().unwrap()), ("b", "2"));
         assert!(h.get("x-custom").is_none());
         assert_eq!(&*names.names[1].0, b"X-Other");
+    }
+
+    #[test]
+    fn a_response_head_reuses_the_spare_map_and_none_of_its_fields() {
+        let mut spare = HeaderMap::with_capacity(40);
+        spare.insert("x-request-field", HeaderValue::from_static("stale"));
+        let room = spare.capacity();
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let p = parse(&mut buf, false, &mut NameCache::default(), &mut spare).unwrap().unwrap();
+        assert_eq!(p.headers.len(), 2);
+        assert!(p.headers.get("x-request-field").is_none());
+        assert_eq!(p.headers.capacity(), room, "the same allocation");
+        // A partial head leaves the spare map where it was.
+        let mut spare = HeaderMap::with_capacity(40);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\n"[..]);
+        assert!(parse(&mut buf, false, &mut NameCache::default(), &mut spare).unwrap().is_none());
+        assert_eq!(spare.capacity(), room);
+        // Kept for reuse only up to a size.
+        let mut kept = HeaderMap::new();
+        recycle(&mut kept, p.headers);
+        assert!(kept.is_empty() && kept.capacity() == room);
+        let mut kept = HeaderMap::new();
+        recycle(&mut kept, HeaderMap::with_capacity(SPARE_MAX * 2));
+        assert_eq!(kept.capacity(), 0);
     }
 
     #[test]
@@ -1049,7 +1167,7 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"[..]);
-        let p = parse(&mut buf, false, &mut NameCache::default()).unwrap().unwrap();
+        let p = parse(&mut buf, false, &mut NameCache::default(), &mut HeaderMap::new()).unwrap().unwrap();
         assert_eq!(p.status, 201);
         assert!(p.headers.get("link").is_none());
         assert_eq!(&buf[..], b"ok");
@@ -1061,12 +1179,14 @@ mod tests {
         h.insert("host", HeaderValue::from_static("a:1"));
         h.append("x-m", HeaderValue::from_static("1"));
         h.append("x-m", HeaderValue::from_static("2"));
-        let out = encode_head(&Method::DELETE, "/p?q=1", &h);
-        assert_eq!(out, b"DELETE /p?q=1 HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\n\r\n");
+        h.append("te", HeaderValue::from_static("trailers"));
+        let mut out = b"left from before".to_vec();
+        encode_head(&mut out, &Method::DELETE, "/p?q=1", &h);
+        assert_eq!(out, b"DELETE /p?q=1 HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\n\r\n", "without TE");
         // Longer than the room made up front: the head grows and stays whole.
         let long = "c".repeat(5000);
         h.insert("cookie", HeaderValue::from_str(&long).unwrap());
-        let out = encode_head(&Method::GET, "/", &h);
+        encode_head(&mut out, &Method::GET, "/", &h);
         let want = format!("GET / HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\ncookie: {long}\r\n\r\n");
         assert_eq!(String::from_utf8(out).unwrap(), want);
     }
