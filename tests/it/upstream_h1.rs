@@ -63,6 +63,7 @@ fn script(method: &str, path: &str, nth: usize, head: &str) -> Act {
         "/second-fails" => Act::Reply(len("first")),
         "/idle-close" => Act::ReplyLater(len("later")),
         "/slow" => Act::ReplyAfter(Duration::from_secs(2), len("slow")),
+        "/own-id" => Act::Reply(b"HTTP/1.1 200 OK\r\nX-Request-ID: upstream-id\r\nContent-Length: 2\r\n\r\nok".to_vec()),
         "/echo-head" => {
             Act::Reply(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len()).into_bytes())
         }
@@ -287,16 +288,42 @@ async fn the_request_head_carries_the_proxy_edits() {
         .header("connection", "x-drop")
         .header("x-drop", "1")
         .header("x-keep", "2")
+        .header("x-request-id", "not well formed")
+        .header("x-forwarded-proto", "forged")
+        .header("te", "trailers")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
-    let (s, _, head) = send(req).await;
+    let (s, res_headers, head) = send(req).await;
     assert_eq!(s, 200);
     let lines: Vec<&str> = head.split("\r\n").collect();
     assert_eq!(lines[0], "GET /echo-head?q=1&r HTTP/1.1");
-    assert!(lines.contains(&format!("host: {}", up.addr).as_str()), "{head}");
+    assert_eq!(lines[1], format!("host: {}", up.addr), "Host comes first: {head}");
     assert!(lines.contains(&"x-keep: 2"), "{head}");
-    assert!(lines.contains(&"x-forwarded-for: 127.0.0.1"), "{head}");
-    assert!(lines.iter().any(|l| l.starts_with("x-request-id: ")), "{head}");
-    assert!(!head.contains("x-drop") && !head.contains("connection:"), "{head}");
+    let once = |name: &str| {
+        let found: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(name)?.strip_prefix(": ")).collect();
+        assert_eq!(found.len(), 1, "one {name}: {head}");
+        found[0].to_owned()
+    };
+    assert_eq!(once("x-forwarded-for"), "127.0.0.1");
+    assert_eq!(once("x-forwarded-proto"), "http", "the client's copy is replaced");
+    assert_eq!(once("x-forwarded-host"), gw.addr().to_string());
+    assert_eq!(once("forwarded"), "for=127.0.0.1;proto=http");
+    let id = once("x-request-id");
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "a malformed ID is replaced: {id}");
+    assert_eq!(res_headers["x-request-id"], id.as_str(), "the same ID comes back");
+    assert!(!head.contains("x-drop") && !head.contains("connection:") && !head.contains("te:"), "{head}");
     assert!(head.ends_with("\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn the_response_carries_the_gateways_request_id_only() {
+    let up = Scripted::start().await;
+    let gw = gateway(&up, "");
+    for _ in 0..2 {
+        let (s, h, body) = request(&gw, "GET", "/own-id").await;
+        assert_eq!((s, body.as_str()), (200, "ok"));
+        let ids: Vec<_> = h.get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{h:?}");
+        assert!(ids[0].len() == 32 && ids[0] != "upstream-id", "{h:?}");
+    }
 }

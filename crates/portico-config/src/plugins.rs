@@ -658,6 +658,8 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
             err(format!("identity_headers.{field}"), format!("{h:?} is not a valid header name"));
         } else if !seen.insert(h.to_ascii_lowercase()) {
             err(format!("identity_headers.{field}"), format!("{h:?} is used twice"));
+        } else if h.eq_ignore_ascii_case(&config.request_id.header) {
+            err(format!("identity_headers.{field}"), format!("{h:?} is the request ID header (request_id.header)"));
         }
     }
     for (i, h) in ih.strip.iter().enumerate() {

@@ -269,3 +269,22 @@ fn rate_limit_store_redis_needs_redis_and_gets_defaults() {
     let Plugin::RateLimit(r) = &c.plugins[0] else { panic!() };
     assert_eq!(r.store, LimitStore::Local);
 }
+
+#[test]
+fn no_other_header_may_take_the_request_ids_name() {
+    let src = format!("{BASE}request_id: {{ header: X-Trace }}\nidentity_headers: {{ user_id: x-trace }}\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("identity_headers.user_id: \"x-trace\" is the request ID header"), "{errs:?}");
+    let src = BASE.replace(
+        "    bind: 127.0.0.1:8080\n",
+        "    bind: 127.0.0.1:8443\n    tls:\n      certificates: [{ cert: c.pem, key: k.pem }]\n      client_auth: { ca: ca.pem, forward_header: x-request-id }\n",
+    );
+    let errs = errors(&src);
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("listeners[0].tls.client_auth.forward_header: \"x-request-id\" is the request ID header")),
+        "{errs:?}"
+    );
+}

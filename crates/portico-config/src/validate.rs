@@ -72,6 +72,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     if HeaderName::from_bytes(config.request_id.header.as_bytes()).is_err() {
         err("request_id.header".into(), format!("{:?} is not a valid header name", config.request_id.header));
     }
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(ca) = l.tls.as_ref().and_then(|t| t.client_auth.as_ref())
+            && ca.forward_header.eq_ignore_ascii_case(&config.request_id.header)
+        {
+            err(
+                format!("listeners[{i}].tls.client_auth.forward_header"),
+                format!("{:?} is the request ID header (request_id.header)", ca.forward_header),
+            );
+        }
+    }
 
     if let Some(t) = &config.admin.token
         && (t.len() < 16 || http::HeaderValue::from_str(t).is_err())

@@ -92,46 +92,124 @@ impl PeerHeaders {
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream request.
+/// The fields the gateway adds to a request it forwards (`X-Forwarded-For/-Proto/-Host`,
+/// `Forwarded`, the request ID), kept apart from the client's fields until the upstream
+/// head is written. The lean HTTP/1.1 client writes them after the client's fields;
+/// hyper's client gets them inserted into the map ([`Added::insert_into`]). Kept apart,
+/// they cost no map insertions, each of which hashes these long names byte by byte: a
+/// measurable part of every request (docs/benchmarks.md).
+#[derive(Debug, Clone)]
+pub struct Added<'a> {
+    xff: HeaderValue,
+    /// Set only when the request has none.
+    proto: Option<HeaderValue>,
+    /// Set only when the request has none and the client named a host.
+    host: Option<HeaderValue>,
+    /// Appended after any the request has (from a trusted peer).
+    forwarded: HeaderValue,
+    /// The request ID, whose incoming copy the caller removed.
+    request_id: Option<(&'a HeaderName, &'a HeaderValue)>,
+}
+
+/// Works out the forwarding fields for the upstream request and leaves in `headers` only
+/// what they must follow.
 ///
 /// From a trusted peer, the incoming values are kept and the peer is appended. From any
 /// other peer, incoming copies are discarded first, so a client cannot forge its address.
+pub fn forwarding<'a>(
+    headers: &mut HeaderMap,
+    peer: &PeerHeaders,
+    peer_trusted: bool,
+    host: Option<&HeaderValue>,
+) -> Added<'a> {
+    if !peer_trusted {
+        remove_present(
+            headers,
+            &[&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &header::FORWARDED, &X_REAL_IP],
+        );
+        // None of them is left: each is set.
+        return Added {
+            xff: peer.xff.clone(),
+            proto: Some(HeaderValue::from_static(peer.proto)),
+            host: host.cloned(),
+            forwarded: peer.forwarded.clone(),
+            request_id: None,
+        };
+    }
+    // Append to the chain, as one comma-separated value.
+    let prev: Vec<&[u8]> = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+    let xff = if prev.is_empty() {
+        peer.xff.clone()
+    } else {
+        let mut joined = prev.join(&b", "[..]);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(peer.xff.as_bytes());
+        let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.xff.clone());
+        headers.remove(&X_FORWARDED_FOR);
+        value
+    };
+    Added {
+        xff,
+        proto: (!headers.contains_key(&X_FORWARDED_PROTO)).then(|| HeaderValue::from_static(peer.proto)),
+        host: host.filter(|_| !headers.contains_key(&X_FORWARDED_HOST)).cloned(),
+        forwarded: peer.forwarded.clone(),
+        request_id: None,
+    }
+}
+
+impl<'a> Added<'a> {
+    /// Adds the request ID (`name: value`); the request must not carry one of its own.
+    #[must_use]
+    pub fn with_request_id(self, name: &'a HeaderName, value: &'a HeaderValue) -> Self {
+        Self { request_id: Some((name, value)), ..self }
+    }
+
+    /// The fields, in the order they are sent.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        [
+            Some((&X_FORWARDED_FOR, &self.xff)),
+            self.proto.as_ref().map(|v| (&X_FORWARDED_PROTO, v)),
+            self.host.as_ref().map(|v| (&X_FORWARDED_HOST, v)),
+            Some((&header::FORWARDED, &self.forwarded)),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.request_id)
+    }
+
+    /// Puts the fields into `headers` (the request [`forwarding`] was given), as sent.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields() {
+            if name == header::FORWARDED {
+                headers.append(name, value.clone());
+            } else {
+                headers.insert(name, value.clone());
+            }
+        }
+    }
+
+    /// The value `name` has in the request as sent upstream, given the client's fields
+    /// that remain (`headers`): what `hash_on: header` reads.
+    pub fn get<'h>(&'h self, headers: &'h HeaderMap, name: &str) -> Option<&'h HeaderValue> {
+        let added = self.fields().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v);
+        match added {
+            // Appended: the client's first value comes first.
+            Some(v) if name.eq_ignore_ascii_case("forwarded") => headers.get(header::FORWARDED).or(Some(v)),
+            Some(v) => Some(v),
+            None => headers.get(name),
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` for the upstream request in
+/// `headers` ([`forwarding`], inserted).
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: &PeerHeaders,
     peer_trusted: bool,
     host: Option<&HeaderValue>,
 ) {
-    if !peer_trusted {
-        remove_present(
-            headers,
-            &[&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &header::FORWARDED, &X_REAL_IP],
-        );
-        headers.insert(X_FORWARDED_FOR.clone(), peer.xff.clone());
-    } else {
-        // Append to the chain, as one comma-separated value.
-        let prev: Vec<&[u8]> = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-        let value = if prev.is_empty() {
-            peer.xff.clone()
-        } else {
-            let mut joined = prev.join(&b", "[..]);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer.xff.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.xff.clone())
-        };
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    // One lookup each (these names are hashed byte by byte): set only when absent.
-    if let header::Entry::Vacant(e) = headers.entry(&X_FORWARDED_PROTO) {
-        e.insert(HeaderValue::from_static(peer.proto));
-    }
-    if let Some(h) = host
-        && let header::Entry::Vacant(e) = headers.entry(&X_FORWARDED_HOST)
-    {
-        e.insert(h.clone());
-    }
-    // Forwarded (RFC 7239): a new element for this hop. The host is in X-Forwarded-Host.
-    headers.append(header::FORWARDED, peer.forwarded.clone());
+    forwarding(headers, peer, peer_trusted, host).insert_into(headers);
 }
 
 /// Removes the headers the client named in `Connection` (but `Upgrade`), and rewrites
@@ -296,6 +374,47 @@ mod tests {
         assert_eq!(ip.to_string(), "198.51.100.9");
         set_forwarding_headers(&mut h, &PeerHeaders::new(peer, "https"), trusted, None);
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 198.51.100.9, 10.0.0.2, 10.0.0.1");
+    }
+
+    #[test]
+    fn added_fields_are_read_as_sent() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.9"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=198.51.100.9"));
+        h.insert("x-user-id", HeaderValue::from_static("u1"));
+        let peer = PeerHeaders::new("10.0.0.1".parse().unwrap(), "http");
+        let host = HeaderValue::from_static("api.test");
+        let id = (HeaderName::from_static("x-request-id"), HeaderValue::from_static("r1"));
+        let added = forwarding(&mut h, &peer, true, Some(&host)).with_request_id(&id.0, &id.1);
+        // The joined chain replaces the client's; its proto stays; the host is added.
+        assert!(h.get("x-forwarded-for").is_none());
+        assert_eq!(added.get(&h, "X-Forwarded-For").unwrap(), "198.51.100.9, 10.0.0.1");
+        assert_eq!(added.get(&h, "x-forwarded-proto").unwrap(), "https");
+        assert_eq!(added.get(&h, "x-forwarded-host").unwrap(), "api.test");
+        assert_eq!(added.get(&h, "forwarded").unwrap(), "for=198.51.100.9", "appended: the client's comes first");
+        assert_eq!(added.get(&h, "x-request-id").unwrap(), "r1");
+        assert_eq!(added.get(&h, "x-user-id").unwrap(), "u1");
+        assert!(added.get(&h, "x-none").is_none());
+        // Inserted, they are what set_forwarding_headers leaves.
+        let mut inserted = h.clone();
+        added.insert_into(&mut inserted);
+        assert_eq!(inserted["x-forwarded-for"], "198.51.100.9, 10.0.0.1");
+        assert_eq!(
+            inserted.get_all("forwarded").iter().collect::<Vec<_>>(),
+            ["for=198.51.100.9", "for=10.0.0.1;proto=http"]
+        );
+        assert_eq!(
+            (inserted["x-forwarded-proto"].as_bytes(), inserted["x-request-id"].as_bytes()),
+            (&b"https"[..], &b"r1"[..])
+        );
+        // An untrusted peer's copies are all replaced.
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let added = forwarding(&mut h2, &peer, false, None);
+        assert!(h2.is_empty());
+        assert_eq!(added.get(&h2, "x-forwarded-proto").unwrap(), "http");
+        assert!(added.get(&h2, "x-forwarded-host").is_none());
     }
 
     #[test]

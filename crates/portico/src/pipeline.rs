@@ -79,17 +79,32 @@ pub struct Outcome {
 /// The request body is hyper's stream or, from the lean HTTP/1.1 server loop, empty.
 /// Borrows the connection and the process state: the lean loop calls it without
 /// reference-count traffic; hyper's service owns them in its future.
-pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) -> Response<Body> {
+pub async fn handle(req: Request<Body>, conn: &ConnInfo, shared: &Shared) -> Response<Body> {
+    let (mut res, (name, value)) = handle_unsent_id(req, conn, shared).await;
+    res.headers_mut().insert(name, value);
+    res
+}
+
+/// [`handle`], but the response's request ID field is returned rather than put into its
+/// map, for the lean HTTP/1.1 loop to write with the head (an insertion hashes the name
+/// byte by byte). It replaces any field of that name in the map.
+pub(crate) async fn handle_unsent_id(
+    mut req: Request<Body>,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> (Response<Body>, (HeaderName, HeaderValue)) {
     let start = Instant::now();
     let wall_start = shared.access_log.enabled().then(SystemTime::now);
     let snap = shared.snapshot.load_full();
 
-    let request_id = request_id(&req, &snap.request_id_header, snap.trust_request_id);
+    // The client's copy leaves the request here: the gateway sends its own (the same one
+    // when it is trusted and well formed) after the request's fields.
+    let request_id = request_id(req.headers_mut(), &snap.request_id_header, snap.trust_request_id);
     let (client_ip, peer_trusted) = forwarded::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
     let method = req.method().clone();
     let mut log_uri = wall_start.map(|_| req.uri().clone());
     let version = req.version();
-    let user_agent = wall_start.and(req.headers().get(header::USER_AGENT).cloned());
+    let user_agent = wall_start.and_then(|_| req.headers().get(header::USER_AGENT).cloned());
 
     let mut outcome = Outcome::default();
     let mut route_idx = None;
@@ -102,14 +117,25 @@ pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) ->
     let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
     let result = match check_request(&req, &conn.listener) {
         Err(e) => Err(e),
-        Ok(()) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
-        Ok(()) => {
+        Ok(_) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
+        Ok(seen) => {
             // Before anything reads the request: headers the client named in `Connection`
             // go (so none can later delete what the gateway adds), and so do the client's
             // copies of every identity header (so no plugin, key or log sees a forged one).
-            forwarded::drop_connection_listed(req.headers_mut());
+            if seen.connection {
+                forwarded::drop_connection_listed(req.headers_mut());
+            }
             snap.identity.strip(req.headers_mut());
-            let host = host_of(&req).unwrap_or("");
+            // The client's `Host`, read once: for routing and for the upstream request.
+            let client_host = match req.uri().authority() {
+                None => req.headers().get(header::HOST).cloned(),
+                Some(_) => None,
+            };
+            let host = match req.uri().authority() {
+                Some(a) => Some(a.as_str().rsplit('@').next().unwrap_or(a.as_str())),
+                None => client_host.as_ref().and_then(|h| h.to_str().ok()),
+            }
+            .unwrap_or("");
             let path = req.uri().path();
             let query = req.uri().query();
             let headers = req.headers();
@@ -186,7 +212,6 @@ pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) ->
                                         route.flag_upstreams.iter().find(|(f, _)| s.has_flag(f)).map(|(_, up)| up);
                                 }
                             }
-                            h.insert(snap.request_id_header.clone(), request_id.clone());
                             let ctx = proxy::ProxyCtx {
                                 route,
                                 new_path,
@@ -197,6 +222,9 @@ pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) ->
                                 shared,
                                 tls: conn.tls.as_deref(),
                                 upstream_override,
+                                request_id: (&snap.request_id_header, &request_id),
+                                client_host: client_host.as_ref(),
+                                may_upgrade: seen.upgrade,
                             };
                             proxy::forward(req, ctx, &mut outcome).await
                         }
@@ -235,7 +263,7 @@ pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) ->
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }
-    res.headers_mut().insert(snap.request_id_header.clone(), request_id.clone());
+    let id_field = (snap.request_id_header.clone(), request_id.clone());
 
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
@@ -263,7 +291,7 @@ pub async fn handle(mut req: Request<Body>, conn: &ConnInfo, shared: &Shared) ->
             listener: conn.listener.name.clone(),
         });
     }
-    res
+    (res, id_field)
 }
 
 /// `redirect_https`: the same host (without its port), path and query on `https://` and
@@ -371,16 +399,33 @@ fn audit<B>(
 }
 
 /// Limits and sanity checks before routing.
-fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<(), GatewayError> {
+/// Fields [`check_request`] noted on its way through the request's fields, so that what
+/// follows needs no lookups for them when they are absent (the usual case).
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// A `Connection` field.
+    connection: bool,
+    /// An `Upgrade` field.
+    upgrade: bool,
+}
+
+fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<Seen, GatewayError> {
     // Request head size: the request line and every header line.
     let mut head = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 16;
+    let mut seen = Seen { connection: false, upgrade: false };
+    let mut length = None;
     for (name, value) in req.headers() {
         head += name.as_str().len() + value.len() + 4;
+        if name == header::CONTENT_LENGTH {
+            length = length.or(Some(value));
+        }
+        seen.connection |= name == header::CONNECTION;
+        seen.upgrade |= name == header::UPGRADE;
     }
     if head > limits.max_header_bytes {
         return Err(GatewayError::new(ErrorKind::HeadersTooLarge));
     }
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+    if let Some(len) = length {
         let len: u64 = len
             .to_str()
             .ok()
@@ -398,7 +443,7 @@ fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<(), G
         // `/api/../admin` would match `/api` here and reach `/admin` upstream.
         return Err(GatewayError::new(ErrorKind::BadRequest("path contains dot segments")));
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// True for `.`/`..` segments, also percent-encoded (`%2e`).
@@ -414,11 +459,13 @@ fn has_dot_segment(path: &str) -> bool {
 }
 
 /// Keeps a well-formed incoming request ID (1-128 of `[A-Za-z0-9._:-]`) or makes one.
-fn request_id<B>(req: &Request<B>, header: &http::HeaderName, trust: bool) -> HeaderValue {
-    if trust && let Some(v) = req.headers().get(header) {
+fn request_id(headers: &mut http::HeaderMap, header: &http::HeaderName, trust: bool) -> HeaderValue {
+    if let Some(v) = headers.remove(header)
+        && trust
+    {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
-            return v.clone();
+            return v;
         }
     }
     new_request_id()
@@ -476,12 +523,22 @@ mod tests {
     #[test]
     fn request_ids_are_kept_only_when_well_formed() {
         let h = http::HeaderName::from_static("x-request-id");
-        let mk = |v: &str| Request::builder().header("x-request-id", v).body(()).unwrap();
-        assert_eq!(request_id(&mk("abc-1.2:3_x"), &h, true), "abc-1.2:3_x");
-        assert_ne!(request_id(&mk("abc-1.2:3_x"), &h, false), "abc-1.2:3_x");
-        let bad = request_id(&mk("a b"), &h, true);
+        let mk = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert("x-request-id", HeaderValue::from_str(v).unwrap());
+            m.insert("x-other", HeaderValue::from_static("1"));
+            m
+        };
+        let mut m = mk("abc-1.2:3_x");
+        assert_eq!(request_id(&mut m, &h, true), "abc-1.2:3_x");
+        assert!(m.get(&h).is_none() && m.len() == 1, "the client's copy is taken out");
+        let mut m = mk("abc-1.2:3_x");
+        assert_ne!(request_id(&mut m, &h, false), "abc-1.2:3_x");
+        assert!(m.get(&h).is_none(), "also when not trusted");
+        let bad = request_id(&mut mk("a b"), &h, true);
         assert_eq!(bad.len(), 32);
-        assert_ne!(request_id(&mk(&"x".repeat(129)), &h, true).len(), 129);
+        assert_ne!(request_id(&mut mk(&"x".repeat(129)), &h, true).len(), 129);
+        assert_eq!(request_id(&mut http::HeaderMap::new(), &h, true).len(), 32);
         assert_ne!(new_request_id(), new_request_id());
     }
 }

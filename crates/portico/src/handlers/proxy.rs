@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::TokioIo;
 use portico_config::UpstreamProtocol;
@@ -51,6 +51,12 @@ pub struct ProxyCtx<'a> {
     /// The upstream chosen for this request instead of the route's (a tenant's feature
     /// flag, `flag_upstreams`).
     pub upstream_override: Option<&'a Arc<Upstream>>,
+    /// The request ID header and value to send (the request carries none of its own).
+    pub request_id: (&'a HeaderName, &'a HeaderValue),
+    /// The client's `Host` field, when the request target has no authority.
+    pub client_host: Option<&'a HeaderValue>,
+    /// Whether the request has an `Upgrade` field.
+    pub may_upgrade: bool,
 }
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -115,7 +121,7 @@ pub async fn forward(
         (Some(up), _) => up,
         (None, None) => &route.upstream,
         (None, Some(_)) => {
-            let key = PickKey { headers: req.headers(), client_ip: ctx.client_ip, path: req.uri().path() };
+            let key = PickKey { headers: req.headers(), added: None, client_ip: ctx.client_ip, path: req.uri().path() };
             route.choose_upstream(&key)
         }
     };
@@ -142,6 +148,7 @@ pub async fn forward(
     };
 
     let upgrade = req.version() == Version::HTTP_11
+        && ctx.may_upgrade
         && upstream.definition.protocol == UpstreamProtocol::Http1
         && forwarded::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -156,16 +163,17 @@ pub async fn forward(
         }
         None => req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    // The client's host: the URI authority (HTTP/2) or its `Host` header (a cheap clone).
-    let original_host = match (req.uri().authority(), req.headers().get(header::HOST)) {
-        (None, Some(h)) => Some(h.clone()),
+    // The client's host: its `Host` header (a cheap clone) or the URI authority (HTTP/2).
+    let original_host = match (req.uri().authority(), ctx.client_host) {
+        (None, h) => h.cloned(),
         _ => host_of(&req).and_then(|h| HeaderValue::from_str(h).ok()),
     };
     let (parts, body) = req.into_parts();
     let method = parts.method;
     let mut headers = parts.headers;
     forwarded::remove_hop_by_hop(&mut headers, upgrade);
-    forwarded::set_forwarding_headers(&mut headers, ctx.peer, ctx.peer_trusted, original_host.as_ref());
+    let added = forwarded::forwarding(&mut headers, ctx.peer, ctx.peer_trusted, original_host.as_ref())
+        .with_request_id(ctx.request_id.0, ctx.request_id.1);
     // Client copies of certificate headers were removed with the other identity headers
     // (plugins::identity); add the verified subject of this connection's certificate.
     if let Some(tls) = ctx.tls
@@ -198,7 +206,7 @@ pub async fn forward(
     if let (Some(m), Some(bytes)) = (mirror, &replay)
         && bytes.len() as u64 <= m.max_body
     {
-        send_mirror(m, &method, &pq, &headers, bytes.clone(), ctx.client_ip);
+        send_mirror(m, &method, &pq, &headers, &added, bytes.clone(), ctx.client_ip);
     }
     // The body is kept up to the larger of the two limits; each use keeps to its own. A
     // body kept only for the mirror is still sent upstream, tried once.
@@ -216,7 +224,7 @@ pub async fn forward(
     let mut last_target = None;
     let result = loop {
         tries += 1;
-        let key = PickKey { headers: &headers, client_ip: ctx.client_ip, path: pq.path() };
+        let key = PickKey { headers: &headers, added: Some(&added), client_ip: ctx.client_ip, path: pq.path() };
         let Some(target) = upstream.pick(&key, last_target.as_ref()) else {
             break Err(GatewayError::new(ErrorKind::NoTarget));
         };
@@ -226,9 +234,9 @@ pub async fn forward(
         }
         let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
         let mut h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
-        match (&original_host, ctx.route.preserve_host) {
-            (Some(host), true) => h.insert(header::HOST, host.clone()),
-            _ => h.insert(header::HOST, target.host_header.clone()),
+        let host = match (&original_host, ctx.route.preserve_host) {
+            (Some(host), true) => host,
+            _ => &target.host_header,
         };
         let attempt_body = match (&replay, body.take()) {
             (Some(bytes), _) if bytes.is_empty() => Body::Empty,
@@ -256,9 +264,11 @@ pub async fn forward(
         };
         let res = match lean {
             Some((settings, addr)) => {
-                // The lean client keeps the deadline itself, on the connection's own timer,
-                // and leaves `TE` out (it reads no trailers).
-                match target.pool.send(addr, settings, &method, pq.as_str(), h, sent, sent + try_timeout).await {
+                // The lean client writes `Host` and the added fields itself, keeps the
+                // deadline on the connection's own timer, and leaves `TE` out (it reads no
+                // trailers).
+                let request = h1::Outgoing { method: &method, target: pq.as_str(), host, headers: h, added: &added };
+                match target.pool.send(addr, settings, request, sent, sent + try_timeout).await {
                     Err(h1::Error::Timeout) => Err(TimedOut),
                     res => Ok(res.map_err(|e| lean_error(&e, upstream))),
                 }
@@ -270,6 +280,8 @@ pub async fn forward(
                     .path_and_query(pq.clone())
                     .build()
                     .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
+                h.insert(header::HOST, host.clone());
+                added.insert_into(&mut h);
                 let mut upstream_req = Request::new(attempt_body);
                 *upstream_req.method_mut() = method.clone();
                 *upstream_req.uri_mut() = uri;
@@ -366,6 +378,7 @@ fn send_mirror(
     method: &http::Method,
     pq: &PathAndQuery,
     headers: &HeaderMap,
+    added: &forwarded::Added<'_>,
     body: Bytes,
     client_ip: std::net::IpAddr,
 ) {
@@ -374,7 +387,7 @@ fn send_mirror(
         return;
     };
     let up = m.upstream.clone();
-    let key = PickKey { headers, client_ip, path: pq.path() };
+    let key = PickKey { headers, added: Some(added), client_ip, path: pq.path() };
     let Some(target) = up.pick(&key, None) else { return };
     let Ok(uri) =
         Uri::builder().scheme(up.scheme.clone()).authority(target.authority.clone()).path_and_query(pq.clone()).build()
@@ -383,6 +396,7 @@ fn send_mirror(
     };
     let mut h = headers.clone();
     h.insert(header::HOST, target.host_header.clone());
+    added.insert_into(&mut h);
     let mut req = Request::new(if body.is_empty() { Body::Empty } else { Body::full(body) });
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;

@@ -31,7 +31,7 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -196,9 +196,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             *req.uri_mut() = head.uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = head.headers;
-            let Some(res) = self.handle(req, info, shared).await else { return End::Closed };
+            let Some((res, id)) = self.handle(req, info, shared).await else { return End::Closed };
             let close = *shutdown.borrow();
-            if self.respond(res, method_head, close).await.is_err() || close {
+            if self.respond(res, &id, method_head, close).await.is_err() || close {
                 let _ = self.io.shutdown().await;
                 return End::Closed;
             }
@@ -217,8 +217,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         req: Request<Body>,
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
-    ) -> Option<http::Response<Body>> {
-        let handling = pipeline::handle(req, info, shared);
+    ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue))> {
+        let handling = pipeline::handle_unsent_id(req, info, shared);
         tokio::pin!(handling);
         let mut watching = self.buf.is_empty();
         loop {
@@ -241,8 +241,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         self.io.read_buf(&mut self.buf).await
     }
 
-    /// Writes the response: its head, then its body with the framing it calls for.
-    async fn respond(&mut self, res: http::Response<Body>, method_head: bool, close: bool) -> io::Result<()> {
+    /// Writes the response: its head (with the request ID field `id`), then its body with
+    /// the framing it calls for.
+    async fn respond(
+        &mut self,
+        res: http::Response<Body>,
+        id: &(HeaderName, HeaderValue),
+        method_head: bool,
+        close: bool,
+    ) -> io::Result<()> {
         let (parts, mut body) = res.into_parts();
         let status = parts.status;
         let out = &mut self.out;
@@ -266,12 +273,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                 length = plain_length(value.as_bytes());
                 continue;
             }
-            if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            if name == header::TRANSFER_ENCODING || name == header::CONNECTION || *name == id.0 {
                 continue;
             }
             dated |= name == header::DATE;
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        write_field(out, id.0.as_str().as_bytes(), id.1.as_bytes());
         if !dated {
             write_field(out, b"date", &http_date());
         }

@@ -18,6 +18,9 @@ use super::{LazyMs, Target, TargetSet};
 pub struct PickKey<'a> {
     /// Request headers (for `hash_on: header` and `cookie`).
     pub headers: &'a HeaderMap,
+    /// The fields the gateway adds, when they are known (`hash_on: header` reads the
+    /// request as it is sent).
+    pub added: Option<&'a crate::forwarded::Added<'a>>,
     /// The client's IP.
     pub client_ip: IpAddr,
     /// The request path.
@@ -132,7 +135,12 @@ fn random_usable(n: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
 /// The key `hash_on` names, from the request.
 pub(crate) fn request_key<'a>(on: &HashOn, key: &PickKey<'a>) -> Option<std::borrow::Cow<'a, str>> {
     match on {
-        HashOn::Header(name) => key.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(Into::into),
+        HashOn::Header(name) => match key.added {
+            Some(added) => added.get(key.headers, name),
+            None => key.headers.get(name.as_str()),
+        }
+        .and_then(|v| v.to_str().ok())
+        .map(Into::into),
         HashOn::Cookie(name) => key
             .headers
             .get_all(http::header::COOKIE)

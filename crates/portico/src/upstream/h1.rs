@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
+use crate::forwarded::Added;
 
 /// The largest response head read (hyper's default buffer limit).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
@@ -545,24 +546,47 @@ fn connection_tokens(value: &[u8]) -> (bool, bool) {
     (close, plain)
 }
 
-/// Writes a request head into `out` (emptied first): `METHOD target HTTP/1.1`, then every
-/// field as given but `TE` (trailers are not read on this path: none are invited).
-pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+/// A request for [`Pool::send`]: no body.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The request target (origin form).
+    pub target: &'a str,
+    /// The `Host` to send; any in `headers` is left out.
+    pub host: &'a HeaderValue,
+    /// The client's fields that go on. The response's header map reuses the allocation.
+    pub headers: HeaderMap,
+    /// The gateway's fields, written after the client's.
+    pub added: &'a Added<'a>,
+}
+
+/// Writes a request head into `out` (emptied first): `METHOD target HTTP/1.1`, `Host`,
+/// the request's fields but `Host` and `TE` (trailers are not read on this path: none are
+/// invited), then the added ones.
+pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
+    fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     out.clear();
     // Room for typical fields without a pass to measure them; a longer head grows once.
-    out.reserve(method.as_str().len() + target.len() + 14 + 64 * headers.len());
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.reserve(r.method.as_str().len() + r.target.len() + 14 + 64 * (r.headers.len() + 6));
+    out.extend_from_slice(r.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(r.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::TE {
+    field(out, b"host", r.host.as_bytes());
+    for (name, value) in &r.headers {
+        if name == header::HOST || name == header::TE {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in r.added.fields() {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -661,22 +685,19 @@ impl Pool {
         self.inner.lock().idle.len()
     }
 
-    /// Sends a request (`method`, `target`, `headers`, no body) to `addr` on a pooled or
-    /// new connection and returns the response with its body streaming from the
-    /// connection; the head must arrive before `deadline`. `now` is the caller's clock
-    /// reading, for the pool's idle times. The response's header map is `headers`'
-    /// allocation.
-    #[allow(clippy::too_many_arguments, reason = "one call site, each argument a different part of the request")]
+    /// Sends a request to `addr` on a pooled or new connection and returns the response
+    /// with its body streaming from the connection; the head must arrive before
+    /// `deadline`. `now` is the caller's clock reading, for the pool's idle times. The
+    /// response's header map is the request's allocation.
     pub async fn send(
         &self,
         addr: SocketAddr,
         s: &Settings,
-        method: &Method,
-        target: &str,
-        mut headers: HeaderMap,
+        mut r: Outgoing<'_>,
         now: Instant,
         deadline: Instant,
     ) -> Result<Response<Body>, Error> {
+        let method = r.method;
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let method_head = *method == Method::HEAD;
         let mut stale = 0;
@@ -694,11 +715,11 @@ impl Pool {
                 Some(head) => conn.out = head,
                 None => {
                     // Written into the connection's own buffer; the map's fields are done.
-                    encode_head(&mut conn.out, method, target, &headers);
-                    headers.clear();
+                    encode_head(&mut conn.out, &r);
+                    r.headers.clear();
                 }
             }
-            match conn.exchange_by(method_head, deadline, &mut headers).await {
+            match conn.exchange_by(method_head, deadline, &mut r.headers).await {
                 Ok(parsed) => return Ok(self.response(conn, parsed)),
                 Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || idempotent) => {
                     written = Some(std::mem::take(&mut conn.out));
@@ -1176,18 +1197,28 @@ mod tests {
     #[test]
     fn heads_are_encoded_as_given() {
         let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("a:1"));
+        h.insert("host", HeaderValue::from_static("client.test"));
         h.append("x-m", HeaderValue::from_static("1"));
         h.append("x-m", HeaderValue::from_static("2"));
         h.append("te", HeaderValue::from_static("trailers"));
+        h.append("forwarded", HeaderValue::from_static("for=10.0.0.9"));
+        let peer = crate::forwarded::PeerHeaders::new("10.0.0.1".parse().unwrap(), "http");
+        let id = (HeaderName::from_static("x-request-id"), HeaderValue::from_static("r1"));
+        let added = crate::forwarded::forwarding(&mut h, &peer, true, None).with_request_id(&id.0, &id.1);
+        let host = HeaderValue::from_static("a:1");
+        let mut r = Outgoing { method: &Method::DELETE, target: "/p?q=1", host: &host, headers: h, added: &added };
         let mut out = b"left from before".to_vec();
-        encode_head(&mut out, &Method::DELETE, "/p?q=1", &h);
-        assert_eq!(out, b"DELETE /p?q=1 HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\n\r\n", "without TE");
+        encode_head(&mut out, &r);
+        let fields = "x-m: 1\r\nx-m: 2\r\nforwarded: for=10.0.0.9\r\n";
+        let ours = "x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=10.0.0.1;proto=http\r\nx-request-id: r1\r\n";
+        let want = format!("DELETE /p?q=1 HTTP/1.1\r\nhost: a:1\r\n{fields}{ours}\r\n");
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), want, "Host first, no TE, the gateway's fields last");
         // Longer than the room made up front: the head grows and stays whole.
         let long = "c".repeat(5000);
-        h.insert("cookie", HeaderValue::from_str(&long).unwrap());
-        encode_head(&mut out, &Method::GET, "/", &h);
-        let want = format!("GET / HTTP/1.1\r\nhost: a:1\r\nx-m: 1\r\nx-m: 2\r\ncookie: {long}\r\n\r\n");
+        r.headers.insert("cookie", HeaderValue::from_str(&long).unwrap());
+        r.method = &Method::GET;
+        encode_head(&mut out, &r);
+        let want = format!("GET /p?q=1 HTTP/1.1\r\nhost: a:1\r\n{fields}cookie: {long}\r\n{ours}\r\n");
         assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }
