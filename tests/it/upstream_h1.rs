@@ -63,6 +63,10 @@ fn script(method: &str, path: &str, nth: usize, head: &str) -> Act {
         "/second-fails" => Act::Reply(len("first")),
         "/idle-close" => Act::ReplyLater(len("later")),
         "/slow" => Act::ReplyAfter(Duration::from_secs(2), len("slow")),
+        "/fields" => Act::Reply(
+            b"HTTP/1.1 200 OK\r\nX-Upstream-A: 1\r\nx-upstream-b: 2\r\nDate: Tue, 01 Dec 2026 12:00:00 GMT\r\nX-Upstream-B: 3\r\nContent-Length: 6\r\n\r\nfields"
+                .to_vec(),
+        ),
         "/own-id" => Act::Reply(b"HTTP/1.1 200 OK\r\nX-Request-ID: upstream-id\r\nContent-Length: 2\r\n\r\nok".to_vec()),
         "/echo-head" => {
             Act::Reply(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len()).into_bytes())
@@ -313,6 +317,27 @@ async fn the_request_head_carries_the_proxy_edits() {
     assert_eq!(res_headers["x-request-id"], id.as_str(), "the same ID comes back");
     assert!(!head.contains("x-drop") && !head.contains("connection:") && !head.contains("te:"), "{head}");
     assert!(head.ends_with("\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn upstream_fields_reach_the_client_with_and_without_response_plugins() {
+    let up = Scripted::start().await;
+    let plain = gateway(&up, "");
+    let with_plugin = Gateway::start(&config(&format!(
+        "plugins:\n  - security_headers: {{}}\nupstreams:\n  s: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: s }}\n",
+        up.url()
+    )));
+    for (gw, plugin) in [(&plain, false), (&with_plugin, true)] {
+        for _ in 0..2 {
+            let (s, h, body) = request(gw, "GET", "/fields").await;
+            assert_eq!((s, body.as_str()), (200, "fields"), "{h:?}");
+            assert_eq!(h["x-upstream-a"], "1", "{h:?}");
+            assert_eq!(h.get_all("x-upstream-b").iter().collect::<Vec<_>>(), ["2", "3"], "{h:?}");
+            assert_eq!(h["date"], "Tue, 01 Dec 2026 12:00:00 GMT", "the upstream's Date is kept: {h:?}");
+            assert_eq!(h.get_all("content-length").iter().count(), 1, "{h:?}");
+            assert_eq!(h.contains_key("x-content-type-options"), plugin, "{h:?}");
+        }
+    }
 }
 
 #[tokio::test]

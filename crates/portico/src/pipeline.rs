@@ -80,18 +80,21 @@ pub struct Outcome {
 /// Borrows the connection and the process state: the lean loop calls it without
 /// reference-count traffic; hyper's service owns them in its future.
 pub async fn handle(req: Request<Body>, conn: &ConnInfo, shared: &Shared) -> Response<Body> {
-    let (mut res, (name, value)) = handle_unsent_id(req, conn, shared).await;
+    let (mut res, (name, value)) = handle_unsent_id(req, conn, shared, false).await;
     res.headers_mut().insert(name, value);
     res
 }
 
 /// [`handle`], but the response's request ID field is returned rather than put into its
 /// map, for the lean HTTP/1.1 loop to write with the head (an insertion hashes the name
-/// byte by byte). It replaces any field of that name in the map.
+/// byte by byte). It replaces any field of that name in the map. With `raw_ok`, an
+/// upstream response's fields may still be only as the upstream sent them
+/// ([`crate::upstream::h1::ResponseBody::raw_fields`]) when nothing here needed them.
 pub(crate) async fn handle_unsent_id(
     mut req: Request<Body>,
     conn: &ConnInfo,
     shared: &Shared,
+    raw_ok: bool,
 ) -> (Response<Body>, (HeaderName, HeaderValue)) {
     let start = Instant::now();
     let wall_start = shared.access_log.enabled().then(SystemTime::now);
@@ -259,6 +262,11 @@ pub(crate) async fn handle_unsent_id(
         }
     };
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
+    // The lean loop writes fields kept as sent itself; everyone else reads the map.
+    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response(preflight_answered, rate.as_ref());
+    if !keep_raw && !materialise(&mut res) {
+        res = GatewayError::new(ErrorKind::BadResponse).to_response(&request_id);
+    }
     chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered, rate.as_ref());
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
@@ -292,6 +300,22 @@ pub(crate) async fn handle_unsent_id(
         });
     }
     (res, id_field)
+}
+
+/// Puts an upstream response's fields that are kept as sent into its map; `false` when one
+/// is not valid there.
+fn materialise(res: &mut Response<Body>) -> bool {
+    let Body::H1(b) = res.body_mut() else { return true };
+    if b.raw_fields().is_none() {
+        return true;
+    }
+    let mut headers = std::mem::take(res.headers_mut());
+    let ok = match res.body_mut() {
+        Body::H1(b) => b.materialise(&mut headers),
+        _ => true,
+    };
+    *res.headers_mut() = headers;
+    ok
 }
 
 /// `redirect_https`: the same host (without its port), path and query on `https://` and

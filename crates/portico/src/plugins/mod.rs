@@ -329,6 +329,11 @@ impl Chain {
         }
     }
 
+    /// Whether [`Chain::response`] would touch the response's fields.
+    pub fn touches_response(&self, preflight: bool, rate: Option<&rate_limit::RateInfo>) -> bool {
+        rate.is_some() || (self.cors.is_some() && !preflight) || self.security_headers.is_some()
+    }
+
     /// The response phase. `origin` is the request's `Origin`; `tls` whether the client
     /// connection is TLS; `preflight` whether `res` is this chain's preflight answer.
     pub fn response(

@@ -218,7 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
     ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue))> {
-        let handling = pipeline::handle_unsent_id(req, info, shared);
+        let handling = pipeline::handle_unsent_id(req, info, shared, true);
         tokio::pin!(handling);
         let mut watching = self.buf.is_empty();
         loop {
@@ -266,6 +266,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         // The fields that matter here are noted on the way, so the usual head needs no
         // map lookups.
         let (mut dated, mut lengths, mut length) = (false, 0, None);
+        if let Body::H1(b) = &body
+            && let Some((head, fields)) = b.raw_fields()
+        {
+            // An upstream's fields as it sent them (none hop-by-hop): written as they are.
+            let id_name = id.0.as_str().as_bytes();
+            for &(n0, n1, v0, v1) in fields {
+                let (name, value) = (&head[n0..n1], &head[v0..v1]);
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    lengths += 1;
+                    length = plain_length(value);
+                    continue;
+                }
+                if name.eq_ignore_ascii_case(id_name) {
+                    continue;
+                }
+                dated |= name.eq_ignore_ascii_case(b"date");
+                write_field(out, name, value);
+            }
+        }
         for (name, value) in &parts.headers {
             // The framing and the connection's fate are this side's own business.
             if name == header::CONTENT_LENGTH {

@@ -107,6 +107,10 @@ struct Conn {
     out: Vec<u8>,
     /// The pool's settings as of the last request.
     settings: Settings,
+    /// The last response head, while its fields are kept as sent (see [`Parsed::raw`]).
+    head: Bytes,
+    /// Where those fields lie in `head`.
+    fields: Vec<Span>,
     /// The header names of the last response, to reuse.
     names: NameCache,
     /// The deadline of the request on this connection, one timer for the connection's
@@ -137,6 +141,8 @@ impl Conn {
             buf: BytesMut::with_capacity(HEAD_READ),
             out: Vec::new(),
             settings: *settings,
+            head: Bytes::new(),
+            fields: Vec::new(),
             names: NameCache::default(),
             timer: None,
         }))
@@ -198,7 +204,7 @@ impl Conn {
         let mut received = 0;
         loop {
             if !self.buf.is_empty() {
-                match parse(&mut self.buf, method_head, &mut self.names, spare) {
+                match parse(&mut self.buf, method_head, &mut self.names, spare, &mut self.fields) {
                     Ok(Some(parsed)) => return Ok(parsed),
                     Ok(None) => {}
                     Err(m) => return Err(Failure::Other(Error::Malformed(m))),
@@ -238,7 +244,14 @@ enum Failure {
 /// A response head, parsed.
 struct Parsed {
     status: StatusCode,
+    /// Empty when the fields are kept as sent (`raw`).
     headers: HeaderMap,
+    /// The head, when its fields are kept as sent rather than put into `headers`: a
+    /// response whose body streams and whose fields include no hop-by-hop field and
+    /// nothing the framing needs a map for. Their spans are in the connection's `fields`.
+    /// Writing them out as sent (the lean server loop) costs no map; whoever needs them
+    /// in the map asks for it ([`ResponseBody::materialise`]).
+    raw: Option<Bytes>,
     framing: Framing,
     reusable: bool,
 }
@@ -262,11 +275,12 @@ fn parse(
     method_head: bool,
     names: &mut NameCache,
     spare: &mut HeaderMap,
+    fields: &mut Vec<Span>,
 ) -> Result<Option<Parsed>, &'static str> {
     loop {
         // Most heads have a few fields: a small array first, the full one when needed.
-        let step = match parse_head::<FEW_HEADERS>(buf, method_head, names, spare)? {
-            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head, names, spare)?,
+        let step = match parse_head::<FEW_HEADERS>(buf, method_head, names, spare, fields)? {
+            Step::TooMany => parse_head::<MAX_HEADERS>(buf, method_head, names, spare, fields)?,
             step => step,
         };
         match step {
@@ -292,6 +306,7 @@ fn parse_head<const N: usize>(
     method_head: bool,
     names: &mut NameCache,
     spare: &mut HeaderMap,
+    kept: &mut Vec<Span>,
 ) -> Result<Step, &'static str> {
     let mut fields = [httparse::EMPTY_HEADER; N];
     let mut res = httparse::Response::new(&mut fields);
@@ -320,6 +335,8 @@ fn parse_head<const N: usize>(
     let mut count = 0;
     let mut close = false;
     let mut seen = Seen::default();
+    // Whether the fields may be kept as sent: none is hop-by-hop, none too long for `http`.
+    let mut plain_fields = true;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
@@ -328,11 +345,14 @@ fn parse_head<const N: usize>(
             if plain {
                 continue;
             }
+            plain_fields = false;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             seen.lengths += 1;
             seen.length = Some(h.value).filter(|_| seen.lengths == 1).and_then(plain_length);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             seen.codings = true;
+        } else if is_hop_by_hop(name) || name.len() > MAX_NAME {
+            plain_fields = false;
         }
         spans[count] = span_of(buf.as_ptr(), name, h.value);
         count += 1;
@@ -340,12 +360,41 @@ fn parse_head<const N: usize>(
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
     let mut headers = std::mem::take(spare);
+    let bodiless = method_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let streams = match (seen.lengths, seen.length) {
+        (0, _) => true,
+        (1, Some(n)) => n > 0,
+        _ => false,
+    };
+    if plain_fields && !seen.codings && !bodiless && streams {
+        // Read from the fields as noted: no map needed for the framing either.
+        headers.clear();
+        kept.clear();
+        kept.extend_from_slice(&spans[..count]);
+        let (framing, must_close) = match seen.length {
+            Some(n) => (Framing::Length(n), false),
+            None => (Framing::Close, true),
+        };
+        let reusable = http11 && !must_close && !close;
+        return Ok(Step::Final(Parsed { status, headers, raw: Some(head), framing, reusable }));
+    }
     if !fill_header_map(&mut headers, &head, &spans[..count], 2, names) {
         return Err("invalid header field");
     }
     let (framing, must_close) = framing(&mut headers, status, method_head, http11, seen)?;
     let reusable = http11 && !must_close && framing != Framing::Close && !close;
-    Ok(Step::Final(Parsed { status, headers, framing, reusable }))
+    Ok(Step::Final(Parsed { status, headers, raw: None, framing, reusable }))
+}
+
+/// The longest header name `http` takes.
+const MAX_NAME: usize = (1 << 16) - 1;
+
+/// The hop-by-hop fields but `Connection` and `Transfer-Encoding` (RFC 9110 section
+/// 7.6.1, as [`crate::forwarded::remove_hop_by_hop`] removes them).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    [&b"keep-alive"[..], b"proxy-connection", b"trailer", b"te", b"upgrade"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// What a head's fields said about its framing, noted while its fields were read.
@@ -731,7 +780,7 @@ impl Pool {
         }
     }
 
-    fn response(&self, conn: Box<Conn>, p: Parsed) -> Response<Body> {
+    fn response(&self, mut conn: Box<Conn>, p: Parsed) -> Response<Body> {
         let body = match p.framing {
             Framing::Length(0) => {
                 if p.reusable {
@@ -745,7 +794,14 @@ impl Pool {
                     Framing::Chunked => State::ChunkSize,
                     Framing::Close => State::UntilClose,
                 };
-                Body::H1(ResponseBody { conn: Some(conn), pool: self.inner.clone(), state, reusable: p.reusable })
+                let raw = match p.raw {
+                    Some(head) => {
+                        conn.head = head;
+                        true
+                    }
+                    None => false,
+                };
+                Body::H1(ResponseBody { conn: Some(conn), pool: self.inner.clone(), state, reusable: p.reusable, raw })
             }
         };
         let mut res = Response::new(body);
@@ -829,6 +885,8 @@ enum State {
 pub struct ResponseBody {
     conn: Option<Box<Conn>>,
     pool: Arc<PoolInner>,
+    /// Whether the response's fields are still only in the connection (`Parsed::raw`).
+    raw: bool,
     state: State,
     reusable: bool,
 }
@@ -848,12 +906,35 @@ fn eof() -> BoxError {
 }
 
 impl ResponseBody {
+    /// The response's fields as the upstream sent them (the head and where each field lies
+    /// in it), when they are not in the response's map. None are hop-by-hop, and each is
+    /// valid for `http` (httparse takes the same bytes in names and values). Read them
+    /// before polling the body: once it ends, the connection is gone.
+    pub(crate) fn raw_fields(&self) -> Option<(&Bytes, &[Span])> {
+        let conn = self.conn.as_ref().filter(|_| self.raw)?;
+        Some((&conn.head, &conn.fields))
+    }
+
+    /// Puts fields kept as sent into `headers` (the response's empty map), for whoever
+    /// needs them there. `false` when one is not valid for `http` after all.
+    pub(crate) fn materialise(&mut self, headers: &mut HeaderMap) -> bool {
+        if !self.raw {
+            return true;
+        }
+        self.raw = false;
+        let Some(conn) = self.conn.as_mut() else { return false };
+        let head = std::mem::take(&mut conn.head);
+        fill_header_map(headers, &head, &conn.fields, 2, &mut conn.names)
+    }
+
     /// The body ended: the connection goes back to the pool when it may be used again.
     fn finish(&mut self) {
         self.state = State::Done;
-        if let Some(conn) = self.conn.take()
+        self.raw = false;
+        if let Some(mut conn) = self.conn.take()
             && self.reusable
         {
+            conn.head = Bytes::new();
             self.pool.checkin(conn);
         }
     }
@@ -1029,7 +1110,63 @@ mod tests {
 
     fn parsed(head: &str, method_head: bool) -> Result<Option<Parsed>, &'static str> {
         let mut buf = BytesMut::from(head.as_bytes());
-        parse(&mut buf, method_head, &mut NameCache::default(), &mut HeaderMap::new())
+        parse_in_map(&mut buf, method_head, &mut NameCache::default())
+    }
+
+    /// Parses a head, its fields put into the map also when they were kept as sent.
+    fn parse_in_map(
+        buf: &mut BytesMut,
+        method_head: bool,
+        names: &mut NameCache,
+    ) -> Result<Option<Parsed>, &'static str> {
+        let mut fields = Vec::new();
+        let p = parse(buf, method_head, names, &mut HeaderMap::new(), &mut fields)?;
+        Ok(p.map(|mut p| {
+            if let Some(head) = p.raw.take() {
+                assert!(fill_header_map(&mut p.headers, &head, &fields, 0, names));
+            }
+            p
+        }))
+    }
+
+    #[test]
+    fn fields_are_kept_as_sent_only_when_nothing_needs_the_map() {
+        let raw = |head: &str| {
+            let mut buf = BytesMut::from(head.as_bytes());
+            let mut fields = Vec::new();
+            let p =
+                parse(&mut buf, false, &mut NameCache::default(), &mut HeaderMap::new(), &mut fields).unwrap().unwrap();
+            p.raw.map(|h| {
+                fields
+                    .iter()
+                    .map(|&(n0, n1, v0, v1)| {
+                        format!("{}={}", String::from_utf8_lossy(&h[n0..n1]), String::from_utf8_lossy(&h[v0..v1]))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let kept =
+            raw("HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\nhello");
+        assert_eq!(kept.unwrap(), ["Server=a", "Content-Length=5", "X-A=1"], "as sent, but the plain Connection");
+        assert!(raw("HTTP/1.1 200 OK\r\nServer: a\r\n\r\nuntil close").is_some());
+        for head in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-hop\r\nx-hop: 1\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: x\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTrailer: x\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTE: x\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nUpgrade: x\r\n\r\nok",
+        ] {
+            assert!(raw(head).is_none(), "{head:?}");
+        }
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..]);
+        let p =
+            parse(&mut buf, true, &mut NameCache::default(), &mut HeaderMap::new(), &mut Vec::new()).unwrap().unwrap();
+        assert!(p.raw.is_none() && p.headers["content-length"] == "5", "HEAD: no body to carry the fields");
     }
 
     #[test]
@@ -1077,7 +1214,7 @@ mod tests {
         let mut names = NameCache::default();
         let map = |names: &mut NameCache, head: &str| {
             let mut buf = BytesMut::from(head.as_bytes());
-            parse(&mut buf, false, names, &mut HeaderMap::new()).map(|p| p.unwrap().headers)
+            parse_in_map(&mut buf, false, names).map(|p| p.unwrap().headers)
         };
         let many: String = (0..20).map(|i| format!("X-F{i}: {i}\r\n")).collect();
         let first = format!("HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\n{many}Content-Length: 0\r\n\r\n");
@@ -1098,15 +1235,21 @@ mod tests {
         let mut spare = HeaderMap::with_capacity(40);
         spare.insert("x-request-field", HeaderValue::from_static("stale"));
         let room = spare.capacity();
-        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 2\r\n\r\nok"[..]);
-        let p = parse(&mut buf, false, &mut NameCache::default(), &mut spare).unwrap().unwrap();
+        let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nServer: a\r\nX-B: 2\r\n\r\n"[..]);
+        let p = parse(&mut buf, false, &mut NameCache::default(), &mut spare, &mut Vec::new()).unwrap().unwrap();
         assert_eq!(p.headers.len(), 2);
         assert!(p.headers.get("x-request-field").is_none());
         assert_eq!(p.headers.capacity(), room, "the same allocation");
+        // Fields kept as sent: the map is the spare one, emptied, for later.
+        let mut spare2 = HeaderMap::with_capacity(40);
+        spare2.insert("x-request-field", HeaderValue::from_static("stale"));
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let q = parse(&mut buf, false, &mut NameCache::default(), &mut spare2, &mut Vec::new()).unwrap().unwrap();
+        assert!(q.raw.is_some() && q.headers.is_empty() && q.headers.capacity() == room);
         // A partial head leaves the spare map where it was.
         let mut spare = HeaderMap::with_capacity(40);
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\n"[..]);
-        assert!(parse(&mut buf, false, &mut NameCache::default(), &mut spare).unwrap().is_none());
+        assert!(parse(&mut buf, false, &mut NameCache::default(), &mut spare, &mut Vec::new()).unwrap().is_none());
         assert_eq!(spare.capacity(), room);
         // Kept for reuse only up to a size.
         let mut kept = HeaderMap::new();
@@ -1188,7 +1331,7 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"[..]);
-        let p = parse(&mut buf, false, &mut NameCache::default(), &mut HeaderMap::new()).unwrap().unwrap();
+        let p = parse_in_map(&mut buf, false, &mut NameCache::default()).unwrap().unwrap();
         assert_eq!(p.status, 201);
         assert!(p.headers.get("link").is_none());
         assert_eq!(&buf[..], b"ok");

@@ -1,0 +1,10 @@
+-- A browser-like request head (ten fields with Host) for wrk: IR_WRK_ARGS="-s bench/headers.lua" bench/ir.sh ...
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+wrk.headers["Accept"] = "application/json, text/plain, */*"
+wrk.headers["Accept-Language"] = "en-US,en;q=0.9"
+wrk.headers["Accept-Encoding"] = "gzip, deflate, br"
+wrk.headers["Referer"] = "https://app.example.com/dashboard"
+wrk.headers["Cookie"] = "session=abc123def456; theme=dark"
+wrk.headers["Sec-Fetch-Mode"] = "cors"
+wrk.headers["Sec-Fetch-Site"] = "same-site"
+wrk.headers["Authorization"] = "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"
