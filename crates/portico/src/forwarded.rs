@@ -98,15 +98,19 @@ impl PeerHeaders {
 /// hyper's client gets them inserted into the map ([`Added::insert_into`]). Kept apart,
 /// they cost no map insertions, each of which hashes these long names byte by byte: a
 /// measurable part of every request (docs/benchmarks.md).
+///
+/// The values are borrowed where they can be (the connection's, the client's host): a
+/// clone of a shared value is an atomic reference count, twice per request.
 #[derive(Debug, Clone)]
 pub struct Added<'a> {
-    xff: HeaderValue,
+    /// The peer's address, or from a trusted peer the chain with it appended.
+    xff: std::borrow::Cow<'a, HeaderValue>,
     /// Set only when the request has none.
     proto: Option<HeaderValue>,
     /// Set only when the request has none and the client named a host.
-    host: Option<HeaderValue>,
+    host: Option<&'a HeaderValue>,
     /// Appended after any the request has (from a trusted peer).
-    forwarded: HeaderValue,
+    forwarded: &'a HeaderValue,
     /// The request ID, whose incoming copy the caller removed.
     request_id: Option<(&'a HeaderName, &'a HeaderValue)>,
 }
@@ -118,10 +122,11 @@ pub struct Added<'a> {
 /// other peer, incoming copies are discarded first, so a client cannot forge its address.
 pub fn forwarding<'a>(
     headers: &mut HeaderMap,
-    peer: &PeerHeaders,
+    peer: &'a PeerHeaders,
     peer_trusted: bool,
-    host: Option<&HeaderValue>,
+    host: Option<&'a HeaderValue>,
 ) -> Added<'a> {
+    use std::borrow::Cow;
     if !peer_trusted {
         remove_present(
             headers,
@@ -129,30 +134,30 @@ pub fn forwarding<'a>(
         );
         // None of them is left: each is set.
         return Added {
-            xff: peer.xff.clone(),
+            xff: Cow::Borrowed(&peer.xff),
             proto: Some(HeaderValue::from_static(peer.proto)),
-            host: host.cloned(),
-            forwarded: peer.forwarded.clone(),
+            host,
+            forwarded: &peer.forwarded,
             request_id: None,
         };
     }
     // Append to the chain, as one comma-separated value.
     let prev: Vec<&[u8]> = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
     let xff = if prev.is_empty() {
-        peer.xff.clone()
+        Cow::Borrowed(&peer.xff)
     } else {
         let mut joined = prev.join(&b", "[..]);
         joined.extend_from_slice(b", ");
         joined.extend_from_slice(peer.xff.as_bytes());
         let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.xff.clone());
         headers.remove(&X_FORWARDED_FOR);
-        value
+        Cow::Owned(value)
     };
     Added {
         xff,
         proto: (!headers.contains_key(&X_FORWARDED_PROTO)).then(|| HeaderValue::from_static(peer.proto)),
-        host: host.filter(|_| !headers.contains_key(&X_FORWARDED_HOST)).cloned(),
-        forwarded: peer.forwarded.clone(),
+        host: host.filter(|_| !headers.contains_key(&X_FORWARDED_HOST)),
+        forwarded: &peer.forwarded,
         request_id: None,
     }
 }
@@ -167,10 +172,10 @@ impl<'a> Added<'a> {
     /// The fields, in the order they are sent.
     pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         [
-            Some((&X_FORWARDED_FOR, &self.xff)),
+            Some((&X_FORWARDED_FOR, &*self.xff)),
             self.proto.as_ref().map(|v| (&X_FORWARDED_PROTO, v)),
-            self.host.as_ref().map(|v| (&X_FORWARDED_HOST, v)),
-            Some((&header::FORWARDED, &self.forwarded)),
+            self.host.map(|v| (&X_FORWARDED_HOST, v)),
+            Some((&header::FORWARDED, self.forwarded)),
         ]
         .into_iter()
         .flatten()

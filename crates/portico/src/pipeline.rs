@@ -271,8 +271,6 @@ pub(crate) async fn handle_unsent_id(
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }
-    let id_field = (snap.request_id_header.clone(), request_id.clone());
-
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     route.map_or(&snap.no_route_requests, |r| &r.requests).count(&method, status);
@@ -280,10 +278,11 @@ pub(crate) async fn handle_unsent_id(
     if let Some(b) = outcome.backend_latency {
         shared.metrics.overhead.observe(elapsed.saturating_sub(b).as_secs_f64());
     }
+    let id_name = snap.request_id_header.clone();
     if let (Some(wall), Some(uri)) = (wall_start, log_uri) {
         shared.access_log.log(AccessRecord {
             start: wall,
-            request_id,
+            request_id: request_id.clone(),
             method,
             uri,
             version,
@@ -299,7 +298,7 @@ pub(crate) async fn handle_unsent_id(
             listener: conn.listener.name.clone(),
         });
     }
-    (res, id_field)
+    (res, (id_name, request_id))
 }
 
 /// Puts an upstream response's fields that are kept as sent into its map; `false` when one

@@ -479,8 +479,14 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let request_id_header = HeaderName::from_bytes(config.request_id.header.as_bytes())
-            .map_err(|_| ConfigErrors(vec![ConfigError::new("request_id.header", "invalid header name")]))?;
+        // The default name as a static one: its clones, two per request, then count no
+        // references.
+        let request_id_header = if config.request_id.header.eq_ignore_ascii_case("x-request-id") {
+            HeaderName::from_static("x-request-id")
+        } else {
+            HeaderName::from_bytes(config.request_id.header.as_bytes())
+                .map_err(|_| ConfigErrors(vec![ConfigError::new("request_id.header", "invalid header name")]))?
+        };
         let no_route: Arc<str> = "none".into();
         let global_plugins = Chain::compile(&config.plugins.iter().collect::<Vec<_>>(), &jwt_providers);
         Ok(Snapshot {

@@ -254,7 +254,7 @@ pub async fn forward(
         let sent = if tries == 1 && !may_have_waited { started } else { Instant::now() };
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
-        let flight = upstream.start_at(target.clone(), sent);
+        let flight = upstream.start_at(&target, sent);
         // Plain HTTP/1.1 to an IP address without a request body: the lean client.
         let lean = match (&upstream.h1, target.addr, &attempt_body) {
             (Some(settings), Some(addr), Body::Empty) if !upgrade && method != http::Method::CONNECT => {
@@ -403,7 +403,7 @@ fn send_mirror(
     *req.headers_mut() = h;
     tokio::spawn(async move {
         let _slot = slot;
-        let flight = up.start(target);
+        let flight = up.start(&target);
         match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
             Ok(Ok(res)) => {
                 flight.finish(res.status().is_server_error());

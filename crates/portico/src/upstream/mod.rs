@@ -320,12 +320,12 @@ impl Upstream {
     }
 
     /// Marks the start of a request to `target`; the guard records its end.
-    pub fn start(&self, target: Arc<Target>) -> InFlight<'_> {
+    pub fn start<'a>(&'a self, target: &'a Target) -> InFlight<'a> {
         self.start_at(target, Instant::now())
     }
 
     /// As [`Upstream::start`], with the start time the caller already read.
-    pub fn start_at(&self, target: Arc<Target>, now: Instant) -> InFlight<'_> {
+    pub fn start_at<'a>(&'a self, target: &'a Target, now: Instant) -> InFlight<'a> {
         target.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight { upstream: self, target, started: now }
     }
@@ -419,7 +419,7 @@ pub(crate) fn is_ip_host(host: &str) -> bool {
 #[derive(Debug)]
 pub struct InFlight<'a> {
     upstream: &'a Upstream,
-    target: Arc<Target>,
+    target: &'a Target,
     started: Instant,
 }
 
@@ -431,7 +431,7 @@ impl InFlight<'_> {
             portico_config::Balance::PeakEwma => self.started.elapsed(),
             _ => Duration::ZERO,
         };
-        self.upstream.record(&self.target, latency, failed);
+        self.upstream.record(self.target, latency, failed);
     }
 }
 
