@@ -16,7 +16,7 @@ use crate::forwarded;
 use crate::handlers::proxy;
 use crate::observe::{AccessRecord, AuditRecord};
 use crate::plugins::cors::Cors;
-use crate::plugins::{Flow, Refusal, RequestView};
+use crate::plugins::{Flow, Passed, Refusal, RequestView};
 use crate::router::{Lookup, RequestParts};
 use crate::snapshot::ListenerSettings;
 
@@ -179,7 +179,14 @@ pub(crate) async fn handle_unsent_id(
                         route: &route.name,
                         flag_upstreams: !route.flag_upstreams.is_empty(),
                     };
-                    match route.plugins.request(&view, &snap.consumers, &snap.tenants).await {
+                    // A route without request plugins skips the phase's machinery.
+                    let skipped = route.plugins.passes_all(&snap.tenants);
+                    let flow = if skipped {
+                        Ok(Flow::Continue(Passed::default()))
+                    } else {
+                        route.plugins.request(&view, &snap.consumers, &snap.tenants).await
+                    };
+                    match flow {
                         Err(refusal) => {
                             if let ErrorKind::RateLimited { info, .. } = &refusal.error.kind {
                                 rate = Some(*info);
@@ -228,6 +235,7 @@ pub(crate) async fn handle_unsent_id(
                                 request_id: (&snap.request_id_header, &request_id),
                                 client_host: client_host.as_ref(),
                                 may_upgrade: seen.upgrade,
+                                started: skipped.then_some(start),
                             };
                             proxy::forward(req, ctx, &mut outcome).await
                         }

@@ -57,6 +57,9 @@ pub struct ProxyCtx<'a> {
     pub client_host: Option<&'a HeaderValue>,
     /// Whether the request has an `Upgrade` field.
     pub may_upgrade: bool,
+    /// When the request arrived, if nothing since could have made it wait (no request
+    /// plugin ran): the upstream's timeouts count from here, without another clock read.
+    pub started: Option<Instant>,
 }
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -128,12 +131,18 @@ pub async fn forward(
     if route.split.is_some() || ctx.upstream_override.is_some() {
         outcome.upstream = Some(upstream.name.clone());
     }
-    let started = Instant::now();
+    let started = ctx.started.unwrap_or_else(Instant::now);
     let deadline = started + route.timeout_for(upstream);
 
-    let _route_slot = acquire(&route.limit, route.queue_timeout, &route.queue_wait, ErrorKind::RouteBusy).await?;
-    let _upstream_slot =
-        acquire(&upstream.limit, upstream.queue_timeout, &upstream.queue_wait, ErrorKind::Overloaded).await?;
+    // Without limits (the usual case), no wait is set up at all.
+    let _route_slot = match &route.limit {
+        None => None,
+        limit => acquire(limit, route.queue_timeout, &route.queue_wait, ErrorKind::RouteBusy).await?,
+    };
+    let _upstream_slot = match &upstream.limit {
+        None => None,
+        limit => acquire(limit, upstream.queue_timeout, &upstream.queue_wait, ErrorKind::Overloaded).await?,
+    };
     let permit = match &upstream.breaker {
         Some(b) => match b.allow() {
             Ok(p) => Some(Ticket { breaker: b, permit: Some(p) }),

@@ -209,6 +209,18 @@ impl Chain {
         self.cors.is_some()
     }
 
+    /// Whether the request phase has nothing to do: no request plugin, and no tenant that
+    /// a request without a caller could have (one named by the host). The pipeline then
+    /// skips it.
+    pub fn passes_all(&self, tenants: &tenants::Tenants) -> bool {
+        self.ip_filter.is_none()
+            && self.cors.is_none()
+            && self.challenge.is_none()
+            && self.rate_limit.is_none()
+            && self.concurrency.is_none()
+            && !tenants.from_host()
+    }
+
     /// The request phase.
     pub async fn request(
         &self,

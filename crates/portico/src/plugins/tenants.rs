@@ -79,6 +79,11 @@ impl Tenants {
         }
     }
 
+    /// Whether a tenant may come from the host (a subdomain), without any caller.
+    pub fn from_host(&self) -> bool {
+        self.from.contains(&TenantSource::Subdomain)
+    }
+
     /// The request's tenant ID, from the first source that names one, and whether it came
     /// from the host (which anyone can choose: such a tenant counts only when it has
     /// settings, see [`Tenants::settle`]).

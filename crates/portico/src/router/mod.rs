@@ -179,7 +179,15 @@ struct HostGroup {
     patterns: HashMap<String, usize>,
     /// Prefix (without trailing slash, except `/`) -> bucket.
     prefixes: HashMap<Box<str>, usize>,
+    /// The lengths of those prefixes (bit `n` for length `n`, bit 127 for 127 and longer):
+    /// a path's shorter candidates that no prefix is as long as are not looked up.
+    prefix_lengths: u128,
     buckets: Vec<Bucket>,
+}
+
+/// The bit of [`HostGroup::prefix_lengths`] for a prefix of `len` bytes.
+fn length_bit(len: usize) -> u128 {
+    1 << len.min(127)
 }
 
 /// The compiled route table.
@@ -315,12 +323,15 @@ impl Router {
         allow: &mut Vec<&'k Method>,
     ) -> Option<Lookup<'k, 'v>> {
         let group = &self.groups[g];
-        if let Some(&b) = group.exact.get(req.path)
+        // Kinds of path the group has none of are not looked up.
+        if !group.exact.is_empty()
+            && let Some(&b) = group.exact.get(req.path)
             && let Some(index) = self.pick(&group.buckets[b], req, allow)
         {
             return Some(Lookup::Found { index, params: Params::new() });
         }
-        if let Ok(m) = group.tree.at(req.path)
+        if !group.patterns.is_empty()
+            && let Ok(m) = group.tree.at(req.path)
             && let Some(index) = self.pick(&group.buckets[*m.value], req, allow)
         {
             return Some(Lookup::Found { index, params: m.params });
@@ -330,7 +341,8 @@ impl Router {
         }
         let mut candidate = req.path;
         loop {
-            if let Some(&b) = group.prefixes.get(candidate)
+            if group.prefix_lengths & length_bit(candidate.len()) != 0
+                && let Some(&b) = group.prefixes.get(candidate)
                 && let Some(index) = self.pick(&group.buckets[b], req, allow)
             {
                 return Some(Lookup::Found { index, params: Params::new() });
@@ -402,6 +414,7 @@ impl HostGroup {
                     let b = self.buckets.len();
                     self.buckets.push(Bucket::default());
                     self.prefixes.insert(key.into(), b);
+                    self.prefix_lengths |= length_bit(key.len());
                     b
                 }
             };

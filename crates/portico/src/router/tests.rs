@@ -161,3 +161,21 @@ fn many_routes_still_match() {
     let parts = RequestParts { host: "h", path: "/svc9876/items/5", query: None, method: &Method::GET, headers: &h };
     assert!(matches!(r.lookup(&parts), Lookup::Found { index: 9876, .. }));
 }
+
+#[test]
+fn prefixes_of_every_length_match_also_past_the_length_mask() {
+    let long: &'static str = Box::leak(format!("/{}", "a".repeat(200)).into_boxed_str());
+    let longer: &'static str = Box::leak(format!("{long}/{}", "b".repeat(10)).into_boxed_str());
+    let under: &'static str = Box::leak(format!("{longer}/c/d").into_boxed_str());
+    let (r, n) = table(&[
+        ("short", "prefix: /api"),
+        ("long", &format!("prefix: {long}")),
+        ("longer", &format!("prefix: '{longer}/'")),
+    ]);
+    assert_eq!(find(&r, &n, &req("GET", "h", "/api/users/123")), "short");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/api")), "short");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/apix")), "404");
+    assert_eq!(find(&r, &n, &req("GET", "h", under)), "longer", "both over 127 bytes: the longer wins");
+    let beside: &'static str = Box::leak(format!("{long}/other").into_boxed_str());
+    assert_eq!(find(&r, &n, &req("GET", "h", beside)), "long");
+}

@@ -462,9 +462,10 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut 
 /// Parses a request head at the start of `buf`; a complete one this loop takes is removed
 /// from the buffer.
 fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap) -> Parse {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Left uninitialised for httparse to fill: no 32 fields written first.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
         Err(_) => return Parse::Other,

@@ -308,9 +308,10 @@ fn parse_head<const N: usize>(
     spare: &mut HeaderMap,
     kept: &mut Vec<Span>,
 ) -> Result<Step, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; N];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    // Left uninitialised for httparse to fill: no `N` fields written first.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; N];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Step::Partial),
         Err(httparse::Error::TooManyHeaders) => return Ok(Step::TooMany),
@@ -583,6 +584,13 @@ impl NameCache {
 /// What a `Connection` value says: whether it carries `close`, and whether it carries
 /// nothing but `close` and `keep-alive` (names no other field).
 fn connection_tokens(value: &[u8]) -> (bool, bool) {
+    // The usual values, whole.
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        return (false, true);
+    }
+    if value.eq_ignore_ascii_case(b"close") {
+        return (true, true);
+    }
     let (mut close, mut plain) = (false, true);
     for t in value.split(|&b| b == b',') {
         let t = t.trim_ascii();
@@ -1258,6 +1266,23 @@ mod tests {
         let mut kept = HeaderMap::new();
         recycle(&mut kept, HeaderMap::with_capacity(SPARE_MAX * 2));
         assert_eq!(kept.capacity(), 0);
+    }
+
+    #[test]
+    fn connection_values_are_read_as_tokens() {
+        for (v, want) in [
+            (&b"keep-alive"[..], (false, true)),
+            (b"Keep-Alive", (false, true)),
+            (b"close", (true, true)),
+            (b"CLOSE", (true, true)),
+            (b" close ", (true, true)),
+            (b"keep-alive, Close", (true, true)),
+            (b"x-hop", (false, false)),
+            (b"close, x-hop", (true, false)),
+            (b"", (false, true)),
+        ] {
+            assert_eq!(connection_tokens(v), want, "{:?}", String::from_utf8_lossy(v));
+        }
     }
 
     #[test]
