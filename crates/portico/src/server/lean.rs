@@ -31,7 +31,7 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -264,40 +264,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             return Err(io::Error::other("informational response without a final one"));
         }
         // The fields that matter here are noted on the way, so the usual head needs no
-        // map lookups.
-        let (mut dated, mut lengths, mut length) = (false, 0, None);
+        // map lookups. An upstream's fields kept as it sent them (none hop-by-hop) come
+        // first, written as they are; then the map's (empty then).
+        let mut fields = Fields { id: id.0.as_str().as_bytes(), dated: false, lengths: 0, length: None };
         if let Body::H1(b) = &body
-            && let Some((head, fields)) = b.raw_fields()
+            && let Some((head, spans)) = b.raw_fields()
         {
-            // An upstream's fields as it sent them (none hop-by-hop): written as they are.
-            let id_name = id.0.as_str().as_bytes();
-            for &(n0, n1, v0, v1) in fields {
-                let (name, value) = (&head[n0..n1], &head[v0..v1]);
-                if name.eq_ignore_ascii_case(b"content-length") {
-                    lengths += 1;
-                    length = plain_length(value);
-                    continue;
-                }
-                if name.eq_ignore_ascii_case(id_name) {
-                    continue;
-                }
-                dated |= name.eq_ignore_ascii_case(b"date");
-                write_field(out, name, value);
+            for &(n0, n1, v0, v1) in spans {
+                fields.write(out, &head[n0..n1], &head[v0..v1]);
             }
         }
         for (name, value) in &parts.headers {
-            // The framing and the connection's fate are this side's own business.
-            if name == header::CONTENT_LENGTH {
-                lengths += 1;
-                length = plain_length(value.as_bytes());
-                continue;
-            }
-            if name == header::TRANSFER_ENCODING || name == header::CONNECTION || *name == id.0 {
-                continue;
-            }
-            dated |= name == header::DATE;
-            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+            fields.write(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        let Fields { dated, lengths, length, .. } = fields;
         write_field(out, id.0.as_str().as_bytes(), id.1.as_bytes());
         if !dated {
             write_field(out, b"date", &http_date());
@@ -437,6 +417,37 @@ enum Framing {
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
+}
+
+/// What the response's own fields said, noted while they are written.
+struct Fields<'a> {
+    /// The request ID header's name: the gateway writes its own.
+    id: &'a [u8],
+    /// Whether a `Date` came with them.
+    dated: bool,
+    /// `Content-Length` fields, and the value of the last when it is plain digits.
+    lengths: u32,
+    length: Option<u64>,
+}
+
+impl Fields<'_> {
+    /// Writes one field, but the framing (`Content-Length`, noted; `Transfer-Encoding`),
+    /// the connection's fate (`Connection`) and the request ID: this side's own business.
+    fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.lengths += 1;
+            self.length = plain_length(value);
+            return;
+        }
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"connection")
+            || name.eq_ignore_ascii_case(self.id)
+        {
+            return;
+        }
+        self.dated |= name.eq_ignore_ascii_case(b"date");
+        write_field(out, name, value);
+    }
 }
 
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -361,28 +361,22 @@ fn parse_head<const N: usize>(
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
     let mut headers = std::mem::take(spare);
-    let bodiless = method_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let streams = match (seen.lengths, seen.length) {
-        (0, _) => true,
-        (1, Some(n)) => n > 0,
-        _ => false,
-    };
-    if plain_fields && !seen.codings && !bodiless && streams {
-        // Read from the fields as noted: no map needed for the framing either.
+    let quick = quick_framing(seen, status, method_head);
+    if plain_fields && let Some((framing @ (Framing::Length(1..) | Framing::Close), must_close)) = quick {
+        // A body streams and nothing needs the map: the fields stay as sent.
         headers.clear();
         kept.clear();
         kept.extend_from_slice(&spans[..count]);
-        let (framing, must_close) = match seen.length {
-            Some(n) => (Framing::Length(n), false),
-            None => (Framing::Close, true),
-        };
         let reusable = http11 && !must_close && !close;
         return Ok(Step::Final(Parsed { status, headers, raw: Some(head), framing, reusable }));
     }
     if !fill_header_map(&mut headers, &head, &spans[..count], 2, names) {
         return Err("invalid header field");
     }
-    let (framing, must_close) = framing(&mut headers, status, method_head, http11, seen)?;
+    let (framing, must_close) = match quick {
+        Some(q) => q,
+        None => framing(&mut headers, http11)?,
+    };
     let reusable = http11 && !must_close && framing != Framing::Close && !close;
     Ok(Step::Final(Parsed { status, headers, raw: None, framing, reusable }))
 }
@@ -416,26 +410,24 @@ pub(crate) fn plain_length(b: &[u8]) -> Option<u64> {
         .then(|| b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// The response's framing (RFC 9112 section 6.3), and whether the connection must close
-/// after it. Leaves one unambiguous `Content-Length` in `headers`, or none.
-fn framing(
-    headers: &mut HeaderMap,
-    status: StatusCode,
-    method_head: bool,
-    http11: bool,
-    seen: Seen,
-) -> Result<(Framing, bool), &'static str> {
+/// The response's framing and whether the connection must close after it, when the fields
+/// noted on the way settle it: a response without a body, or the usual head (no coding, no
+/// length or one plain one). `None` sends the head to [`framing`].
+fn quick_framing(seen: Seen, status: StatusCode, method_head: bool) -> Option<(Framing, bool)> {
     if method_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Length(0), false));
+        return Some((Framing::Length(0), false));
     }
-    if !seen.codings {
-        // The usual head: no coding, and no length or one plain one.
-        match (seen.lengths, seen.length) {
-            (0, _) => return Ok((Framing::Close, true)),
-            (1, Some(n)) => return Ok((Framing::Length(n), false)),
-            _ => {}
-        }
+    match (seen.codings, seen.lengths, seen.length) {
+        (false, 0, _) => Some((Framing::Close, true)),
+        (false, 1, Some(n)) => Some((Framing::Length(n), false)),
+        _ => None,
     }
+}
+
+/// The framing of a response with a body (RFC 9112 section 6.3) that [`quick_framing`]
+/// did not settle, and whether the connection must close after it. Leaves one
+/// unambiguous `Content-Length` in `headers`, or none.
+fn framing(headers: &mut HeaderMap, http11: bool) -> Result<(Framing, bool), &'static str> {
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
         // Only `chunked` alone, as nginx requires: any other coding would reach the
