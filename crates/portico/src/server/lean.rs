@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
-use crate::upstream::h1::{NameCache, content_length, fill_header_map, plain_length, recycle, span_of};
+use crate::upstream::h1::{NameCache, content_length, fill_header_map, plain_length, recycle, span_of, write_field};
 
 /// The most header fields this loop parses; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
@@ -448,13 +448,6 @@ impl Fields<'_> {
         self.dated |= name.eq_ignore_ascii_case(b"date");
         write_field(out, name, value);
     }
-}
-
-fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes every slice, however the socket splits the writes.

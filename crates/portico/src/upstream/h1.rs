@@ -614,12 +614,6 @@ pub struct Outgoing<'a> {
 /// the request's fields but `Host` and `TE` (trailers are not read on this path: none are
 /// invited), then the added ones.
 pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
-    fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
     out.clear();
     // Room for typical fields without a pass to measure them; a longer head grows once.
     out.reserve(r.method.as_str().len() + r.target.len() + 14 + 64 * (r.headers.len() + 6));
@@ -627,16 +621,24 @@ pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
     out.push(b' ');
     out.extend_from_slice(r.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    field(out, b"host", r.host.as_bytes());
+    write_field(out, b"host", r.host.as_bytes());
     for (name, value) in &r.headers {
         if name == header::HOST || name == header::TE {
             continue;
         }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in r.added.fields() {
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one header line, `name: value` and CRLF, in either direction.
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -794,13 +796,10 @@ impl Pool {
                     Framing::Chunked => State::ChunkSize,
                     Framing::Close => State::UntilClose,
                 };
-                let raw = match p.raw {
-                    Some(head) => {
-                        conn.head = head;
-                        true
-                    }
-                    None => false,
-                };
+                let raw = p.raw.is_some();
+                if let Some(head) = p.raw {
+                    conn.head = head;
+                }
                 Body::H1(ResponseBody { conn: Some(conn), pool: self.inner.clone(), state, reusable: p.reusable, raw })
             }
         };
