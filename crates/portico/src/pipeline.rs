@@ -282,9 +282,9 @@ pub(crate) async fn handle_unsent_id(
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     route.map_or(&snap.no_route_requests, |r| &r.requests).count(&method, status);
-    route.map_or(&snap.no_route_duration, |r| &r.duration).observe(elapsed.as_secs_f64());
+    route.map_or(&snap.no_route_duration, |r| &r.duration).observe(elapsed);
     if let Some(b) = outcome.backend_latency {
-        shared.metrics.overhead.observe(elapsed.saturating_sub(b).as_secs_f64());
+        shared.metrics.overhead.observe(elapsed.saturating_sub(b));
     }
     let id_name = snap.request_id_header.clone();
     if let (Some(wall), Some(uri)) = (wall_start, log_uri) {

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::observe::histogram::Histogram;
 use http::HeaderName;
 use ipnet::IpNet;
 use portico_config::template::{PathTemplate, Segment};
 use portico_config::{Config, ConfigError, ConfigErrors, Listener};
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::observe::Metrics;
 use crate::observe::metrics::RouteRequests;

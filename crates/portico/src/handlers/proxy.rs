@@ -93,7 +93,7 @@ impl Drop for Ticket<'_> {
 async fn acquire(
     limit: &Option<Arc<Semaphore>>,
     wait: Duration,
-    waited: &prometheus_client::metrics::histogram::Histogram,
+    waited: &crate::observe::histogram::Histogram,
     full: ErrorKind,
 ) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
     let Some(sem) = limit else { return Ok(None) };
@@ -106,7 +106,7 @@ async fn acquire(
     }
     let start = Instant::now();
     let res = tokio::time::timeout(wait, sem.clone().acquire_owned()).await;
-    waited.observe(start.elapsed().as_secs_f64());
+    waited.observe(start.elapsed());
     match res {
         Ok(Ok(p)) => Ok(Some(p)),
         _ => Err(overloaded()),
@@ -302,7 +302,7 @@ pub async fn forward(
             }
         };
         let waited = sent.elapsed();
-        upstream.latency.observe(waited.as_secs_f64());
+        upstream.latency.observe(waited);
         outcome.backend_latency = Some(outcome.backend_latency.unwrap_or_default() + waited);
 
         let (err, sent_upstream) = match res {

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
+use super::histogram::Histogram;
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of `gateway_requests_total`.
@@ -126,7 +126,7 @@ struct Buckets(&'static [f64]);
 
 impl MetricConstructor<Histogram> for Buckets {
     fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
+        Histogram::new(self.0)
     }
 }
 
@@ -202,7 +202,7 @@ impl Metrics {
             "Time from sending a request upstream to receiving its response head, by upstream",
             backend_latency.clone(),
         );
-        let overhead = Histogram::new(OVERHEAD_BUCKETS.iter().copied());
+        let overhead = Histogram::new(OVERHEAD_BUCKETS);
         registry.register(
             "gateway_overhead_seconds",
             "Time the gateway itself adds: total minus upstream time",
@@ -213,7 +213,7 @@ impl Metrics {
         let backend_errors = Family::<BackendErrorLabels, Counter>::default();
         registry.register(
             "gateway_backend_errors",
-            "Failed upstream requests, by upstream and kind (connect, connect_timeout, timeout, bad_response, no_target)",
+            "Failed upstream requests, by upstream and kind (connect, connect_timeout, timeout, bad_response, no_target, overloaded, circuit_open)",
             backend_errors.clone(),
         );
         let reloads = Family::<ResultLabel, Counter>::default();
@@ -273,7 +273,7 @@ impl Metrics {
         let auth_failures = Family::<AuthFailureLabels, Counter>::default();
         registry.register(
             "gateway_auth_failures",
-            "Requests refused by authentication (401) or authorization (403), by route, status and reason",
+            "Requests refused by authentication (401) or authorization (403), or that could not be checked (503), by route, status and reason",
             auth_failures.clone(),
         );
         let rate_limited = Family::<RouteLabel, Counter>::default();

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod audit;
+pub mod histogram;
 pub mod metrics;
 
 pub use access_log::{AccessLog, AccessRecord};

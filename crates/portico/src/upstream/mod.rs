@@ -22,6 +22,7 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::observe::histogram::Histogram;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use hyper_rustls::HttpsConnector;
@@ -31,7 +32,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_config::{UpstreamProtocol, validate::check_target_url};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
 use crate::body::Body;
