@@ -21,7 +21,7 @@ pub struct Config {
     pub version: u32,
     /// Where Portico accepts client traffic. At least one listener is required.
     pub listeners: Vec<Listener>,
-    /// The admin listener: `/health`, `/ready` and `/metrics`.
+    /// The admin listener: `/health`, `/ready`, `/metrics`, `/upstreams` and `POST /revocations`.
     #[serde(default)]
     pub admin: Admin,
     /// Process-wide settings: worker threads and the shutdown drain timeout.
@@ -65,8 +65,8 @@ pub struct Config {
     /// The audit log of refused authentications and authorizations.
     #[serde(default)]
     pub audit_log: crate::plugins::AuditLog,
-    /// The Redis shared by every instance (revoked tokens; later rate-limit counters).
-    /// Absent: nothing is shared, and features that need it (`jwt_providers.*.revocation`)
+    /// The Redis shared by every instance: revoked tokens, `store: redis` rate-limit counters
+    /// and `tenants.redis` settings. Absent: nothing is shared, and the features that need it
     /// cannot be turned on. Changes only on restart.
     #[serde(default)]
     pub redis: Option<Redis>,
