@@ -491,6 +491,11 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// Keeps a well-formed incoming request ID (1-128 of `[A-Za-z0-9._:-]`) or makes one.
 fn request_id(headers: &mut http::HeaderMap, header: &http::HeaderName, trust: bool) -> HeaderValue {
+    // Usually absent: a look over a few names is cheaper than hashing a custom name
+    // (FNV over every byte) for the removal.
+    if headers.len() <= 16 && !headers.keys().any(|k| k == header) {
+        return new_request_id();
+    }
     if let Some(v) = headers.remove(header)
         && trust
     {
@@ -519,6 +524,26 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_is_taken_out_of_small_and_large_maps() {
+        let name = http::HeaderName::from_static("x-request-id");
+        for others in [0, 3, 16, 40] {
+            let mut h = http::HeaderMap::new();
+            for i in 0..others {
+                h.insert(http::HeaderName::try_from(format!("x-f{i}")).unwrap(), HeaderValue::from_static("v"));
+            }
+            let mut fresh = h.clone();
+            h.insert(name.clone(), HeaderValue::from_static("abc-1"));
+            assert_eq!(request_id(&mut h, &name, true), "abc-1", "{others} other fields");
+            assert!(!h.contains_key(&name) && h.len() == others);
+            h.insert(name.clone(), HeaderValue::from_static("abc-1"));
+            let made = request_id(&mut h, &name, false);
+            assert!(made != "abc-1" && made.len() == 32 && !h.contains_key(&name), "untrusted: replaced");
+            let made = request_id(&mut fresh, &name, true);
+            assert_eq!((made.len(), fresh.len()), (32, others), "absent: made");
+        }
+    }
 
     #[test]
     fn dot_segments_are_detected() {

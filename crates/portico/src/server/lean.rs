@@ -42,7 +42,9 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
-use crate::upstream::h1::{NameCache, content_length, fill_header_map, plain_length, recycle, span_of, write_field};
+use crate::upstream::h1::{
+    NameCache, Span, content_length, fill_header_map, plain_length, recycle, span_of, write_field,
+};
 
 /// The most header fields this loop parses; a request with more goes to hyper.
 const MAX_HEADERS: usize = 32;
@@ -68,6 +70,7 @@ pub(crate) async fn serve<S>(
         out: Vec::with_capacity(1024),
         names: NameCache::default(),
         spare: HeaderMap::new(),
+        spans: Vec::new(),
     };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
@@ -94,6 +97,8 @@ struct Lean<S> {
     names: NameCache,
     /// The last response's header map, emptied: the next request's.
     spare: HeaderMap,
+    /// Where the last request's fields lay in its head (kept for the allocation).
+    spans: Vec<Span>,
 }
 
 /// A request head this loop takes.
@@ -166,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             }
             first = false;
             let head = loop {
-                match parse(&mut self.buf, &mut self.names, &mut self.spare) {
+                match parse(&mut self.buf, &mut self.names, &mut self.spare, &mut self.spans) {
                     Parse::Complete(head) => break head,
                     Parse::Other => return End::HandOver(head_started()),
                     Parse::Rejected(head) => {
@@ -434,18 +439,20 @@ impl Fields<'_> {
     /// Writes one field, but the framing (`Content-Length`, noted; `Transfer-Encoding`),
     /// the connection's fate (`Connection`) and the request ID: this side's own business.
     fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            self.lengths += 1;
-            self.length = plain_length(value);
-            return;
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        // Told apart by length first: most names need one comparison or none.
+        match name.len() {
+            14 if is(b"content-length") => {
+                self.lengths += 1;
+                self.length = plain_length(value);
+                return;
+            }
+            17 if is(b"transfer-encoding") => return,
+            10 if is(b"connection") => return,
+            n if n == self.id.len() && is(self.id) => return,
+            4 if is(b"date") => self.dated = true,
+            _ => {}
         }
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"connection")
-            || name.eq_ignore_ascii_case(self.id)
-        {
-            return;
-        }
-        self.dated |= name.eq_ignore_ascii_case(b"date");
         write_field(out, name, value);
     }
 }
@@ -465,7 +472,7 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut 
 
 /// Parses a request head at the start of `buf`; a complete one this loop takes is removed
 /// from the buffer.
-fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap) -> Parse {
+fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap, spans: &mut Vec<Span>) -> Parse {
     // Left uninitialised for httparse to fill: no 32 fields written first.
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -478,33 +485,32 @@ fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap) -> Pa
     if !path.starts_with('/') {
         return Parse::Other;
     }
-    let mut hosts = 0;
+    let (mut hosts, mut lengths) = (0, 0);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        let takes = if name.eq_ignore_ascii_case(b"content-length") {
-            h.value == b"0"
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            false
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            !h.value.split(|&b| b == b',').any(|t| {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        // Told apart by length first: most names need one comparison or none.
+        let takes = match name.len() {
+            14 if is(b"content-length") => {
+                lengths += 1;
+                h.value == b"0" && lengths == 1
+            }
+            17 if is(b"transfer-encoding") => false,
+            6 if is(b"expect") => false,
+            7 if is(b"upgrade") => false,
+            10 if is(b"connection") => !h.value.split(|&b| b == b',').any(|t| {
                 let t = t.trim_ascii();
                 t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"upgrade")
-            })
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-            hosts == 1
-        } else {
-            true
+            }),
+            4 if is(b"host") => {
+                hosts += 1;
+                hosts == 1
+            }
+            _ => true,
         };
         if !takes {
             return Parse::Other;
         }
-    }
-    if req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).count() > 1 {
-        return Parse::Other;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::Other };
     if method == Method::CONNECT {
@@ -513,17 +519,14 @@ fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap) -> Pa
     }
     // Where each piece lies, so the head's bytes can be shared by the values.
     let (p0, p1, ..) = span_of(buf.as_ptr(), path.as_bytes(), path.as_bytes());
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = req.headers.len();
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = span_of(buf.as_ptr(), h.name.as_bytes(), h.value);
-    }
+    spans.clear();
+    spans.extend(req.headers.iter().map(|h| span_of(buf.as_ptr(), h.name.as_bytes(), h.value)));
     // A head that does not convert goes back.
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Parse::Rejected(head) };
     // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
     let mut headers = std::mem::take(spare);
-    if !fill_header_map(&mut headers, &head, &spans[..count], 8, names) {
+    if !fill_header_map(&mut headers, &head, spans, 8, names) {
         return Parse::Rejected(head);
     }
     Parse::Complete(Head { method, uri, headers })
@@ -557,7 +560,7 @@ mod tests {
 
     fn parsed(text: &str) -> (Parse, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let p = parse(&mut buf, &mut NameCache::default(), &mut HeaderMap::new());
+        let p = parse(&mut buf, &mut NameCache::default(), &mut HeaderMap::new(), &mut Vec::new());
         (p, buf)
     }
 
@@ -587,6 +590,16 @@ mod tests {
             assert!(matches!(p, Parse::Other), "{text:?}");
             assert_eq!(&rest[..], text.as_bytes(), "left for hyper untouched: {text:?}");
         }
+        // Names as long as the ones that send a request to hyper, in any case, are taken.
+        let (p, _) = parsed(
+            "GET / HTTP/1.1\r\nFROM: a\r\nAccept: b\r\nReferer: c\r\nUser-Agent: d\r\n\
+             accept-charset: e\r\nIf-Modified-Since: f\r\nCONTENT-LENGTH: 0\r\n\r\n",
+        );
+        let Parse::Complete(head) = p else { panic!("not taken") };
+        let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
+        let expected =
+            ["from", "accept", "referer", "user-agent", "accept-charset", "if-modified-since", "content-length"];
+        assert_eq!(names, expected);
         let (p, _) = parsed("GET /a HTTP/1.1\r\nHost: x\r\n");
         assert!(matches!(p, Parse::Partial));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));

@@ -332,31 +332,32 @@ fn parse_head<const N: usize>(
     // of the map (the hop-by-hop pass would remove them); one that names other fields
     // stays, so that pass removes what it names.
     // The framing fields are noted on the way, so the usual head needs no map lookups.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
-    let mut count = 0;
+    // The spans go straight into the connection's list: read as sent, or into the map.
+    kept.clear();
     let mut close = false;
     let mut seen = Seen::default();
     // Whether the fields may be kept as sent: none is hop-by-hop, none too long for `http`.
     let mut plain_fields = true;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
-            let (asks_close, plain) = connection_tokens(h.value);
-            close |= asks_close;
-            if plain {
-                continue;
+        match Special::of(name) {
+            Some(Special::Connection) => {
+                let (asks_close, plain) = connection_tokens(h.value);
+                close |= asks_close;
+                if plain {
+                    continue;
+                }
+                plain_fields = false;
             }
-            plain_fields = false;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            seen.lengths += 1;
-            seen.length = Some(h.value).filter(|_| seen.lengths == 1).and_then(plain_length);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            seen.codings = true;
-        } else if is_hop_by_hop(name) || name.len() > MAX_NAME {
-            plain_fields = false;
+            Some(Special::ContentLength) => {
+                seen.lengths += 1;
+                seen.length = Some(h.value).filter(|_| seen.lengths == 1).and_then(plain_length);
+            }
+            Some(Special::TransferEncoding) => seen.codings = true,
+            Some(Special::HopByHop) => plain_fields = false,
+            None => plain_fields &= name.len() <= MAX_NAME,
         }
-        spans[count] = span_of(buf.as_ptr(), name, h.value);
-        count += 1;
+        kept.push(span_of(buf.as_ptr(), name, h.value));
     }
     let head = buf.split_to(len).freeze();
     // Room for the request ID the gateway sets on every response.
@@ -365,12 +366,10 @@ fn parse_head<const N: usize>(
     if plain_fields && let Some((framing @ (Framing::Length(1..) | Framing::Close), must_close)) = quick {
         // A body streams and nothing needs the map: the fields stay as sent.
         headers.clear();
-        kept.clear();
-        kept.extend_from_slice(&spans[..count]);
         let reusable = http11 && !must_close && !close;
         return Ok(Step::Final(Parsed { status, headers, raw: Some(head), framing, reusable }));
     }
-    if !fill_header_map(&mut headers, &head, &spans[..count], 2, names) {
+    if !fill_header_map(&mut headers, &head, kept, 2, names) {
         return Err("invalid header field");
     }
     let (framing, must_close) = match quick {
@@ -384,12 +383,32 @@ fn parse_head<const N: usize>(
 /// The longest header name `http` takes.
 const MAX_NAME: usize = (1 << 16) - 1;
 
-/// The hop-by-hop fields but `Connection` and `Transfer-Encoding` (RFC 9110 section
-/// 7.6.1, as [`crate::forwarded::remove_hop_by_hop`] removes them).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    [&b"keep-alive"[..], b"proxy-connection", b"trailer", b"te", b"upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+/// The response fields the parse must notice, told apart by length first: most names
+/// then need one comparison or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    /// The other hop-by-hop fields (RFC 9110 section 7.6.1, as
+    /// [`crate::forwarded::remove_hop_by_hop`] removes them).
+    HopByHop,
+}
+
+impl Special {
+    fn of(name: &[u8]) -> Option<Self> {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is(b"te") => Some(Self::HopByHop),
+            7 if is(b"trailer") || is(b"upgrade") => Some(Self::HopByHop),
+            10 if is(b"connection") => Some(Self::Connection),
+            10 if is(b"keep-alive") => Some(Self::HopByHop),
+            14 if is(b"content-length") => Some(Self::ContentLength),
+            16 if is(b"proxy-connection") => Some(Self::HopByHop),
+            17 if is(b"transfer-encoding") => Some(Self::TransferEncoding),
+            _ => None,
+        }
+    }
 }
 
 /// What a head's fields said about its framing, noted while its fields were read.
@@ -1148,6 +1167,11 @@ mod tests {
             raw("HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\nhello");
         assert_eq!(kept.unwrap(), ["Server=a", "Content-Length=5", "X-A=1"], "as sent, but the plain Connection");
         assert!(raw("HTTP/1.1 200 OK\r\nServer: a\r\n\r\nuntil close").is_some());
+        // Names as long as the hop-by-hop and framing ones are kept as sent.
+        let same_lengths = "HTTP/1.1 200 OK\r\nTk: a\r\nX-Cache: b\r\nSet-Cookie: c\r\n\
+             Accept-Charset: d\r\nContent-Language: e\r\nIf-Modified-Since: f\r\nContent-Length: 2\r\n\r\nok";
+        let expected = ["Tk=a", "X-Cache=b", "Set-Cookie=c", "Accept-Charset=d", "Content-Language=e"];
+        assert_eq!(raw(same_lengths).unwrap()[..5], expected);
         for head in [
             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 204 No Content\r\n\r\n",
