@@ -43,7 +43,7 @@ use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
 use crate::upstream::h1::{
-    NameCache, Span, content_length, fill_header_map, plain_length, recycle, span_of, write_field,
+    NameCache, Span, content_length, fill_header_map, is_name, plain_length, recycle, span_of, write_field,
 };
 
 /// The most header fields this loop parses; a request with more goes to hyper.
@@ -70,7 +70,7 @@ pub(crate) async fn serve<S>(
         out: Vec::with_capacity(1024),
         names: NameCache::default(),
         spare: HeaderMap::new(),
-        spans: Vec::new(),
+        spans: Vec::with_capacity(16),
     };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
@@ -439,7 +439,7 @@ impl Fields<'_> {
     /// Writes one field, but the framing (`Content-Length`, noted; `Transfer-Encoding`),
     /// the connection's fate (`Connection`) and the request ID: this side's own business.
     fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        let is = |n: &[u8]| is_name(name, n);
         // Told apart by length first: most names need one comparison or none.
         match name.len() {
             14 if is(b"content-length") => {
@@ -449,7 +449,8 @@ impl Fields<'_> {
             }
             17 if is(b"transfer-encoding") => return,
             10 if is(b"connection") => return,
-            n if n == self.id.len() && is(self.id) => return,
+            // Any name the config allows, so the general comparison.
+            n if n == self.id.len() && name.eq_ignore_ascii_case(self.id) => return,
             4 if is(b"date") => self.dated = true,
             _ => {}
         }
@@ -488,7 +489,7 @@ fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap, spans
     let (mut hosts, mut lengths) = (0, 0);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        let is = |n: &[u8]| is_name(name, n);
         // Told apart by length first: most names need one comparison or none.
         let takes = match name.len() {
             14 if is(b"content-length") => {
@@ -604,6 +605,30 @@ mod tests {
         assert!(matches!(p, Parse::Partial));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
         assert!(matches!(parsed(&many).0, Parse::Other));
+    }
+
+    #[test]
+    fn the_writer_keeps_its_own_fields_whatever_the_request_ids_length() {
+        // IDs as long as `connection`, `date` and `content-length`, and `date` itself.
+        for id in ["request-id", "x-id", "x-request-id-2", "date"] {
+            let mut f = Fields { id: id.as_bytes(), dated: false, lengths: 0, length: None };
+            let mut out = Vec::new();
+            let upper = id.to_ascii_uppercase();
+            for (n, v) in [
+                ("Connection", "close"),
+                ("Content-Length", "5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Date", "d"),
+                (upper.as_str(), "forged"),
+                ("Set-Cookie", "a"),
+                ("X-Cache", "b"),
+            ] {
+                f.write(&mut out, n.as_bytes(), v.as_bytes());
+            }
+            let date = if id == "date" { "" } else { "Date: d\r\n" };
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{date}Set-Cookie: a\r\nX-Cache: b\r\n"), "{id}");
+            assert_eq!((f.dated, f.lengths, f.length), (id != "date", 1, Some(5)), "{id}");
+        }
     }
 
     #[test]

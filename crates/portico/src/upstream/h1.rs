@@ -383,6 +383,29 @@ fn parse_head<const N: usize>(
 /// The longest header name `http` takes.
 const MAX_NAME: usize = (1 << 16) - 1;
 
+/// Whether a field name that httparse accepted (a token) or `http` made (lowercase) is
+/// `lower`, a name of lowercase letters and `-` only, in any case. Setting bit 5 lowercases
+/// a letter and leaves `-` as it is, and no other token character becomes a letter or `-`
+/// by it, so one OR and one comparison per eight bytes decide it, where
+/// `eq_ignore_ascii_case` lowercases both sides byte by byte (a measurable part of every
+/// head). Written by hand: no crate does this for short names.
+#[inline]
+pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(|&b| b.is_ascii_lowercase() || b == b'-'), "{lower:?}");
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+    }
+    let word = |s: &[u8], at: usize| s.get(at..at + 8).and_then(|w| w.try_into().ok()).map_or(0, u64::from_le_bytes);
+    // Eight bytes at a time, the last eight overlapping the ones before when `n` is not a
+    // multiple of eight.
+    (0..n / 8).all(|i| word(name, i * 8) | CASE == word(lower, i * 8)) && word(name, n - 8) | CASE == word(lower, n - 8)
+}
+
 /// The response fields the parse must notice, told apart by length first: most names
 /// then need one comparison or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -397,7 +420,7 @@ enum Special {
 
 impl Special {
     fn of(name: &[u8]) -> Option<Self> {
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        let is = |n: &[u8]| is_name(name, n);
         match name.len() {
             2 if is(b"te") => Some(Self::HopByHop),
             7 if is(b"trailer") || is(b"upgrade") => Some(Self::HopByHop),
@@ -1125,6 +1148,42 @@ impl http_body::Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_match_in_any_case_and_no_other_token_matches() {
+        // Every character RFC 9110 allows in a field name.
+        let token: Vec<u8> = (0x21..0x7f).filter(|b| !b"\"(),/:;<=>?@[\\]{}".contains(b)).collect();
+        let names: [&[u8]; 9] = [
+            b"te",
+            b"host",
+            b"upgrade",
+            b"connection",
+            b"keep-alive",
+            b"content-length",
+            b"proxy-connection",
+            b"transfer-encoding",
+            b"x-much-longer-than-sixteen-bytes",
+        ];
+        for lower in names {
+            assert!(is_name(lower, lower));
+            assert!(is_name(&lower.to_ascii_uppercase(), lower));
+            let mixed: Vec<u8> =
+                lower.iter().enumerate().map(|(i, b)| if i % 2 == 0 { b.to_ascii_uppercase() } else { *b }).collect();
+            assert!(is_name(&mixed, lower));
+            assert!(!is_name(&lower[1..], lower) && !is_name(&[lower, b"x"].concat(), lower));
+            // Any other token character anywhere makes another name.
+            for at in 0..lower.len() {
+                for &c in &token {
+                    if c.to_ascii_lowercase() == lower[at] {
+                        continue;
+                    }
+                    let mut other = lower.to_vec();
+                    other[at] = c;
+                    assert!(!is_name(&other, lower), "{:?}", String::from_utf8_lossy(&other));
+                }
+            }
+        }
+    }
 
     fn parsed(head: &str, method_head: bool) -> Result<Option<Parsed>, &'static str> {
         let mut buf = BytesMut::from(head.as_bytes());
