@@ -1,7 +1,7 @@
 //! The gateway's own per-request work before and after the upstream call, without
 //! sockets: request ID, client IP, checks, route match, rewrite, header rewriting for the
 //! upstream request, and the access-log record serialization (done off the request path,
-//! by the writer thread, but measured here too).
+//! by the writer thread, but measured here too); and one histogram observation.
 //!
 //! `cargo bench -p portico --bench pipeline`
 
@@ -162,5 +162,18 @@ fn bench(c: &mut Criterion) {
     let _ = HeaderMap::new();
 }
 
-criterion_group!(benches, bench);
+/// One observation of a request's duration: Portico's histogram against
+/// `prometheus_client`'s (which locks a mutex per observation), same buckets.
+fn histograms(c: &mut Criterion) {
+    const BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+    let d = Duration::from_micros(180);
+    let ours = portico::observe::histogram::Histogram::new(BUCKETS);
+    c.bench_function("histogram_observe_portico", |b| b.iter(|| ours.observe(std::hint::black_box(d))));
+    let theirs = prometheus_client::metrics::histogram::Histogram::new(BUCKETS.iter().copied());
+    c.bench_function("histogram_observe_prometheus_client", |b| {
+        b.iter(|| theirs.observe(std::hint::black_box(d).as_secs_f64()))
+    });
+}
+
+criterion_group!(benches, bench, histograms);
 criterion_main!(benches);
