@@ -300,7 +300,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Bit `i` set when `names[i]` is in `headers` (up to 64 names). A message holds a few
 /// header names and usually none of these: one pass comparing names (an enum compare for
 /// standard ones) is cheaper than hashing every absent name to look it up.
-fn present_mask<N: std::borrow::Borrow<HeaderName>>(headers: &HeaderMap, names: &[N]) -> u64 {
+pub(crate) fn present_mask<N: std::borrow::Borrow<HeaderName>>(headers: &HeaderMap, names: &[N]) -> u64 {
     let mut mask = 0u64;
     for k in headers.keys() {
         for (i, n) in names.iter().enumerate().take(64) {

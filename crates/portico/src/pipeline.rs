@@ -491,9 +491,9 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// Keeps a well-formed incoming request ID (1-128 of `[A-Za-z0-9._:-]`) or makes one.
 fn request_id(headers: &mut http::HeaderMap, header: &http::HeaderName, trust: bool) -> HeaderValue {
-    // Usually absent: a look over a few names is cheaper than hashing a custom name
-    // (FNV over every byte) for the removal.
-    if headers.len() <= 16 && !headers.keys().any(|k| k == header) {
+    // Usually absent: one pass over the names is cheaper than hashing a custom name (FNV
+    // over every byte) for the removal.
+    if crate::forwarded::present_mask(headers, &[header]) == 0 {
         return new_request_id();
     }
     if let Some(v) = headers.remove(header)

@@ -43,7 +43,7 @@ use crate::Shared;
 use crate::body::Body;
 use crate::pipeline::{self, ConnInfo};
 use crate::upstream::h1::{
-    NameCache, Span, content_length, fill_header_map, is_name, plain_length, recycle, span_of, write_field,
+    Known, NameCache, Span, content_length, fill_header_map, plain_length, recycle, span_of, write_field,
 };
 
 /// The most header fields this loop parses; a request with more goes to hyper.
@@ -439,19 +439,16 @@ impl Fields<'_> {
     /// Writes one field, but the framing (`Content-Length`, noted; `Transfer-Encoding`),
     /// the connection's fate (`Connection`) and the request ID: this side's own business.
     fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        let is = |n: &[u8]| is_name(name, n);
-        // Told apart by length first: most names need one comparison or none.
-        match name.len() {
-            14 if is(b"content-length") => {
+        match Known::of(name) {
+            Some(Known::ContentLength) => {
                 self.lengths += 1;
                 self.length = plain_length(value);
                 return;
             }
-            17 if is(b"transfer-encoding") => return,
-            10 if is(b"connection") => return,
+            Some(Known::TransferEncoding | Known::Connection) => return,
             // Any name the config allows, so the general comparison.
-            n if n == self.id.len() && name.eq_ignore_ascii_case(self.id) => return,
-            4 if is(b"date") => self.dated = true,
+            _ if name.len() == self.id.len() && name.eq_ignore_ascii_case(self.id) => return,
+            Some(Known::Date) => self.dated = true,
             _ => {}
         }
         write_field(out, name, value);
@@ -489,21 +486,17 @@ fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap, spans
     let (mut hosts, mut lengths) = (0, 0);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        let is = |n: &[u8]| is_name(name, n);
-        // Told apart by length first: most names need one comparison or none.
-        let takes = match name.len() {
-            14 if is(b"content-length") => {
+        let takes = match Known::of(name) {
+            Some(Known::ContentLength) => {
                 lengths += 1;
                 h.value == b"0" && lengths == 1
             }
-            17 if is(b"transfer-encoding") => false,
-            6 if is(b"expect") => false,
-            7 if is(b"upgrade") => false,
-            10 if is(b"connection") => !h.value.split(|&b| b == b',').any(|t| {
+            Some(Known::TransferEncoding | Known::Expect | Known::Upgrade) => false,
+            Some(Known::Connection) => !h.value.split(|&b| b == b',').any(|t| {
                 let t = t.trim_ascii();
                 t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"upgrade")
             }),
-            4 if is(b"host") => {
+            Some(Known::Host) => {
                 hosts += 1;
                 hosts == 1
             }

@@ -340,8 +340,8 @@ fn parse_head<const N: usize>(
     let mut plain_fields = true;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
-        match Special::of(name) {
-            Some(Special::Connection) => {
+        match Known::of(name) {
+            Some(Known::Connection) => {
                 let (asks_close, plain) = connection_tokens(h.value);
                 close |= asks_close;
                 if plain {
@@ -349,13 +349,13 @@ fn parse_head<const N: usize>(
                 }
                 plain_fields = false;
             }
-            Some(Special::ContentLength) => {
+            Some(Known::ContentLength) => {
                 seen.lengths += 1;
                 seen.length = Some(h.value).filter(|_| seen.lengths == 1).and_then(plain_length);
             }
-            Some(Special::TransferEncoding) => seen.codings = true,
-            Some(Special::HopByHop) => plain_fields = false,
-            None => plain_fields &= name.len() <= MAX_NAME,
+            Some(Known::TransferEncoding) => seen.codings = true,
+            Some(k) if k.is_hop_by_hop() => plain_fields = false,
+            _ => plain_fields &= name.len() <= MAX_NAME,
         }
         kept.push(span_of(buf.as_ptr(), name, h.value));
     }
@@ -406,31 +406,48 @@ pub(crate) fn is_name(name: &[u8], lower: &[u8]) -> bool {
     (0..n / 8).all(|i| word(name, i * 8) | CASE == word(lower, i * 8)) && word(name, n - 8) | CASE == word(lower, n - 8)
 }
 
-/// The response fields the parse must notice, told apart by length first: most names
-/// then need one comparison or none.
+/// The field names the HTTP/1.1 paths act on (the request parse, the response parse and
+/// the response writer), told apart by length first: most names then need one comparison
+/// or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Special {
+pub(crate) enum Known {
+    Te,
+    Host,
+    Date,
+    Expect,
+    Trailer,
+    Upgrade,
     Connection,
+    KeepAlive,
     ContentLength,
+    ProxyConnection,
     TransferEncoding,
-    /// The other hop-by-hop fields (RFC 9110 section 7.6.1, as
-    /// [`crate::forwarded::remove_hop_by_hop`] removes them).
-    HopByHop,
 }
 
-impl Special {
-    fn of(name: &[u8]) -> Option<Self> {
+impl Known {
+    pub(crate) fn of(name: &[u8]) -> Option<Self> {
         let is = |n: &[u8]| is_name(name, n);
         match name.len() {
-            2 if is(b"te") => Some(Self::HopByHop),
-            7 if is(b"trailer") || is(b"upgrade") => Some(Self::HopByHop),
+            2 if is(b"te") => Some(Self::Te),
+            4 if is(b"host") => Some(Self::Host),
+            4 if is(b"date") => Some(Self::Date),
+            6 if is(b"expect") => Some(Self::Expect),
+            7 if is(b"trailer") => Some(Self::Trailer),
+            7 if is(b"upgrade") => Some(Self::Upgrade),
             10 if is(b"connection") => Some(Self::Connection),
-            10 if is(b"keep-alive") => Some(Self::HopByHop),
+            10 if is(b"keep-alive") => Some(Self::KeepAlive),
             14 if is(b"content-length") => Some(Self::ContentLength),
-            16 if is(b"proxy-connection") => Some(Self::HopByHop),
+            16 if is(b"proxy-connection") => Some(Self::ProxyConnection),
             17 if is(b"transfer-encoding") => Some(Self::TransferEncoding),
             _ => None,
         }
+    }
+
+    /// The hop-by-hop fields but `Connection` and `Transfer-Encoding`, which the parse
+    /// reads itself (RFC 9110 section 7.6.1, as [`crate::forwarded::remove_hop_by_hop`]
+    /// removes them).
+    fn is_hop_by_hop(self) -> bool {
+        matches!(self, Self::Te | Self::Trailer | Self::Upgrade | Self::KeepAlive | Self::ProxyConnection)
     }
 }
 
