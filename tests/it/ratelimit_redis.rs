@@ -252,6 +252,7 @@ async fn an_outage_is_handled_as_configured_and_recovers_without_a_restart() {
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(slowest < 1_000, "a request waited {slowest} ms");
     // Logged once per outage (per plugin), and the recovery too.
+    assert!(a.logged("rate limits reach redis again").await, "{}", a.stderr_text());
     let text = a.stderr_text();
     let warned = text.matches("rate limits cannot reach redis").count();
     assert_eq!(warned, 4, "one warning per plugin:\n{text}");

@@ -454,9 +454,11 @@ async fn a_canary_split_sends_its_share_and_a_cookie_picks_the_version() {
         assert_eq!(served_by(req).await, "v2");
     }
     // The access log names the upstream the split chose.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = gw.access_log();
-    assert!(log.iter().any(|l| l["backendService"] == "v2" && l["route"] == "main"));
+    let logged = Gateway::eventually(Duration::from_secs(5), || async {
+        gw.access_log().iter().any(|l| l["backendService"] == "v2" && l["route"] == "main")
+    })
+    .await;
+    assert!(logged);
 }
 
 #[tokio::test]

@@ -411,6 +411,13 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// Waits up to 5 s until the gateway's stderr holds `needle`. Log lines are written
+    /// by the gateway's logging thread and read by this process's reader thread, so a
+    /// line may trail the answer or the metric that its event also produced.
+    pub async fn logged(&self, needle: &str) -> bool {
+        Self::eventually(Duration::from_secs(5), || async { self.stderr_text().contains(needle) }).await
+    }
+
     /// Polls until `f` holds or `timeout` passes.
     pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
     where
