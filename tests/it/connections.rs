@@ -63,7 +63,7 @@ async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout(
 #[tokio::test]
 async fn max_connections_holds_new_clients_until_a_slot_frees() {
     let up = TestUpstream::start("u").await;
-    let gw = Gateway::start(&limited(&up, "max_connections: 1, idle_timeout: 1s"));
+    let gw = Gateway::start(&limited(&up, "max_connections: 1, idle_timeout: 5s"));
     let mut first = TcpStream::connect(gw.addr()).await.unwrap();
     first.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];

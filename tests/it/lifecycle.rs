@@ -147,7 +147,8 @@ async fn in_flight_requests_websockets_and_streams_survive_a_reload() {
     let slow = tokio::spawn(async move { get(&slow_url).await });
     let drip = client().get(gw.url("/drip?chunks=20&ms=100").parse().unwrap()).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow request, the stream and the WebSocket have all reached a.
+    assert!(Gateway::eventually(Duration::from_secs(5), || async { a.hits() >= 3 }).await, "{}", a.hits());
 
     // Reload to a config where everything goes to b.
     gw.write_config(&routes_to(&b, no_watch));
@@ -176,7 +177,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 
     let slow_url = gw.url("/slow?ms=1500");
     let slow = tokio::spawn(async move { get(&slow_url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Gateway::eventually(Duration::from_secs(5), || async { a.hits() >= 1 }).await, "never in flight");
     let started = Instant::now();
     gw.signal(SIGTERM);
 
@@ -213,7 +214,7 @@ async fn drain_timeout_bounds_shutdown() {
     let mut gw = Gateway::start(&routes_to(&a, "runtime: { drain_timeout: 500ms }\n"));
     let slow_url = gw.url("/slow?ms=10000");
     let _slow = tokio::spawn(async move { client().get(slow_url.parse().unwrap()).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Gateway::eventually(Duration::from_secs(5), || async { a.hits() >= 1 }).await, "never in flight");
     let started = Instant::now();
     gw.signal(SIGTERM);
     let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
@@ -224,11 +225,11 @@ async fn drain_timeout_bounds_shutdown() {
 #[tokio::test]
 async fn shutdown_delay_keeps_serving_while_ready_says_503() {
     let a = TestUpstream::start("a").await;
-    let mut gw = Gateway::start(&routes_to(&a, "runtime: { shutdown_delay: 1500ms, drain_timeout: 5s }\n"));
+    let mut gw = Gateway::start(&routes_to(&a, "runtime: { shutdown_delay: 3s, drain_timeout: 5s }\n"));
     gw.signal(SIGTERM);
     let admin = gw.admin_url("/ready");
     assert!(
-        Gateway::eventually(Duration::from_secs(1), || {
+        Gateway::eventually(Duration::from_secs(2), || {
             let admin = admin.clone();
             async move { get(&admin).await.0 == 503 }
         })
@@ -238,6 +239,6 @@ async fn shutdown_delay_keeps_serving_while_ready_says_503() {
     let (s, _, _) =
         send(http::Request::get(gw.url("/x")).header("connection", "close").body(Default::default()).unwrap()).await;
     assert_eq!(s, 200);
-    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(8))).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();
     assert_eq!(code, Some(0));
 }

@@ -147,8 +147,8 @@ async fn concurrency_limits_count_requests_in_flight() {
         let url = gw.url(path);
         tokio::spawn(async move { get(&url).await.0 })
     };
-    let a = slow("/inflight/slow?ms=800");
-    let b = slow("/inflight/slow?ms=800");
+    let a = slow("/inflight/slow?ms=2000");
+    let b = slow("/inflight/slow?ms=2000");
     // Wait until both are in flight at the upstream.
     assert!(Gateway::eventually(Duration::from_secs(3), || async { up.hits() >= 2 }).await);
     let (status, h, body) = get(&gw.url("/inflight/x")).await;

@@ -14,7 +14,7 @@ use crate::support::*;
 
 fn cluster_yaml(cluster: &RedisCluster) -> String {
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    format!("redis: {{ cluster: [{}], timeout: 300ms }}\n", nodes.join(", "))
+    format!("redis: {{ cluster: [{}], timeout: 1s }}\n", nodes.join(", "))
 }
 
 /// Routes `/NAME` with one `rate_limit` each in `cluster`.
@@ -127,7 +127,7 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
     let urls = cluster.urls();
     let nodes: Vec<String> = order.iter().map(|&i| format!("\"{}\"", urls[i])).collect();
     let up = TestUpstream::start("app").await;
-    let redis = format!("redis: {{ cluster: [{}], timeout: 300ms }}\n", nodes.join(", "));
+    let redis = format!("redis: {{ cluster: [{}], timeout: 1s }}\n", nodes.join(", "));
     let cfg = revocation::gateway_config_redis(&up, &redis, "{ cache_ttl: 30s }", None);
     let (a, b) = (Gateway::start(&cfg), Gateway::start(&cfg));
     for gw in [&a, &b] {
@@ -154,8 +154,9 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
     // delivered by the cluster to the subscriber on another node, makes `b` see it soon.
     revoke_jti(&a, &format!("{}-1", users[0])).await;
     let start = Instant::now();
-    let seen = Gateway::eventually(Duration::from_secs(1), || async { status_of(&b, &tokens[0]).await == 401 }).await;
-    assert!(seen, "b still accepts the revoked token after 1 s");
+    // (5 s leaves room for a loaded machine; the time taken is printed.)
+    let seen = Gateway::eventually(Duration::from_secs(5), || async { status_of(&b, &tokens[0]).await == 401 }).await;
+    assert!(seen, "b still accepts the revoked token after 5 s");
     eprintln!("revocation seen through the cluster after {:?}", start.elapsed());
     assert_eq!(status_of(&b, &tokens[1]).await, 200);
     let slot = cluster.nodes[0].cmd(&["CLUSTER", "KEYSLOT", &format!("portico:revoked:jti:{}-1", users[0])]);
@@ -174,7 +175,7 @@ async fn revocations_reach_every_instance_through_a_cluster_and_survive_the_subs
         assert!(subscription_is(gw, 1.0).await, "no subscription on another node; stderr:\n{}", gw.stderr_text());
     }
     revoke_jti(&a, &format!("{}-1", users[1])).await;
-    let seen = Gateway::eventually(Duration::from_secs(1), || async { status_of(&b, &tokens[1]).await == 401 }).await;
+    let seen = Gateway::eventually(Duration::from_secs(5), || async { status_of(&b, &tokens[1]).await == 401 }).await;
     assert!(seen, "b missed a revocation after its subscription moved; stderr:\n{}", b.stderr_text());
     assert_eq!(status_of(&b, &tokens[2]).await, 200);
 }
@@ -270,7 +271,7 @@ async fn a_tls_cluster_is_used_with_the_configured_ca() {
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     assert!(nodes.iter().all(|u| u.starts_with("\"rediss://")), "{nodes:?}");
     let redis = format!(
-        "redis: {{ cluster: [{}], timeout: 300ms, tls: {{ ca: \"{}\" }} }}\n",
+        "redis: {{ cluster: [{}], timeout: 1s, tls: {{ ca: \"{}\" }} }}\n",
         nodes.join(", "),
         pki.ca_pem.display()
     );

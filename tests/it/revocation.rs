@@ -18,7 +18,7 @@ fn gateway_config(up: &TestUpstream, redis: Option<&RedisServer>, revocation: &s
 }
 
 fn gateway_config_url(up: &TestUpstream, redis: Option<String>, revocation: &str, lenient: Option<&str>) -> String {
-    let redis = redis.map_or(String::new(), |url| format!("redis: {{ url: \"{url}\", timeout: 200ms }}\n"));
+    let redis = redis.map_or(String::new(), |url| format!("redis: {{ url: \"{url}\", timeout: 1s }}\n"));
     gateway_config_redis(up, &redis, revocation, lenient)
 }
 
@@ -169,8 +169,8 @@ async fn revoking_a_subject_refuses_its_older_tokens_everywhere() {
     }
     let (s, body) = revoke(&b, r#"{"sub":"bob"}"#).await;
     assert_eq!(s, 204, "{body}");
-    until_revoked_everywhere(&[&a, &b], &t[0], Duration::from_secs(1)).await;
-    until_revoked_everywhere(&[&a, &b], &t[1], Duration::from_secs(1)).await;
+    until_revoked_everywhere(&[&a, &b], &t[0], Duration::from_secs(5)).await;
+    until_revoked_everywhere(&[&a, &b], &t[1], Duration::from_secs(5)).await;
     // Another user is untouched.
     for gw in [&a, &b] {
         assert_eq!(status(gw, "/api/x", &t[2]).await.0, 200);
@@ -189,7 +189,7 @@ async fn revoking_a_subject_refuses_its_older_tokens_everywhere() {
     // A revocation written with redis-cli (SET + PUBLISH, as docs/auth.md shows) works too.
     redis.cmd(&["SET", "portico:revoked:sub:carol", &now().to_string(), "EX", "600"]);
     redis.cmd(&["PUBLISH", "portico:revocations", "sub:carol"]);
-    until_revoked_everywhere(&[&a, &b], &t[2], Duration::from_secs(1)).await;
+    until_revoked_everywhere(&[&a, &b], &t[2], Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -199,11 +199,12 @@ async fn a_redis_outage_fails_closed_or_open_as_configured_and_recovers() {
     let cfg = gateway_config(&up, Some(&redis), "{ on_error: deny }", Some("{ on_error: allow }"));
     let gw = Gateway::start(&cfg);
     subscribed(&gw).await;
-    let warm = tokens(&[claims("dave", json!({ "jti": "dave-0" }))]).remove(0);
+    // Signed before the cached answer starts its 2 s: signing starts a Python process.
+    let mut signed = vec![claims("dave", json!({ "jti": "dave-0" }))];
+    signed.extend((1..=4).map(|i| claims(&format!("user-{i}"), json!({ "jti": format!("u-{i}") }))));
+    let mut fresh = tokens(&signed);
+    let warm = fresh.remove(0);
     assert_eq!(status(&gw, "/api/x", &warm).await.0, 200);
-
-    let fresh: Vec<Value> = (1..=4).map(|i| claims(&format!("user-{i}"), json!({ "jti": format!("u-{i}") }))).collect();
-    let fresh = tokens(&fresh);
     redis.stop();
     // A cached answer still serves (cache_ttl 2s, fetched just now).
     assert_eq!(status(&gw, "/api/x", &warm).await.0, 200);
@@ -234,7 +235,7 @@ async fn a_redis_outage_fails_closed_or_open_as_configured_and_recovers() {
     subscribed(&gw).await;
     let (s, body) = revoke(&gw, &format!(r#"{{"jti":"u-2","exp":{}}}"#, now() + 60)).await;
     assert_eq!(s, 204, "{body}");
-    until_revoked_everywhere(&[&gw], &fresh[1], Duration::from_secs(1)).await;
+    until_revoked_everywhere(&[&gw], &fresh[1], Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -297,7 +298,7 @@ async fn rediss_urls_speak_tls_to_redis_and_check_its_certificate() {
     assert_eq!(status(&gw, "/api/x", &t).await.0, 200, "{}", gw.stderr_text());
     let (s, body) = revoke(&gw, &format!(r#"{{"jti":"hank-1","exp":{}}}"#, now() + 60)).await;
     assert_eq!(s, 204, "{body}");
-    until_revoked_everywhere(&[&gw], &t, Duration::from_secs(1)).await;
+    until_revoked_everywhere(&[&gw], &t, Duration::from_secs(5)).await;
     assert_eq!(redis.cmd(&["EXISTS", "portico:revoked:jti:hank-1"]), "1");
 
     // A server certificate from a CA the roots do not hold: no connection, fail closed.
@@ -334,7 +335,7 @@ async fn redis_tls_takes_a_private_ca_and_a_client_certificate() {
     assert_eq!(status(&gw, "/api/x", &t).await.0, 200, "{}", gw.stderr_text());
     let (s, body) = revoke(&gw, &format!(r#"{{"jti":"ivy-1","exp":{}}}"#, now() + 60)).await;
     assert_eq!(s, 204, "{body}");
-    until_revoked_everywhere(&[&gw], &t, Duration::from_secs(1)).await;
+    until_revoked_everywhere(&[&gw], &t, Duration::from_secs(5)).await;
     assert_eq!(redis.cmd(&["EXISTS", "portico:revoked:jti:ivy-1"]), "1");
 
     // The CA without the client certificate: Redis ends the handshake, so nothing is

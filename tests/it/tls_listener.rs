@@ -506,7 +506,7 @@ async fn certificates_rotated_on_disk_are_served_to_new_handshakes() {
     let (ok, out) = s_client(&gw, &["-servername", "a.test"]).await;
     assert!(ok);
     assert_eq!(served_subject(&out), "CN=gen-2");
-    assert!(gw.stderr_text().contains("cannot be loaded; the previous certificates stay in use"));
+    assert!(gw.logged("cannot be loaded; the previous certificates stay in use").await, "{}", gw.stderr_text());
 }
 
 #[tokio::test]
