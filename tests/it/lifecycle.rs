@@ -148,7 +148,7 @@ async fn in_flight_requests_websockets_and_streams_survive_a_reload() {
     let drip = client().get(gw.url("/drip?chunks=20&ms=100").parse().unwrap()).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr())).await.unwrap();
     // The slow request, the stream and the WebSocket have all reached a.
-    assert!(Gateway::eventually(Duration::from_secs(5), || async { a.hits() >= 3 }).await, "{}", a.hits());
+    assert!(a.wait_hits(3).await, "{}", a.hits());
 
     // Reload to a config where everything goes to b.
     gw.write_config(&routes_to(&b, no_watch));
@@ -177,7 +177,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 
     let slow_url = gw.url("/slow?ms=1500");
     let slow = tokio::spawn(async move { get(&slow_url).await });
-    assert!(Gateway::eventually(Duration::from_secs(5), || async { a.hits() >= 1 }).await, "never in flight");
+    assert!(a.wait_hits(1).await, "never in flight");
     let started = Instant::now();
     gw.signal(SIGTERM);
 
@@ -214,7 +214,7 @@ async fn drain_timeout_bounds_shutdown() {
     let mut gw = Gateway::start(&routes_to(&a, "runtime: { drain_timeout: 500ms }\n"));
     let slow_url = gw.url("/slow?ms=10000");
     let _slow = tokio::spawn(async move { client().get(slow_url.parse().unwrap()).await });
-    assert!(Gateway::eventually(Duration::from_secs(5), || async { a.hits() >= 1 }).await, "never in flight");
+    assert!(a.wait_hits(1).await, "never in flight");
     let started = Instant::now();
     gw.signal(SIGTERM);
     let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10))).await.unwrap();

@@ -150,7 +150,7 @@ async fn concurrency_limits_count_requests_in_flight() {
     let a = slow("/inflight/slow?ms=2000");
     let b = slow("/inflight/slow?ms=2000");
     // Wait until both are in flight at the upstream.
-    assert!(Gateway::eventually(Duration::from_secs(3), || async { up.hits() >= 2 }).await);
+    assert!(up.wait_hits(2).await);
     let (status, h, body) = get(&gw.url("/inflight/x")).await;
     assert_eq!((status.as_u16(), json(&body)["error"].as_str().unwrap()), (429, "too many requests in flight"));
     assert!(h.contains_key("retry-after"));

@@ -394,7 +394,7 @@ routes:
         let url = gw.url("/hung");
         stuck.push(tokio::spawn(async move { client().get(url.parse().unwrap()).await }));
     }
-    assert!(Gateway::eventually(Duration::from_secs(5), || async { hung.hits() >= 5 }).await, "{}", hung.hits());
+    assert!(hung.wait_hits(5).await, "{}", hung.hits());
     // Past the limit: 503 after the queue wait, not a hang.
     let start = Instant::now();
     let (s, _, body) = get(&gw.url("/hung")).await;
@@ -524,7 +524,7 @@ async fn a_full_route_limit_answers_route_busy_and_blames_no_upstream() {
     )));
     let url = gw.url("/x");
     let held = tokio::spawn(async move { get(&url).await.0 });
-    assert!(Gateway::eventually(Duration::from_secs(5), || async { up.hits() >= 1 }).await, "never in flight");
+    assert!(up.wait_hits(1).await, "never in flight");
     let (s, _, body) = get(&gw.url("/x")).await;
     assert_eq!(s, 503);
     assert_eq!(json(&body)["error"], "route busy");

@@ -162,6 +162,12 @@ impl TestUpstream {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// Waits up to 5 s until this upstream has counted `n` requests (counted on arrival:
+    /// they are in flight from then on).
+    pub async fn wait_hits(&self, n: usize) -> bool {
+        Gateway::eventually(Duration::from_secs(5), || async { self.hits() >= n }).await
+    }
+
     pub fn last_headers(&self) -> HeaderMap {
         self.last_headers.lock().unwrap().clone().unwrap_or_default()
     }
