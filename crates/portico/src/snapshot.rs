@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::observe::histogram::Histogram;
 use http::HeaderName;
 use ipnet::IpNet;
 use portico_config::template::{PathTemplate, Segment};
 use portico_config::{Config, ConfigError, ConfigErrors, Listener};
 
 use crate::observe::Metrics;
+use crate::observe::histogram::Histogram;
 use crate::observe::metrics::RouteRequests;
 use crate::plugins::Chain;
 use crate::plugins::identity::{Consumers, IdentityHeaders};

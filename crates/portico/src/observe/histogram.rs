@@ -5,8 +5,8 @@
 //! a proxied request makes three observations, so that was about 300 instructions and
 //! six atomic operations per request, and with several workers every request of a route
 //! met on one lock. Here an observation is a search of integer bounds, a relaxed atomic
-//! addition and a compare-and-swap for the sum. It encodes through `prometheus_client`'s own encoder, so the text
-//! exposition is the same as before.
+//! addition and a compare-and-swap for the sum. It encodes through `prometheus_client`'s
+//! own encoder, so the text exposition is the same as before.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

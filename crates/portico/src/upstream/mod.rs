@@ -22,7 +22,6 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::observe::histogram::Histogram;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use hyper_rustls::HttpsConnector;
@@ -36,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::observe::Metrics;
+use crate::observe::histogram::Histogram;
 
 pub use balance::PickKey;
 
