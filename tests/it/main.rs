@@ -5,6 +5,7 @@
 mod access;
 mod auth;
 mod cli;
+mod client_side;
 mod connections;
 mod cors;
 mod demo;
@@ -14,6 +15,7 @@ mod errors;
 mod lean_server;
 mod lifecycle;
 mod observe;
+mod paths;
 mod proxy;
 mod ratelimit;
 mod ratelimit_redis;

@@ -97,6 +97,29 @@ pub struct Listener {
     /// port (301 for GET and HEAD, 308 otherwise), before routing. Absent: no redirect.
     #[serde(default)]
     pub redirect_https: Option<RedirectHttps>,
+    /// What to do with a request path holding an escaped slash or backslash (`%2F`, `%5C`),
+    /// which a service that decodes before it normalises reads as a separator. A route's
+    /// own `escaped_slashes` overrides this for the requests it matches.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// What the gateway does with `%2F` and `%5C` (either case) in a request path
+/// (docs/routing.md, "Escaped slashes"). Dot segments are refused whatever this says, also
+/// when decoding (once or more) reveals them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Answer 400: the gateway and the service could disagree on the path's segments.
+    #[default]
+    Reject,
+    /// Answer 307 with `Location` set to the path with `%2F` and `%5C` decoded to `/`.
+    UnescapeAndRedirect,
+    /// Decode `%2F` and `%5C` to `/`, then route and forward the decoded path.
+    UnescapeAndForward,
+    /// Route and forward the path as it is (for IDs that hold slashes, as GitLab's
+    /// `projects/group%2Fname` does).
+    Keep,
 }
 
 /// TLS termination on a listener (rustls with the aws-lc-rs provider). Only rustls' safe
@@ -786,6 +809,10 @@ pub struct Route {
     /// instead (`{ beta: orders-beta }`).
     #[serde(default)]
     pub flag_upstreams: BTreeMap<String, String>,
+    /// Overrides the listener's `escaped_slashes` for requests this route matches (as
+    /// received, before any decoding).
+    #[serde(default)]
+    pub escaped_slashes: Option<EscapedSlashes>,
     /// The route's plugins (authentication, authorization, CORS, ...). They run in the
     /// fixed order of docs/plugins.md, whatever their order here.
     #[serde(default)]

@@ -3,12 +3,14 @@
 //! An enum rather than a boxed trait object: no allocation per request, and every variant
 //! is `Unpin`, so polling needs no pinning tricks.
 
+use std::error::Error as _;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 
 /// Errors a body can produce while streaming.
@@ -24,8 +26,9 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A body streamed from the other side as it arrives.
     Incoming(Incoming),
-    /// A client body streamed upstream, cut off with an error past the listener's limit.
-    Limited(Limited<Incoming>),
+    /// A client's request body streamed upstream: cut off past the listener's limit, its
+    /// failures typed as the client's ([`ClientBodyError`]).
+    Client(ClientBody),
     /// A response body read straight from a pooled HTTP/1.1 upstream connection.
     H1(crate::upstream::h1::ResponseBody),
     /// A body that holds something until it ends or is dropped (a concurrency slot).
@@ -56,7 +59,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Limited(b) => Pin::new(b).poll_frame(cx),
+            Body::Client(b) => Pin::new(b).poll_frame(cx),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
             Body::Holding(b, held) => {
                 let res = Pin::new(&mut **b).poll_frame(cx);
@@ -74,7 +77,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
-            Body::Limited(b) => b.is_end_stream(),
+            Body::Client(b) => b.inner.is_end_stream(),
             Body::H1(b) => b.is_end_stream(),
             Body::Holding(b, _) => b.is_end_stream(),
         }
@@ -86,9 +89,139 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
-            Body::Limited(b) => b.size_hint(),
+            Body::Client(b) => b.inner.size_hint(),
             Body::H1(b) => b.size_hint(),
             Body::Holding(b, _) => b.size_hint(),
         }
+    }
+}
+
+/// Why a client's request body ended before it was whole. The client caused it: it is
+/// answered as the client's error (413, 400, or logged as 499) and never counts against
+/// the upstream (breaker, outlier detection, `gateway_backend_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientBodyError {
+    /// More bytes than the listener's `max_body`.
+    #[error("request body over the limit")]
+    TooLarge,
+    /// Framing the gateway cannot read (a bad chunk size, an HTTP/2 length mismatch).
+    #[error("malformed request body")]
+    Malformed,
+    /// The client closed the connection or reset the stream before the body's end.
+    #[error("client closed the request before its body ended")]
+    Aborted,
+}
+
+impl ClientBodyError {
+    fn code(self) -> u8 {
+        match self {
+            ClientBodyError::TooLarge => 1,
+            ClientBodyError::Malformed => 2,
+            ClientBodyError::Aborted => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(ClientBodyError::TooLarge),
+            2 => Some(ClientBodyError::Malformed),
+            3 => Some(ClientBodyError::Aborted),
+            _ => None,
+        }
+    }
+
+    /// What a failure of hyper's incoming body means: the peer went away, or sent what
+    /// cannot be read.
+    pub fn of(e: &hyper::Error) -> Self {
+        if e.is_incomplete_message() || e.is_canceled() {
+            return ClientBodyError::Aborted;
+        }
+        let mut source = e.source();
+        while let Some(s) = source {
+            if let Some(h2) = s.downcast_ref::<h2::Error>() {
+                // A reset or GOAWAY from the client, or its connection gone: it left. A
+                // reset of our own making: it broke the protocol (a length mismatch).
+                return if h2.is_remote() || h2.is_io() || h2.is_go_away() {
+                    ClientBodyError::Aborted
+                } else {
+                    ClientBodyError::Malformed
+                };
+            }
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind as K;
+                return match io.kind() {
+                    K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                        ClientBodyError::Aborted
+                    }
+                    _ => ClientBodyError::Malformed,
+                };
+            }
+            source = s.source();
+        }
+        ClientBodyError::Malformed
+    }
+}
+
+/// A client's request body on its way upstream. What went wrong with it is also written
+/// to its [`ClientBodyWatch`]: a client library that fails because the body failed does not
+/// always say why (an HTTP/2 upstream stream is reset), and the proxy must still know
+/// whose fault it was.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    left: u64,
+    watch: Arc<AtomicU8>,
+}
+
+/// The proxy's side of a [`ClientBody`]: whether, and how, the body failed.
+#[derive(Clone, Debug)]
+pub struct ClientBodyWatch(Arc<AtomicU8>);
+
+impl ClientBodyWatch {
+    /// How the body failed, if it did.
+    pub fn failed(&self) -> Option<ClientBodyError> {
+        ClientBodyError::from_code(self.0.load(Ordering::Acquire))
+    }
+}
+
+impl ClientBody {
+    /// Streams `inner`, failing with [`ClientBodyError::TooLarge`] past `max` bytes.
+    pub fn new(inner: Incoming, max: u64) -> (Self, ClientBodyWatch) {
+        let watch = Arc::new(AtomicU8::new(0));
+        (Self { inner, left: max, watch: watch.clone() }, ClientBodyWatch(watch))
+    }
+
+    fn fail(&self, e: ClientBodyError) -> BoxError {
+        self.watch.store(e.code(), Ordering::Release);
+        Box::new(e)
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if n > self.left {
+                    return Poll::Ready(Some(Err(self.fail(ClientBodyError::TooLarge))));
+                }
+                self.left -= n;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.fail(ClientBodyError::of(&e))))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -8,6 +8,12 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
 
+/// nginx's status for a request whose client left before it was answered; never sent.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// Which side of the gateway a failure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -32,6 +38,9 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Request head over the listener's limit (431).
     HeadersTooLarge,
+    /// The client closed the connection or reset its stream before its request was whole
+    /// (499 in the access log and metrics, as nginx logs it; nobody is there to answer).
+    ClientAborted,
     /// The upstream refused the connection or could not be reached (502).
     ConnectFailed,
     /// The upstream reset the connection or sent a malformed response (502).
@@ -104,6 +113,7 @@ impl GatewayError {
             | ErrorKind::MethodNotAllowed(_)
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
+            | ErrorKind::ClientAborted
             | ErrorKind::Unauthorized(..)
             | ErrorKind::Forbidden(_)
             | ErrorKind::RateLimited { .. }
@@ -136,6 +146,7 @@ impl GatewayError {
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::ClientAborted => CLIENT_CLOSED_REQUEST,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
@@ -160,6 +171,7 @@ impl GatewayError {
             ErrorKind::MethodNotAllowed(_) => "method not allowed for this route",
             ErrorKind::PayloadTooLarge => "request body too large",
             ErrorKind::HeadersTooLarge => "request headers too large",
+            ErrorKind::ClientAborted => "client closed request",
             ErrorKind::ConnectFailed => "upstream unavailable",
             ErrorKind::BadResponse => "bad response from upstream",
             ErrorKind::ConnectTimeout(_) => "upstream connect timeout",
@@ -251,6 +263,17 @@ impl fmt::Display for GatewayError {
 
 impl std::error::Error for GatewayError {}
 
+impl From<crate::body::ClientBodyError> for GatewayError {
+    fn from(e: crate::body::ClientBodyError) -> Self {
+        use crate::body::ClientBodyError as C;
+        GatewayError::new(match e {
+            C::TooLarge => ErrorKind::PayloadTooLarge,
+            C::Malformed => ErrorKind::BadRequest("malformed request body"),
+            C::Aborted => ErrorKind::ClientAborted,
+        })
+    }
+}
+
 /// A gateway-made JSON error: `{"error": "...", "status": N, "requestId": "..."}`.
 ///
 /// `message` is a static string without quotes or backslashes; the request ID is either
@@ -278,6 +301,7 @@ mod tests {
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::HeadersTooLarge, 431),
+            (ErrorKind::ClientAborted, 499),
             (ErrorKind::ConnectFailed, 502),
             (ErrorKind::BadResponse, 502),
             (ErrorKind::NoTarget, 503),

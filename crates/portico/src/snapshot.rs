@@ -87,6 +87,8 @@ pub struct CompiledRoute {
     pub rewrite: Rewrite,
     /// Send the client's `Host` upstream.
     pub preserve_host: bool,
+    /// The route's own `escaped_slashes`, overriding the listener's.
+    pub escaped_slashes: Option<portico_config::EscapedSlashes>,
     /// Deadline for the upstream's response head, all tries included (the route's own;
     /// else each upstream's, see [`CompiledRoute::timeout_for`]).
     pub timeout_override: Option<Duration>,
@@ -253,6 +255,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     /// `redirect_https.port`: every request is redirected to HTTPS.
     pub redirect_https: Option<u16>,
+    /// What a path with `%2F` or `%5C` gets, unless its route says otherwise.
+    pub escaped_slashes: portico_config::EscapedSlashes,
     /// TLS termination, on a TLS listener.
     pub tls: Option<Arc<ListenerTls>>,
 }
@@ -270,6 +274,7 @@ impl ListenerSettings {
             max_concurrent_streams: l.limits.max_concurrent_streams,
             max_connections: l.limits.max_connections as usize,
             redirect_https: l.redirect_https.as_ref().map(|r| r.port),
+            escaped_slashes: l.escaped_slashes,
             tls: None,
         }
     }
@@ -430,6 +435,7 @@ impl Snapshot {
                 mirror,
                 rewrite: Rewrite::compile(r),
                 preserve_host: r.preserve_host,
+                escaped_slashes: r.escaped_slashes,
                 timeout_override: r.timeout.map(|t| t.get()),
                 try_timeout_override: r.try_timeout.map(|t| t.get()),
                 limit: (r.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(r.max_in_flight as usize))),

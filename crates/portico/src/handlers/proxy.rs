@@ -15,14 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use portico_config::UpstreamProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::Shared;
-use crate::body::Body;
+use crate::body::{Body, ClientBody, ClientBodyError, ClientBodyWatch};
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
@@ -228,6 +228,8 @@ pub async fn forward(
     }
 
     let may_have_waited = route.limit.is_some() || upstream.limit.is_some() || keep.is_some();
+    // Whether the client's body failed on its way: then a failed exchange is the client's.
+    let mut watch: Option<ClientBodyWatch> = None;
     let per_try = route.try_timeout_for(upstream);
     let mut tries = 0u32;
     let mut last_target = None;
@@ -252,7 +254,9 @@ pub async fn forward(
             (Some(bytes), _) => Body::full(bytes.clone()),
             (None, Some(b)) if b.is_end_stream_() => Body::Empty,
             (None, Some(Body::Incoming(b))) => {
-                Body::Limited(Limited::new(b, usize::try_from(ctx.max_body).unwrap_or(usize::MAX)))
+                let (b, w) = ClientBody::new(b, ctx.max_body);
+                watch = Some(w);
+                Body::Client(b)
             }
             (None, Some(b)) => b,
             (None, None) => Body::Empty,
@@ -328,7 +332,18 @@ pub async fn forward(
                 (e, true)
             }
             Ok(Err(e)) => {
-                flight.finish(e.side() == Side::Upstream);
+                // The client's body failing makes the upstream exchange fail too: the
+                // client's fault, whatever the client library reports.
+                let e = match watch.as_ref().and_then(ClientBodyWatch::failed) {
+                    Some(client) => GatewayError::from(client),
+                    None => e,
+                };
+                if e.side() == Side::Upstream {
+                    flight.finish(true);
+                } else {
+                    // Neither a success nor a failure of the target: not recorded.
+                    drop(flight);
+                }
                 let sent = !e.retry_safe();
                 (e, sent)
             }
@@ -345,10 +360,14 @@ pub async fn forward(
 
     if let Some(mut ticket) = permit {
         let failed = match &result {
-            Ok(res) => res.status().is_server_error(),
-            Err(e) => e.side() == Side::Upstream || e.kind == ErrorKind::NoTarget,
+            Ok(res) => Some(res.status().is_server_error()),
+            // The client's fault says nothing of the upstream: the ticket is given back.
+            Err(e) if e.side() == Side::Downstream => None,
+            Err(e) => Some(e.side() == Side::Upstream || e.kind == ErrorKind::NoTarget),
         };
-        ticket.record(failed);
+        if let Some(failed) = failed {
+            ticket.record(failed);
+        }
     }
     let mut res = result?;
 
@@ -477,11 +496,16 @@ async fn replayable_body(
         _ => return Ok(None),
     }
     let Some(b) = body.take() else { return Ok(Some(Bytes::new())) };
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match Limited::new(b, limit).collect().await {
+    let b = match b {
+        Body::Incoming(b) => Body::Client(ClientBody::new(b, max).0),
+        other => other,
+    };
+    match b.collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),
-        Err(e) if e.is::<LengthLimitError>() => Err(GatewayError::new(ErrorKind::PayloadTooLarge)),
-        Err(_) => Err(GatewayError::new(ErrorKind::BadRequest("request body could not be read"))),
+        Err(e) => Err(match e.downcast_ref::<ClientBodyError>() {
+            Some(client) => GatewayError::from(*client),
+            None => GatewayError::new(ErrorKind::BadRequest("request body could not be read")),
+        }),
     }
 }
 
@@ -513,13 +537,11 @@ fn lean_error(e: &h1::Error, upstream: &Upstream) -> GatewayError {
 struct TimedOut;
 
 /// Maps a client error to the contract: refused/unreachable 502, connect timeout 504,
-/// client body over the limit 413, anything else (reset, malformed) 502.
+/// anything else (reset, malformed) 502. A failure of the client's own body is found by
+/// its [`ClientBodyWatch`] before this is asked.
 fn classify(e: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> GatewayError {
     let mut source = e.source();
     while let Some(s) = source {
-        if s.is::<LengthLimitError>() {
-            return GatewayError::new(ErrorKind::PayloadTooLarge);
-        }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
             && e.is_connect()

@@ -166,6 +166,7 @@ pub struct Metrics {
     mirror_skipped: Family<RouteLabel, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<RouteLabel, Counter>,
+    client_aborts: Family<RouteLabel, Counter>,
     rate_limit_store_errors: Family<RouteLabel, Counter>,
     jwks_fetches: Family<ProviderResultLabels, Counter>,
     jwks_last_success: Family<ProviderLabels, Gauge>,
@@ -283,6 +284,12 @@ impl Metrics {
             "Requests refused by a rate limit or a concurrency limit (429, or 503 when configured), by route",
             rate_limited.clone(),
         );
+        let client_aborts = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_client_aborts",
+            "Requests whose client closed the connection or reset the stream before its request body ended (logged with status 499), by route; never counted against an upstream",
+            client_aborts.clone(),
+        );
         let rate_limit_store_errors = Family::<RouteLabel, Counter>::default();
         registry.register(
             "gateway_rate_limit_store_errors",
@@ -368,6 +375,7 @@ impl Metrics {
             mirror_skipped,
             auth_failures,
             rate_limited,
+            client_aborts,
             rate_limit_store_errors,
             jwks_fetches,
             jwks_last_success,
@@ -459,6 +467,11 @@ impl Metrics {
     /// Counts a request refused by a rate or concurrency limit.
     pub fn rate_limited(&self, route: &Arc<str>) {
         self.rate_limited.get_or_create(&RouteLabel { route: route.clone() }).inc();
+    }
+
+    /// Counts a request whose client left before its request body ended.
+    pub fn client_aborted(&self, route: &Arc<str>) {
+        self.client_aborts.get_or_create(&RouteLabel { route: route.clone() }).inc();
     }
 
     /// The fetch counters of a JWT provider's JWKS: success, error.

@@ -6,19 +6,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use tokio::time::Instant;
+
+mod checks;
+mod log;
+
+use checks::{SlashAction, check_request};
 
 use crate::Shared;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::forwarded;
 use crate::handlers::proxy;
-use crate::observe::{AccessRecord, AuditRecord};
+use crate::observe::AuditRecord;
 use crate::plugins::cors::Cors;
 use crate::plugins::{Flow, Passed, Refusal, RequestView};
 use crate::router::{Lookup, RequestParts};
 use crate::snapshot::ListenerSettings;
+use log::LogPhase;
 
 /// What a connection knows about itself, shared by its requests.
 #[derive(Debug)]
@@ -97,31 +103,28 @@ pub(crate) async fn handle_unsent_id(
     raw_ok: bool,
 ) -> (Response<Body>, (HeaderName, HeaderValue)) {
     let start = Instant::now();
-    let wall_start = shared.access_log.enabled().then(SystemTime::now);
     let snap = shared.snapshot.load_full();
 
     // The client's copy leaves the request here: the gateway sends its own (the same one
     // when it is trusted and well formed) after the request's fields.
     let request_id = request_id(req.headers_mut(), &snap.request_id_header, snap.trust_request_id);
     let (client_ip, peer_trusted) = forwarded::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies);
-    let method = req.method().clone();
-    let mut log_uri = wall_start.map(|_| req.uri().clone());
-    let version = req.version();
-    let user_agent = wall_start.and_then(|_| req.headers().get(header::USER_AGENT).cloned());
-
-    let mut outcome = Outcome::default();
-    let mut route_idx = None;
-    let mut user_id = None;
+    let mut log = LogPhase::new(shared, &snap, conn, start, &req, request_id, client_ip);
     let mut rate = None;
     let mut slot = None;
     let mut preflight_answered = false;
     // Read now: the request is gone by the response phase. Global CORS also answers the
     // gateway's own errors outside any route (404, 405, 400).
     let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
-    let result = match check_request(&req, &conn.listener) {
+    let checked = match check_request(&req, &conn.listener) {
+        Ok(seen) if seen.escaped_slash => slash_policy(&mut req, &snap, &conn.listener).map(|r| (seen, r)),
+        other => other.map(|seen| (seen, None)),
+    };
+    let result = match checked {
         Err(e) => Err(e),
         Ok(_) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
-        Ok(seen) => {
+        Ok((_, Some(redirect))) => Ok(redirect),
+        Ok((seen, None)) => {
             // Before anything reads the request: headers the client named in `Connection`
             // go (so none can later delete what the gateway adds), and so do the client's
             // copies of every identity header (so no plugin, key or log sees a forged one).
@@ -142,10 +145,10 @@ pub(crate) async fn handle_unsent_id(
             let path = req.uri().path();
             let query = req.uri().query();
             let headers = req.headers();
-            let plain = RequestParts { host, path, query, method: &method, headers };
+            let plain = RequestParts { host, path, query, method: &log.method, headers };
             // A CORS preflight is routed as the request it announces, so that route's
             // CORS settings answer it.
-            let announced = preflight_method(&method, headers);
+            let announced = preflight_method(&log.method, headers);
             let lookup = match &announced {
                 Some(announced) => {
                     let parts = RequestParts { host, path, query, method: announced, headers };
@@ -162,14 +165,14 @@ pub(crate) async fn handle_unsent_id(
                 Lookup::NotFound => Err(GatewayError::new(ErrorKind::NotFound)),
                 Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(ErrorKind::MethodNotAllowed(allow))),
                 Lookup::Found { index, params } => {
-                    route_idx = Some(index);
+                    log.route = Some(index);
                     let route = &snap.routes[index];
                     let new_path = route.rewrite.apply(path, &params);
                     if origin.is_none() && route.plugins.has_cors() {
                         origin = headers.get(header::ORIGIN).cloned();
                     }
                     let view = RequestView {
-                        method: &method,
+                        method: &log.method,
                         uri: req.uri(),
                         headers,
                         host: host_without_port(host),
@@ -191,7 +194,7 @@ pub(crate) async fn handle_unsent_id(
                             if let ErrorKind::RateLimited { info, .. } = &refusal.error.kind {
                                 rate = Some(*info);
                             }
-                            audit(shared, &req, &route.name, &request_id, client_ip, &refusal);
+                            audit(shared, &req, &route.name, &log.request_id, client_ip, &refusal);
                             Err(refusal.error)
                         }
                         Ok(Flow::Respond(res)) => {
@@ -203,8 +206,8 @@ pub(crate) async fn handle_unsent_id(
                             rate = passed.rate;
                             slot = passed.slot.take();
                             if let Some(uri) = route.plugins.hide_query(req.uri()) {
-                                if log_uri.is_some() {
-                                    log_uri = Some(uri.clone());
+                                if log.uri.is_some() {
+                                    log.uri = Some(uri.clone());
                                 }
                                 *req.uri_mut() = uri;
                             }
@@ -212,7 +215,7 @@ pub(crate) async fn handle_unsent_id(
                             route.plugins.hide_credentials(h);
                             if let Some(id) = &identity {
                                 snap.identity.apply(id, h);
-                                user_id = Some(id.user_id.clone());
+                                log.user_id = Some(id.user_id.clone());
                             }
                             let mut upstream_override = None;
                             if let Some(t) = &passed.tenant {
@@ -232,12 +235,12 @@ pub(crate) async fn handle_unsent_id(
                                 shared,
                                 tls: conn.tls.as_deref(),
                                 upstream_override,
-                                request_id: (&snap.request_id_header, &request_id),
+                                request_id: (&snap.request_id_header, &log.request_id),
                                 client_host: client_host.as_ref(),
                                 may_upgrade: seen.upgrade,
                                 started: skipped.then_some(start),
                             };
-                            proxy::forward(req, ctx, &mut outcome).await
+                            proxy::forward(req, ctx, &mut log.outcome).await
                         }
                     }
                 }
@@ -245,10 +248,13 @@ pub(crate) async fn handle_unsent_id(
         }
     };
 
-    let route = route_idx.map(|i| &snap.routes[i]);
+    let route = log.route.map(|i| &snap.routes[i]);
     let mut res = match result {
         Ok(res) => res,
         Err(e) => {
+            if let (ErrorKind::ClientAborted, Some(r)) = (&e.kind, route) {
+                shared.metrics.client_aborted(&r.name);
+            }
             // A full route limit, missing token keys, an unreadable revocation list and an
             // unreachable rate-limit store are the gateway's own state, not an upstream
             // failure.
@@ -262,50 +268,26 @@ pub(crate) async fn handle_unsent_id(
                         | ErrorKind::RateLimitUnavailable
                 )
             {
-                let upstream = outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
+                let upstream = log.outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
                 shared.metrics.backend_error(upstream, e.metric_kind());
                 tracing::debug!(route = %r.name, upstream = %upstream, error = %e, "upstream request failed");
             }
-            e.to_response(&request_id)
+            e.to_response(&log.request_id)
         }
     };
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
     // The lean loop writes fields kept as sent itself; everyone else reads the map.
     let keep_raw = raw_ok && slot.is_none() && !chain.touches_response(preflight_answered, rate.as_ref());
     if !keep_raw && !materialise(&mut res) {
-        res = GatewayError::new(ErrorKind::BadResponse).to_response(&request_id);
+        res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
     }
     chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered, rate.as_ref());
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }
-    let elapsed = start.elapsed();
-    let status = res.status().as_u16();
-    route.map_or(&snap.no_route_requests, |r| &r.requests).count(&method, status);
-    route.map_or(&snap.no_route_duration, |r| &r.duration).observe(elapsed);
-    if let Some(b) = outcome.backend_latency {
-        shared.metrics.overhead.observe(elapsed.saturating_sub(b));
-    }
+    log.rate_remaining = rate.map(|r| r.remaining);
     let id_name = snap.request_id_header.clone();
-    if let (Some(wall), Some(uri)) = (wall_start, log_uri) {
-        shared.access_log.log(AccessRecord {
-            start: wall,
-            request_id: request_id.clone(),
-            method,
-            uri,
-            version,
-            status,
-            latency: elapsed,
-            client_ip,
-            user_agent,
-            user_id,
-            rate_limit_remaining: rate.map(|r| r.remaining),
-            route: route.map(|r| r.name.clone()),
-            backend_service: outcome.upstream.clone().or_else(|| route.map(|r| r.upstream.name.clone())),
-            backend_latency: outcome.backend_latency,
-            listener: conn.listener.name.clone(),
-        });
-    }
+    let request_id = log.finish(res.status());
     (res, (id_name, request_id))
 }
 
@@ -323,6 +305,49 @@ fn materialise(res: &mut Response<Body>) -> bool {
     };
     *res.headers_mut() = headers;
     ok
+}
+
+/// The escaped-slash policy for a path holding `%2F` or `%5C`: the route the path matches
+/// as sent decides, else the listener. An error, a redirect to the decoded path, or on
+/// (with the path decoded in place for `unescape_and_forward`, so routing sees it too).
+fn slash_policy(
+    req: &mut Request<Body>,
+    snap: &crate::snapshot::Snapshot,
+    listener: &ListenerSettings,
+) -> Result<Option<Response<Body>>, GatewayError> {
+    let parts = RequestParts {
+        host: host_of(req).unwrap_or(""),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let policy = match snap.router.lookup(&parts) {
+        Lookup::Found { index, .. } => snap.routes[index].escaped_slashes,
+        _ => None,
+    };
+    let invalid = || GatewayError::new(ErrorKind::BadRequest("invalid request target"));
+    let with_query = |path: String| match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    match checks::escaped_slashes(policy.unwrap_or(listener.escaped_slashes), req.uri().path())? {
+        SlashAction::Keep => Ok(None),
+        SlashAction::Forward(path) => {
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(with_query(path).parse().map_err(|_| invalid())?);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| invalid())?;
+            Ok(None)
+        }
+        SlashAction::Redirect(path) => {
+            let location = HeaderValue::try_from(with_query(path)).map_err(|_| invalid())?;
+            let mut res = Response::new(Body::Empty);
+            *res.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            res.headers_mut().insert(header::LOCATION, location);
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            Ok(Some(res))
+        }
+    }
 }
 
 /// `redirect_https`: the same host (without its port), path and query on `https://` and
@@ -429,66 +454,6 @@ fn audit<B>(
     });
 }
 
-/// Limits and sanity checks before routing.
-/// Fields [`check_request`] noted on its way through the request's fields, so that what
-/// follows needs no lookups for them when they are absent (the usual case).
-#[derive(Clone, Copy, Debug)]
-struct Seen {
-    /// A `Connection` field.
-    connection: bool,
-    /// An `Upgrade` field.
-    upgrade: bool,
-}
-
-fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<Seen, GatewayError> {
-    // Request head size: the request line and every header line.
-    let mut head = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 16;
-    let mut seen = Seen { connection: false, upgrade: false };
-    let mut length = None;
-    for (name, value) in req.headers() {
-        head += name.as_str().len() + value.len() + 4;
-        if name == header::CONTENT_LENGTH {
-            length = length.or(Some(value));
-        }
-        seen.connection |= name == header::CONNECTION;
-        seen.upgrade |= name == header::UPGRADE;
-    }
-    if head > limits.max_header_bytes {
-        return Err(GatewayError::new(ErrorKind::HeadersTooLarge));
-    }
-    if let Some(len) = length {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(GatewayError::new(ErrorKind::BadRequest("invalid content-length")))?;
-        if len > limits.max_body {
-            return Err(GatewayError::new(ErrorKind::PayloadTooLarge));
-        }
-    }
-    let path = req.uri().path();
-    if !path.starts_with('/') {
-        return Err(GatewayError::new(ErrorKind::BadRequest("request target must be an absolute path")));
-    }
-    if has_dot_segment(path) {
-        // `/api/../admin` would match `/api` here and reach `/admin` upstream.
-        return Err(GatewayError::new(ErrorKind::BadRequest("path contains dot segments")));
-    }
-    Ok(seen)
-}
-
-/// True for `.`/`..` segments, also percent-encoded (`%2e`).
-fn has_dot_segment(path: &str) -> bool {
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
-        return false;
-    }
-    path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase();
-        let s = s.replace("%2e", ".");
-        s == "." || s == ".."
-    })
-}
-
 /// Keeps a well-formed incoming request ID (1-128 of `[A-Za-z0-9._:-]`) or makes one.
 fn request_id(headers: &mut http::HeaderMap, header: &http::HeaderName, trust: bool) -> HeaderValue {
     // Usually absent: one pass over the names is cheaper than hashing a custom name (FNV
@@ -542,16 +507,6 @@ mod tests {
             assert!(made != "abc-1" && made.len() == 32 && !h.contains_key(&name), "untrusted: replaced");
             let made = request_id(&mut fresh, &name, true);
             assert_eq!((made.len(), fresh.len()), (32, others), "absent: made");
-        }
-    }
-
-    #[test]
-    fn dot_segments_are_detected() {
-        for p in ["/a/../b", "/..", "/a/./b", "/a/%2e%2E/b", "/a/%2e/"] {
-            assert!(has_dot_segment(p), "{p}");
-        }
-        for p in ["/a/b", "/a/.well-known/x", "/a/..b", "/v1.2/x", "/"] {
-            assert!(!has_dot_segment(p), "{p}");
         }
     }
 
