@@ -2,7 +2,9 @@
 //!
 //! Loading happens in three stages, and this crate does the first two:
 //! 1. **raw**: [`parse`] interpolates `${VAR}`, then deserializes into [`Config`] with
-//!    unknown fields rejected;
+//!    unknown fields rejected; past a problem it repairs the document and goes on, so that
+//!    one run reports *every* parse-level problem (an unknown field, a bad duration, a
+//!    string where a list belongs, ...);
 //! 2. **validated**: [`validate::validate`] collects *every* semantic problem with the path
 //!    of its field (`routes[2].match.path: ...`) and, where known, its line and column;
 //! 3. **compiled** (in the `portico` crate): runtime structures built once per load.
@@ -23,6 +25,7 @@ pub mod locate;
 pub mod model;
 pub mod plugins;
 pub mod ratelimit;
+mod recover;
 pub mod template;
 pub mod tenants;
 pub mod units;
@@ -114,6 +117,9 @@ pub struct Parsed {
 pub const MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
 
 /// Interpolates, parses and validates a config. `env` looks up `${VAR}` references.
+///
+/// On failure the errors are every problem found, parse-level and semantic, in file order:
+/// past a parse error, the document is repaired where it failed and parsed again.
 pub fn parse(src: &str, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, ConfigErrors> {
     if src.len() > MAX_CONFIG_BYTES {
         return Err(ConfigErrors(vec![ConfigError::new("", "config file is larger than 16MiB")]));
@@ -131,19 +137,34 @@ pub fn parse(src: &str, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, 
         )
     })?;
     let locator = Locator::new(&text);
-    let config: Config = serde_saphyr::from_str(&text).map_err(|e| {
-        let plain = e.without_snippet();
-        let position = plain.location().map(|l| Position { line: l.line(), column: l.column() });
-        let mut message = strip_location(&plain.to_string());
-        let path = position.and_then(|p| locator.path_for_error(p, &message)).unwrap_or("").to_owned();
-        if message.contains("flow mapping") || message.contains("flow sequence") {
-            message
-                .push_str(" (hint: inside { } or [ ], quote values that contain braces, like path: \"/users/{id}\")");
+    let first = match serde_saphyr::from_str::<Config>(&text) {
+        Ok(config) => {
+            validate::validate(&config).map_err(|e| e.locate(&locator))?;
+            return Ok(Parsed { config, locator });
         }
-        ConfigErrors(vec![ConfigError { path, message, position }])
-    })?;
-    validate::validate(&config).map_err(|e| e.locate(&locator))?;
-    Ok(Parsed { config, locator })
+        Err(e) => parse_error(&e, &locator),
+    };
+    // serde stops at the first problem: find the others, then the semantic ones of what
+    // could be repaired.
+    let mut found = recover::recover(&text, &locator, first);
+    let mut errors = std::mem::take(&mut found.errors);
+    if let Some(Err(e)) = found.config.as_ref().map(validate::validate) {
+        errors.extend(e.0.into_iter().filter(|e| !found.hides(&e.path)));
+    }
+    Err(ConfigErrors(errors).locate(&locator))
+}
+
+/// serde's error as a [`ConfigError`]: its message without the parser's position, at the
+/// path of the value it is about.
+fn parse_error(e: &serde_saphyr::Error, locator: &Locator) -> ConfigError {
+    let plain = e.without_snippet();
+    let position = plain.location().map(|l| Position { line: l.line(), column: l.column() });
+    let mut message = strip_location(&plain.to_string());
+    let path = position.and_then(|p| locator.path_for_error(p, &message)).unwrap_or("").to_owned();
+    if message.contains("flow mapping") || message.contains("flow sequence") {
+        message.push_str(" (hint: inside { } or [ ], quote values that contain braces, like path: \"/users/{id}\")");
+    }
+    ConfigError { path, message, position }
 }
 
 /// Reads a config file (at most [`MAX_CONFIG_BYTES`]).

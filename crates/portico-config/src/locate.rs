@@ -20,7 +20,7 @@ pub struct Position {
 
 #[derive(Debug, Default)]
 enum Node {
-    Map(Vec<(String, Spanned<Node>)>),
+    Map(Vec<(Spanned<KeyString>, Spanned<Node>)>),
     Seq(Vec<Spanned<Node>>),
     #[default]
     Scalar,
@@ -36,8 +36,8 @@ impl<'de> Deserialize<'de> for Node {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(key) = map.next_key::<KeyString>()? {
-                    entries.push((key.0, map.next_value::<Spanned<Node>>()?));
+                while let Some(key) = map.next_key::<Spanned<KeyString>>()? {
+                    entries.push((key, map.next_value::<Spanned<Node>>()?));
                 }
                 Ok(Node::Map(entries))
             }
@@ -77,7 +77,8 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-/// A mapping key of any scalar type, kept as text.
+/// A mapping key, kept as text.
+#[derive(Debug)]
 struct KeyString(String);
 
 impl<'de> Deserialize<'de> for KeyString {
@@ -91,17 +92,9 @@ impl<'de> Deserialize<'de> for KeyString {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyString, E> {
                 Ok(KeyString(v.to_owned()))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyString, E> {
-                Ok(KeyString(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyString, E> {
-                Ok(KeyString(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<KeyString, E> {
-                Ok(KeyString(v.to_string()))
-            }
         }
-        d.deserialize_any(V)
+        // As text, the way the config's maps read their keys: `y` is "y", not true.
+        d.deserialize_str(V)
     }
 }
 
@@ -109,16 +102,24 @@ impl<'de> Deserialize<'de> for KeyString {
 #[derive(Debug, Default)]
 pub struct Locator {
     entries: Vec<(String, Position)>,
+    /// Where the key of each mapping entry starts, by the entry's path.
+    keys: Vec<(String, Position)>,
 }
 
 impl Locator {
     /// Indexes `src`. A document that does not parse gives an empty locator.
     pub fn new(src: &str) -> Self {
-        let mut entries = Vec::new();
+        let mut locator = Self::default();
         if let Ok(root) = serde_saphyr::from_str::<Spanned<Node>>(src) {
-            walk(&root, String::new(), &mut entries);
+            walk(&root, String::new(), &mut locator);
         }
-        Self { entries }
+        locator
+    }
+
+    /// Where the key of the mapping entry at `path` starts (`upstrem` in `upstrem: x`), for
+    /// problems with the key itself, such as an unknown field.
+    pub fn find_key(&self, path: &str) -> Option<Position> {
+        self.keys.iter().find(|(k, _)| k == path).map(|(_, pos)| *pos)
     }
 
     /// Where the value at `path` starts; falls back to the nearest ancestor that exists.
@@ -133,11 +134,12 @@ impl Locator {
         }
     }
 
-    /// The path of the value the parser's error at `pos` is about. An unknown field is
-    /// reported at its key, so its value is the first one at or after `pos` on that line;
-    /// other errors are reported at the value itself or inside it.
+    /// The path of the value the parser's error at `pos` is about. An error about a key (an
+    /// unknown field, a second key in a one-key enum mapping) is reported at the key, so its
+    /// value is the first one at or after `pos` on that line; other errors are reported at
+    /// the value itself or inside it.
     pub fn path_for_error(&self, pos: Position, message: &str) -> Option<&str> {
-        if message.contains("unknown field") {
+        if is_about_a_key(message) {
             let same_line = self
                 .entries
                 .iter()
@@ -157,15 +159,26 @@ impl Locator {
     }
 }
 
-fn walk(node: &Spanned<Node>, path: String, out: &mut Vec<(String, Position)>) {
-    let loc = node.referenced;
+/// Whether the parser's `message` is about a mapping key rather than a value: an unknown
+/// field, or a second key in a one-key enum mapping (`{ cors: {}, jwt: {} }`).
+pub(crate) fn is_about_a_key(message: &str) -> bool {
+    ["unknown field", "expected end of mapping after enum variant"].iter().any(|m| message.contains(m))
+}
+
+fn position(loc: serde_saphyr::Location) -> Position {
+    Position { line: loc.line(), column: loc.column() }
+}
+
+fn walk(node: &Spanned<Node>, path: String, out: &mut Locator) {
     if !path.is_empty() {
-        out.push((path.clone(), Position { line: loc.line(), column: loc.column() }));
+        out.entries.push((path.clone(), position(node.referenced)));
     }
     match &node.value {
         Node::Map(entries) => {
             for (key, child) in entries {
-                let p = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let k = &key.value.0;
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                out.keys.push((p.clone(), position(key.referenced)));
                 walk(child, p, out);
             }
         }
@@ -199,6 +212,17 @@ mod tests {
     fn an_unknown_key_maps_to_its_own_path() {
         let l = Locator::new("a:\n  known: 1\n  unknwn: 2\n");
         assert_eq!(l.path_for_error(Position { line: 3, column: 3 }, "unknown field `unknwn`"), Some("a.unknwn"));
+    }
+
+    #[test]
+    fn finds_keys_as_well_as_values() {
+        let l = Locator::new(DOC);
+        assert_eq!(l.find_key("routes[0].match.path"), Some(Position { line: 5, column: 7 }));
+        assert_eq!(l.find_key("routes[1].match.prefix"), Some(Position { line: 7, column: 14 }));
+        assert_eq!(l.find_key("routes[1]"), None, "a sequence item has no key");
+        let l = Locator::new("upstreams:\n  y: { targets: [] }\n  200: {}\n");
+        assert_eq!(l.find("upstreams.y.targets").map(|p| p.line), Some(2), "a key is text, not a YAML 1.1 boolean");
+        assert_eq!(l.find("upstreams.200").map(|p| p.line), Some(3));
     }
 
     #[test]

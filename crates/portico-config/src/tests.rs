@@ -288,3 +288,146 @@ fn no_other_header_may_take_the_request_ids_name() {
         "{errs:?}"
     );
 }
+
+/// Each error line must start with `prefix` (path and message) and end with `at` (position).
+fn assert_errors(src: &str, want: &[(&str, &str)]) {
+    let errs = errors(src);
+    for (e, (prefix, at)) in errs.iter().zip(want) {
+        assert!(e.starts_with(prefix) && e.ends_with(at), "want {prefix:?} ... {at:?}, got {e:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+}
+
+#[test]
+fn every_parse_and_semantic_problem_is_reported_in_one_run() {
+    let src = r#"version: 1
+listeners:
+  - name: public
+    bind: 127.0.0.1:8080
+    limits: { max_body: lots }
+upstreams:
+  users:
+    targets: [{ url: http://127.0.0.1:9000 }]
+    timeouts: { connect: 5 parsecs }
+    helth_check: { path: /health }
+routes:
+  - name: users
+    match: { prefix: /users, methods: GET }
+    upstream: users
+  - name: users
+    match: { prefix: /orders }
+    upstream: orders
+"#;
+    assert_errors(
+        src,
+        &[
+            (
+                "listeners[0].limits.max_body: invalid size \"lots\": expected a number with a unit",
+                "(line 5, column 25)",
+            ),
+            ("upstreams.users.timeouts.connect: invalid duration \"5 parsecs\": expected", "(line 9, column 26)"),
+            (
+                "upstreams.users.helth_check: unknown field `helth_check`, expected one of targets,",
+                "(line 10, column 5)",
+            ),
+            ("routes[0].match.methods: expected sequence", "(line 13, column 39)"),
+            ("routes[1].name: duplicate route name \"users\" (also routes[0])", "(line 15, column 11)"),
+            ("routes[1].upstream: unknown upstream \"orders\" (defined: users)", "(line 17, column 15)"),
+        ],
+    );
+}
+
+#[test]
+fn unknown_nested_fields_and_bad_enum_values_are_reported_together() {
+    let src = format!(
+        r#"{BASE}    rewrite: {{ strip_prefx: /users }}
+  - name: orders
+    match: {{ prefix: /orders, headers: [{{ name: x-v, valeu: "2" }}] }}
+    upstream: users
+{JWT_PROVIDER}    revocation: {{ on_error: maybe }}
+redis: {{ url: redis://r, timeout: 0s }}
+"#
+    )
+    .replace("    targets:", "    balance: fastest\n    targets:");
+    assert_errors(
+        &src,
+        &[
+            ("upstreams.users.balance: unknown variant `fastest`, expected one of round_robin,", "(line 7, column 14)"),
+            ("routes[0].rewrite: give strip_prefix or path", "(line 13, column 14)"),
+            ("routes[0].rewrite.strip_prefx: unknown field `strip_prefx`, expected one of", "(line 13, column 16)"),
+            ("routes[1].match.headers[0].valeu: unknown field `valeu`, expected one of", "(line 15, column 54)"),
+            (
+                "jwt_providers.main.revocation.on_error: unknown variant `maybe`, expected one of",
+                "(line 22, column 29)",
+            ),
+            ("redis.timeout: must be greater than 0s", "(line 23, column 35)"),
+        ],
+    );
+}
+
+#[test]
+fn stand_ins_for_bad_or_missing_values_cause_no_problems_of_their_own() {
+    // The bad bind, the missing match and the list for an upstream are replaced to get
+    // on; the route's "give upstream or split" and "give path or prefix" would be about
+    // the replacements, so they are not reported. The duplicate name is real.
+    let src = r#"version: 1
+listeners:
+  - { name: public, bind: localhost }
+  - { name: public, bind: 127.0.0.1:8081 }
+routes:
+  - name: users
+    upstream: [users]
+"#;
+    assert_errors(
+        src,
+        &[
+            ("listeners[0].bind: invalid socket address syntax", "(line 3, column 27)"),
+            ("listeners[1].name: duplicate listener name \"public\"", "(line 4, column 13)"),
+            ("routes[0]: missing field `match`", "(line 6, column 5)"),
+            ("routes[0].upstream: expected string scalar", "(line 7, column 15)"),
+        ],
+    );
+}
+
+#[test]
+fn problems_past_the_hundredth_are_not_listed() {
+    let mut src = BASE.to_owned();
+    src.push_str("consumers:\n");
+    for i in 0..150 {
+        src.push_str(&format!("  - {{ id: c{i}, tenat: t }}\n"));
+    }
+    let errs = errors(&src);
+    assert_eq!(errs.len(), recover::MAX_ERRORS + 1, "{errs:#?}");
+    assert!(errs[0].starts_with("consumers[0].tenat: unknown field"), "{errs:#?}");
+    assert_eq!(errs[recover::MAX_ERRORS], "stopped after 100 problems: fix these first");
+}
+
+#[test]
+fn a_second_key_in_a_plugin_is_reported_at_that_key() {
+    let src = format!("{BASE}plugins: [{{ cors: {{}}, jwt: 2 }}, {{ cors: 1, jwt: 2 }}]\n");
+    assert_errors(
+        &src,
+        &[
+            ("plugins[0].jwt: expected end of mapping after enum variant value", "(line 12, column 23)"),
+            ("plugins[1].cors: expected mapping start", "(line 12, column 41)"),
+            ("plugins[1].jwt: expected end of mapping after enum variant value", "(line 12, column 44)"),
+        ],
+    );
+}
+
+#[test]
+fn going_on_past_a_problem_never_panics_on_junk() {
+    for junk in [
+        "",
+        "\0\x01\x02",
+        "[[[",
+        "version: [1",
+        "- a\n- b\n",
+        "version: 1\nlisteners: 5\n",
+        "version: x\nlisteners: [5, { bind: 1 }, [], { name: [] }]\nroutes: { a: b }\nplugins: [{}, 5, { cors: 1, jwt: 2 }]\n",
+        "version: 1\nlisteners: [{ name: a, bind: 127.0.0.1:1 }]\nupstreams: { x: 5, y: { targets: [5, {}] } }\nredis: []\n",
+    ] {
+        let errs = errors(junk);
+        assert!(!errs.is_empty() && errs.len() < 30, "{junk:?}: {errs:#?}");
+    }
+}
