@@ -26,4 +26,5 @@ mod support;
 mod tenants;
 mod tls_listener;
 mod tls_upstream;
+mod transforms;
 mod upstream_h1;

@@ -28,6 +28,7 @@ pub mod ratelimit;
 mod recover;
 pub mod template;
 pub mod tenants;
+pub mod transform;
 pub mod units;
 pub mod validate;
 
@@ -39,6 +40,7 @@ pub use model::*;
 pub use plugins::*;
 pub use ratelimit::*;
 pub use tenants::*;
+pub use transform::{HeaderTransform, QueryTransform};
 pub use units::{ByteSize, Duration, Percent};
 
 /// One problem in a config file.

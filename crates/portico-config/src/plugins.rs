@@ -36,6 +36,14 @@ pub enum Plugin {
     /// Security response headers (HSTS, `X-Content-Type-Options`, ...) and removal of
     /// internal response headers (`Server`, `X-Powered-By`).
     SecurityHeaders(SecurityHeaders),
+    /// Change the request's headers before it goes upstream: remove, rename, set, add,
+    /// append, with templated values.
+    RequestHeaders(crate::transform::HeaderTransform),
+    /// Change the response's headers before they reach the client.
+    ResponseHeaders(crate::transform::HeaderTransform),
+    /// Change the request's query parameters before it goes upstream: remove, rename,
+    /// set, add, with templated values.
+    Query(crate::transform::QueryTransform),
 }
 
 impl Plugin {
@@ -51,6 +59,9 @@ impl Plugin {
             Plugin::RateLimit(_) => "rate_limit",
             Plugin::ConcurrencyLimit(_) => "concurrency_limit",
             Plugin::SecurityHeaders(_) => "security_headers",
+            Plugin::RequestHeaders(_) => "request_headers",
+            Plugin::ResponseHeaders(_) => "response_headers",
+            Plugin::Query(_) => "query",
         }
     }
 }
@@ -726,6 +737,9 @@ fn check_list(
                 }
             }
             Plugin::Mtls(_) => {}
+            Plugin::RequestHeaders(t) => crate::transform::check_headers(&pp, t, route, true, err),
+            Plugin::ResponseHeaders(t) => crate::transform::check_headers(&pp, t, route, false, err),
+            Plugin::Query(q) => crate::transform::check_query(&pp, q, route, err),
             Plugin::RateLimit(r) => crate::ratelimit::check_rate_limit(&pp, r, config, err),
             Plugin::ConcurrencyLimit(c) => crate::ratelimit::check_concurrency(&pp, c, err),
             Plugin::Authorize(a) => {

@@ -21,6 +21,7 @@ use crate::forwarded;
 use crate::handlers::proxy;
 use crate::observe::AuditRecord;
 use crate::plugins::cors::Cors;
+use crate::plugins::hooks::HookCtx;
 use crate::plugins::{Flow, Passed, Refusal, RequestView};
 use crate::router::{Lookup, RequestParts};
 use crate::snapshot::ListenerSettings;
@@ -112,6 +113,9 @@ pub(crate) async fn handle_unsent_id(
     let mut log = LogPhase::new(shared, &snap, conn, start, &req, request_id, client_ip);
     let mut rate = None;
     let mut slot = None;
+    // Kept to the response phase, whose hooks may read them.
+    let mut identity = None;
+    let mut tenant: Option<Arc<str>> = None;
     let mut preflight_answered = false;
     // Read now: the request is gone by the response phase. Global CORS also answers the
     // gateway's own errors outside any route (404, 405, 400).
@@ -168,6 +172,11 @@ pub(crate) async fn handle_unsent_id(
                     log.route = Some(index);
                     let route = &snap.routes[index];
                     let new_path = route.rewrite.apply(path, &params);
+                    // Owned for the request hooks, which run once the request is changed.
+                    let hook_params: Vec<(Box<str>, Box<str>)> = match route.plugins.has_request_hooks() {
+                        true => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                        false => Vec::new(),
+                    };
                     if origin.is_none() && route.plugins.has_cors() {
                         origin = headers.get(header::ORIGIN).cloned();
                     }
@@ -202,7 +211,7 @@ pub(crate) async fn handle_unsent_id(
                             Ok(res)
                         }
                         Ok(Flow::Continue(mut passed)) => {
-                            let identity = passed.identity.take();
+                            identity = passed.identity.take();
                             rate = passed.rate;
                             slot = passed.slot.take();
                             if let Some(uri) = route.plugins.hide_query(req.uri()) {
@@ -224,6 +233,16 @@ pub(crate) async fn handle_unsent_id(
                                     upstream_override =
                                         route.flag_upstreams.iter().find(|(f, _)| s.has_flag(f)).map(|(_, up)| up);
                                 }
+                                tenant = Some(t.id.clone());
+                            }
+                            if route.plugins.has_request_hooks() {
+                                let ctx = HookCtx {
+                                    params: &hook_params,
+                                    identity: identity.as_ref(),
+                                    tenant: tenant.as_deref(),
+                                    request_id: &log.request_id,
+                                };
+                                route.plugins.request_hooks(&mut req, &ctx);
                             }
                             let ctx = proxy::ProxyCtx {
                                 route,
@@ -281,7 +300,9 @@ pub(crate) async fn handle_unsent_id(
     if !keep_raw && !materialise(&mut res) {
         res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
     }
-    chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered, rate.as_ref());
+    let ctx =
+        HookCtx { params: &[], identity: identity.as_ref(), tenant: tenant.as_deref(), request_id: &log.request_id };
+    chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered, rate.as_ref(), &ctx);
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }

@@ -12,9 +12,15 @@
 //! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
 //! | request  | 5     | `rate_limit`       | 429 (a leaky bucket may delay instead); 503 with `store: redis` down and `on_store_error: deny` |
 //! | request  | 6     | `concurrency_limit` | 429 or 503 |
-//! | response | 1     | `rate_limit` (headers) | |
-//! | response | 2     | `cors`             | |
-//! | response | 3     | `security_headers` | |
+//! | request  | 7     | `query`            | |
+//! | request  | 8     | `request_headers`  | |
+//! | response | 1     | `response_headers` | |
+//! | response | 2     | `rate_limit` (headers) | |
+//! | response | 3     | `cors`             | |
+//! | response | 4     | `security_headers` | |
+//!
+//! `query`, `request_headers` and `response_headers` are written on the phase hooks
+//! ([`hooks::Hooks`]); their order among themselves is [`hooks::compile`]'s.
 //!
 //! The chain is a struct of optional slots rather than a list of trait objects: the order
 //! is then the field order, and the request hook is one future with no boxing per plugin.
@@ -22,11 +28,15 @@
 pub mod api_key;
 pub mod authorize;
 pub mod cors;
+pub mod hooks;
 pub mod identity;
 pub mod ip_filter;
 pub mod jwt;
 pub mod mtls;
+pub mod query;
 pub mod rate_limit;
+pub mod request_headers;
+pub mod response_headers;
 pub mod revocation;
 pub mod security_headers;
 pub mod tenants;
@@ -66,6 +76,10 @@ pub struct Chain {
     hide: Box<[HeaderName]>,
     /// A credential query parameter not passed upstream nor logged (API keys).
     hide_query: Option<Box<str>>,
+    /// Plugins written on [`hooks::Hooks`], in [`hooks::compile`]'s order.
+    hooked: Box<[Arc<dyn hooks::Hooks>]>,
+    /// Which phases the hooked plugins take part in, derived from them when compiled.
+    phases: hooks::Phases,
 }
 
 /// What the request phase reads of a request.
@@ -136,7 +150,12 @@ impl Chain {
         let mut chain = Chain::default();
         let mut authn = Vec::new();
         let mut hide = Vec::new();
+        let mut hooked = Vec::new();
         for p in plugins {
+            if let Some(h) = hooks::compile(p) {
+                hooked.push(h);
+                continue;
+            }
             match p {
                 Plugin::IpFilter(c) => chain.ip_filter = Some(ip_filter::IpFilter::new(c)),
                 Plugin::Cors(c) => chain.cors = Some(cors::Cors::new(c)),
@@ -159,8 +178,16 @@ impl Chain {
                 // Stateful: compiled by the snapshot (shared, carried over reloads), see
                 // `with_limits`.
                 Plugin::RateLimit(_) | Plugin::ConcurrencyLimit(_) => {}
+                // Written on hooks: compiled by `hooks::compile` above.
+                Plugin::RequestHeaders(_) | Plugin::ResponseHeaders(_) | Plugin::Query(_) => {}
             }
         }
+        hooked.sort_by_key(|(order, _)| *order);
+        chain.phases = hooked.iter().fold(hooks::Phases::default(), |acc, (_, h)| {
+            let p = h.phases();
+            hooks::Phases { request: acc.request || p.request, response: acc.response || p.response }
+        });
+        chain.hooked = hooked.into_iter().map(|(_, h)| h).collect();
         // A verified certificate first (the handshake already proved it), then a bearer
         // token, then an API key.
         authn.sort_by_key(|a| match a {
@@ -341,9 +368,22 @@ impl Chain {
         }
     }
 
+    /// Whether a hooked plugin has a request hook: the pipeline then gives them what
+    /// they read ([`hooks::HookCtx`]).
+    pub fn has_request_hooks(&self) -> bool {
+        self.phases.request
+    }
+
+    /// The request hooks of the hooked plugins, in order.
+    pub fn request_hooks(&self, req: &mut http::Request<Body>, ctx: &hooks::HookCtx<'_>) {
+        for h in self.hooked.iter().filter(|h| h.phases().request) {
+            h.request(req, ctx);
+        }
+    }
+
     /// Whether [`Chain::response`] would touch the response's fields.
     pub fn touches_response(&self, preflight: bool, rate: Option<&rate_limit::RateInfo>) -> bool {
-        rate.is_some() || (self.cors.is_some() && !preflight) || self.security_headers.is_some()
+        rate.is_some() || (self.cors.is_some() && !preflight) || self.security_headers.is_some() || self.phases.response
     }
 
     /// The response phase. `origin` is the request's `Origin`; `tls` whether the client
@@ -355,7 +395,13 @@ impl Chain {
         tls: bool,
         preflight: bool,
         rate: Option<&rate_limit::RateInfo>,
+        ctx: &hooks::HookCtx<'_>,
     ) {
+        if self.phases.response {
+            for h in self.hooked.iter().rev().filter(|h| h.phases().response) {
+                h.response(res, ctx);
+            }
+        }
         if let Some(r) = rate {
             r.write(res.headers_mut());
         }
