@@ -45,6 +45,8 @@ pub struct TestUpstream {
     pub hits: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
     pub controls: Arc<Controls>,
+    /// Every request but health checks: `METHOD path x-request-id`, in arrival order.
+    pub seen: Arc<Mutex<Vec<String>>>,
 }
 
 /// Knobs a test turns on a running upstream.
@@ -93,14 +95,15 @@ impl TestUpstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let last_headers = Arc::new(Mutex::new(None));
         let controls = Arc::new(Controls::default());
-        let (n, h, lh, c) = (name.to_owned(), hits.clone(), last_headers.clone(), controls.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (n, h, lh, c, sn) = (name.to_owned(), hits.clone(), last_headers.clone(), controls.clone(), seen.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, lh, c) = (n.clone(), h.clone(), lh.clone(), c.clone());
+                let (n, h, lh, c, sn) = (n.clone(), h.clone(), lh.clone(), c.clone(), sn.clone());
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (n, h, lh, c) = (n.clone(), h.clone(), lh.clone(), c.clone());
+                        let (n, h, lh, c, sn) = (n.clone(), h.clone(), lh.clone(), c.clone(), sn.clone());
                         async move {
                             if req.uri().path() == "/health" {
                                 c.health_hits.fetch_add(1, Ordering::SeqCst);
@@ -114,6 +117,10 @@ impl TestUpstream {
                             }
                             h.fetch_add(1, Ordering::SeqCst);
                             *lh.lock().unwrap() = Some(req.headers().clone());
+                            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                            let proto =
+                                req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("");
+                            sn.lock().unwrap().push(format!("{} {} {id} {proto}", req.method(), req.uri().path()));
                             let delay = c.delay_ms.load(Ordering::SeqCst);
                             if delay > 0 {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -143,7 +150,7 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, name: name.to_owned(), hits, last_headers, controls }
+        TestUpstream { addr, name: name.to_owned(), hits, last_headers, controls, seen }
     }
 
     pub fn url(&self) -> String {
@@ -155,6 +162,7 @@ impl TestUpstream {
     }
 
     pub fn reset_hits(&self) {
+        self.seen.lock().unwrap().clear();
         self.hits.store(0, Ordering::SeqCst);
     }
 

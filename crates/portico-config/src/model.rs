@@ -219,8 +219,12 @@ impl Default for RedirectHttps {
 pub struct ListenerLimits {
     /// Largest request body accepted. Larger bodies get 413 and are not read further.
     pub max_body: ByteSize,
-    /// Largest total size of the request line and headers. Larger gets 431.
+    /// Largest total size of the request line and headers. Larger gets 431 (414 when the
+    /// request line alone is longer).
     pub max_header_bytes: ByteSize,
+    /// Most header fields in a request (each line counts, repeated names too). More gets
+    /// 431, on every listener kind and protocol.
+    pub max_header_fields: u32,
     /// Time allowed for a client to send a complete request head (slowloris protection).
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this long.
@@ -237,6 +241,7 @@ impl Default for ListenerLimits {
         Self {
             max_body: ByteSize::mib(1),
             max_header_bytes: ByteSize::kib(16),
+            max_header_fields: 100,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
@@ -771,10 +776,12 @@ pub struct Route {
     /// What the route matches.
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
-    /// The upstream that serves the route (a key of `upstreams`). Give this or `split`.
+    /// The upstream that serves the route (a key of `upstreams`). Give this, `split` or
+    /// `respond`.
     #[serde(default)]
     pub upstream: Option<String>,
-    /// Weighted shares over several upstreams (a canary: 95/5). Give this or `upstream`.
+    /// Weighted shares over several upstreams (a canary: 95/5). Give this, `upstream` or
+    /// `respond`.
     #[serde(default)]
     pub split: Vec<SplitShare>,
     /// With `split`: keep each client on one upstream by hashing this key, instead of
@@ -809,6 +816,11 @@ pub struct Route {
     /// instead (`{ beta: orders-beta }`).
     #[serde(default)]
     pub flag_upstreams: BTreeMap<String, String>,
+    /// Answer at the gateway with this fixed response instead of forwarding: maintenance
+    /// pages, mocks, the 410 of a retired API. Give this, `upstream` or `split`. The
+    /// route's plugins run as for any route (authentication, limits, response headers).
+    #[serde(default)]
+    pub respond: Option<Respond>,
     /// Overrides the listener's `escaped_slashes` for requests this route matches (as
     /// received, before any decoding).
     #[serde(default)]
@@ -817,6 +829,26 @@ pub struct Route {
     /// fixed order of docs/plugins.md, whatever their order here.
     #[serde(default)]
     pub plugins: Vec<crate::plugins::Plugin>,
+}
+
+/// A fixed response, answered by the gateway (the `respond` handler).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    /// Status code, 200 to 599.
+    #[serde(default = "respond_status")]
+    pub status: u16,
+    /// Response headers (`content-type`, `location`, `sunset`, ...). `Content-Length` is
+    /// the gateway's.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Response body, sent as written.
+    #[serde(default)]
+    pub body: String,
+}
+
+fn respond_status() -> u16 {
+    200
 }
 
 /// One share of a split.

@@ -57,6 +57,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if lim.max_concurrent_streams == 0 {
             err(format!("{p}.limits.max_concurrent_streams"), "must be at least 1".into());
         }
+        if !(1..=10_000).contains(&lim.max_header_fields) {
+            err(format!("{p}.limits.max_header_fields"), "must be between 1 and 10000".into());
+        }
         check_listener_tls(&p, l, &mut err);
     }
 
@@ -106,9 +109,13 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
             if known.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", known.join(", ")) }
         };
+        if let Some(respond) = &r.respond {
+            check_respond(&p, r, respond, &mut err);
+        }
         match (&r.upstream, r.split.is_empty()) {
+            _ if r.respond.is_some() => {}
             (Some(_), false) => err(format!("{p}.split"), "give either upstream or split, not both".into()),
-            (None, true) => err(format!("{p}.upstream"), "a route needs upstream or split".into()),
+            (None, true) => err(format!("{p}.upstream"), "a route needs upstream, split or respond".into()),
             (Some(u), true) if !config.upstreams.contains_key(u) => {
                 err(format!("{p}.upstream"), format!("unknown upstream {u:?} ({})", known()));
             }
@@ -149,6 +156,49 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     }
 
     if errs.is_empty() { Ok(()) } else { Err(ConfigErrors(errs)) }
+}
+
+/// A `respond` route: a status the gateway may answer, valid headers, and none of the
+/// fields that only mean something when forwarding.
+fn check_respond(
+    p: &str,
+    r: &crate::model::Route,
+    respond: &crate::model::Respond,
+    err: &mut impl FnMut(String, String),
+) {
+    let p = format!("{p}.respond");
+    if !(200..=599).contains(&respond.status) {
+        err(format!("{p}.status"), format!("{} is not a final status (200 to 599)", respond.status));
+    }
+    for (name, value) in &respond.headers {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => err(format!("{p}.headers"), format!("{name:?} is not a valid header name")),
+            Ok(n) if matches!(n.as_str(), "content-length" | "transfer-encoding" | "connection") => {
+                err(format!("{p}.headers"), format!("{name:?} is the gateway's to write"));
+            }
+            Ok(_) if http::HeaderValue::from_str(value).is_err() => {
+                err(format!("{p}.headers.{name}"), format!("{value:?} is not a valid header value"));
+            }
+            Ok(_) => {}
+        }
+    }
+    let forwarding = [
+        ("upstream", r.upstream.is_some()),
+        ("split", !r.split.is_empty()),
+        ("sticky", r.sticky.is_some()),
+        ("mirror", r.mirror.is_some()),
+        ("rewrite", r.rewrite.is_some()),
+        ("preserve_host", r.preserve_host),
+        ("timeout", r.timeout.is_some()),
+        ("try_timeout", r.try_timeout.is_some()),
+        ("flag_upstreams", !r.flag_upstreams.is_empty()),
+        ("max_in_flight", r.max_in_flight > 0),
+    ];
+    for (field, given) in forwarding {
+        if given {
+            err(p.clone(), format!("a route that responds itself takes no {field} (it forwards nothing)"));
+        }
+    }
 }
 
 fn check_redis(r: &crate::model::Redis, err: &mut impl FnMut(String, String)) {

@@ -28,7 +28,9 @@ pub enum Body {
     Incoming(Incoming),
     /// A client's request body streamed upstream: cut off past the listener's limit, its
     /// failures typed as the client's ([`ClientBodyError`]).
-    Client(ClientBody),
+    /// Boxed: only requests with a body take it, and unboxed it made every `Body` (and so
+    /// every response moved on the bodiless fast path) larger.
+    Client(Box<ClientBody>),
     /// A response body read straight from a pooled HTTP/1.1 upstream connection.
     H1(crate::upstream::h1::ResponseBody),
     /// A body that holds something until it ends or is dropped (a concurrency slot).
@@ -59,7 +61,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Body::Client(b) => Pin::new(b).poll_frame(cx),
+            Body::Client(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
             Body::Holding(b, held) => {
                 let res = Pin::new(&mut **b).poll_frame(cx);

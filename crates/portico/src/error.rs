@@ -36,8 +36,10 @@ pub enum ErrorKind {
     MethodNotAllowed(String),
     /// Body over the listener's limit (413).
     PayloadTooLarge,
-    /// Request head over the listener's limit (431).
+    /// Request head over the listener's limit, in bytes or fields (431).
     HeadersTooLarge,
+    /// The request line alone is longer than the listener's head limit (414).
+    UriTooLong,
     /// The client closed the connection or reset its stream before its request was whole
     /// (499 in the access log and metrics, as nginx logs it; nobody is there to answer).
     ClientAborted,
@@ -113,6 +115,7 @@ impl GatewayError {
             | ErrorKind::MethodNotAllowed(_)
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
+            | ErrorKind::UriTooLong
             | ErrorKind::ClientAborted
             | ErrorKind::Unauthorized(..)
             | ErrorKind::Forbidden(_)
@@ -146,6 +149,7 @@ impl GatewayError {
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::ClientAborted => CLIENT_CLOSED_REQUEST,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -171,6 +175,7 @@ impl GatewayError {
             ErrorKind::MethodNotAllowed(_) => "method not allowed for this route",
             ErrorKind::PayloadTooLarge => "request body too large",
             ErrorKind::HeadersTooLarge => "request headers too large",
+            ErrorKind::UriTooLong => "request target too long",
             ErrorKind::ClientAborted => "client closed request",
             ErrorKind::ConnectFailed => "upstream unavailable",
             ErrorKind::BadResponse => "bad response from upstream",
@@ -301,6 +306,7 @@ mod tests {
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::HeadersTooLarge, 431),
+            (ErrorKind::UriTooLong, 414),
             (ErrorKind::ClientAborted, 499),
             (ErrorKind::ConnectFailed, 502),
             (ErrorKind::BadResponse, 502),

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 use portico_config::template::{PathTemplate, Segment};
+
+use crate::handlers::Handler;
 use portico_config::{Config, ConfigError, ConfigErrors, Listener};
 
 use crate::observe::Metrics;
@@ -77,8 +79,8 @@ pub struct Snapshot {
 pub struct CompiledRoute {
     /// Name (the `route` label).
     pub name: Arc<str>,
-    /// Where it sends requests (with `split`: the first share with a weight).
-    pub upstream: Arc<Upstream>,
+    /// What answers its requests: the proxy to an upstream, or a fixed response.
+    pub handler: Handler,
     /// Weighted shares over several upstreams.
     pub split: Option<Split>,
     /// Traffic copied to a shadow upstream.
@@ -135,6 +137,11 @@ pub struct MirrorTo {
 }
 
 impl CompiledRoute {
+    /// The route's upstream, when it forwards (with `split`: the first share with a weight).
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.handler.upstream()
+    }
+
     /// The request deadline toward `up`: the route's own, else the upstream's.
     pub fn timeout_for(&self, up: &Upstream) -> Duration {
         self.timeout_override.unwrap_or(up.request_timeout)
@@ -145,16 +152,20 @@ impl CompiledRoute {
         self.try_timeout_override.unwrap_or(up.definition.timeouts.per_try.get())
     }
 
-    /// The upstream for this request: the route's, or a share of its split (by the sticky
-    /// key's hash when configured, else at random).
-    pub fn choose_upstream(&self, key: &crate::upstream::PickKey<'_>) -> &Arc<Upstream> {
-        let Some(split) = &self.split else { return &self.upstream };
+    /// The upstream for this request: `primary` (the route's), or a share of its split (by
+    /// the sticky key's hash when configured, else at random).
+    pub fn choose_upstream<'a>(
+        &'a self,
+        primary: &'a Arc<Upstream>,
+        key: &crate::upstream::PickKey<'_>,
+    ) -> &'a Arc<Upstream> {
+        let Some(split) = &self.split else { return primary };
         let point = match split.sticky.as_ref().and_then(|on| crate::upstream::balance::request_key(on, key)) {
             Some(k) => crate::upstream::balance::fnv1a(k.as_bytes()) % split.total,
             None => fastrand::u64(..split.total),
         };
         let i = split.shares.partition_point(|(_, c)| *c <= point);
-        split.shares.get(i).map_or(&self.upstream, |(u, _)| u)
+        split.shares.get(i).map_or(primary, |(u, _)| u)
     }
 }
 
@@ -243,6 +254,8 @@ pub struct ListenerSettings {
     pub max_body: u64,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// Most header fields in a request.
+    pub max_header_fields: usize,
     /// Time allowed to receive a request head.
     pub header_timeout: Duration,
     /// Keep-alive idle timeout.
@@ -268,6 +281,7 @@ impl ListenerSettings {
             name: l.name.as_str().into(),
             max_body: l.limits.max_body.get(),
             max_header_bytes: usize::try_from(l.limits.max_header_bytes.get()).unwrap_or(usize::MAX),
+            max_header_fields: l.limits.max_header_fields as usize,
             header_timeout: l.limits.header_timeout.get(),
             idle_timeout: l.limits.idle_timeout.get(),
             http2: l.http2,
@@ -400,11 +414,19 @@ impl Snapshot {
             &mut errors,
         );
         for (i, r) in config.routes.iter().enumerate() {
-            let primary =
-                r.upstream.clone().or_else(|| r.split.iter().find(|s| s.weight > 0).map(|s| s.upstream.clone()));
-            let Some(up) = primary.as_ref().and_then(|p| upstreams.get(p)) else {
-                errors.push(ConfigError::new(format!("routes[{i}].upstream"), "unknown upstream"));
-                continue;
+            let handler = match &r.respond {
+                Some(respond) => Handler::Respond(crate::handlers::respond::Respond::new(respond)),
+                None => {
+                    let primary = r
+                        .upstream
+                        .clone()
+                        .or_else(|| r.split.iter().find(|s| s.weight > 0).map(|s| s.upstream.clone()));
+                    let Some(up) = primary.as_ref().and_then(|p| upstreams.get(p)) else {
+                        errors.push(ConfigError::new(format!("routes[{i}].upstream"), "unknown upstream"));
+                        continue;
+                    };
+                    Handler::Proxy(up.clone())
+                }
             };
             let split = (!r.split.is_empty()).then(|| {
                 let mut total = 0u64;
@@ -430,7 +452,7 @@ impl Snapshot {
             });
             routes.push(CompiledRoute {
                 name: r.name.as_str().into(),
-                upstream: up.clone(),
+                handler,
                 split,
                 mirror,
                 rewrite: Rewrite::compile(r),

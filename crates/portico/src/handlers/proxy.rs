@@ -114,18 +114,20 @@ async fn acquire(
 }
 
 /// Forwards `req` upstream and returns the upstream's response.
+/// `primary` is the route's upstream (with `split`: the first share with a weight).
 pub async fn forward(
     mut req: Request<Body>,
+    primary: &Arc<Upstream>,
     mut ctx: ProxyCtx<'_>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let route = ctx.route;
     let upstream = match (ctx.upstream_override, &route.split) {
         (Some(up), _) => up,
-        (None, None) => &route.upstream,
+        (None, None) => primary,
         (None, Some(_)) => {
             let key = PickKey { headers: req.headers(), added: None, client_ip: ctx.client_ip, path: req.uri().path() };
-            route.choose_upstream(&key)
+            route.choose_upstream(primary, &key)
         }
     };
     if route.split.is_some() || ctx.upstream_override.is_some() {
@@ -256,7 +258,7 @@ pub async fn forward(
             (None, Some(Body::Incoming(b))) => {
                 let (b, w) = ClientBody::new(b, ctx.max_body);
                 watch = Some(w);
-                Body::Client(b)
+                Body::Client(Box::new(b))
             }
             (None, Some(b)) => b,
             (None, None) => Body::Empty,
@@ -497,7 +499,7 @@ async fn replayable_body(
     }
     let Some(b) = body.take() else { return Ok(Some(Bytes::new())) };
     let b = match b {
-        Body::Incoming(b) => Body::Client(ClientBody::new(b, max).0),
+        Body::Incoming(b) => Body::Client(Box::new(ClientBody::new(b, max).0)),
         other => other,
     };
     match b.collect().await {

@@ -54,7 +54,7 @@ pub(super) fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> R
         seen.connection |= name == header::CONNECTION;
         seen.upgrade |= name == header::UPGRADE;
     }
-    if head > limits.max_header_bytes {
+    if head > limits.max_header_bytes || req.headers().len() > limits.max_header_fields {
         return Err(GatewayError::new(ErrorKind::HeadersTooLarge));
     }
     check_host(req, hosts, host)?;
@@ -68,11 +68,14 @@ pub(super) fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> R
     if !path.starts_with('/') {
         return Err(bad("request target must be an absolute path"));
     }
-    if has_dot_segment(path) {
-        // `/api/../admin` would match `/api` here and reach `/admin` upstream.
-        return Err(bad("path contains dot segments"));
+    // One pass, stopping at the first byte the slower checks look for (most paths have none).
+    if path.bytes().any(|b| CLASS[usize::from(b)] & PATH_SPECIAL != 0) {
+        if has_dot_segment(path) {
+            // `/api/../admin` would match `/api` here and reach `/admin` upstream.
+            return Err(bad("path contains dot segments"));
+        }
+        seen.escaped_slash = has_escaped_slash(path);
     }
-    seen.escaped_slash = has_escaped_slash(path);
     Ok(seen)
 }
 
@@ -98,9 +101,52 @@ fn check_host<B>(req: &Request<B>, hosts: u32, host: Option<&HeaderValue>) -> Re
     Ok(())
 }
 
-/// A byte of `uri-host [ ":" port ]` (RFC 3986 reg-name, IP literal, port); no userinfo.
+/// Byte classes of the head checks, one table lookup a byte: they run over every `Host`
+/// and every path.
+const AUTHORITY: u8 = 1;
+const PATH_SPECIAL: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        // `uri-host [ ":" port ]`: RFC 3986 reg-name, IP literal, port; no userinfo.
+        if c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+        {
+            t[b] |= AUTHORITY;
+        }
+        // What the path checks look for: dot segments and escapes.
+        if matches!(c, b'.' | b'%' | b'\\') {
+            t[b] |= PATH_SPECIAL;
+        }
+        b += 1;
+    }
+    t
+};
+
 fn is_authority_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+    CLASS[usize::from(b)] & AUTHORITY != 0
 }
 
 /// `Content-Length` as RFC 9110 section 8.6 has it: one or more digits, nothing else (no

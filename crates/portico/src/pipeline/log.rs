@@ -49,7 +49,9 @@ pub(super) struct LogPhase<'a> {
 }
 
 impl<'a> LogPhase<'a> {
-    /// Starts the record of a request that arrived at `start` with this head.
+    /// Starts the record of a request that arrived at `start` with this head. Inlined, so
+    /// the record is built where it lives rather than copied there.
+    #[inline(always)]
     pub(super) fn new(
         shared: &'a Shared,
         snap: &'a Snapshot,
@@ -80,8 +82,9 @@ impl<'a> LogPhase<'a> {
         }
     }
 
-    /// Writes the record for an answer of `status`, and gives back the request ID.
-    pub(super) fn finish(mut self, status: StatusCode) -> HeaderValue {
+    /// Writes the record for an answer of `status`, and gives back the request ID. By
+    /// reference: taking the record by value would copy it once more per request.
+    pub(super) fn finish(&mut self, status: StatusCode) -> HeaderValue {
         self.write(status);
         // Moved out rather than cloned: a static placeholder is left for the drop.
         std::mem::replace(&mut self.request_id, HeaderValue::from_static(""))
@@ -111,7 +114,11 @@ impl<'a> LogPhase<'a> {
             user_id: self.user_id.take(),
             rate_limit_remaining: self.rate_remaining,
             route: route.map(|r| r.name.clone()),
-            backend_service: self.outcome.upstream.take().or_else(|| route.map(|r| r.upstream.name.clone())),
+            backend_service: self
+                .outcome
+                .upstream
+                .take()
+                .or_else(|| route.and_then(|r| r.upstream()).map(|u| u.name.clone())),
             backend_latency: self.outcome.backend_latency,
             listener: self.conn.listener.name.clone(),
         });

@@ -18,7 +18,7 @@ use crate::Shared;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::forwarded;
-use crate::handlers::proxy;
+use crate::handlers::{Handler, proxy};
 use crate::observe::AuditRecord;
 use crate::plugins::cors::Cors;
 use crate::plugins::hooks::HookCtx;
@@ -244,22 +244,29 @@ pub(crate) async fn handle_unsent_id(
                                 };
                                 route.plugins.request_hooks(&mut req, &ctx);
                             }
-                            let ctx = proxy::ProxyCtx {
-                                route,
-                                new_path,
-                                peer: &conn.peer_headers,
-                                peer_trusted,
-                                client_ip,
-                                max_body: conn.listener.max_body,
-                                shared,
-                                tls: conn.tls.as_deref(),
-                                upstream_override,
-                                request_id: (&snap.request_id_header, &log.request_id),
-                                client_host: client_host.as_ref(),
-                                may_upgrade: seen.upgrade,
-                                started: skipped.then_some(start),
-                            };
-                            proxy::forward(req, ctx, &mut log.outcome).await
+                            // The route's handler, matched here rather than in an async
+                            // wrapper, whose future would move the proxy's once more.
+                            match &route.handler {
+                                Handler::Respond(r) => Ok(r.response()),
+                                Handler::Proxy(up) => {
+                                    let ctx = proxy::ProxyCtx {
+                                        route,
+                                        new_path,
+                                        peer: &conn.peer_headers,
+                                        peer_trusted,
+                                        client_ip,
+                                        max_body: conn.listener.max_body,
+                                        shared,
+                                        tls: conn.tls.as_deref(),
+                                        upstream_override,
+                                        request_id: (&snap.request_id_header, &log.request_id),
+                                        client_host: client_host.as_ref(),
+                                        may_upgrade: seen.upgrade,
+                                        started: skipped.then_some(start),
+                                    };
+                                    proxy::forward(req, up, ctx, &mut log.outcome).await
+                                }
+                            }
                         }
                     }
                 }
@@ -278,6 +285,7 @@ pub(crate) async fn handle_unsent_id(
             // unreachable rate-limit store are the gateway's own state, not an upstream
             // failure.
             if let Some(r) = route
+                && let Some(upstream) = log.outcome.upstream.as_ref().or(r.upstream().map(|u| &u.name))
                 && e.side() != crate::error::Side::Downstream
                 && !matches!(
                     e.kind,
@@ -287,7 +295,6 @@ pub(crate) async fn handle_unsent_id(
                         | ErrorKind::RateLimitUnavailable
                 )
             {
-                let upstream = log.outcome.upstream.as_ref().unwrap_or(&r.upstream.name);
                 shared.metrics.backend_error(upstream, e.metric_kind());
                 tracing::debug!(route = %r.name, upstream = %upstream, error = %e, "upstream request failed");
             }
@@ -310,6 +317,26 @@ pub(crate) async fn handle_unsent_id(
     let id_name = snap.request_id_header.clone();
     let request_id = log.finish(res.status());
     (res, (id_name, request_id))
+}
+
+/// The answer to a request refused before there is a request to route (a head too large,
+/// a request line too long, a head that does not parse): the contract's JSON body with a new
+/// request ID, counted under `route="none"` and logged, with the method when it could be
+/// read and the path as `*`. For the lean HTTP/1.1 loop, which answers these itself.
+pub(crate) fn refuse(
+    error: &GatewayError,
+    method: Method,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> (Response<Body>, (HeaderName, HeaderValue)) {
+    let snap = shared.snapshot.load_full();
+    let mut req = Request::new(Body::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = Uri::from_static("*");
+    let mut log = LogPhase::new(shared, &snap, conn, Instant::now(), &req, new_request_id(), conn.peer.ip());
+    let res = error.to_response(&log.request_id);
+    let id = log.finish(res.status());
+    (res, (snap.request_id_header.clone(), id))
 }
 
 /// Puts an upstream response's fields that are kept as sent into its map; `false` when one

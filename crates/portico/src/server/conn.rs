@@ -187,6 +187,12 @@ pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         // hyper answers 431 itself past this; below it the pipeline answers a JSON 431.
         .max_buf_size((l.max_header_bytes + 8192).max(8192));
+    // hyper parses up to 100 fields on the stack (any setting moves them to the heap, for
+    // every request); under that, the pipeline's check answers the limit with the JSON 431.
+    // A limit above 100 is hyper's to enforce too, one field further.
+    if l.max_header_fields > 100 {
+        b.http1().max_headers(l.max_header_fields + 1);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)

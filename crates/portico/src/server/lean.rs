@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use crate::Shared;
 use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::{self, ConnInfo};
 use crate::upstream::h1::{
     Known, NameCache, Span, content_length, fill_header_map, plain_length, recycle, span_of, write_field,
@@ -50,6 +51,10 @@ use crate::upstream::h1::{
 const MAX_HEADERS: usize = 32;
 /// Room made in the buffer before a read.
 const READ_ROOM: usize = 8 * 1024;
+/// After refusing a head, how long and how much of what the client still sends is read
+/// and dropped before the connection closes.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const LINGER_BYTES: usize = 1024 * 1024;
 /// Body frames up to this size are copied next to their framing and written in one call.
 const COPY_MAX: usize = 16 * 1024;
 
@@ -117,6 +122,9 @@ enum Parse {
     Other,
     /// For hyper too, found only once the head was taken out of the buffer: here it is.
     Rejected(Bytes),
+    /// Refused here, with the contract's answer: a head that does not parse (400), or one
+    /// with more fields than the listener allows (431).
+    Refused(GatewayError),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
@@ -171,9 +179,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             }
             first = false;
             let head = loop {
-                match parse(&mut self.buf, &mut self.names, &mut self.spare, &mut self.spans) {
+                match parse(&mut self.buf, &mut self.names, &mut self.spare, &mut self.spans, limits.max_header_fields)
+                {
                     Parse::Complete(head) => break head,
                     Parse::Other => return End::HandOver(head_started()),
+                    Parse::Refused(error) => return self.refuse(error, info, shared).await,
                     Parse::Rejected(head) => {
                         // Put the head back in front of what follows it, for hyper.
                         let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
@@ -183,7 +193,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                         return End::HandOver(head_started());
                     }
                     Parse::Partial if self.buf.len() > limits.max_header_bytes => {
-                        return End::HandOver(head_started());
+                        // Over the limit before its end: 414 while the request line is not
+                        // even complete, else 431.
+                        let kind = match self.buf.contains(&b'\n') {
+                            true => ErrorKind::HeadersTooLarge,
+                            false => ErrorKind::UriTooLong,
+                        };
+                        return self.refuse(GatewayError::new(kind), info, shared).await;
                     }
                     Parse::Partial => {
                         let until = head_started() + limits.header_timeout;
@@ -237,6 +253,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                 },
             }
         }
+    }
+
+    /// Answers a request refused before routing with the contract's answer (counted and
+    /// logged by the pipeline), then closes: its head cannot be trusted to say where the
+    /// next request starts. What the client still sends is read and dropped for a moment
+    /// first, so that closing with unread bytes does not reset the connection before the
+    /// client has read the answer.
+    async fn refuse(&mut self, error: GatewayError, info: &Arc<ConnInfo>, shared: &Arc<Shared>) -> End {
+        let method = self.buf[..]
+            .split(|&b| b == b' ')
+            .next()
+            .filter(|m| m.len() <= 16)
+            .and_then(|m| Method::from_bytes(m).ok())
+            .unwrap_or_else(|| Method::from_bytes(b"-").unwrap_or_default());
+        let (res, id) = pipeline::refuse(&error, method, info, shared);
+        if self.respond(res, &id, false, true).await.is_ok() {
+            let _ = self.io.shutdown().await;
+            let drain = async {
+                let mut left = LINGER_BYTES;
+                while left > 0 {
+                    self.buf.clear();
+                    match self.fill().await {
+                        Ok(n) if n > 0 => left = left.saturating_sub(n),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        }
+        End::Closed
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
@@ -471,14 +517,29 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut 
 
 /// Parses a request head at the start of `buf`; a complete one this loop takes is removed
 /// from the buffer.
-fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap, spans: &mut Vec<Span>) -> Parse {
+fn parse(
+    buf: &mut BytesMut,
+    names: &mut NameCache,
+    spare: &mut HeaderMap,
+    spans: &mut Vec<Span>,
+    max_fields: usize,
+) -> Parse {
     // Left uninitialised for httparse to fill: no 32 fields written first.
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parse::Partial,
-        Err(_) => return Parse::Other,
+        // More than this loop parses: hyper's if within the listener's limit.
+        Err(httparse::Error::TooManyHeaders) => {
+            return match field_lines(buf) {
+                None => Parse::Partial,
+                Some(n) if n > max_fields => Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
+                Some(_) => Parse::Other,
+            };
+        }
+        // hyper parses with httparse and the same settings, and would refuse it too.
+        Err(_) => return Parse::Refused(GatewayError::new(ErrorKind::BadRequest("malformed request"))),
     };
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else { return Parse::Other };
     if !path.starts_with('/') {
@@ -527,6 +588,23 @@ fn parse(buf: &mut BytesMut, names: &mut NameCache, spare: &mut HeaderMap, spans
     Parse::Complete(Head { method, uri, headers })
 }
 
+/// The number of field lines of the complete head at the start of `buf` (`None`: the head
+/// is not complete yet).
+fn field_lines(buf: &[u8]) -> Option<usize> {
+    let mut lines = 0usize;
+    let mut at = 0;
+    while let Some(i) = buf[at..].iter().position(|&b| b == b'\n') {
+        let line = &buf[at..at + i];
+        if line.is_empty() || line == b"\r" {
+            // The empty line that ends the head; the request line is not a field.
+            return Some(lines.saturating_sub(1));
+        }
+        lines += 1;
+        at += i + 1;
+    }
+    None
+}
+
 thread_local! {
     /// The `Date` value for the current second (one format per second per thread).
     static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((u64::MAX, [0; 29])) };
@@ -555,7 +633,7 @@ mod tests {
 
     fn parsed(text: &str) -> (Parse, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let p = parse(&mut buf, &mut NameCache::default(), &mut HeaderMap::new(), &mut Vec::new());
+        let p = parse(&mut buf, &mut NameCache::default(), &mut HeaderMap::new(), &mut Vec::new(), 100);
         (p, buf)
     }
 
@@ -579,7 +657,6 @@ mod tests {
             "GET http://x/a HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT /a HTTP/1.1\r\n\r\n",
-            "GET /a HTTP/1.1\r\nBad Header\r\n\r\n",
         ] {
             let (p, rest) = parsed(text);
             assert!(matches!(p, Parse::Other), "{text:?}");
@@ -598,7 +675,25 @@ mod tests {
         let (p, _) = parsed("GET /a HTTP/1.1\r\nHost: x\r\n");
         assert!(matches!(p, Parse::Partial));
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
-        assert!(matches!(parsed(&many).0, Parse::Other));
+        assert!(matches!(parsed(&many).0, Parse::Other), "more than this loop parses, within the limit: hyper's");
+        let too_many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(101));
+        let Parse::Refused(e) = parsed(&too_many).0 else { panic!("over the limit") };
+        assert_eq!(e.status(), 431);
+        assert!(matches!(parsed(&too_many[..too_many.len() - 2]).0, Parse::Partial), "counted once complete");
+        for text in
+            ["GET /a HTTP/1.1\r\nBad Header\r\n\r\n", "GET /a HTTP/9.9\r\n\r\n", "GET /a HTTP/1.1\r\nx: a\0b\r\n\r\n"]
+        {
+            let Parse::Refused(e) = parsed(text).0 else { panic!("{text:?}: refused") };
+            assert_eq!(e.status(), 400, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn field_lines_are_counted_once_the_head_is_complete() {
+        assert_eq!(field_lines(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\nbody"), Some(2));
+        assert_eq!(field_lines(b"GET / HTTP/1.1\r\n\r\n"), Some(0));
+        assert_eq!(field_lines(b"GET / HTTP/1.1\na: 1\n\n"), Some(1));
+        assert_eq!(field_lines(b"GET / HTTP/1.1\r\na: 1\r\n"), None);
     }
 
     #[test]
