@@ -16,6 +16,8 @@ use crate::support::*;
 struct Zone {
     a: HashMap<String, Vec<Ipv4Addr>>,
     srv: HashMap<String, Vec<(u16, u16, String)>>, // weight, port, target
+    /// SRV priority by target (10 when absent).
+    priority: HashMap<String, u16>,
 }
 
 struct TestDns {
@@ -92,7 +94,7 @@ fn respond(q: &[u8], zone: &Zone, fail: bool) -> Option<Vec<u8>> {
         }
     } else if qtype == 33 && zone.srv.contains_key(&qname) {
         for (weight, port, target) in &zone.srv[&qname] {
-            let mut rdata = vec![0, 10];
+            let mut rdata = zone.priority.get(target).copied().unwrap_or(10).to_be_bytes().to_vec();
             rdata.extend_from_slice(&weight.to_be_bytes());
             rdata.extend_from_slice(&port.to_be_bytes());
             encode_name(target, &mut rdata);
@@ -208,6 +210,33 @@ async fn srv_records_give_hosts_ports_and_weights() {
     let (_, _, body) = get(&gw.url("/x")).await;
     let host = json(&body)["headers"]["host"].as_str().unwrap().to_owned();
     assert!(host == format!("a.test:{}", a.addr.port()) || host == format!("b.test:{}", b.addr.port()), "{host}");
+}
+
+#[tokio::test]
+async fn srv_priorities_are_not_used_every_record_takes_traffic() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let dns = TestDns::start().await;
+    dns.set_a("a.test", &["127.0.0.1"]);
+    dns.set_a("b.test", &["127.0.0.1"]);
+    {
+        let mut zone = dns.zone.lock().unwrap();
+        zone.srv.insert(
+            "_http._tcp.svc.test".into(),
+            vec![(1, a.addr.port(), "a.test".into()), (1, b.addr.port(), "b.test".into())],
+        );
+        // RFC 2782 would send everything to the lower priority (a) while it is up.
+        zone.priority.insert("a.test".into(), 10);
+        zone.priority.insert("b.test".into(), 20);
+    }
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  svc:\n    targets: [{{ url: \"http://_http._tcp.svc.test\" }}]\n    discovery: {{ dns: {{ srv: true, nameservers: [\"{}\"] }} }}\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: svc }}\n",
+        dns.addr
+    )));
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("/x")).await.0, 200, "{}", gw.stderr_text());
+    }
+    assert_eq!((a.hits(), b.hits()), (10, 10), "as docs/upstreams.md says: priorities are not used");
 }
 
 #[test]

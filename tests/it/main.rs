@@ -13,6 +13,7 @@ mod discovery;
 mod docs;
 mod errors;
 mod framing;
+mod gaps;
 mod lean_server;
 mod lifecycle;
 mod observe;
