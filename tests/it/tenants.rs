@@ -147,3 +147,55 @@ async fn tenant_settings_changed_in_redis_apply_on_every_instance_within_a_secon
         .await
     );
 }
+
+/// A tenant's limits from Redis, several and with any algorithm, on a `store: redis` route:
+/// one fleet-wide budget, exact to the request, across three instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_redis_limits_are_one_budget_for_three_instances() {
+    let up = TestUpstream::start("u").await;
+    let redis = RedisServer::start();
+    redis.cmd(&["HSET", "portico:tenant:acme", "rate_limit", "7/1m, 1000/1d"]);
+    redis.cmd(&["HSET", "portico:tenant:globex", "rate_limit", "4/1h algorithm=gcra, 50/1d algorithm=sliding_window"]);
+    redis.cmd(&["HSET", "portico:tenant:bad", "rate_limit", "4/1m algorithm=fixed_window burst=9", "plan", ""]);
+    let yaml = config(&format!(
+        r#"redis: {{ url: "{}", timeout: 1s }}
+upstreams:
+  u: {{ targets: [{{ url: {} }}] }}
+tenants:
+  from: [subdomain]
+  redis: {{ cache_ttl: 30s }}
+  settings: {{ acme: {{}}, globex: {{}}, bad: {{}} }}
+routes:
+  - name: api
+    match: {{ prefix: /api }}
+    upstream: u
+    plugins: [{{ rate_limit: {{ limits: [{{ limit: 100, per: 1m }}], key: [tenant], store: redis }} }}]
+"#,
+        redis.url(),
+        up.url()
+    ));
+    let fleet = [Gateway::start(&yaml), Gateway::start(&yaml), Gateway::start(&yaml)];
+    let allowed = |tenant: &'static str, n: usize| {
+        let fleet = &fleet;
+        async move {
+            let mut ok = 0;
+            for i in 0..n {
+                let (s, h, _) = as_host(&fleet[i % 3], &format!("{tenant}.api.test"), "/api/x", &[]).await;
+                if s == 200 {
+                    ok += 1;
+                } else {
+                    assert_eq!(s, 429, "{tenant}: {h:?}");
+                }
+            }
+            ok
+        }
+    };
+    assert_eq!(allowed("acme", 12).await, 7, "acme: 7/1m from Redis, shared by the three instances");
+    assert_eq!(allowed("globex", 9).await, 4, "globex: gcra 4/1h from Redis");
+    // A hash limit that fails the config's checks is ignored (logged): the route's 100/1m.
+    assert_eq!(allowed("bad", 9).await, 9);
+    assert!(
+        fleet[0].logged("tenant rate_limit in redis ignored").await
+            || fleet[1].logged("tenant rate_limit in redis ignored").await
+    );
+}

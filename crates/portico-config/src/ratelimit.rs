@@ -216,6 +216,57 @@ pub struct Plan {
 }
 
 /// Checks a list of limits.
+/// Limits written as text, as a tenant's Redis hash carries them: limits separated by
+/// commas, each `LIMIT/PER` with optional `key=value` options separated by spaces
+/// (`algorithm`, `burst`, `max_delay`, `name`):
+/// `100/1m algorithm=gcra burst=20, 10000/1d`. The result is checked as a config's
+/// `limits` list is; the error names the limit and the problem.
+pub fn parse_limits(text: &str) -> Result<Vec<Limit>, String> {
+    let mut out = Vec::new();
+    for (i, item) in text.split(',').map(str::trim).enumerate() {
+        let at = |m: String| format!("limit {} ({item:?}): {m}", i + 1);
+        let mut words = item.split_whitespace();
+        let rate = words.next().ok_or_else(|| at("empty".into()))?;
+        let (n, per) = rate.split_once('/').ok_or_else(|| at("not LIMIT/PER".into()))?;
+        let mut limit = Limit {
+            limit: n.parse().map_err(|_| at(format!("{n:?} is not a number")))?,
+            per: Duration::parse(per).map_err(at)?,
+            algorithm: LimitAlgorithm::default(),
+            burst: 0,
+            max_delay: Duration::from_secs(0),
+            name: None,
+        };
+        for w in words {
+            let (k, v) = w.split_once('=').ok_or_else(|| at(format!("{w:?} is not key=value")))?;
+            match k {
+                "algorithm" => {
+                    limit.algorithm = serde_json::from_value(serde_json::Value::String(v.to_owned())).map_err(|_| {
+                        at(format!("unknown algorithm {v:?} (token_bucket, gcra, fixed_window, sliding_window, sliding_log, leaky_bucket)"))
+                    })?;
+                }
+                "burst" => limit.burst = v.parse().map_err(|_| at(format!("burst {v:?} is not a number")))?,
+                "max_delay" => limit.max_delay = Duration::parse(v).map_err(at)?,
+                "name" => limit.name = Some(v.to_owned()),
+                _ => return Err(at(format!("unknown option {k:?} (algorithm, burst, max_delay, name)"))),
+            }
+        }
+        out.push(limit);
+    }
+    let mut first = None;
+    check_limit_list("", &out, &mut |path, message| {
+        first.get_or_insert_with(|| {
+            // `[0].burst` -> `limit 1: burst ...`
+            let (index, field) = path.trim_start_matches('[').split_once(']').unwrap_or(("0", &path));
+            let i: usize = index.parse().unwrap_or(0);
+            format!("limit {}: {} {message}", i + 1, field.trim_start_matches('.'))
+        });
+    });
+    match first {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 pub(crate) fn check_limit_list(p: &str, limits: &[Limit], err: &mut impl FnMut(String, String)) {
     for (i, l) in limits.iter().enumerate() {
         let lp = format!("{p}[{i}]");

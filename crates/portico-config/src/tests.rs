@@ -431,3 +431,35 @@ fn going_on_past_a_problem_never_panics_on_junk() {
         assert!(!errs.is_empty() && errs.len() < 30, "{junk:?}: {errs:#?}");
     }
 }
+
+#[test]
+fn limits_as_text_parse_and_are_checked_as_the_configs_are() {
+    let l = crate::parse_limits(
+        "100/1m algorithm=gcra burst=20, 10000/1d,5/1s algorithm=leaky_bucket max_delay=500ms name=slow",
+    )
+    .unwrap();
+    assert_eq!(l.len(), 3);
+    assert_eq!(
+        (l[0].limit, l[0].per.get().as_secs(), l[0].algorithm, l[0].burst),
+        (100, 60, crate::LimitAlgorithm::Gcra, 20)
+    );
+    assert_eq!(
+        (l[1].limit, l[1].per.get().as_secs(), l[1].algorithm),
+        (10_000, 86_400, crate::LimitAlgorithm::TokenBucket)
+    );
+    assert_eq!((l[2].max_delay.get().as_millis(), l[2].name.as_deref()), (500, Some("slow")));
+    for (bad, want) in [
+        ("", "limit 1 (\"\"): empty"),
+        ("lots", "limit 1 (\"lots\"): not LIMIT/PER"),
+        ("5/1m, x/1m", "limit 2 (\"x/1m\"): \"x\" is not a number"),
+        ("5/1m algorithm=magic", "unknown algorithm \"magic\""),
+        ("5/1m colour=red", "unknown option \"colour\""),
+        ("0/1m", "limit 1: limit must be at least 1"),
+        ("5/1m algorithm=fixed_window burst=3", "limit 1: burst only token_bucket and gcra have a burst"),
+        ("5/1m max_delay=1s", "limit 1: max_delay only leaky_bucket delays requests"),
+        ("5/0s", "limit 1: per must be at least 1ms"),
+    ] {
+        let e = crate::parse_limits(bad).unwrap_err();
+        assert!(e.contains(want), "{bad:?}: {e}");
+    }
+}

@@ -242,27 +242,13 @@ fn parse(fields: &HashMap<String, String>) -> Option<TenantSettings> {
         s.flags = f.split(',').map(str::trim).filter(|f| !f.is_empty()).map(Into::into).collect();
     }
     if let Some(r) = fields.get("rate_limit") {
-        match parse_limit(r) {
-            Some(l) => s.rate_limit = vec![l],
-            None => tracing::warn!(value = %r, "tenant rate_limit in redis is not LIMIT/PER; ignored"),
+        // The config's own syntax and checks, as text (portico_config::parse_limits).
+        match portico_config::parse_limits(r) {
+            Ok(limits) => s.rate_limit = limits,
+            Err(e) => tracing::warn!(value = %r, error = %e, "tenant rate_limit in redis ignored"),
         }
     }
     Some(s)
-}
-
-/// `500/1m` as a token-bucket limit.
-fn parse_limit(s: &str) -> Option<portico_config::Limit> {
-    let (n, per) = s.trim().split_once('/')?;
-    let limit: u64 = n.trim().parse().ok().filter(|n| *n > 0)?;
-    let per = portico_config::Duration::parse(per.trim()).ok().filter(|d| !d.get().is_zero())?;
-    Some(portico_config::Limit {
-        limit,
-        per,
-        algorithm: portico_config::LimitAlgorithm::TokenBucket,
-        burst: 0,
-        max_delay: portico_config::Duration::from_secs(0),
-        name: None,
-    })
 }
 
 impl Subscriber for TenantStore {
@@ -294,9 +280,15 @@ mod tests {
         assert_eq!(s.plan.as_deref(), Some("pro"));
         assert!(s.has_flag("beta") && s.has_flag("dark-mode") && !s.has_flag(""));
         assert_eq!((s.rate_limit[0].limit, s.rate_limit[0].per.get()), (500, Duration::from_secs(60)));
-        for bad in ["", "0/1m", "x/1m", "5/0s", "5", "5/forever"] {
-            assert!(parse_limit(bad).is_none(), "{bad}");
+        for bad in ["", "0/1m", "x/1m", "5/0s", "5", "5/forever", "5/1m burst=2 algorithm=fixed_window"] {
+            f.insert("rate_limit".to_owned(), bad.to_owned());
+            assert!(parse(&f).unwrap().rate_limit.is_empty(), "{bad}: ignored");
         }
+        f.insert("rate_limit".to_owned(), "100/1m algorithm=gcra burst=20, 10000/1d".to_owned());
+        let s = parse(&f).unwrap();
+        assert_eq!(s.rate_limit.len(), 2);
+        assert_eq!((s.rate_limit[0].algorithm, s.rate_limit[0].burst), (portico_config::LimitAlgorithm::Gcra, 20));
+        assert_eq!((s.rate_limit[1].limit, s.rate_limit[1].per.get()), (10_000, Duration::from_secs(86_400)));
     }
 
     #[test]
