@@ -20,6 +20,7 @@ mod proxy;
 mod ratelimit;
 mod ratelimit_redis;
 mod redis_cluster;
+mod regex_routes;
 mod resilience;
 mod revocation;
 mod support;
