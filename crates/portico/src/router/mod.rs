@@ -39,6 +39,7 @@ pub struct Params<'k, 'v>(ParamsFrom<'k, 'v>);
 #[derive(Debug)]
 enum ParamsFrom<'k, 'v> {
     Tree(matchit::Params<'k, 'v>),
+    /// Not boxed: smaller than matchit's params, so `Lookup` keeps its size (120 bytes).
     Regex(&'k regex::Regex, regex::Captures<'v>),
 }
 
@@ -61,7 +62,7 @@ impl<'k, 'v> Params<'k, 'v> {
     pub fn iter(&self) -> impl Iterator<Item = (&'k str, &'v str)> + '_ {
         let (tree, regex) = match &self.0 {
             ParamsFrom::Tree(p) => (Some(p.iter()), None),
-            ParamsFrom::Regex(re, caps) => (None, Some((re, caps))),
+            ParamsFrom::Regex(re, caps) => (None, Some((*re, caps))),
         };
         let named = regex.into_iter().flat_map(|(re, caps)| {
             re.capture_names().enumerate().filter_map(|(i, name)| Some((name?, caps.get(i)?.as_str())))
@@ -455,7 +456,8 @@ impl Router {
             if let Some(index) = self.pick(&group.buckets[r.bucket], req, allow) {
                 let params = match r.named {
                     true => {
-                        r.regex.captures(req.path).map_or_else(Params::new, |c| Params(ParamsFrom::Regex(&r.regex, c)))
+                        let caps = r.regex.captures(req.path);
+                        caps.map_or_else(Params::new, |c| Params(ParamsFrom::Regex(&r.regex, c)))
                     }
                     false => Params::new(),
                 };
