@@ -222,7 +222,7 @@ impl Rewrite {
                 for p in pieces {
                     match p {
                         Piece::Literal(s) => out.push_str(s),
-                        Piece::Param(n) => out.push_str(params.get(&**n).unwrap_or("")),
+                        Piece::Param(n) => out.push_str(params.get(n).unwrap_or("")),
                     }
                 }
                 if out.is_empty() {
