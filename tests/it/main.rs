@@ -22,6 +22,7 @@ mod proxy;
 mod ratelimit;
 mod ratelimit_redis;
 mod redis_cluster;
+mod regex_routes;
 mod resilience;
 mod respond;
 mod revocation;

@@ -903,8 +903,13 @@ pub struct RouteMatch {
     /// captures one segment; `{*name}` captures the rest and must come last.
     pub path: Option<String>,
     /// Path prefix on segment boundaries: `/api` matches `/api` and `/api/x`, not
-    /// `/apix`. Exactly one of `path` and `prefix` is required.
+    /// `/apix`. Exactly one of `path`, `prefix` and `regex` is required.
     pub prefix: Option<String>,
+    /// Regular expression over the whole path (the `regex` crate's syntax, matched in
+    /// linear time), written with `^` and `$`: `^/v(?<version>[12])/users/(?<id>[0-9]+)$`.
+    /// Named captures are path parameters. Tried after exact paths and templates, before
+    /// prefixes, in file order.
+    pub regex: Option<String>,
     /// HTTP methods. Empty: any method.
     pub methods: Vec<String>,
     /// Header conditions.
@@ -913,6 +918,31 @@ pub struct RouteMatch {
     pub query: Vec<ValueMatch>,
     /// Cookie conditions (`canary=1`).
     pub cookies: Vec<ValueMatch>,
+}
+
+impl RouteMatch {
+    /// The path parameters the route captures: a template's `{name}` and `{*name}`, a
+    /// regex's named groups; none for a prefix, or for a path that does not parse.
+    pub fn params(&self) -> Vec<String> {
+        if let Some(path) = &self.path {
+            crate::template::PathTemplate::parse(path)
+                .map(|t| t.params().map(str::to_owned).collect())
+                .unwrap_or_default()
+        } else if let Some(re) = &self.regex {
+            crate::template::PathRegex::parse(re).map(|r| r.params().map(str::to_owned).collect()).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The field that holds the route's path condition: `path`, `regex` or `prefix`.
+    pub fn path_field(&self) -> &'static str {
+        match (&self.path, &self.regex) {
+            (Some(_), _) => "path",
+            (None, Some(_)) => "regex",
+            (None, None) => "prefix",
+        }
+    }
 }
 
 /// A condition on a header or query parameter. Give at most one of `value`, `prefix` and

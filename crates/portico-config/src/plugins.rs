@@ -191,7 +191,8 @@ pub struct DenyList {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TenantFrom {
-    /// A parameter captured by the route's path template (`/tenants/{tenant}/...`).
+    /// A parameter captured by the route's path template (`/tenants/{tenant}/...`) or
+    /// by a named group of its `match.regex`.
     Param(String),
     /// The first label of the host (`acme.api.example.com` names `acme`).
     Subdomain,
@@ -745,9 +746,7 @@ fn check_list(
             Plugin::Authorize(a) => {
                 match &a.tenant {
                     Some(TenantFrom::Param(name)) => {
-                        let captures = route.and_then(|r| r.matcher.path.as_deref()).is_some_and(|path| {
-                            path.contains(&format!("{{{name}}}")) || path.contains(&format!("{{*{name}}}"))
-                        });
+                        let captures = route.is_some_and(|r| r.matcher.params().contains(name));
                         if route.is_some() && !captures {
                             err(format!("{pp}.tenant.param"), format!("the route's path does not capture {{{name}}}"));
                         }

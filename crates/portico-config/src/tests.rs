@@ -463,3 +463,52 @@ fn limits_as_text_parse_and_are_checked_as_the_configs_are() {
         assert!(e.contains(want), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn regex_routes_are_checked_with_exact_messages() {
+    let src = r#"version: 1
+listeners:
+  - { name: public, bind: 127.0.0.1:8080 }
+upstreams:
+  u: { targets: [{ url: http://127.0.0.1:9000 }] }
+routes:
+  - { name: a, match: { regex: "^/v(?<version>[12])/users/(?<id>[0-9]+)$" }, upstream: u, rewrite: { path: "/users/{id}" } }
+  - { name: b, match: { regex: "^/(x$" }, upstream: u }
+  - { name: c, match: { regex: "/users/[0-9]+" }, upstream: u }
+  - { name: d, match: { regex: "^/(?<a.b>x)$" }, upstream: u }
+  - { name: e, match: { regex: "^/x$", prefix: /x }, upstream: u }
+  - { name: f, match: { regex: "^/u/(?<id>[0-9]+)$" }, upstream: u, rewrite: { path: "/users/{uid}" } }
+  - { name: g, match: { regex: "^/u/[0-9]+$" }, upstream: u, rewrite: { path: "/users/{id}" } }
+  - name: h
+    match: { regex: "^/u/(?<id>[0-9]+)$" }
+    upstream: u
+    plugins:
+      - request_headers: { set: { x-user: "{param.id}", x-bad: "{param.uid}" } }
+      - api_key: {}
+      - authorize: { tenant: { param: tenant } }
+  - { name: i, match: {}, upstream: u }
+"#;
+    let errs = errors(src);
+    let want = [
+        "routes[1].match.regex: regex parse error:\n    ^/(x$\n      ^\nerror: unclosed group (line 8, column 32)",
+        "routes[2].match.regex: \"/users/[0-9]+\" must start with '^' and end with '$': a regex matches the whole path (for a prefix, end it with \".*$\") (line 9, column 32)",
+        "routes[3].match.regex: \"^/(?<a.b>x)$\": capture name \"a.b\" is not a parameter name (letters, digits and '_') (line 10, column 32)",
+        "routes[4].match: give one of path, prefix and regex, not several (line 11, column 23)",
+        "routes[5].rewrite.path: {uid} is not captured by match.regex (captured: id) (line 12, column 86)",
+        "routes[6].rewrite.path: {id} is not captured by match.regex (the route's match.regex captures nothing) (line 13, column 79)",
+        "routes[7].plugins[0].request_headers.set.x-bad: \"{param.uid}\": the route's path does not capture {uid} (line 18, column 64)",
+        "routes[7].plugins[2].authorize.tenant.param: the route's path does not capture {tenant} (line 20, column 39)",
+        "routes[8].match: a route needs match.path, match.prefix or match.regex (line 21, column 23)",
+    ];
+    assert_eq!(errs, want, "{errs:#?}");
+}
+
+#[test]
+fn regex_captures_serve_templates_and_tenant_params() {
+    let src = BASE.replace(
+        "    match: { path: \"/users/{id}\", methods: [GET] }\n    upstream: users\n",
+        "    match: { regex: '^/t/(?<tenant>[a-z]+)/users/(?<id>[0-9]+)$' }\n    upstream: users\n    rewrite: { path: \"/users/{id}\" }\n    plugins:\n      - request_headers: { set: { x-user: \"{param.id}\" } }\n      - api_key: {}\n      - authorize: { tenant: { param: tenant } }\n",
+    );
+    let p = parse(&src, no_env).unwrap();
+    assert_eq!(p.config.routes[0].matcher.params(), ["tenant", "id"]);
+}

@@ -136,19 +136,6 @@ impl ValueTemplate {
     }
 }
 
-/// The path parameters `route` captures (none for a prefix route).
-fn captured(route: &crate::Route) -> Vec<String> {
-    let Some(path) = route.matcher.path.as_deref() else { return Vec::new() };
-    let Ok(t) = crate::template::PathTemplate::parse(path) else { return Vec::new() };
-    t.segments()
-        .iter()
-        .filter_map(|s| match s {
-            crate::template::Segment::Param(n) | crate::template::Segment::CatchAll(n) => Some(n.clone()),
-            crate::template::Segment::Literal(_) => None,
-        })
-        .collect()
-}
-
 /// Checks a template at `path`: it parses, names parameters `route` captures, and (for a
 /// response, when `request` is false) uses only what is still known when the response is
 /// written.
@@ -179,7 +166,7 @@ fn check_template(
         );
     }
     if let Some(r) = route {
-        let have = captured(r);
+        let have = r.matcher.params();
         for name in t.params() {
             if !have.iter().any(|h| h == name) {
                 err(path.to_owned(), format!("{value:?}: the route's path does not capture {{{name}}}"));

@@ -1,12 +1,12 @@
 //! Semantic checks that serde cannot express. Every problem is collected, each with the
 //! config path of the offending field, so one `portico validate` run shows them all.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use http::{HeaderName, Method, Uri};
 
 use crate::model::{Config, Route, Upstream, ValueMatch};
-use crate::template::PathTemplate;
+use crate::template::{PathRegex, PathTemplate};
 use crate::{ConfigError, ConfigErrors};
 
 /// Checks `config` and returns every problem found.
@@ -551,23 +551,30 @@ pub fn check_target_url(url: &str) -> Result<String, String> {
 
 fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
     let m = &r.matcher;
-    let mut captures: Option<BTreeSet<String>> = None;
-    match (&m.path, &m.prefix) {
-        (Some(_), Some(_)) => err(format!("{p}.match"), "give either path or prefix, not both".into()),
-        (None, None) => err(format!("{p}.match"), "a route needs match.path or match.prefix".into()),
-        (Some(path), None) => match PathTemplate::parse(path) {
-            Ok(t) => captures = Some(t.params().map(str::to_owned).collect()),
-            Err(e) => err(format!("{p}.match.path"), e),
-        },
-        (None, Some(prefix)) => {
-            if !prefix.starts_with('/') {
-                err(format!("{p}.match.prefix"), format!("{prefix:?} must start with '/'"));
-            } else if prefix.contains(['{', '}', '?', '#']) {
-                err(
-                    format!("{p}.match.prefix"),
-                    format!("{prefix:?}: a prefix is literal; use path with {{*rest}} for captures"),
-                );
-            }
+    let given = [m.path.is_some(), m.prefix.is_some(), m.regex.is_some()].iter().filter(|b| **b).count();
+    if given > 1 {
+        err(format!("{p}.match"), "give one of path, prefix and regex, not several".into());
+    } else if given == 0 {
+        err(format!("{p}.match"), "a route needs match.path, match.prefix or match.regex".into());
+    }
+    if let Some(path) = &m.path
+        && let Err(e) = PathTemplate::parse(path)
+    {
+        err(format!("{p}.match.path"), e);
+    }
+    if let Some(re) = &m.regex
+        && let Err(e) = PathRegex::parse(re)
+    {
+        err(format!("{p}.match.regex"), e);
+    }
+    if let Some(prefix) = &m.prefix {
+        if !prefix.starts_with('/') {
+            err(format!("{p}.match.prefix"), format!("{prefix:?} must start with '/'"));
+        } else if prefix.contains(['{', '}', '?', '#']) {
+            err(
+                format!("{p}.match.prefix"),
+                format!("{prefix:?}: a prefix is literal; use path with {{*rest}} for captures"),
+            );
         }
     }
     for (i, h) in m.hosts.iter().enumerate() {
@@ -602,7 +609,8 @@ fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
                         format!("{p}.rewrite.strip_prefix"),
                         format!("{sp:?} is literal text; to drop captured segments use rewrite.path"),
                     );
-                } else if !on_boundary(base, sp) {
+                } else if m.regex.is_none() && !on_boundary(base, sp) {
+                    // Not checked against a regex: there it applies when the path starts with it.
                     err(
                         format!("{p}.rewrite.strip_prefix"),
                         format!("{sp:?} is not a prefix of the route's path {base:?}, so it would never apply"),
@@ -611,18 +619,16 @@ fn check_route(p: &str, r: &Route, err: &mut impl FnMut(String, String)) {
             }
             (None, Some(tpl)) => match PathTemplate::parse(tpl) {
                 Ok(t) => {
-                    let have = captures.clone().unwrap_or_default();
+                    let have = m.params();
+                    let field = if m.regex.is_some() { "match.regex" } else { "match.path" };
                     for name in t.params() {
-                        if !have.contains(name) {
+                        if !have.iter().any(|h| h == name) {
                             let hint = if have.is_empty() {
-                                "the route's match.path captures nothing".to_owned()
+                                format!("the route's {field} captures nothing")
                             } else {
-                                format!("captured: {}", have.iter().cloned().collect::<Vec<_>>().join(", "))
+                                format!("captured: {}", have.join(", "))
                             };
-                            err(
-                                format!("{p}.rewrite.path"),
-                                format!("{{{name}}} is not captured by match.path ({hint})"),
-                            );
+                            err(format!("{p}.rewrite.path"), format!("{{{name}}} is not captured by {field} ({hint})"));
                         }
                     }
                 }

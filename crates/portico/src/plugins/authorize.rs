@@ -107,7 +107,7 @@ impl Authorize {
         }
         if let Some(from) = &self.tenant {
             let named = match from {
-                TenantFrom::Param(p) => req.params.get(&**p),
+                TenantFrom::Param(p) => req.params.get(p),
                 TenantFrom::Subdomain => req.host.split('.').next().filter(|_| req.host.contains('.')),
                 TenantFrom::Header(h) => req.headers.get(h).and_then(|v| v.to_str().ok()),
             };

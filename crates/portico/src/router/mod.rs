@@ -6,7 +6,7 @@
 //!    hosts;
 //! 2. path, within a host group: exact paths (a hash lookup), then templates in a radix
 //!    tree (matchit: a literal segment beats a parameter; `{param}` and `{*rest}` cannot
-//!    share a position), then prefixes, longest first;
+//!    share a position), then regexes in file order, then prefixes, longest first;
 //! 3. among routes with the same host and path: routes that list methods before those that
 //!    accept any, then routes with more header and query conditions;
 //! 4. file order breaks the remaining ties.
@@ -16,10 +16,12 @@
 //!
 //! Lookup cost does not grow with the number of routes: one hash lookup for the host, one
 //! for an exact path, one radix-tree walk, and one hash lookup per path segment for
-//! prefixes.
+//! prefixes. Regexes are the exception, kept small: all of a host group's regexes are one
+//! `RegexSet`, so a path is scanned once (a lazy DFA) however many there are, but that
+//! scan costs more than the lookups above and is skipped by groups without regexes.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use portico_config::template::PathTemplate;
+use portico_config::template::{PathRegex, PathTemplate};
 use portico_config::{ConfigError, ConfigErrors, RouteMatch, ValueMatch};
 
 /// The route table's maps. Their keys come from the config and are only looked up with
@@ -28,8 +30,58 @@ use portico_config::{ConfigError, ConfigErrors, RouteMatch, ValueMatch};
 /// SipHash was a measurable part of every request (docs/benchmarks.md).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Captured path parameters of a match.
-pub type Params<'k, 'v> = matchit::Params<'k, 'v>;
+/// Captured path parameters of a match: a template's (from the radix tree) or a regex's
+/// named groups. A template's are matchit's own, moved as they are: plain paths pay
+/// nothing for regexes.
+#[derive(Debug)]
+pub struct Params<'k, 'v>(ParamsFrom<'k, 'v>);
+
+#[derive(Debug)]
+enum ParamsFrom<'k, 'v> {
+    Tree(matchit::Params<'k, 'v>),
+    /// Not boxed: smaller than matchit's params, so `Lookup` keeps its size (120 bytes).
+    Regex(&'k regex::Regex, regex::Captures<'v>),
+}
+
+impl<'k, 'v> Params<'k, 'v> {
+    /// No parameters.
+    pub fn new() -> Self {
+        Params(ParamsFrom::Tree(matchit::Params::new()))
+    }
+
+    /// The value of parameter `name`; `None` when the route does not capture it, or when
+    /// it is a regex group that took no part in the match.
+    pub fn get(&self, name: &str) -> Option<&'v str> {
+        match &self.0 {
+            ParamsFrom::Tree(p) => p.get(name),
+            ParamsFrom::Regex(_, caps) => caps.name(name).map(|m| m.as_str()),
+        }
+    }
+
+    /// The parameters with values, in the order the route's path names them.
+    pub fn iter(&self) -> impl Iterator<Item = (&'k str, &'v str)> + '_ {
+        let (tree, regex) = match &self.0 {
+            ParamsFrom::Tree(p) => (Some(p.iter()), None),
+            ParamsFrom::Regex(re, caps) => (None, Some((*re, caps))),
+        };
+        let named = regex.into_iter().flat_map(|(re, caps)| {
+            re.capture_names().enumerate().filter_map(|(i, name)| Some((name?, caps.get(i)?.as_str())))
+        });
+        tree.into_iter().flatten().chain(named)
+    }
+}
+
+impl Default for Params<'_, '_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'k, 'v> From<matchit::Params<'k, 'v>> for Params<'k, 'v> {
+    fn from(p: matchit::Params<'k, 'v>) -> Self {
+        Params(ParamsFrom::Tree(p))
+    }
+}
 
 /// The outcome of a lookup.
 #[derive(Debug)]
@@ -38,7 +90,8 @@ pub enum Lookup<'k, 'v> {
     Found {
         /// Index of the route.
         index: usize,
-        /// Parameters captured by a template path (empty for prefixes).
+        /// Parameters captured by a template or a regex's named groups (empty for exact
+        /// paths and prefixes).
         params: Params<'k, 'v>,
     },
     /// Some route matched everything but the method; the `Allow` header value.
@@ -177,12 +230,28 @@ struct HostGroup {
     tree: matchit::Router<usize>,
     /// Pattern -> bucket, to group routes with the same path before inserting into the tree.
     patterns: HashMap<String, usize>,
+    /// Regexes in file order (one per distinct `match.regex`), each with its bucket.
+    regexes: Vec<RegexPath>,
+    /// `match.regex` as written -> index in `regexes`.
+    regex_index: HashMap<Box<str>, usize>,
+    /// All of `regexes`, for one pass over the path; built by [`HostGroup::finish`].
+    regex_set: Option<regex::RegexSet>,
     /// Prefix (without trailing slash, except `/`) -> bucket.
     prefixes: HashMap<Box<str>, usize>,
     /// The lengths of those prefixes (bit `n` for length `n`, bit 127 for 127 and longer):
     /// a path's shorter candidates that no prefix is as long as are not looked up.
     prefix_lengths: u128,
     buckets: Vec<Bucket>,
+}
+
+/// One distinct `match.regex` of a host group.
+#[derive(Debug)]
+struct RegexPath {
+    /// Anchored at both ends ([`PathRegex`]).
+    regex: regex::Regex,
+    /// Whether it has named groups, which only then are captured.
+    named: bool,
+    bucket: usize,
 }
 
 /// The bit of [`HostGroup::prefix_lengths`] for a prefix of `len` bytes.
@@ -224,8 +293,13 @@ impl Router {
             };
             for g in groups {
                 if let Err(msg) = r.groups[g].add(index, m) {
-                    errors.push(ConfigError::new(format!("routes[{index}].match.path"), msg));
+                    errors.push(ConfigError::new(format!("routes[{index}].match.{}", m.path_field()), msg));
                 }
+            }
+        }
+        for g in &mut r.groups {
+            if let Err((index, msg)) = g.finish() {
+                errors.push(ConfigError::new(format!("routes[{index}].match.regex"), msg));
             }
         }
         if !errors.is_empty() {
@@ -334,7 +408,12 @@ impl Router {
             && let Ok(m) = group.tree.at(req.path)
             && let Some(index) = self.pick(&group.buckets[*m.value], req, allow)
         {
-            return Some(Lookup::Found { index, params: m.params });
+            return Some(Lookup::Found { index, params: m.params.into() });
+        }
+        if let Some(set) = &group.regex_set
+            && let Some(found) = self.lookup_regexes(group, set, req, allow)
+        {
+            return Some(found);
         }
         if group.prefixes.is_empty() {
             return None;
@@ -356,6 +435,36 @@ impl Router {
                 None => return None,
             };
         }
+    }
+
+    /// The regex step: one pass of the group's set finds every regex that matches; they are
+    /// tried in file order, and the first whose routes accept the request wins.
+    fn lookup_regexes<'k, 'v>(
+        &'k self,
+        group: &'k HostGroup,
+        set: &regex::RegexSet,
+        req: &RequestParts<'v>,
+        allow: &mut Vec<&'k Method>,
+    ) -> Option<Lookup<'k, 'v>> {
+        // `is_match` first: a path no regex matches (the common case in a group that also
+        // has prefixes) costs one pass and no allocation.
+        if !set.is_match(req.path) {
+            return None;
+        }
+        for i in set.matches(req.path).iter() {
+            let r = &group.regexes[i];
+            if let Some(index) = self.pick(&group.buckets[r.bucket], req, allow) {
+                let params = match r.named {
+                    true => {
+                        let caps = r.regex.captures(req.path);
+                        caps.map_or_else(Params::new, |c| Params(ParamsFrom::Regex(&r.regex, c)))
+                    }
+                    false => Params::new(),
+                };
+                return Some(Lookup::Found { index, params });
+            }
+        }
+        None
     }
 
     fn pick<'k>(&'k self, bucket: &Bucket, req: &RequestParts<'_>, allow: &mut Vec<&'k Method>) -> Option<usize> {
@@ -403,6 +512,24 @@ impl HostGroup {
                 }
             };
             self.buckets[bucket].routes.push(index);
+        } else if let Some(re) = &m.regex {
+            let regex = match self.regex_index.get(re.as_str()) {
+                Some(&i) => i,
+                None => {
+                    let compiled = PathRegex::parse(re)?;
+                    let b = self.buckets.len();
+                    self.buckets.push(Bucket::default());
+                    self.regexes.push(RegexPath {
+                        named: compiled.params().next().is_some(),
+                        regex: compiled.regex().clone(),
+                        bucket: b,
+                    });
+                    self.regex_index.insert(re.as_str().into(), self.regexes.len() - 1);
+                    self.regexes.len() - 1
+                }
+            };
+            let bucket = self.regexes[regex].bucket;
+            self.buckets[bucket].routes.push(index);
         } else if let Some(prefix) = &m.prefix {
             let key = match prefix.trim_end_matches('/') {
                 "" => "/",
@@ -423,6 +550,29 @@ impl HostGroup {
         Ok(())
     }
 }
+
+impl HostGroup {
+    /// Builds the regex set once every route is added. On failure (the set is over the
+    /// regex crate's size limit), the error names the group's first regex route.
+    fn finish(&mut self) -> Result<(), (usize, String)> {
+        if self.regexes.is_empty() {
+            return Ok(());
+        }
+        let set = regex::RegexSetBuilder::new(self.regexes.iter().map(|r| r.regex.as_str()))
+            .size_limit(REGEX_SET_SIZE_LIMIT)
+            .build()
+            .map_err(|e| {
+                let first = self.buckets[self.regexes[0].bucket].routes[0];
+                (first, format!("the {} regexes of this route's host group together: {e}", self.regexes.len()))
+            })?;
+        self.regex_set = Some(set);
+        Ok(())
+    }
+}
+
+/// The compiled size a host group's regex set may reach: ten times the regex crate's
+/// default for one regex, room for some 10,000 simple regexes.
+const REGEX_SET_SIZE_LIMIT: usize = 100 << 20;
 
 /// Lowercases and removes the port: `API.example.com:8080` -> `api.example.com`.
 fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {

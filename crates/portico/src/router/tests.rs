@@ -179,3 +179,86 @@ fn prefixes_of_every_length_match_also_past_the_length_mask() {
     let beside: &'static str = Box::leak(format!("{long}/other").into_boxed_str());
     assert_eq!(find(&r, &n, &req("GET", "h", beside)), "long");
 }
+
+#[test]
+fn regexes_come_after_exact_paths_and_templates_before_prefixes_in_file_order() {
+    let (r, n) = table(&[
+        ("prefix-root", "prefix: /"),
+        ("prefix-v1", "prefix: /v1"),
+        ("re-any-version", r"regex: '^/v(?<version>\d+)/users/(?<id>[^/]+)$'"),
+        ("re-numeric", "regex: '^/v1/users/(?<id>[0-9]+)$'"),
+        ("template", "path: '/v1/users/{id}/orders'"),
+        ("exact", "path: /v1/users/me"),
+        ("re-host", "{ hosts: [admin.example.com], regex: '^/v1/.*$' }"),
+    ]);
+    let cases = [
+        (req("GET", "h", "/v1/users/me"), "exact"),
+        (req("GET", "h", "/v1/users/42/orders"), "template"),
+        // Both regexes match: the first in the file wins, however specific the second.
+        (req("GET", "h", "/v1/users/42"), "re-any-version"),
+        (req("GET", "h", "/v2/users/abc"), "re-any-version"),
+        // No regex matches: on to the prefixes (a regex matches the whole path only).
+        (req("GET", "h", "/v1/users/42/x"), "prefix-v1"),
+        (req("GET", "h", "/v3/users"), "prefix-root"),
+        // Host before path: the host group's regex beats the host-less exact path.
+        (req("GET", "admin.example.com", "/v1/users/me"), "re-host"),
+        (req("GET", "admin.example.com", "/v2/users/1"), "re-any-version"),
+    ];
+    for (r_, want) in cases {
+        assert_eq!(find(&r, &n, &r_), want, "{} {}{}", r_.method, r_.host, r_.path);
+    }
+}
+
+#[test]
+fn a_regex_that_declines_falls_through_to_the_next_regex_then_prefixes() {
+    let (r, n) = table(&[
+        ("re-get", "{ regex: '^/items/(?<id>[0-9]+)$', methods: [GET] }"),
+        ("re-admin", "{ regex: '^/items/(?<id>[0-9]+)$', headers: [{ name: x-admin }] }"),
+        ("re-any", "{ regex: '^/items/.*$', methods: [GET, PUT] }"),
+        ("prefix", "{ prefix: /items, methods: [PATCH] }"),
+    ]);
+    assert_eq!(find(&r, &n, &req("GET", "h", "/items/1")), "re-get");
+    // Same regex, ordered as for a shared path: conditions before file order.
+    assert_eq!(find(&r, &n, &req("GET", "h", "/items/1").header("x-admin", "1")), "re-get");
+    assert_eq!(find(&r, &n, &req("DELETE", "h", "/items/1").header("x-admin", "1")), "re-admin");
+    assert_eq!(find(&r, &n, &req("PUT", "h", "/items/1")), "re-any");
+    assert_eq!(find(&r, &n, &req("PATCH", "h", "/items/1")), "prefix");
+    // 405 lists every regex candidate and the prefix, as for other kinds of path.
+    assert_eq!(find(&r, &n, &req("POST", "h", "/items/1")), "405 GET, PATCH, PUT");
+    assert_eq!(find(&r, &n, &req("POST", "h", "/items/x")), "405 GET, PATCH, PUT");
+    assert_eq!(find(&r, &n, &req("GET", "h", "/other")), "404");
+}
+
+#[test]
+fn regex_captures_are_params() {
+    let (r, _) = table(&[
+        ("re", "regex: '^/v(?<version>[12])/users/(?<id>[0-9]+)(?:/(?<tab>[a-z]+))?$'"),
+        ("unnamed", "regex: '^/plain/([0-9]+)$'"),
+    ]);
+    let h = HeaderMap::new();
+    let lookup = |path| r.lookup(&RequestParts { host: "h", path, query: None, method: &Method::GET, headers: &h });
+    let Lookup::Found { params, .. } = lookup("/v2/users/42") else { panic!("no match") };
+    assert_eq!((params.get("version"), params.get("id")), (Some("2"), Some("42")));
+    // A group that took no part in the match is not a parameter.
+    assert_eq!(params.get("tab"), None);
+    assert_eq!(params.iter().collect::<Vec<_>>(), [("version", "2"), ("id", "42")]);
+    let Lookup::Found { params, .. } = lookup("/v1/users/7/orders") else { panic!("no match") };
+    assert_eq!(params.iter().collect::<Vec<_>>(), [("version", "1"), ("id", "7"), ("tab", "orders")]);
+    assert!(matches!(lookup("/v3/users/42"), Lookup::NotFound));
+    let Lookup::Found { params, index: 1 } = lookup("/plain/5") else { panic!("no match") };
+    assert_eq!(params.iter().count(), 0);
+}
+
+#[test]
+fn many_regexes_still_match_in_file_order() {
+    let mut matches: Vec<RouteMatch> =
+        (0..1_000).map(|i| m(&format!("regex: '^/re{i}/items/(?<id>[0-9]+)$'"))).collect();
+    matches.push(m("regex: '^/re999/items/(?<id>.+)$'"));
+    let r = Router::new(&matches).unwrap();
+    let h = HeaderMap::new();
+    let lookup = |path| r.lookup(&RequestParts { host: "h", path, query: None, method: &Method::GET, headers: &h });
+    let Lookup::Found { index: 999, params } = lookup("/re999/items/5") else { panic!("wrong route") };
+    assert_eq!(params.get("id"), Some("5"));
+    assert!(matches!(lookup("/re999/items/x"), Lookup::Found { index: 1_000, .. }));
+    assert!(matches!(lookup("/re1000/items/5"), Lookup::NotFound));
+}
