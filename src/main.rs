@@ -73,7 +73,7 @@ fn hash_key() -> anyhow::Result<()> {
     std::io::stdin().read_line(&mut line).context("reading the key from standard input")?;
     let key = line.trim_end_matches(['\n', '\r']);
     anyhow::ensure!(!key.is_empty(), "no key on standard input");
-    println!("{}", portico::plugins::identity::hex(&portico::plugins::identity::sha256(key.as_bytes())));
+    println!("{}", portico::identity::hex(&portico::identity::sha256(key.as_bytes())));
     Ok(())
 }
 
@@ -102,7 +102,7 @@ fn load(path: &Path) -> Result<(portico_config::Config, String), portico_config:
     })?;
     // Compiling catches what only the router can see, such as conflicting templates.
     let metrics = std::sync::Arc::new(portico::observe::Metrics::new());
-    let compiled = rt.block_on(async { portico::snapshot::Snapshot::compile(parsed.config.clone(), None, &metrics) });
+    let compiled = rt.block_on(async { portico::compile::Snapshot::compile(parsed.config.clone(), None, &metrics) });
     compiled.map_err(|e| e.locate(&parsed.locator))?;
     Ok((parsed.config, src))
 }

@@ -10,7 +10,7 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Uri};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portico::plugins::identity::{Consumers, hex, sha256};
+use portico::identity::{Consumers, hex, sha256};
 use portico::plugins::jwt::JwtProvider;
 
 /// Unpadded base64url (for the JWK of a generated key).

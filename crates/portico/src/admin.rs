@@ -71,8 +71,7 @@ fn refuse_without_token(req: &Request<Incoming>, shared: &Shared) -> Option<Resp
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .unwrap_or("");
-    let (a, b) =
-        (crate::plugins::identity::sha256(want.as_bytes()), crate::plugins::identity::sha256(given.as_bytes()));
+    let (a, b) = (crate::identity::sha256(want.as_bytes()), crate::identity::sha256(given.as_bytes()));
     if aws_lc_rs::constant_time::verify_slices_are_equal(&a, &b).is_ok() {
         return None;
     }
@@ -130,7 +129,7 @@ async fn revocations(req: Request<Incoming>, shared: &Shared) -> Response<Body> 
             return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string());
         }
     };
-    let what = match crate::plugins::revocation::parse_request(&body) {
+    let what = match crate::identity::revocation::parse_request(&body) {
         Ok(w) => w,
         Err(msg) => return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string()),
     };

@@ -157,12 +157,9 @@ pub async fn start_services() -> std::io::Result<HashMap<&'static str, String>> 
     ] {
         vars.insert(key, start_service(name, instance).await?.to_string());
     }
-    let secret = crate::plugins::identity::hex(&crate::plugins::identity::sha256(&fastrand::u128(..).to_le_bytes()));
+    let secret = crate::identity::hex(&crate::identity::sha256(&fastrand::u128(..).to_le_bytes()));
     vars.insert("JWT_SECRET", secret);
-    vars.insert(
-        "PARTNER_KEY_SHA256",
-        crate::plugins::identity::hex(&crate::plugins::identity::sha256(DEMO_API_KEY.as_bytes())),
-    );
+    vars.insert("PARTNER_KEY_SHA256", crate::identity::hex(&crate::identity::sha256(DEMO_API_KEY.as_bytes())));
     Ok(vars)
 }
 

@@ -3,7 +3,7 @@
 //! A [`Gateway`] is started from a validated [`portico_config::Config`]. It binds every
 //! listener, serves requests through the pipeline (route match, then the proxy handler),
 //! exports metrics and writes the access log. Config reloads swap a compiled
-//! [`snapshot::Snapshot`] atomically and never touch open connections; unchanged
+//! [`compile::Snapshot`] atomically and never touch open connections; unchanged
 //! listeners keep their sockets, added ones start, removed ones stop accepting.
 //!
 //! ```no_run
@@ -22,17 +22,18 @@
 
 pub mod admin;
 pub mod body;
+pub mod compile;
 pub mod demo;
 pub mod error;
 pub mod forwarded;
 pub mod handlers;
+pub mod identity;
 pub mod observe;
 pub mod pipeline;
 pub mod plugins;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
-pub mod snapshot;
 pub mod store;
 pub mod upstream;
 
@@ -47,9 +48,9 @@ use arc_swap::ArcSwap;
 use portico_config::{Config, ConfigError, ConfigErrors};
 use tokio::sync::watch;
 
+use crate::compile::Snapshot;
 use crate::observe::{AccessLog, AuditLog, Metrics};
 use crate::server::{RunningListener, Tracker};
-use crate::snapshot::Snapshot;
 
 /// The process signals the gateway answers: SIGTERM and SIGINT drain and exit, SIGHUP
 /// reloads.
@@ -91,7 +92,7 @@ pub struct Shared {
     /// Open connections and tunnels.
     pub tracker: Arc<Tracker>,
     /// Process-wide handles (the shared Redis and what uses it), fixed at start.
-    pub services: snapshot::Services,
+    pub services: compile::Services,
 }
 
 /// Why the gateway could not start.
@@ -137,13 +138,13 @@ async fn start_jwks_tasks<'a>(providers: impl Iterator<Item = &'a Arc<plugins::j
 
 /// Connects the shared Redis (lazily: a Redis that is down does not stop the start) and
 /// starts what uses it.
-fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<snapshot::Services, ConfigErrors> {
-    let Some(r) = &config.redis else { return Ok(snapshot::Services::default()) };
+fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<compile::Services, ConfigErrors> {
+    let Some(r) = &config.redis else { return Ok(compile::Services::default()) };
     let store = store::redis::RedisStore::new(r).map_err(|e| ConfigErrors(vec![e]))?;
     store.warm_up();
-    Ok(snapshot::Services {
-        revocations: Some(plugins::revocation::Revocations::start(store.clone(), metrics)),
-        tenants: Some(plugins::tenants::TenantStore::start(store.clone(), metrics)),
+    Ok(compile::Services {
+        revocations: Some(identity::revocation::Revocations::start(store.clone(), metrics)),
+        tenants: Some(identity::tenants::TenantStore::start(store.clone(), metrics)),
         redis: Some(store),
     })
 }

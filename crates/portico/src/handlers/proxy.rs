@@ -23,10 +23,10 @@ use tokio::time::Instant;
 
 use crate::Shared;
 use crate::body::{Body, ClientBody, ClientBodyError, ClientBodyWatch};
+use crate::compile::CompiledRoute;
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
-use crate::snapshot::CompiledRoute;
 use crate::upstream::{PickKey, Upstream, h1, retry};
 
 /// What the proxy needs besides the request.
@@ -186,7 +186,7 @@ pub async fn forward(
     let added = forwarded::forwarding(&mut headers, ctx.peer, ctx.peer_trusted, original_host.as_ref())
         .with_request_id(ctx.request_id.0, ctx.request_id.1);
     // Client copies of certificate headers were removed with the other identity headers
-    // (plugins::identity); add the verified subject of this connection's certificate.
+    // (identity); add the verified subject of this connection's certificate.
     if let Some(tls) = ctx.tls
         && let Some(name) = &tls.forward_header
     {
@@ -404,7 +404,7 @@ pub async fn forward(
 /// Sends a copy of the request to the mirror upstream in a task of its own; the answer
 /// is read and dropped. The client's request never waits for it.
 fn send_mirror(
-    m: &crate::snapshot::MirrorTo,
+    m: &crate::compile::MirrorTo,
     method: &http::Method,
     pq: &PathAndQuery,
     headers: &HeaderMap,

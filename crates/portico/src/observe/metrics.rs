@@ -482,11 +482,11 @@ impl Metrics {
     }
 
     /// The revocation-check counters of a JWT provider.
-    pub fn revocation_checks(&self, provider: &str) -> crate::plugins::revocation::RevocationCounters {
+    pub fn revocation_checks(&self, provider: &str) -> crate::identity::revocation::RevocationCounters {
         let c = |result, source| {
             self.revocation_checks.get_or_create_owned(&RevocationLabels { provider: provider.into(), result, source })
         };
-        crate::plugins::revocation::RevocationCounters {
+        crate::identity::revocation::RevocationCounters {
             not_revoked: c("not_revoked", "redis"),
             revoked: c("revoked", "redis"),
             cached_not_revoked: c("not_revoked", "cache"),

@@ -16,8 +16,8 @@ use http::{HeaderValue, Request, Version, header};
 use percent_encoding::percent_decode;
 use portico_config::EscapedSlashes;
 
+use crate::compile::ListenerSettings;
 use crate::error::{ErrorKind, GatewayError};
-use crate::snapshot::ListenerSettings;
 
 /// Fields [`check_request`] noted on its way through the request's fields, so that what
 /// follows needs no lookups for them when they are absent (the usual case).

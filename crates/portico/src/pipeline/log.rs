@@ -15,9 +15,9 @@ use tokio::time::Instant;
 
 use super::{ConnInfo, Outcome};
 use crate::Shared;
+use crate::compile::Snapshot;
 use crate::error::CLIENT_CLOSED_REQUEST;
 use crate::observe::AccessRecord;
-use crate::snapshot::Snapshot;
 
 /// What the log phase writes, filled in as the request goes through the other phases.
 pub(super) struct LogPhase<'a> {

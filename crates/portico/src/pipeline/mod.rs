@@ -16,6 +16,7 @@ use checks::{SlashAction, check_request};
 
 use crate::Shared;
 use crate::body::Body;
+use crate::compile::ListenerSettings;
 use crate::error::{ErrorKind, GatewayError};
 use crate::forwarded;
 use crate::handlers::{Handler, proxy};
@@ -24,7 +25,6 @@ use crate::plugins::cors::Cors;
 use crate::plugins::hooks::HookCtx;
 use crate::plugins::{Flow, Passed, Refusal, RequestView};
 use crate::router::{Lookup, RequestParts};
-use crate::snapshot::ListenerSettings;
 use log::LogPhase;
 
 /// What a connection knows about itself, shared by its requests.
@@ -360,7 +360,7 @@ fn materialise(res: &mut Response<Body>) -> bool {
 /// (with the path decoded in place for `unescape_and_forward`, so routing sees it too).
 fn slash_policy(
     req: &mut Request<Body>,
-    snap: &crate::snapshot::Snapshot,
+    snap: &crate::compile::Snapshot,
     listener: &ListenerSettings,
 ) -> Result<Option<Response<Body>>, GatewayError> {
     let parts = RequestParts {

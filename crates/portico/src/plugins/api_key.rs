@@ -4,8 +4,8 @@
 
 use http::{HeaderMap, HeaderName, Uri};
 
-use super::identity::{Consumers, Identity};
 use crate::error::{Challenge, ErrorKind, GatewayError};
+use crate::identity::{Consumers, Identity};
 
 /// A compiled `api_key` plugin.
 #[derive(Debug)]

@@ -7,8 +7,8 @@
 
 use http::{HeaderMap, HeaderName};
 
-use super::identity::Identity;
 use crate::error::{Challenge, ErrorKind, GatewayError};
+use crate::identity::Identity;
 use crate::router::Params;
 
 /// Where the request names its tenant.

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use portico_config::transform::{Piece, ValueTemplate};
 
-use super::identity::Identity;
 use crate::body::Body;
+use crate::identity::Identity;
 
 /// The phases a plugin takes part in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -37,8 +37,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::identity::{Consumers, Identity, TokenFacts};
 use crate::error::{Challenge, ErrorKind, GatewayError};
+use crate::identity::{Consumers, Identity, TokenFacts};
 
 /// At most this many keys are tried for a token without `kid`.
 const MAX_KEYS_TRIED: usize = 8;
@@ -86,7 +86,7 @@ pub struct JwtProvider {
     leeway: u64,
     required: Box<[Box<str>]>,
     forward: Box<[(Box<str>, HeaderName)]>,
-    revocation: Option<super::revocation::RevocationCheck>,
+    revocation: Option<crate::identity::revocation::RevocationCheck>,
     /// Tokens verified before, by their exact text. A cached token is still checked for
     /// revocation on every request: only the signature and claims checks are remembered.
     verified: Option<quick_cache::sync::Cache<Box<str>, Arc<Verified>>>,
@@ -276,7 +276,7 @@ impl JwtProvider {
     }
 
     /// With a revocation check (after every other check succeeds).
-    pub fn with_revocation(self, revocation: Option<super::revocation::RevocationCheck>) -> Self {
+    pub fn with_revocation(self, revocation: Option<crate::identity::revocation::RevocationCheck>) -> Self {
         Self { revocation, ..self }
     }
 
@@ -642,7 +642,7 @@ impl Jwks {
         if keys.is_empty() {
             return Err("no usable signing key in the set".into());
         }
-        Ok(KeySet { keys, fetched: Instant::now(), digest: super::identity::sha256(&body) })
+        Ok(KeySet { keys, fetched: Instant::now(), digest: crate::identity::sha256(&body) })
     }
 
     /// A usable key from a JWK, or `None` (encryption keys, symmetric keys, unknown types).

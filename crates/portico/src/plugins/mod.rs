@@ -29,7 +29,6 @@ pub mod api_key;
 pub mod authorize;
 pub mod cors;
 pub mod hooks;
-pub mod identity;
 pub mod ip_filter;
 pub mod jwt;
 pub mod mtls;
@@ -37,9 +36,7 @@ pub mod query;
 pub mod rate_limit;
 pub mod request_headers;
 pub mod response_headers;
-pub mod revocation;
 pub mod security_headers;
-pub mod tenants;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -50,8 +47,8 @@ use portico_config::Plugin;
 
 use crate::body::Body;
 use crate::error::{Challenge, GatewayError};
+use crate::identity::{Consumers, Identity};
 use crate::router::Params;
-use identity::{Consumers, Identity};
 
 /// An authentication plugin.
 #[derive(Debug)]
@@ -115,7 +112,7 @@ pub struct Passed {
     /// The caller's concurrency slot, held until the response ends.
     pub slot: Option<crate::ratelimit::ConcurrencyGuard>,
     /// The request's tenant.
-    pub tenant: Option<tenants::Tenant>,
+    pub tenant: Option<crate::identity::tenants::Tenant>,
 }
 
 /// What the request phase decided.
@@ -239,7 +236,7 @@ impl Chain {
     /// Whether the request phase has nothing to do: no request plugin, and no tenant that
     /// a request without a caller could have (one named by the host). The pipeline then
     /// skips it.
-    pub fn passes_all(&self, tenants: &tenants::Tenants) -> bool {
+    pub fn passes_all(&self, tenants: &crate::identity::tenants::Tenants) -> bool {
         self.ip_filter.is_none()
             && self.cors.is_none()
             && self.challenge.is_none()
@@ -253,7 +250,7 @@ impl Chain {
         &self,
         req: &RequestView<'_>,
         consumers: &Consumers,
-        tenants: &tenants::Tenants,
+        tenants: &crate::identity::tenants::Tenants,
     ) -> Result<Flow, Refusal> {
         if let Some(f) = &self.ip_filter {
             f.check(req.client_ip)?;

@@ -4,8 +4,8 @@
 //! `consumers_only` refuses unknown certificates. A connection without a verified
 //! certificate carries no credential for this plugin.
 
-use super::identity::{Consumers, Identity};
 use crate::error::{Challenge, ErrorKind, GatewayError};
+use crate::identity::{Consumers, Identity};
 use crate::pipeline::TlsInfo;
 
 /// A compiled `mtls` plugin.

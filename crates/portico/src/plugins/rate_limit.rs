@@ -26,8 +26,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_config::{ConfigError, KeyPart, LimitAlgorithm, LimitMode, LimitStore, OnStoreError, RateLimitHeaders};
 use tokio::time::Instant;
 
-use super::identity::Identity;
 use crate::error::{ErrorKind, GatewayError};
+use crate::identity::Identity;
 use crate::observe::Metrics;
 use crate::ratelimit::{
     Algorithm, Concurrency, ConcurrencyGuard, Decision, Leases, LocalLimiter, Policy, RedisLimiter,
@@ -433,7 +433,7 @@ impl RateLimit {
 
     /// The limiters of a tenant with limits of its own, made when first needed and made
     /// again when its limits change (settings in Redis may change at any time).
-    fn tenant_limits(&self, t: &super::tenants::Tenant) -> Option<Arc<[Limit]>> {
+    fn tenant_limits(&self, t: &crate::identity::tenants::Tenant) -> Option<Arc<[Limit]>> {
         let defs = &t.settings.as_ref()?.rate_limit;
         if defs.is_empty() {
             return None;
@@ -510,7 +510,7 @@ pub struct KeyInput<'a> {
     /// The caller, when authenticated.
     pub identity: Option<&'a Identity>,
     /// The request's tenant.
-    pub tenant: Option<&'a super::tenants::Tenant>,
+    pub tenant: Option<&'a crate::identity::tenants::Tenant>,
     /// The route's name.
     pub route: &'a str,
     /// Request headers.
@@ -534,7 +534,7 @@ fn build_key(parts: &[Part], req: &KeyInput<'_>) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(17);
     out.push(0xff);
-    out.extend_from_slice(&super::identity::sha256(&raw)[..16]);
+    out.extend_from_slice(&crate::identity::sha256(&raw)[..16]);
     out
 }
 

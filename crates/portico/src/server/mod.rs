@@ -17,9 +17,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::Shared;
+use crate::compile::ListenerSettings;
 use crate::pipeline::ConnInfo;
 use crate::server::tls::ListenerTls;
-use crate::snapshot::ListenerSettings;
 
 type Builder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
 

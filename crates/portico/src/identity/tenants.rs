@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use portico_config::TenantSource;
 
-use super::identity::Identity;
+use super::Identity;
 use crate::store::redis::{RedisStore, Subscriber};
 
 /// Most tenants cached from Redis; past it the cache starts afresh.

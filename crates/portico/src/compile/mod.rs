@@ -12,11 +12,11 @@ use portico_config::template::{PathTemplate, Segment};
 use crate::handlers::Handler;
 use portico_config::{Config, ConfigError, ConfigErrors, Listener};
 
+use crate::identity::{Consumers, IdentityHeaders};
 use crate::observe::Metrics;
 use crate::observe::histogram::Histogram;
 use crate::observe::metrics::RouteRequests;
 use crate::plugins::Chain;
-use crate::plugins::identity::{Consumers, IdentityHeaders};
 use crate::plugins::jwt::JwtProvider;
 use crate::plugins::rate_limit::{ConcurrencyLimit, RateLimit};
 use crate::router::{Params, Router};
@@ -28,11 +28,11 @@ use crate::upstream::Upstream;
 #[derive(Debug, Default, Clone)]
 pub struct Services {
     /// The shared revocation deny-list, when `redis` is configured.
-    pub revocations: Option<Arc<crate::plugins::revocation::Revocations>>,
+    pub revocations: Option<Arc<crate::identity::revocation::Revocations>>,
     /// The shared Redis, when `redis` is configured (`store: redis` rate limits).
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
     /// Tenant settings in Redis, when `redis` is configured.
-    pub tenants: Option<Arc<crate::plugins::tenants::TenantStore>>,
+    pub tenants: Option<Arc<crate::identity::tenants::TenantStore>>,
 }
 
 /// A compiled config.
@@ -67,7 +67,7 @@ pub struct Snapshot {
     /// The global plugins, for requests that match no route.
     pub global_plugins: Chain,
     /// Tenants and their settings.
-    pub tenants: crate::plugins::tenants::Tenants,
+    pub tenants: crate::identity::tenants::Tenants,
     /// The global `rate_limit` and `concurrency_limit`, shared by the routes that use them.
     pub global_limits: (Option<Arc<RateLimit>>, Option<Arc<ConcurrencyLimit>>),
     /// Compiled TLS settings of each TLS listener, by listener name.
@@ -523,7 +523,7 @@ impl Snapshot {
             identity,
             global_plugins,
             global_limits,
-            tenants: crate::plugins::tenants::Tenants::compile(
+            tenants: crate::identity::tenants::Tenants::compile(
                 &config.tenants,
                 services.and_then(|s| s.tenants.clone()),
             ),

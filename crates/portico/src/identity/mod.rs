@@ -5,6 +5,9 @@
 //! else looks at it, on every route, whether it authenticates or not: a client that sends
 //! `X-User-ID: admin` never reaches an upstream with it.
 
+pub mod revocation;
+pub mod tenants;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
