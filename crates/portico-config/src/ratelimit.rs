@@ -140,6 +140,36 @@ pub enum LimitAlgorithm {
     LeakyBucket,
 }
 
+impl LimitAlgorithm {
+    /// Every algorithm, in the order of the docs.
+    pub const ALL: [LimitAlgorithm; 6] = [
+        LimitAlgorithm::TokenBucket,
+        LimitAlgorithm::Gcra,
+        LimitAlgorithm::FixedWindow,
+        LimitAlgorithm::SlidingLog,
+        LimitAlgorithm::SlidingWindow,
+        LimitAlgorithm::LeakyBucket,
+    ];
+
+    /// The algorithm's name in config, metrics and docs (`token_bucket`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitAlgorithm::TokenBucket => "token_bucket",
+            LimitAlgorithm::Gcra => "gcra",
+            LimitAlgorithm::FixedWindow => "fixed_window",
+            LimitAlgorithm::SlidingLog => "sliding_log",
+            LimitAlgorithm::SlidingWindow => "sliding_window",
+            LimitAlgorithm::LeakyBucket => "leaky_bucket",
+        }
+    }
+}
+
+impl std::fmt::Display for LimitAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A part of a rate-limit key.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

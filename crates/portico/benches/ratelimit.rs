@@ -12,11 +12,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portico::ratelimit::{Algorithm, Concurrency, LocalLimiter, Policy};
+use portico::ratelimit::{Concurrency, LimitAlgorithm, LocalLimiter, Policy};
 use tokio::time::Instant;
 
 /// 1,000 per second (T = 1 ms), 100 of burst, 1 s of queue for leaky_bucket.
-fn policy(algorithm: Algorithm) -> Policy {
+fn policy(algorithm: LimitAlgorithm) -> Policy {
     Policy::new(algorithm, 1000, Duration::from_secs(1)).with_burst(100).with_max_delay(Duration::from_secs(1))
 }
 
@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("ratelimit_one_key");
     group.throughput(Throughput::Elements(1));
-    for algorithm in Algorithm::ALL {
+    for algorithm in LimitAlgorithm::ALL {
         let t0 = Instant::now();
         let limiter = LocalLimiter::with_epoch(policy(algorithm), 100_000, t0).unwrap();
         // 500 us per request, two per emission interval: half allowed, half refused once
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("ratelimit_10k_keys");
     group.throughput(Throughput::Elements(1));
-    for algorithm in Algorithm::ALL {
+    for algorithm in LimitAlgorithm::ALL {
         let t0 = Instant::now();
         let limiter = LocalLimiter::with_epoch(policy(algorithm), 100_000, t0).unwrap();
         // 1 us per request: each key comes back every 10 ms, 10 units later.
@@ -65,9 +65,12 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (name, per_minute) in [("gcra_idle", 60_000), ("gcra_evicting", 10)] {
         let t0 = Instant::now();
-        let limiter =
-            LocalLimiter::with_epoch(Policy::new(Algorithm::Gcra, per_minute, Duration::from_secs(60)), 10_000, t0)
-                .unwrap();
+        let limiter = LocalLimiter::with_epoch(
+            Policy::new(LimitAlgorithm::Gcra, per_minute, Duration::from_secs(60)),
+            10_000,
+            t0,
+        )
+        .unwrap();
         let mut n = 0u64;
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -53,10 +53,12 @@ pub enum ErrorKind {
     UpstreamTimeout(Duration),
     /// The upstream has no target to send to (503).
     NoTarget,
-    /// The upstream's concurrency limit is full and the wait for a slot timed out (503).
-    Overloaded,
-    /// The route's concurrency limit is full and the wait for a slot timed out (503).
-    RouteBusy,
+    /// The upstream's `max_in_flight` is reached and the wait for a slot timed out (503,
+    /// `upstream busy`; metric kind `overloaded`).
+    UpstreamMaxInFlight,
+    /// The route's `max_in_flight` is reached and the wait for a slot timed out (503,
+    /// `route busy`).
+    RouteMaxInFlight,
     /// The upstream's circuit breaker is open (503); probes resume after this long.
     CircuitOpen(Duration),
     /// Missing or invalid credentials (401 with `WWW-Authenticate`).
@@ -71,7 +73,7 @@ pub enum ErrorKind {
         retry_after: u64,
     },
     /// The caller's `concurrency_limit` is full: 429, or 503 when `true`.
-    InFlightLimit(bool),
+    ConcurrencyLimited(bool),
     /// The keys to check credentials with are not available yet (503): the identity
     /// provider has not answered since start, or its last answer is too old.
     KeysUnavailable,
@@ -120,14 +122,14 @@ impl GatewayError {
             | ErrorKind::Unauthorized(..)
             | ErrorKind::Forbidden(_)
             | ErrorKind::RateLimited { .. }
-            | ErrorKind::InFlightLimit(_) => Side::Downstream,
+            | ErrorKind::ConcurrencyLimited(_) => Side::Downstream,
             ErrorKind::ConnectFailed
             | ErrorKind::BadResponse
             | ErrorKind::ConnectTimeout(_)
             | ErrorKind::UpstreamTimeout(_) => Side::Upstream,
             ErrorKind::NoTarget
-            | ErrorKind::Overloaded
-            | ErrorKind::RouteBusy
+            | ErrorKind::UpstreamMaxInFlight
+            | ErrorKind::RouteMaxInFlight
             | ErrorKind::CircuitOpen(_)
             | ErrorKind::KeysUnavailable
             | ErrorKind::RevocationUnavailable
@@ -155,11 +157,11 @@ impl GatewayError {
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden(_) => StatusCode::FORBIDDEN,
-            ErrorKind::RateLimited { .. } | ErrorKind::InFlightLimit(false) => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::InFlightLimit(true) => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::RateLimited { .. } | ErrorKind::ConcurrencyLimited(false) => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::ConcurrencyLimited(true) => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::NoTarget
-            | ErrorKind::Overloaded
-            | ErrorKind::RouteBusy
+            | ErrorKind::UpstreamMaxInFlight
+            | ErrorKind::RouteMaxInFlight
             | ErrorKind::CircuitOpen(_)
             | ErrorKind::KeysUnavailable
             | ErrorKind::RevocationUnavailable
@@ -182,12 +184,12 @@ impl GatewayError {
             ErrorKind::ConnectTimeout(_) => "upstream connect timeout",
             ErrorKind::UpstreamTimeout(_) => "upstream timeout",
             ErrorKind::NoTarget => "no upstream target available",
-            ErrorKind::Overloaded => "upstream busy",
-            ErrorKind::RouteBusy => "route busy",
+            ErrorKind::UpstreamMaxInFlight => "upstream busy",
+            ErrorKind::RouteMaxInFlight => "route busy",
             ErrorKind::CircuitOpen(_) => "upstream circuit open",
             ErrorKind::Unauthorized(_, m) | ErrorKind::Forbidden(m) => m,
             ErrorKind::RateLimited { .. } => "rate limit exceeded",
-            ErrorKind::InFlightLimit(_) => "too many requests in flight",
+            ErrorKind::ConcurrencyLimited(_) => "too many requests in flight",
             ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable => "credentials cannot be checked right now",
             ErrorKind::RateLimitUnavailable => "rate limit store unavailable",
         }
@@ -201,8 +203,8 @@ impl GatewayError {
             ErrorKind::UpstreamTimeout(_) => "timeout",
             ErrorKind::BadResponse => "bad_response",
             ErrorKind::NoTarget => "no_target",
-            ErrorKind::Overloaded => "overloaded",
-            ErrorKind::RouteBusy => "route_busy",
+            ErrorKind::UpstreamMaxInFlight => "overloaded",
+            ErrorKind::RouteMaxInFlight => "route_busy",
             ErrorKind::CircuitOpen(_) => "circuit_open",
             _ => "other",
         }
@@ -224,7 +226,7 @@ impl GatewayError {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             return res;
         }
-        if let ErrorKind::InFlightLimit(_) = self.kind {
+        if let ErrorKind::ConcurrencyLimited(_) = self.kind {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return res;
         }
@@ -311,8 +313,8 @@ mod tests {
             (ErrorKind::ConnectFailed, 502),
             (ErrorKind::BadResponse, 502),
             (ErrorKind::NoTarget, 503),
-            (ErrorKind::Overloaded, 503),
-            (ErrorKind::RouteBusy, 503),
+            (ErrorKind::UpstreamMaxInFlight, 503),
+            (ErrorKind::RouteMaxInFlight, 503),
             (ErrorKind::CircuitOpen(Duration::from_secs(3)), 503),
             (ErrorKind::Unauthorized(Challenge::Bearer, "missing credentials"), 401),
             (ErrorKind::Forbidden("not allowed"), 403),
@@ -328,8 +330,8 @@ mod tests {
                 },
                 429,
             ),
-            (ErrorKind::InFlightLimit(false), 429),
-            (ErrorKind::InFlightLimit(true), 503),
+            (ErrorKind::ConcurrencyLimited(false), 429),
+            (ErrorKind::ConcurrencyLimited(true), 503),
             (ErrorKind::KeysUnavailable, 503),
             (ErrorKind::RevocationUnavailable, 503),
             (ErrorKind::RateLimitUnavailable, 503),

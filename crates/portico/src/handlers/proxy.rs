@@ -139,11 +139,11 @@ pub async fn forward(
     // Without limits (the usual case), no wait is set up at all.
     let _route_slot = match &route.limit {
         None => None,
-        limit => acquire(limit, route.queue_timeout, &route.queue_wait, ErrorKind::RouteBusy).await?,
+        limit => acquire(limit, route.queue_timeout, &route.queue_wait, ErrorKind::RouteMaxInFlight).await?,
     };
     let _upstream_slot = match &upstream.limit {
         None => None,
-        limit => acquire(limit, upstream.queue_timeout, &upstream.queue_wait, ErrorKind::Overloaded).await?,
+        limit => acquire(limit, upstream.queue_timeout, &upstream.queue_wait, ErrorKind::UpstreamMaxInFlight).await?,
     };
     let permit = match &upstream.breaker {
         Some(b) => match b.allow() {

@@ -289,7 +289,7 @@ pub(crate) async fn handle_unsent_id(
                 && e.side() != crate::error::Side::Downstream
                 && !matches!(
                     e.kind,
-                    ErrorKind::RouteBusy
+                    ErrorKind::RouteMaxInFlight
                         | ErrorKind::KeysUnavailable
                         | ErrorKind::RevocationUnavailable
                         | ErrorKind::RateLimitUnavailable
@@ -465,7 +465,7 @@ fn audit<B>(
     r: &Refusal,
 ) {
     // Limits are counted, not audited: a flood of them says nothing about who may do what.
-    if matches!(r.error.kind, ErrorKind::RateLimited { .. } | ErrorKind::InFlightLimit(_)) {
+    if matches!(r.error.kind, ErrorKind::RateLimited { .. } | ErrorKind::ConcurrencyLimited(_)) {
         shared.metrics.rate_limited(route);
         return;
     }

@@ -23,15 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use portico_config::{ConfigError, KeyPart, LimitAlgorithm, LimitMode, LimitStore, OnStoreError, RateLimitHeaders};
+use portico_config::{ConfigError, KeyPart, LimitMode, LimitStore, OnStoreError, RateLimitHeaders};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::identity::Identity;
 use crate::observe::Metrics;
-use crate::ratelimit::{
-    Algorithm, Concurrency, ConcurrencyGuard, Decision, Leases, LocalLimiter, Policy, RedisLimiter,
-};
+use crate::ratelimit::{Concurrency, ConcurrencyGuard, Decision, Leases, LocalLimiter, Policy, RedisLimiter};
 use crate::store::redis::RedisStore;
 
 /// Keys one limiter tracks at most.
@@ -187,17 +185,6 @@ impl StoreState {
 /// afresh (their counters restart).
 const MAX_TENANTS: usize = 10_000;
 
-fn algorithm(a: LimitAlgorithm) -> Algorithm {
-    match a {
-        LimitAlgorithm::TokenBucket => Algorithm::TokenBucket,
-        LimitAlgorithm::Gcra => Algorithm::Gcra,
-        LimitAlgorithm::FixedWindow => Algorithm::FixedWindow,
-        LimitAlgorithm::SlidingLog => Algorithm::SlidingLog,
-        LimitAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
-        LimitAlgorithm::LeakyBucket => Algorithm::LeakyBucket,
-    }
-}
-
 /// Limiters of the previous config, by limit definition, to carry counters over.
 pub type Carried = Vec<(portico_config::Limit, Arc<LocalLimiter>)>;
 
@@ -207,9 +194,7 @@ fn carry(limits: &[Limit]) -> Carried {
 }
 
 fn policy(def: &portico_config::Limit) -> Policy {
-    Policy::new(algorithm(def.algorithm), def.limit, def.per.get())
-        .with_burst(def.burst)
-        .with_max_delay(def.max_delay.get())
+    Policy::new(def.algorithm, def.limit, def.per.get()).with_burst(def.burst).with_max_delay(def.max_delay.get())
 }
 
 /// The limiter id of a `store: redis` limit: the same on every instance and across
@@ -622,7 +607,9 @@ impl ConcurrencyLimit {
     /// A slot for this request, held until its response ends; 429 or 503 when full.
     pub fn acquire(&self, req: &KeyInput<'_>) -> Result<ConcurrencyGuard, GatewayError> {
         let key = build_key(&self.key, req);
-        self.limiter.acquire(&key).ok_or_else(|| GatewayError::new(ErrorKind::InFlightLimit(self.def.status == 503)))
+        self.limiter
+            .acquire(&key)
+            .ok_or_else(|| GatewayError::new(ErrorKind::ConcurrencyLimited(self.def.status == 503)))
     }
 }
 

@@ -66,11 +66,11 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{at, limiter, ms};
-    use super::super::{Algorithm, Policy};
+    use super::super::{LimitAlgorithm, Policy};
 
     #[test]
     fn ratelimit_fixed_window_counts_per_window() {
-        let (l, t0) = limiter(Policy::new(Algorithm::FixedWindow, 3, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::FixedWindow, 3, Duration::from_secs(1)));
         let d = l.check(b"k", at(t0, 250), 1);
         assert_eq!((d.allowed, d.remaining, d.reset_after), (true, 2, ms(750)));
         assert!(l.check(b"k", at(t0, 500), 2).allowed);
@@ -89,7 +89,7 @@ mod tests {
         // The known flaw: `limit` at the end of a window and `limit` at the start of the
         // next: 2 x limit within 2 ms.
         let limit = 100;
-        let (l, t0) = limiter(Policy::new(Algorithm::FixedWindow, limit, Duration::from_secs(60)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::FixedWindow, limit, Duration::from_secs(60)));
         let boundary = 60_000;
         let before = (0..limit * 2).filter(|_| l.check(b"k", at(t0, boundary - 1), 1).allowed).count();
         let after = (0..limit * 2).filter(|_| l.check(b"k", at(t0, boundary + 1), 1).allowed).count();

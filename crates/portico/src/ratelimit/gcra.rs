@@ -84,12 +84,12 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{at, limiter, ms};
-    use super::super::{Algorithm, Policy};
+    use super::super::{LimitAlgorithm, Policy};
 
     #[test]
     fn ratelimit_gcra_limit_at_once_then_one_per_interval() {
         // Burst 0: `limit` at once (tolerance (limit - 1) T), then one per T = 200 ms.
-        let (l, t0) = limiter(Policy::new(Algorithm::Gcra, 5, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::Gcra, 5, Duration::from_secs(1)));
         let allowed = (0..10).filter(|_| l.check(b"k", t0, 1).allowed).count();
         assert_eq!(allowed, 5);
         let d = l.check(b"k", at(t0, 199), 1);
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn ratelimit_gcra_burst_adds_capacity() {
-        let (l, t0) = limiter(Policy::new(Algorithm::Gcra, 5, Duration::from_secs(1)).with_burst(3));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::Gcra, 5, Duration::from_secs(1)).with_burst(3));
         let allowed = (0..20).filter(|_| l.check(b"k", t0, 1).allowed).count();
         assert_eq!(allowed, 8);
         let d = l.check(b"k", t0, 1);
@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn ratelimit_gcra_interval_not_rounded() {
         // 3 per second: T = 333.33.. ms. Over 300 s from empty, exactly 900 + 3.
-        let (l, t0) = limiter(Policy::new(Algorithm::Gcra, 3, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::Gcra, 3, Duration::from_secs(1)));
         let allowed = (0..=300_000u64).filter(|i| l.check(b"k", at(t0, *i), 1).allowed).count();
         assert_eq!(allowed, 903);
     }

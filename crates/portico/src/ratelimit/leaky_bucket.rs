@@ -80,12 +80,12 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{at, limiter, ms};
-    use super::super::{Algorithm, Policy};
+    use super::super::{LimitAlgorithm, Policy};
 
     #[test]
     fn ratelimit_leaky_bucket_delays_grow_linearly_then_refuse() {
         // 10 per second: one every 100 ms; wait at most 1 s.
-        let policy = Policy::new(Algorithm::LeakyBucket, 10, Duration::from_secs(1)).with_max_delay(ms(1000));
+        let policy = Policy::new(LimitAlgorithm::LeakyBucket, 10, Duration::from_secs(1)).with_max_delay(ms(1000));
         let (l, t0) = limiter(policy);
         for i in 0..=10u64 {
             let d = l.check(b"k", t0, 1);
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn ratelimit_leaky_bucket_no_queue_spaces_requests() {
-        let (l, t0) = limiter(Policy::new(Algorithm::LeakyBucket, 4, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::LeakyBucket, 4, Duration::from_secs(1)));
         let d = l.check(b"k", t0, 1);
         assert_eq!((d.allowed, d.delay, d.limit, d.remaining), (true, None, 1, 0));
         let d = l.check(b"k", at(t0, 100), 1);

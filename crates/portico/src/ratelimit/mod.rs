@@ -12,11 +12,11 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use portico::ratelimit::{Algorithm, LocalLimiter, Policy};
+//! use portico::ratelimit::{LimitAlgorithm, LocalLimiter, Policy};
 //! use tokio::time::Instant;
 //!
 //! // 100 requests per minute per key, with bursts of up to 20 more.
-//! let policy = Policy::new(Algorithm::Gcra, 100, Duration::from_secs(60)).with_burst(20);
+//! let policy = Policy::new(LimitAlgorithm::Gcra, 100, Duration::from_secs(60)).with_burst(20);
 //! let limiter = LocalLimiter::new(policy, 100_000)?;
 //! let d = limiter.check(b"consumer:alice", Instant::now(), 1);
 //! assert!(d.allowed);
@@ -209,58 +209,15 @@ use table::Table;
 /// allowed request in the last period, per key (160 KB per key at this limit).
 pub const SLIDING_LOG_MAX_LIMIT: u64 = 10_000;
 
-/// How requests are counted. See the [module docs](self) for each one's behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// A bucket of `limit + burst` tokens refilled at `limit` per `period`.
-    TokenBucket,
-    /// The Generic Cell Rate Algorithm: `token_bucket`'s decisions, one timestamp per key.
-    Gcra,
-    /// A counter per window aligned to the epoch; up to `2 × limit` across a boundary.
-    FixedWindow,
-    /// The exact sliding window: a log of the last period's requests.
-    SlidingLog,
-    /// Cloudflare's weighted two-window estimate of the sliding window.
-    SlidingWindow,
-    /// Requests leave at a steady rate; faster ones are delayed up to `max_delay`.
-    LeakyBucket,
-}
-
-impl Algorithm {
-    /// Every algorithm, in the order of the docs.
-    pub const ALL: [Algorithm; 6] = [
-        Algorithm::TokenBucket,
-        Algorithm::Gcra,
-        Algorithm::FixedWindow,
-        Algorithm::SlidingLog,
-        Algorithm::SlidingWindow,
-        Algorithm::LeakyBucket,
-    ];
-
-    /// The algorithm's name in config, metrics and docs (`token_bucket`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::TokenBucket => "token_bucket",
-            Algorithm::Gcra => "gcra",
-            Algorithm::FixedWindow => "fixed_window",
-            Algorithm::SlidingLog => "sliding_log",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::LeakyBucket => "leaky_bucket",
-        }
-    }
-}
-
-impl std::fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How requests are counted: the config's type, one name from the YAML key to the engine.
+/// See the [module docs](self) for each one's behaviour.
+pub use portico_config::LimitAlgorithm;
 
 /// `limit` units per `period`, counted by `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     /// How requests are counted.
-    pub algorithm: Algorithm,
+    pub algorithm: LimitAlgorithm,
     /// Units allowed per `period`. 0 refuses everything.
     pub limit: u64,
     /// The period `limit` is counted over. Must not be zero.
@@ -276,7 +233,7 @@ pub struct Policy {
 
 impl Policy {
     /// `limit` per `period` with `algorithm`, no burst, no delay.
-    pub fn new(algorithm: Algorithm, limit: u64, period: Duration) -> Self {
+    pub fn new(algorithm: LimitAlgorithm, limit: u64, period: Duration) -> Self {
         Policy { algorithm, limit, period, burst: 0, max_delay: Duration::ZERO }
     }
 
@@ -299,12 +256,12 @@ impl Policy {
             return 0;
         }
         match self.algorithm {
-            Algorithm::TokenBucket | Algorithm::Gcra => self.limit.saturating_add(self.burst),
-            Algorithm::LeakyBucket => {
+            LimitAlgorithm::TokenBucket | LimitAlgorithm::Gcra => self.limit.saturating_add(self.burst),
+            LimitAlgorithm::LeakyBucket => {
                 let max_delay = u128::from(time::nanos(self.max_delay)) * u128::from(self.limit);
                 time::clamp64(time::div(max_delay, u128::from(period))).saturating_add(1)
             }
-            Algorithm::FixedWindow | Algorithm::SlidingLog | Algorithm::SlidingWindow => self.limit,
+            LimitAlgorithm::FixedWindow | LimitAlgorithm::SlidingLog | LimitAlgorithm::SlidingWindow => self.limit,
         }
     }
 
@@ -313,7 +270,7 @@ impl Policy {
         if self.period.is_zero() {
             return Err(PolicyError::ZeroPeriod);
         }
-        if self.algorithm == Algorithm::SlidingLog && self.limit > SLIDING_LOG_MAX_LIMIT {
+        if self.algorithm == LimitAlgorithm::SlidingLog && self.limit > SLIDING_LOG_MAX_LIMIT {
             return Err(PolicyError::SlidingLogLimit { limit: self.limit, max: SLIDING_LOG_MAX_LIMIT });
         }
         Ok(())
@@ -430,18 +387,20 @@ impl LocalLimiter {
             return Err(PolicyError::ZeroMaxKeys);
         }
         let tables = match policy.algorithm {
-            Algorithm::TokenBucket => {
+            LimitAlgorithm::TokenBucket => {
                 Tables::TokenBucket(Table::new(token_bucket::TokenBucket::new(&policy), max_keys))
             }
-            Algorithm::Gcra => Tables::Gcra(Table::new(gcra::Gcra::new(&policy), max_keys)),
-            Algorithm::FixedWindow => {
+            LimitAlgorithm::Gcra => Tables::Gcra(Table::new(gcra::Gcra::new(&policy), max_keys)),
+            LimitAlgorithm::FixedWindow => {
                 Tables::FixedWindow(Table::new(fixed_window::FixedWindow::new(&policy), max_keys))
             }
-            Algorithm::SlidingLog => Tables::SlidingLog(Table::new(sliding_log::SlidingLog::new(&policy), max_keys)),
-            Algorithm::SlidingWindow => {
+            LimitAlgorithm::SlidingLog => {
+                Tables::SlidingLog(Table::new(sliding_log::SlidingLog::new(&policy), max_keys))
+            }
+            LimitAlgorithm::SlidingWindow => {
                 Tables::SlidingWindow(Table::new(sliding_window::SlidingWindow::new(&policy), max_keys))
             }
-            Algorithm::LeakyBucket => {
+            LimitAlgorithm::LeakyBucket => {
                 Tables::LeakyBucket(Table::new(leaky_bucket::LeakyBucket::new(&policy), max_keys))
             }
         };

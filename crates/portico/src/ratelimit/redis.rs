@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{Algorithm, Decision, Policy, time};
+use super::{Decision, LimitAlgorithm, Policy, time};
 use crate::store::redis::{RedisStore, StoreError};
 
 /// Reads the server clock (µs since the Unix epoch) and defines the helpers every script
@@ -324,15 +324,17 @@ impl RedisLimiter {
         let interval = period / limit;
         let capacity = policy.capacity();
         let (script, args): (&'static Script, Vec<String>) = match policy.algorithm {
-            Algorithm::Gcra | Algorithm::TokenBucket => {
+            LimitAlgorithm::Gcra | LimitAlgorithm::TokenBucket => {
                 (&GCRA_SCRIPT, vec![interval.to_string(), (capacity as f64 * interval).to_string()])
             }
-            Algorithm::LeakyBucket => {
+            LimitAlgorithm::LeakyBucket => {
                 (&LEAKY_SCRIPT, vec![interval.to_string(), micros(policy.max_delay).to_string(), capacity.to_string()])
             }
-            Algorithm::FixedWindow => (&FIXED_WINDOW_SCRIPT, vec![period.to_string(), policy.limit.to_string()]),
-            Algorithm::SlidingWindow => (&SLIDING_WINDOW_SCRIPT, vec![period.to_string(), policy.limit.to_string()]),
-            Algorithm::SlidingLog => (&SLIDING_LOG_SCRIPT, vec![period.to_string(), policy.limit.to_string()]),
+            LimitAlgorithm::FixedWindow => (&FIXED_WINDOW_SCRIPT, vec![period.to_string(), policy.limit.to_string()]),
+            LimitAlgorithm::SlidingWindow => {
+                (&SLIDING_WINDOW_SCRIPT, vec![period.to_string(), policy.limit.to_string()])
+            }
+            LimitAlgorithm::SlidingLog => (&SLIDING_LOG_SCRIPT, vec![period.to_string(), policy.limit.to_string()]),
         };
         let key_prefix = format!("{}rl:{{{id}:", store.prefix()).into_bytes().into_boxed_slice();
         Ok(Self { store, policy, capacity, key_prefix, script, args: args.into(), timeout })
@@ -341,7 +343,10 @@ impl RedisLimiter {
     /// Whether [`reserve`](Self::reserve) supports the policy's algorithm (`gcra`,
     /// `token_bucket`, `fixed_window`).
     pub fn can_reserve(&self) -> bool {
-        matches!(self.policy.algorithm, Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::FixedWindow)
+        matches!(
+            self.policy.algorithm,
+            LimitAlgorithm::Gcra | LimitAlgorithm::TokenBucket | LimitAlgorithm::FixedWindow
+        )
     }
 
     /// Reserves up to `want` units of `key` at once, in one round trip: Redis grants
@@ -350,8 +355,8 @@ impl RedisLimiter {
     /// [`can_reserve`](Self::can_reserve); others decide one unit as [`check`](Self::check).
     pub async fn reserve(&self, key: &[u8], want: u64) -> Result<Reservation, StoreError> {
         let script: &Script = match self.policy.algorithm {
-            Algorithm::Gcra | Algorithm::TokenBucket => &GCRA_RESERVE_SCRIPT,
-            Algorithm::FixedWindow => &FIXED_WINDOW_RESERVE_SCRIPT,
+            LimitAlgorithm::Gcra | LimitAlgorithm::TokenBucket => &GCRA_RESERVE_SCRIPT,
+            LimitAlgorithm::FixedWindow => &FIXED_WINDOW_RESERVE_SCRIPT,
             _ => {
                 let decision = self.check(key, 1).await?;
                 return Ok(Reservation { granted: u64::from(decision.allowed), decision, valid_for: None });
@@ -373,7 +378,7 @@ impl RedisLimiter {
         let granted = u64::try_from(granted).unwrap_or(0).min(want);
         let remaining = u64::try_from(remaining).unwrap_or(0).min(self.capacity);
         let reset_after = nanos(reset_ns);
-        let fixed = self.policy.algorithm == Algorithm::FixedWindow;
+        let fixed = self.policy.algorithm == LimitAlgorithm::FixedWindow;
         Ok(if granted > 0 {
             // Of the units granted, the first is this request's; the rest are the lease.
             let left = remaining.saturating_add(granted - 1).min(self.capacity);
@@ -422,7 +427,7 @@ impl RedisLimiter {
         for a in &*self.args {
             inv.arg(a.as_str());
         }
-        if self.policy.algorithm == Algorithm::SlidingLog {
+        if self.policy.algorithm == LimitAlgorithm::SlidingLog {
             inv.arg(fastrand::u64(..));
         }
         let (allowed, remaining, reset_ns, retry_ns, delay_ns): (i64, i64, i64, i64, i64) =
@@ -508,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn ratelimit_redis_gcra_burst_and_numbers() {
         let s = server().await;
-        let l = limiter(&s, Policy::new(Algorithm::Gcra, 5, Duration::from_secs(1)).with_burst(3), "gcra");
+        let l = limiter(&s, Policy::new(LimitAlgorithm::Gcra, 5, Duration::from_secs(1)).with_burst(3), "gcra");
         for i in 0..8u64 {
             let d = l.check(b"k", 1).await.unwrap();
             assert!(d.allowed, "{i}");
@@ -527,7 +532,7 @@ mod tests {
         let pttl: i64 = s.store.query(redis::cmd("PTTL").arg(l.redis_key(b"k")), ms(500)).await.unwrap();
         assert!((1_400..=1_601).contains(&pttl), "{pttl}");
         // token_bucket is the same script.
-        let l = limiter(&s, Policy::new(Algorithm::TokenBucket, 5, Duration::from_secs(1)), "tb");
+        let l = limiter(&s, Policy::new(LimitAlgorithm::TokenBucket, 5, Duration::from_secs(1)), "tb");
         let mut allowed = 0;
         for _ in 0..10 {
             allowed += usize::from(l.check(b"k", 1).await.unwrap().allowed);
@@ -540,12 +545,12 @@ mod tests {
         let s = server().await;
         let hour = Duration::from_secs(3600);
         let policies = [
-            Policy::new(Algorithm::Gcra, 20, hour).with_burst(5),
-            Policy::new(Algorithm::TokenBucket, 20, hour),
-            Policy::new(Algorithm::FixedWindow, 20, hour),
-            Policy::new(Algorithm::SlidingWindow, 20, hour),
-            Policy::new(Algorithm::SlidingLog, 20, hour),
-            Policy::new(Algorithm::LeakyBucket, 20, hour).with_max_delay(Duration::from_secs(3 * 180)),
+            Policy::new(LimitAlgorithm::Gcra, 20, hour).with_burst(5),
+            Policy::new(LimitAlgorithm::TokenBucket, 20, hour),
+            Policy::new(LimitAlgorithm::FixedWindow, 20, hour),
+            Policy::new(LimitAlgorithm::SlidingWindow, 20, hour),
+            Policy::new(LimitAlgorithm::SlidingLog, 20, hour),
+            Policy::new(LimitAlgorithm::LeakyBucket, 20, hour).with_max_delay(Duration::from_secs(3 * 180)),
         ];
         for p in policies {
             let shared = limiter(&s, p, p.algorithm.as_str());
@@ -557,7 +562,10 @@ mod tests {
                 assert_eq!(a.retry_after.is_some(), b.retry_after.is_some(), "{p:?} #{i}");
                 // Times agree within the few ms the burst takes (windows are aligned
                 // differently: compare only the rate-based ones).
-                if matches!(p.algorithm, Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::LeakyBucket) {
+                if matches!(
+                    p.algorithm,
+                    LimitAlgorithm::Gcra | LimitAlgorithm::TokenBucket | LimitAlgorithm::LeakyBucket
+                ) {
                     let close = |x: Duration, y: Duration| x.abs_diff(y) < ms(50);
                     assert!(close(a.reset_after, b.reset_after), "{p:?} #{i}: {a:?} {b:?}");
                     assert!(close(a.delay.unwrap_or_default(), b.delay.unwrap_or_default()), "{p:?} #{i}");
@@ -569,8 +577,11 @@ mod tests {
     #[tokio::test]
     async fn ratelimit_redis_leaky_bucket_delays() {
         let s = server().await;
-        let l =
-            limiter(&s, Policy::new(Algorithm::LeakyBucket, 10, Duration::from_secs(1)).with_max_delay(ms(1000)), "lb");
+        let l = limiter(
+            &s,
+            Policy::new(LimitAlgorithm::LeakyBucket, 10, Duration::from_secs(1)).with_max_delay(ms(1000)),
+            "lb",
+        );
         for i in 0..=10u64 {
             let d = l.check(b"k", 1).await.unwrap();
             assert!(d.allowed, "{i}");
@@ -587,7 +598,7 @@ mod tests {
     #[tokio::test]
     async fn ratelimit_redis_windows_and_log_expire() {
         let s = server().await;
-        let l = limiter(&s, Policy::new(Algorithm::SlidingLog, 3, Duration::from_secs(10)), "log");
+        let l = limiter(&s, Policy::new(LimitAlgorithm::SlidingLog, 3, Duration::from_secs(10)), "log");
         for _ in 0..3 {
             assert!(l.check(b"k", 1).await.unwrap().allowed);
         }
@@ -599,7 +610,7 @@ mod tests {
         let pttl: i64 = s.store.query(redis::cmd("PTTL").arg(l.redis_key(b"k")), ms(500)).await.unwrap();
         assert!((9_000..=10_001).contains(&pttl), "{pttl}");
         // The window keys carry an expiry too.
-        for alg in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+        for alg in [LimitAlgorithm::FixedWindow, LimitAlgorithm::SlidingWindow] {
             let l = limiter(&s, Policy::new(alg, 3, Duration::from_secs(10)), alg.as_str());
             assert!(l.check(b"k", 1).await.unwrap().allowed);
             let mut pattern = l.redis_key(b"k");
@@ -615,7 +626,7 @@ mod tests {
     async fn ratelimit_redis_reservations_grant_what_is_available() {
         let s = server().await;
         let hour = Duration::from_secs(3600);
-        for alg in [Algorithm::Gcra, Algorithm::TokenBucket, Algorithm::FixedWindow] {
+        for alg in [LimitAlgorithm::Gcra, LimitAlgorithm::TokenBucket, LimitAlgorithm::FixedWindow] {
             let l = limiter(&s, Policy::new(alg, 25, hour), alg.as_str());
             assert!(l.can_reserve());
             let mut granted = Vec::new();
@@ -630,10 +641,10 @@ mod tests {
                     let retry = r.decision.retry_after.unwrap();
                     // A fixed window ends on the hour (UTC): its wait is whatever is left of
                     // it, under a second just before the hour. The others refill from now.
-                    let least = if alg == Algorithm::FixedWindow { Duration::ZERO } else { ms(100_000) };
+                    let least = if alg == LimitAlgorithm::FixedWindow { Duration::ZERO } else { ms(100_000) };
                     assert!(retry > least && retry <= hour, "{alg}: {retry:?}");
                 }
-                assert_eq!(r.valid_for.is_some(), alg == Algorithm::FixedWindow && r.granted > 0, "{alg}");
+                assert_eq!(r.valid_for.is_some(), alg == LimitAlgorithm::FixedWindow && r.granted > 0, "{alg}");
             }
             assert_eq!(granted, [10, 10, 5, 0], "{alg}");
             // Reservations and single decisions count in the same keys.
@@ -641,13 +652,13 @@ mod tests {
             assert!(l.check(b"other", 1).await.unwrap().allowed, "{alg}");
             assert_eq!(l.reserve(b"other", 100).await.unwrap().granted, 24, "{alg}");
         }
-        assert!(!limiter(&s, Policy::new(Algorithm::SlidingLog, 5, hour), "log").can_reserve());
+        assert!(!limiter(&s, Policy::new(LimitAlgorithm::SlidingLog, 5, hour), "log").can_reserve());
     }
 
     #[tokio::test]
     async fn ratelimit_redis_script_reloaded_after_flush() {
         let s = server().await;
-        let l = limiter(&s, Policy::new(Algorithm::FixedWindow, 100, Duration::from_secs(3600)), "flush");
+        let l = limiter(&s, Policy::new(LimitAlgorithm::FixedWindow, 100, Duration::from_secs(3600)), "flush");
         assert!(l.check(b"k", 1).await.unwrap().allowed);
         let _: () = s.store.query(redis::cmd("SCRIPT").arg("FLUSH"), ms(500)).await.unwrap();
         let d = l.check(b"k", 1).await.unwrap();
@@ -658,8 +669,8 @@ mod tests {
     async fn ratelimit_redis_down_fails_within_the_timeout() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let store = store_at(port, ms(100));
-        let l =
-            RedisLimiter::new(store, Policy::new(Algorithm::Gcra, 5, Duration::from_secs(1)), "down", ms(100)).unwrap();
+        let l = RedisLimiter::new(store, Policy::new(LimitAlgorithm::Gcra, 5, Duration::from_secs(1)), "down", ms(100))
+            .unwrap();
         let start = std::time::Instant::now();
         assert!(l.check(b"k", 1).await.is_err());
         assert!(start.elapsed() < ms(1000), "{:?}", start.elapsed());
@@ -672,8 +683,13 @@ mod tests {
     #[ignore = "a measurement, not a test"]
     async fn ratelimit_redis_measure() {
         let s = server().await;
-        for alg in [Algorithm::Gcra, Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::SlidingLog] {
-            let limit = if alg == Algorithm::SlidingLog { 10_000 } else { 1_000_000_000 };
+        for alg in [
+            LimitAlgorithm::Gcra,
+            LimitAlgorithm::FixedWindow,
+            LimitAlgorithm::SlidingWindow,
+            LimitAlgorithm::SlidingLog,
+        ] {
+            let limit = if alg == LimitAlgorithm::SlidingLog { 10_000 } else { 1_000_000_000 };
             let l = Arc::new(limiter(&s, Policy::new(alg, limit, Duration::from_secs(1)), alg.as_str()));
             l.check(b"warm", 1).await.unwrap();
             let mut times = Vec::with_capacity(10_000);
@@ -705,8 +721,11 @@ mod tests {
         // Batched (`mode: batched`): decisions spent from leases of `batch` units, one
         // reservation round trip per lease.
         for batch in [10u64, 100] {
-            let l =
-                Arc::new(limiter(&s, Policy::new(Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1)), "batched"));
+            let l = Arc::new(limiter(
+                &s,
+                Policy::new(LimitAlgorithm::Gcra, 1_000_000_000, Duration::from_secs(1)),
+                "batched",
+            ));
             let leases = Arc::new(super::super::Leases::new(batch, Duration::from_secs(1), 100_000));
             let decide = |l: Arc<RedisLimiter>, leases: Arc<super::super::Leases>, key: String| async move {
                 let reserve = |n| {

@@ -77,11 +77,11 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{at, limiter, ms};
-    use super::super::{Algorithm, Policy};
+    use super::super::{LimitAlgorithm, Policy};
 
     #[test]
     fn ratelimit_sliding_log_exact_window() {
-        let (l, t0) = limiter(Policy::new(Algorithm::SlidingLog, 3, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::SlidingLog, 3, Duration::from_secs(1)));
         assert!(l.check(b"k", at(t0, 100), 1).allowed);
         assert!(l.check(b"k", at(t0, 400), 2).allowed);
         let d = l.check(b"k", at(t0, 500), 1);
@@ -99,7 +99,7 @@ mod tests {
         // Whatever the arrivals, no window of length `period` holds more than `limit`.
         let limit = 100u64;
         let period = 60_000u64;
-        let (l, t0) = limiter(Policy::new(Algorithm::SlidingLog, limit, Duration::from_millis(period)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::SlidingLog, limit, Duration::from_millis(period)));
         let mut rng = fastrand::Rng::with_seed(7);
         let mut allowed = Vec::new();
         let mut t = 0u64;
@@ -116,7 +116,7 @@ mod tests {
             assert!(n as u64 <= limit, "{n} in the window from {start}");
         }
         // And around a boundary: `limit` before, nothing more after.
-        let (l, t0) = limiter(Policy::new(Algorithm::SlidingLog, limit, Duration::from_millis(period)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::SlidingLog, limit, Duration::from_millis(period)));
         let before = (0..limit * 2).filter(|_| l.check(b"k", at(t0, period - 1), 1).allowed).count();
         let after = (0..limit * 2).filter(|_| l.check(b"k", at(t0, period + 1), 1).allowed).count();
         assert_eq!((before, after), (limit as usize, 0));

@@ -101,11 +101,11 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{at, limiter, ms};
-    use super::super::{Algorithm, Policy};
+    use super::super::{LimitAlgorithm, Policy};
 
     #[test]
     fn ratelimit_sliding_window_weighted_estimate() {
-        let (l, t0) = limiter(Policy::new(Algorithm::SlidingWindow, 10, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::SlidingWindow, 10, Duration::from_secs(1)));
         assert!(l.check(b"k", at(t0, 500), 10).allowed);
         let d = l.check(b"k", at(t0, 600), 1);
         assert_eq!((d.allowed, d.remaining, d.reset_after), (false, 0, ms(1400)));
@@ -130,7 +130,7 @@ mod tests {
         // Where fixed_window lets 2 x limit through in 2 ms, this allows at most
         // limit x (1 + d / period) within any d: here limit + 1.
         let limit = 100;
-        let (l, t0) = limiter(Policy::new(Algorithm::SlidingWindow, limit, Duration::from_secs(60)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::SlidingWindow, limit, Duration::from_secs(60)));
         let boundary = 60_000;
         let before = (0..limit * 2).filter(|_| l.check(b"k", at(t0, boundary - 1), 1).allowed).count();
         let after = (0..limit * 2).filter(|_| l.check(b"k", at(t0, boundary + 1), 1).allowed).count();
@@ -142,7 +142,7 @@ mod tests {
     fn ratelimit_sliding_window_bound_on_random_traffic() {
         // The stated bound, checked on random bunched arrivals for several lengths d.
         let (limit, period) = (50u64, 10_000u64);
-        let (l, t0) = limiter(Policy::new(Algorithm::SlidingWindow, limit, Duration::from_millis(period)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::SlidingWindow, limit, Duration::from_millis(period)));
         let mut rng = fastrand::Rng::with_seed(11);
         let (mut t, mut allowed) = (0u64, Vec::new());
         for _ in 0..40_000 {

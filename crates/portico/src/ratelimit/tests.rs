@@ -25,7 +25,9 @@ pub(crate) fn limiter(policy: Policy) -> (LocalLimiter, Instant) {
 
 /// One of each algorithm: 10 per second, burst 5 where it applies, 500 ms of queue.
 fn every_algorithm() -> impl Iterator<Item = Policy> {
-    Algorithm::ALL.into_iter().map(|a| Policy::new(a, 10, Duration::from_secs(1)).with_burst(5).with_max_delay(ms(500)))
+    LimitAlgorithm::ALL
+        .into_iter()
+        .map(|a| Policy::new(a, 10, Duration::from_secs(1)).with_burst(5).with_max_delay(ms(500)))
 }
 
 #[test]
@@ -36,9 +38,10 @@ fn ratelimit_gcra_equals_token_bucket_on_random_arrivals() {
         // Periods that `limit` rarely divides, to catch any rounding of T.
         let period = Duration::from_nanos(rng.u64(1..5_000_000_000));
         let burst = if rng.bool() { 0 } else { rng.u64(0..20) };
-        let (tb, t0) = limiter(Policy::new(Algorithm::TokenBucket, limit, period).with_burst(burst));
+        let (tb, t0) = limiter(Policy::new(LimitAlgorithm::TokenBucket, limit, period).with_burst(burst));
         let gcra =
-            LocalLimiter::with_epoch(Policy::new(Algorithm::Gcra, limit, period).with_burst(burst), 1000, t0).unwrap();
+            LocalLimiter::with_epoch(Policy::new(LimitAlgorithm::Gcra, limit, period).with_burst(burst), 1000, t0)
+                .unwrap();
         let mut now = t0;
         let mean_gap = period.as_nanos() as u64 / limit;
         for i in 0..500 {
@@ -77,14 +80,14 @@ fn ratelimit_decision_invariants_on_random_traffic() {
                 allowed += 1;
             }
             let max_reset = match policy.algorithm {
-                Algorithm::TokenBucket | Algorithm::Gcra => period * 15 / 10,
-                Algorithm::SlidingWindow => period * 2,
+                LimitAlgorithm::TokenBucket | LimitAlgorithm::Gcra => period * 15 / 10,
+                LimitAlgorithm::SlidingWindow => period * 2,
                 // The queue may hold up to max_delay plus the largest cost (7) behind it.
-                Algorithm::LeakyBucket => policy.max_delay + t * 8,
-                Algorithm::FixedWindow | Algorithm::SlidingLog => period,
+                LimitAlgorithm::LeakyBucket => policy.max_delay + t * 8,
+                LimitAlgorithm::FixedWindow | LimitAlgorithm::SlidingLog => period,
             };
             assert!(d.reset_after <= max_reset, "{policy:?}: {d:?}");
-            if policy.algorithm != Algorithm::LeakyBucket {
+            if policy.algorithm != LimitAlgorithm::LeakyBucket {
                 assert_eq!(d.delay, None);
             } else if let Some(delay) = d.delay {
                 assert!(d.allowed && delay <= policy.max_delay);
@@ -125,7 +128,7 @@ fn ratelimit_cost_above_one() {
     for policy in every_algorithm() {
         let (l, t0) = limiter(policy);
         let cap = policy.capacity();
-        if policy.algorithm == Algorithm::LeakyBucket {
+        if policy.algorithm == LimitAlgorithm::LeakyBucket {
             // Any cost is taken by an empty queue; the next request waits for all of it.
             assert!(l.check(b"k", t0, 4).allowed);
             let d = l.check(b"k", t0, 1);
@@ -150,7 +153,7 @@ fn ratelimit_cost_zero_and_refusals_store_nothing() {
         let (l, t0) = limiter(policy);
         let d = l.check(b"k", t0, 0);
         assert_eq!((d.allowed, d.remaining, d.reset_after), (true, policy.capacity(), Duration::ZERO), "{policy:?}");
-        if policy.algorithm != Algorithm::LeakyBucket {
+        if policy.algorithm != LimitAlgorithm::LeakyBucket {
             assert!(!l.check(b"k", t0, u64::MAX).allowed);
         }
         assert!(l.is_empty(), "{policy:?}");
@@ -160,7 +163,7 @@ fn ratelimit_cost_zero_and_refusals_store_nothing() {
         while l.check(b"k", t0, 1).allowed {}
         let before = l.check(b"k", t0, 1);
         // (leaky_bucket refuses it too when the queue is already longer than max_delay.)
-        assert_eq!(l.check(b"k", t0, 0).allowed, policy.algorithm != Algorithm::LeakyBucket);
+        assert_eq!(l.check(b"k", t0, 0).allowed, policy.algorithm != LimitAlgorithm::LeakyBucket);
         assert_eq!(l.check(b"k", t0, 1), before, "{policy:?}");
     }
 }
@@ -181,13 +184,13 @@ fn ratelimit_limit_zero_refuses_everything() {
 
 #[test]
 fn ratelimit_rejected_at_construction() {
-    let zero = Policy::new(Algorithm::Gcra, 10, Duration::ZERO);
+    let zero = Policy::new(LimitAlgorithm::Gcra, 10, Duration::ZERO);
     assert_eq!(LocalLimiter::new(zero, 10).unwrap_err(), PolicyError::ZeroPeriod);
-    let p = Policy::new(Algorithm::Gcra, 10, ms(1));
+    let p = Policy::new(LimitAlgorithm::Gcra, 10, ms(1));
     assert_eq!(LocalLimiter::new(p, 0).unwrap_err(), PolicyError::ZeroMaxKeys);
-    let log = Policy::new(Algorithm::SlidingLog, SLIDING_LOG_MAX_LIMIT + 1, ms(1));
+    let log = Policy::new(LimitAlgorithm::SlidingLog, SLIDING_LOG_MAX_LIMIT + 1, ms(1));
     assert!(matches!(LocalLimiter::new(log, 10), Err(PolicyError::SlidingLogLimit { .. })));
-    let log = Policy::new(Algorithm::SlidingLog, SLIDING_LOG_MAX_LIMIT, ms(1));
+    let log = Policy::new(LimitAlgorithm::SlidingLog, SLIDING_LOG_MAX_LIMIT, ms(1));
     assert!(LocalLimiter::new(log, 10).is_ok());
 }
 
@@ -196,8 +199,8 @@ fn ratelimit_extreme_values_do_not_overflow() {
     let t0 = Instant::now();
     // Far in the future, if the platform's Instant reaches that far.
     let late = [100u64, 10_000 * 365 * 86_400].map(|s| t0.checked_add(Duration::from_secs(s)));
-    for algorithm in Algorithm::ALL {
-        let huge = if algorithm == Algorithm::SlidingLog { SLIDING_LOG_MAX_LIMIT } else { u64::MAX };
+    for algorithm in LimitAlgorithm::ALL {
+        let huge = if algorithm == LimitAlgorithm::SlidingLog { SLIDING_LOG_MAX_LIMIT } else { u64::MAX };
         let policies = [
             Policy::new(algorithm, huge, Duration::MAX).with_burst(u64::MAX).with_max_delay(Duration::MAX),
             Policy::new(algorithm, huge, Duration::from_nanos(1)).with_burst(u64::MAX).with_max_delay(Duration::MAX),
@@ -231,7 +234,7 @@ fn ratelimit_memory_bounded_under_a_million_random_keys() {
     // 10 per minute: a key used once stays in debt for 6 s, far longer than the flood
     // takes, so no key is idle and the table has to evict with debt.
     let max_keys = 10_000;
-    let policy = Policy::new(Algorithm::Gcra, 10, Duration::from_secs(60));
+    let policy = Policy::new(LimitAlgorithm::Gcra, 10, Duration::from_secs(60));
     let t0 = Instant::now();
     let l = LocalLimiter::with_epoch(policy, max_keys, t0).unwrap();
     let mut rng = fastrand::Rng::with_seed(1);
@@ -259,7 +262,7 @@ fn ratelimit_memory_bounded_under_a_million_random_keys() {
 fn ratelimit_full_table_drops_idle_keys_first() {
     // 1000 per second: a key used once is idle 1 ms later. With 1 us between new keys,
     // about 1000 keys are in debt at a time: room comes from idle keys, nothing is lost.
-    let policy = Policy::new(Algorithm::Gcra, 1000, Duration::from_secs(1));
+    let policy = Policy::new(LimitAlgorithm::Gcra, 1000, Duration::from_secs(1));
     let t0 = Instant::now();
     let l = LocalLimiter::with_epoch(policy, 10_000, t0).unwrap();
     for i in 0..200_000u64 {
@@ -342,9 +345,9 @@ fn ratelimit_threads_with_a_moving_clock() {
         // 40,000 x 100 us = 4 s: 40 at the rate.
         let elapsed_units = 40;
         let bound = match policy.algorithm {
-            Algorithm::FixedWindow => 10 * 5,            // windows 0..=4
-            Algorithm::SlidingWindow => 10 * 5,          // never more than a fixed window would
-            Algorithm::LeakyBucket => 6 + elapsed_units, // 1 + 500 ms / 100 ms queued
+            LimitAlgorithm::FixedWindow => 10 * 5,            // windows 0..=4
+            LimitAlgorithm::SlidingWindow => 10 * 5,          // never more than a fixed window would
+            LimitAlgorithm::LeakyBucket => 6 + elapsed_units, // 1 + 500 ms / 100 ms queued
             _ => policy.capacity() + elapsed_units,
         };
         let n = allowed.load(Ordering::Relaxed);
@@ -360,16 +363,16 @@ fn ratelimit_exact_counts_one_request_per_ms_for_ten_seconds() {
         let allowed = (0..10_000).filter(|&i| l.check(b"k", at(t0, i), 1).allowed).count();
         let expected = match policy.algorithm {
             // 15 at once, then 99.99 earned over 9.999 s.
-            Algorithm::TokenBucket | Algorithm::Gcra => 15 + 99,
+            LimitAlgorithm::TokenBucket | LimitAlgorithm::Gcra => 15 + 99,
             // 10 per window, 10 windows.
-            Algorithm::FixedWindow => 100,
+            LimitAlgorithm::FixedWindow => 100,
             // 10 at the start of each second, as the previous 10 leave.
-            Algorithm::SlidingLog => 100,
+            LimitAlgorithm::SlidingLog => 100,
             // 10 in the first window; then the previous window's weight leaves room for 9
             // per window (n <= 1 + 9 x 0.999 with the 9 spread over the previous one).
-            Algorithm::SlidingWindow => 10 + 9 * 9,
+            LimitAlgorithm::SlidingWindow => 10 + 9 * 9,
             // 6 queued at once (delays 0, 99, .., 495 ms), then one per 100 ms from 100 ms.
-            Algorithm::LeakyBucket => 6 + 99,
+            LimitAlgorithm::LeakyBucket => 6 + 99,
         };
         assert_eq!(allowed, expected, "{policy:?}");
     }
@@ -405,7 +408,7 @@ fn ratelimit_types_are_shareable_and_debug_shows_no_keys() {
     fn sendable<T: Send + 'static>() {}
     sendable::<ConcurrencyGuard>();
 
-    let (l, t0) = limiter(Policy::new(Algorithm::Gcra, 1, ms(1)));
+    let (l, t0) = limiter(Policy::new(LimitAlgorithm::Gcra, 1, ms(1)));
     let _ = l.check(b"secret-key", t0, 1);
     let c = Concurrency::new(1, 10).unwrap();
     let g = c.acquire(b"secret-key").unwrap();

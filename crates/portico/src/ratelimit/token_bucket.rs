@@ -76,12 +76,12 @@ mod tests {
     use std::time::Duration;
 
     use super::super::tests::{at, limiter, ms};
-    use super::super::{Algorithm, Policy};
+    use super::super::{LimitAlgorithm, Policy};
 
     #[test]
     fn ratelimit_token_bucket_burst_then_steady_rate() {
         // 10 per second (one every 100 ms), 5 more of burst.
-        let (l, t0) = limiter(Policy::new(Algorithm::TokenBucket, 10, Duration::from_secs(1)).with_burst(5));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::TokenBucket, 10, Duration::from_secs(1)).with_burst(5));
         for i in 0..15 {
             let d = l.check(b"k", t0, 1);
             assert!(d.allowed, "{i}");
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn ratelimit_token_bucket_partial_refill() {
-        let (l, t0) = limiter(Policy::new(Algorithm::TokenBucket, 4, Duration::from_secs(1)));
+        let (l, t0) = limiter(Policy::new(LimitAlgorithm::TokenBucket, 4, Duration::from_secs(1)));
         assert!(l.check(b"k", t0, 4).allowed);
         // 250 ms per token; at 600 ms, 2.4 tokens: 2 whole.
         let d = l.check(b"k", at(t0, 600), 3);
