@@ -12,6 +12,7 @@ use tokio::time::Instant;
 mod checks;
 mod log;
 
+pub(crate) use checks::parse_content_length;
 use checks::{SlashAction, check_request};
 
 use crate::Shared;

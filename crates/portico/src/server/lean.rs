@@ -565,7 +565,8 @@ fn parse(
             _ => true,
         };
         if !takes {
-            return Parse::Other;
+            // hyper's, unless its framing is broken: then the contract's 400 from here.
+            return framing_error(req.headers).map_or(Parse::Other, Parse::Refused);
         }
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::Other };
@@ -586,6 +587,40 @@ fn parse(
         return Parse::Rejected(head);
     }
     Parse::Complete(Head { method, uri, headers })
+}
+
+/// What is wrong with an HTTP/1.1 request's body framing (RFC 9112 section 6), if anything:
+/// a `Content-Length` that is not digits, several that differ, a `Transfer-Encoding` whose
+/// last coding is not `chunked`, or both fields at once (refused outright, as Envoy does:
+/// the classic way to make two parsers disagree about where a request ends).
+fn framing_error(fields: &[httparse::Header<'_>]) -> Option<GatewayError> {
+    let bad = |m| Some(GatewayError::new(ErrorKind::BadRequest(m)));
+    let (mut length, mut chunked) = (None, None);
+    for h in fields {
+        match Known::of(h.name.as_bytes()) {
+            Some(Known::ContentLength) => {
+                for v in h.value.split(|&b| b == b',') {
+                    let Some(n) = crate::pipeline::parse_content_length(v.trim_ascii()) else {
+                        return bad("invalid content-length");
+                    };
+                    if length.is_some_and(|l| l != n) {
+                        return bad("conflicting content-length values");
+                    }
+                    length = Some(n);
+                }
+            }
+            Some(Known::TransferEncoding) => {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
+            _ => {}
+        }
+    }
+    match (length, chunked) {
+        (Some(_), Some(_)) => bad("both content-length and transfer-encoding"),
+        (_, Some(false)) => bad("transfer-encoding must end with chunked"),
+        _ => None,
+    }
 }
 
 /// The number of field lines of the complete head at the start of `buf` (`None`: the head
@@ -685,6 +720,30 @@ mod tests {
         {
             let Parse::Refused(e) = parsed(text).0 else { panic!("{text:?}: refused") };
             assert_eq!(e.status(), 400, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn broken_body_framing_is_refused_here_and_sound_framing_left_to_hyper() {
+        for (text, want) in [
+            ("POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "conflicting content-length values"),
+            ("POST /a HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", "conflicting content-length values"),
+            ("POST /a HTTP/1.1\r\nContent-Length: +5\r\n\r\n", "invalid content-length"),
+            (
+                "POST /a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "both content-length and transfer-encoding",
+            ),
+            ("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "transfer-encoding must end with chunked"),
+        ] {
+            let Parse::Refused(e) = parsed(text).0 else { panic!("{text:?}: refused") };
+            assert_eq!(e.public_message(), want, "{text:?}");
+        }
+        for text in [
+            "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+        ] {
+            assert!(matches!(parsed(text).0, Parse::Other), "{text:?}: hyper's");
         }
     }
 
