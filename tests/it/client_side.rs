@@ -291,5 +291,68 @@ async fn a_client_that_stops_reading_a_response_leaves_the_upstream_untouched() 
             }
         }
         s.assert_upstream_untouched("responses not read to the end").await;
+        // The log phase ran when the client went away: each line says so, with the bytes
+        // that left before it did.
+        let aborted = || {
+            s.gw.access_log()
+                .into_iter()
+                .filter(|l| l["path"] == "/stream" && l["completion"] == "client_abort")
+                .collect::<Vec<_>>()
+        };
+        Gateway::eventually(Duration::from_secs(5), || async { aborted().len() >= ROUNDS }).await;
+        let lines = aborted();
+        assert_eq!(lines.len(), ROUNDS, "{t:?}: {:?}", s.gw.access_log());
+        for l in &lines {
+            let sent = l["bytesSent"].as_u64().unwrap_or(u64::MAX);
+            assert!(sent < 50_000_000, "{t:?}: {l}");
+            assert_eq!(l["statusCode"], 200, "{t:?}: the head was sent: {l}");
+            assert!(l["durationMs"].as_f64() >= l["latencyMs"].as_f64(), "{t:?}: {l}");
+        }
+        // A response read to its end is complete, with every byte counted.
+        let after = || s.gw.access_log().into_iter().find(|l| l["path"] == "/after").unwrap_or_default();
+        Gateway::eventually(Duration::from_secs(5), || async { !after().is_null() }).await;
+        let after = after();
+        assert_eq!(after["completion"], "complete", "{t:?}: {after}");
+        assert!(after["bytesSent"].as_u64().is_some_and(|n| n > 100), "{t:?}: {after}");
+    }
+}
+
+/// An upstream that declares 100 body bytes, sends 10 and hangs up.
+async fn truncating_upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_breaks_off_its_body_is_logged_as_such() {
+    let addr = truncating_upstream().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [{{ url: \"http://{addr}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n"
+    )));
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (_, out) =
+            curl(&["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", proto, &gw.url("/cut")]).await;
+        // HTTP/1.1: the head, then the connection closes short of the length. HTTP/2: the
+        // stream is reset, which curl may report before the head it carried.
+        if proto == "--http1.1" {
+            assert!(out.starts_with("200"), "{proto}: {out}");
+        }
+    }
+    let cut = || gw.access_log().into_iter().filter(|l| l["completion"] == "upstream_abort").collect::<Vec<_>>();
+    Gateway::eventually(Duration::from_secs(5), || async { cut().len() >= 2 }).await;
+    let lines = cut();
+    assert_eq!(lines.len(), 2, "{:?}", gw.access_log());
+    for l in lines {
+        assert!(l["bytesSent"].as_u64().is_some_and(|n| n <= 10), "{l}");
     }
 }

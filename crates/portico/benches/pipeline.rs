@@ -146,6 +146,9 @@ fn bench(c: &mut Criterion) {
         backend_service: Some(Arc::from("users")),
         backend_latency: Some(Duration::from_micros(180)),
         listener: Arc::from("public"),
+        bytes_sent: 218,
+        duration: Duration::from_micros(260),
+        completion: "complete",
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("access_log_line", |b| {

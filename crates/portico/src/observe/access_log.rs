@@ -48,6 +48,12 @@ pub struct AccessRecord {
     pub backend_latency: Option<Duration>,
     /// Name of the listener.
     pub listener: Arc<str>,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Time from the request's arrival to the end of its response body (or its abort).
+    pub duration: Duration,
+    /// How the exchange ended: `complete`, `client_abort` or `upstream_abort`.
+    pub completion: &'static str,
 }
 
 #[derive(Serialize)]
@@ -70,6 +76,9 @@ struct Line<'a> {
     backend_service: Option<&'a str>,
     backend_latency_ms: Option<f64>,
     listener: &'a str,
+    bytes_sent: u64,
+    duration_ms: f64,
+    completion: &'static str,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -112,6 +121,9 @@ impl JsonLine for AccessRecord {
             backend_service: self.backend_service.as_deref(),
             backend_latency_ms: self.backend_latency.map(ms),
             listener: &self.listener,
+            bytes_sent: self.bytes_sent,
+            duration_ms: ms(self.duration),
+            completion: self.completion,
         };
         // Serializing plain strings and numbers into a Vec cannot fail.
         if serde_json::to_writer(&mut *out, &line).is_ok() {

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, 
 use tokio::time::Instant;
 
 mod checks;
-mod log;
+pub mod log;
 
 pub(crate) use checks::parse_content_length;
 use checks::{SlashAction, check_request};
@@ -26,7 +26,7 @@ use crate::plugins::cors::Cors;
 use crate::plugins::hooks::HookCtx;
 use crate::plugins::{Flow, Passed, Refusal, RequestView};
 use crate::router::{Lookup, RequestParts};
-use log::LogPhase;
+pub use log::{Completion, LogPhase};
 
 /// What a connection knows about itself, shared by its requests.
 #[derive(Debug)]
@@ -83,14 +83,13 @@ pub struct Outcome {
     pub upstream: Option<Arc<str>>,
 }
 
-/// Handles one request. Never fails: every error becomes a response.
-/// The request body is hyper's stream or, from the lean HTTP/1.1 server loop, empty.
-/// Borrows the connection and the process state: the lean loop calls it without
-/// reference-count traffic; hyper's service owns them in its future.
-pub async fn handle(req: Request<Body>, conn: &ConnInfo, shared: &Shared) -> Response<Body> {
-    let (mut res, (name, value)) = handle_unsent_id(req, conn, shared, false).await;
+/// Handles one request. Never fails: every error becomes a response. The request body is
+/// hyper's stream or, from the lean HTTP/1.1 server loop, empty. The returned record's
+/// [`LogPhase::end`] is for whoever writes the response body, when it ends.
+pub async fn handle(req: Request<Body>, conn: &Arc<ConnInfo>, shared: &Arc<Shared>) -> (Response<Body>, LogPhase) {
+    let (mut res, (name, value), log) = handle_unsent_id(req, conn, shared, false).await;
     res.headers_mut().insert(name, value);
-    res
+    (res, log)
 }
 
 /// [`handle`], but the response's request ID field is returned rather than put into its
@@ -100,10 +99,10 @@ pub async fn handle(req: Request<Body>, conn: &ConnInfo, shared: &Shared) -> Res
 /// ([`crate::upstream::h1::ResponseBody::raw_fields`]) when nothing here needed them.
 pub(crate) async fn handle_unsent_id(
     mut req: Request<Body>,
-    conn: &ConnInfo,
-    shared: &Shared,
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
     raw_ok: bool,
-) -> (Response<Body>, (HeaderName, HeaderValue)) {
+) -> (Response<Body>, (HeaderName, HeaderValue), LogPhase) {
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
 
@@ -316,8 +315,8 @@ pub(crate) async fn handle_unsent_id(
     }
     log.rate_remaining = rate.map(|r| r.remaining);
     let id_name = snap.request_id_header.clone();
-    let request_id = log.finish(res.status());
-    (res, (id_name, request_id))
+    let request_id = log.head(res.status());
+    (res, (id_name, request_id), log)
 }
 
 /// The answer to a request refused before there is a request to route (a head too large,
@@ -327,17 +326,17 @@ pub(crate) async fn handle_unsent_id(
 pub(crate) fn refuse(
     error: &GatewayError,
     method: Method,
-    conn: &ConnInfo,
-    shared: &Shared,
-) -> (Response<Body>, (HeaderName, HeaderValue)) {
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+) -> (Response<Body>, (HeaderName, HeaderValue), LogPhase) {
     let snap = shared.snapshot.load_full();
     let mut req = Request::new(Body::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = Uri::from_static("*");
     let mut log = LogPhase::new(shared, &snap, conn, Instant::now(), &req, new_request_id(), conn.peer.ip());
     let res = error.to_response(&log.request_id);
-    let id = log.finish(res.status());
-    (res, (snap.request_id_header.clone(), id))
+    let id = log.head(res.status());
+    (res, (snap.request_id_header.clone(), id), log)
 }
 
 /// Puts an upstream response's fields that are kept as sent into its map; `false` when one

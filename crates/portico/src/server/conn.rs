@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::Shared;
 use crate::body::Body;
-use crate::pipeline::{self, ConnInfo};
+use crate::pipeline::{self, Completion, ConnInfo, LogPhase};
 
 const IDLE: u8 = 0;
 const HEAD: u8 = 1;
@@ -83,10 +83,30 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that ends its request's [`InFlight`] when it ends.
+/// A response body that ends its request's [`InFlight`] when it ends, and writes its log
+/// record then (boxed: hyper moves the body around, and the record is large), with the
+/// bytes it carried and how it ended.
 pub(crate) struct TrackedBody {
     inner: Body,
     in_flight: Option<InFlight>,
+    log: Option<Box<LogPhase>>,
+    sent: u64,
+}
+
+impl TrackedBody {
+    fn end(&mut self, how: Completion) {
+        self.in_flight = None;
+        if let Some(log) = self.log.take() {
+            log.end(self.sent, how);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // Dropped before its end: hyper stopped sending it (the client went away).
+        self.end(Completion::ClientAbort);
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -100,8 +120,17 @@ impl http_body::Body for TrackedBody {
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let res = http_body::Body::poll_frame(Pin::new(&mut this.inner), cx);
-        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.in_flight = None;
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                // hyper stops polling a body that says it has ended.
+                if http_body::Body::is_end_stream(&this.inner) {
+                    this.end(Completion::Complete);
+                }
+            }
+            Poll::Ready(None) => this.end(Completion::Complete),
+            Poll::Ready(Some(Err(_))) => this.end(Completion::UpstreamAbort),
+            Poll::Pending => {}
         }
         res
     }
@@ -244,8 +273,22 @@ pub(crate) async fn serve<S>(
         let phase = svc_phase.clone();
         async move {
             let in_flight = InFlight::start(&phase);
-            let res = pipeline::handle(req.map(Body::Incoming), &info, &shared).await;
-            Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody { inner, in_flight: Some(in_flight) }))
+            let head = req.method() == http::Method::HEAD;
+            let (res, log) = pipeline::handle(req.map(Body::Incoming), &info, &shared).await;
+            // No body will be polled for these: the exchange ends with the head.
+            let log = match head || matches!(res.status().as_u16(), 204 | 304) {
+                true => {
+                    log.end(0, Completion::Complete);
+                    None
+                }
+                false => Some(Box::new(log)),
+            };
+            Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody {
+                inner,
+                in_flight: Some(in_flight),
+                log,
+                sent: 0,
+            }))
         }
     });
 

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
-use crate::pipeline::{self, ConnInfo};
+use crate::pipeline::{self, Completion, ConnInfo, LogPhase};
 use crate::upstream::h1::{
     Known, NameCache, Span, content_length, fill_header_map, plain_length, recycle, span_of, write_field,
 };
@@ -76,6 +76,8 @@ pub(crate) async fn serve<S>(
         names: NameCache::default(),
         spare: HeaderMap::new(),
         spans: Vec::with_capacity(16),
+        sent: 0,
+        upstream_failed: false,
     };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
@@ -104,6 +106,10 @@ struct Lean<S> {
     spare: HeaderMap,
     /// Where the last request's fields lay in its head (kept for the allocation).
     spans: Vec<Span>,
+    /// Body bytes of the current response handed to the socket.
+    sent: u64,
+    /// Whether the current response's body failed on the upstream's side.
+    upstream_failed: bool,
 }
 
 /// A request head this loop takes.
@@ -217,9 +223,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             *req.uri_mut() = head.uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = head.headers;
-            let Some((res, id)) = self.handle(req, info, shared).await else { return End::Closed };
+            let Some((res, id, log)) = self.handle(req, info, shared).await else { return End::Closed };
             let close = *shutdown.borrow();
-            if self.respond(res, &id, method_head, close).await.is_err() || close {
+            let written = self.respond(res, &id, method_head, close).await;
+            log.end(self.sent, self.completion(&written));
+            if written.is_err() || close {
                 let _ = self.io.shutdown().await;
                 return End::Closed;
             }
@@ -238,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         req: Request<Body>,
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
-    ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue))> {
+    ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue), LogPhase)> {
         // Pinned where it is made: a `let` and then `tokio::pin!` moved the whole future
         // (4.8 KB) once more per request.
         let mut handling = std::pin::pin!(pipeline::handle_unsent_id(req, info, shared, true));
@@ -267,8 +275,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             .filter(|m| m.len() <= 16)
             .and_then(|m| Method::from_bytes(m).ok())
             .unwrap_or_else(|| Method::from_bytes(b"-").unwrap_or_default());
-        let (res, id) = pipeline::refuse(&error, method, info, shared);
-        if self.respond(res, &id, false, true).await.is_ok() {
+        let (res, id, log) = pipeline::refuse(&error, method, info, shared);
+        let written = self.respond(res, &id, false, true).await;
+        log.end(self.sent, self.completion(&written));
+        if written.is_ok() {
             let _ = self.io.shutdown().await;
             let drain = async {
                 let mut left = LINGER_BYTES;
@@ -283,6 +293,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             let _ = tokio::time::timeout(LINGER, drain).await;
         }
         End::Closed
+    }
+
+    /// How the response just written ended, for its log record.
+    fn completion(&self, written: &io::Result<()>) -> Completion {
+        match (written, self.upstream_failed) {
+            (Ok(()), _) => Completion::Complete,
+            (Err(_), true) => Completion::UpstreamAbort,
+            (Err(_), false) => Completion::ClientAbort,
+        }
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
@@ -302,6 +321,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         method_head: bool,
         close: bool,
     ) -> io::Result<()> {
+        self.sent = 0;
+        self.upstream_failed = false;
         let (parts, mut body) = res.into_parts();
         let status = parts.status;
         let out = &mut self.out;
@@ -386,7 +407,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             };
             let data = match frame {
                 None => break,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err(e)) => {
+                    self.upstream_failed = true;
+                    return Err(io::Error::other(e));
+                }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(d) => d,
                     // Trailers are not sent on HTTP/1.1 responses.
@@ -399,10 +423,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             if let Framing::Length(_) = framing {
                 if data.len() as u64 > left {
                     // More than the declared length: the response cannot be framed.
+                    self.upstream_failed = true;
                     return Err(io::Error::other("body longer than its content-length"));
                 }
                 left -= data.len() as u64;
             }
+            // Counted as handed to the socket; a write that fails is the client's end.
+            self.sent += data.len() as u64;
             let end = body.is_end_stream();
             self.write_frame(&mut pending_head, &data, framing, end).await?;
             if end {
@@ -455,6 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         }
         if matches!(framing, Framing::Length(_)) && left > 0 {
             // Shorter than declared: the client must see the connection end.
+            self.upstream_failed = true;
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its content-length"));
         }
         Ok(())
