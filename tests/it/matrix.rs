@@ -525,3 +525,119 @@ matrix_test!(gateway_made_errors_follow_the_contract, {
     r.assert_error(504);
     assert!(start.elapsed() < std::time::Duration::from_millis(2500), "the timeout answers first: {r}");
 });
+
+/// An allowed origin.
+const APP: &str = "https://app.example.com";
+
+fn plugins_yaml(up: &TestUpstream) -> String {
+    config(&format!(
+        r#"plugins:
+  - security_headers: {{ content_security_policy: "default-src 'none'" }}
+upstreams:
+  app: {{ targets: [{{ url: "{}" }}] }}
+jwt_providers:
+  main:
+    issuer: https://idp.test
+    audiences: [api]
+    forward_claims: {{ email: X-User-Email }}
+    keys: [{{ alg: HS256, secret: "{secret}" }}]
+routes:
+  - name: api
+    match: {{ prefix: /api }}
+    upstream: app
+    rewrite: {{ strip_prefix: /api }}
+    plugins:
+      - cors:
+          origins: ["{APP}"]
+          methods: [GET, PUT]
+          headers: [content-type, x-custom]
+          expose_headers: [x-upstream]
+          credentials: true
+          max_age: 5m
+  - name: users
+    match: {{ path: "/users/{{id}}" }}
+    upstream: app
+    plugins:
+      - request_headers: {{ remove: [x-drop], set: {{ x-user: "u-{{param.id}}" }} }}
+      - query: {{ remove: [debug], set: {{ page: "1" }} }}
+      - response_headers: {{ remove: [x-upstream], set: {{ x-request: "{{request_id}}" }} }}
+  - name: secure
+    match: {{ prefix: /secure }}
+    upstream: app
+    plugins: [{{ jwt: {{ provider: main }} }}]
+  - {{ name: open, match: {{ prefix: /open }}, upstream: app }}
+"#,
+        up.url(),
+        secret = crate::auth::SECRET,
+    ))
+}
+
+matrix_test!(plugins_and_identity_headers, {
+    let up = TestUpstream::start("app").await;
+    let gw = MatrixGateway::start(&plugins_yaml(&up));
+    let token = crate::auth::mint(serde_json::json!([{
+        "alg": "HS256", "key": crate::auth::SECRET,
+        "claims": crate::auth::claims("carol", serde_json::json!({ "email": "carol@example.com" })),
+    }]))
+    .remove(0);
+    let bearer = format!("Bearer {token}");
+}, |t| {
+    // CORS preflight, answered at the gateway.
+    let hits = up.hits();
+    let asked = [("origin", APP), ("access-control-request-method", "PUT"), ("access-control-request-headers", "Content-Type, X-Custom")];
+    let r = gw.request(t, "OPTIONS", "/api/things", &asked, None).await;
+    assert_eq!((r.status, r.body.as_str()), (204, ""), "{r}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r}");
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"), "{r}");
+    assert_eq!(r.header("access-control-allow-headers"), Some("Content-Type, X-Custom"), "{r}");
+    assert_eq!(r.header("access-control-max-age"), Some("300"), "{r}");
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"), "{r}");
+    assert!(r.all("vary").iter().any(|v| v.to_ascii_lowercase().contains("origin")), "{r}");
+    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "PUT")];
+    let r = gw.request(t, "OPTIONS", "/api/things", &evil, None).await;
+    r.assert_error(403);
+    assert_eq!((r.json()["error"].as_str(), r.header("access-control-allow-origin")), (Some("CORS origin not allowed"), None), "{r}");
+    assert_eq!(up.hits(), hits, "no preflight reaches the upstream");
+
+    // CORS on an actual response; the global security headers on it too, HSTS only over
+    // TLS (browsers ignore it over plain HTTP; docs/plugins.md#security_headers).
+    let r = gw.request(t, "GET", "/api/echo", &[("origin", APP)], None).await;
+    let v = echo(&r);
+    assert_eq!((v["path"].as_str(), v["headers"]["origin"].as_str()), (Some("/echo"), Some(APP)), "{r}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r}");
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-upstream"), "{r}");
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r}");
+    assert_eq!(r.header("content-security-policy"), Some("default-src 'none'"), "{r}");
+    assert!(r.header("x-frame-options").is_some(), "{r}");
+    if t.tls() {
+        assert!(r.header("strict-transport-security").is_some_and(|v| v.starts_with("max-age=")), "{r}");
+    } else {
+        assert!(r.header("strict-transport-security").is_none(), "{r}");
+    }
+
+    // Request headers, query and response headers transforms.
+    let r = gw.request(t, "GET", "/users/42?debug=1&q=a", &[("x-drop", "1")], None).await;
+    let v = echo(&r);
+    assert!(v["headers"].get("x-drop").is_none(), "{r}");
+    assert_eq!((v["headers"]["x-user"].as_str(), v["query"].as_str()), (Some("u-42"), Some("q=a&page=1")), "{r}");
+    assert!(r.header("x-upstream").is_none(), "{r}");
+    assert_eq!(r.header("x-request"), r.header("x-request-id"), "{r}");
+
+    // Identity headers: the client's copies never reach the upstream, on a route without
+    // authentication and on one with it, where the gateway's values replace them.
+    let forged = [("x-user-id", "admin"), ("x-user-role", "admin"), ("x-tenant-id", "acme"), ("x-consumer-plan", "enterprise"), ("x-user-email", "ceo@example.com")];
+    let r = gw.request(t, "GET", "/open/x", &forged, None).await;
+    let v = echo(&r);
+    for (name, _) in forged {
+        assert!(v["headers"].get(name).is_none(), "{name} reached the upstream: {r}");
+    }
+    let mut with_token = forged.to_vec();
+    with_token.push(("authorization", &bearer));
+    let r = gw.request(t, "GET", "/secure/x", &with_token, None).await;
+    let v = echo(&r);
+    let h = &v["headers"];
+    assert_eq!((h["x-user-id"].as_str(), h["x-user-email"].as_str()), (Some("carol"), Some("carol@example.com")), "{r}");
+    for name in ["x-user-role", "x-tenant-id", "x-consumer-plan"] {
+        assert!(h.get(name).is_none(), "{name} reached the upstream: {r}");
+    }
+});
