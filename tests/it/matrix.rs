@@ -175,11 +175,12 @@ impl MatrixGateway {
         let tls_yaml = yaml.replacen(listener, &tls, 1);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ck.cert.der().clone()).unwrap();
-        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut c =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         c.alpn_protocols = vec![b"h2".to_vec()];
         MatrixGateway { plain: Gateway::start(yaml), tls: Gateway::start(&tls_yaml), h2_tls: Arc::new(c), _dir: dir }
     }
@@ -221,7 +222,11 @@ impl MatrixGateway {
         args.push(url);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, out) = curl(&refs).await;
-        assert!(ok, "[{t}] curl failed: {method} {path} {headers:?} with a body of {} bytes\n{out}", body.map_or(0, str::len));
+        assert!(
+            ok,
+            "[{t}] curl failed: {method} {path} {headers:?} with a body of {} bytes\n{out}",
+            body.map_or(0, str::len)
+        );
         parse(t, out)
     }
 
@@ -323,73 +328,91 @@ routes:
     ))
 }
 
-matrix_test!(routing_rewrites_and_forwarding_headers, {
-    let users = TestUpstream::start("users").await;
-    let orders = TestUpstream::start("orders").await;
-    let gw = MatrixGateway::start(&routing_yaml(&users, &orders));
-}, |t| {
-    // Path template, method condition and rewrite.
-    let r = gw.request(t, "GET", "/api/users/42?x=1", &[], None).await;
-    let v = echo(&r);
-    assert_eq!((v["upstream"].as_str(), v["path"].as_str()), (Some("users"), Some("/v2/users/42")), "{r}");
-    assert_eq!((v["method"].as_str(), v["query"].as_str()), (Some("GET"), Some("x=1")), "{r}");
-    let h = &v["headers"];
-    assert_eq!(h["host"], users.addr.to_string(), "Host is the target's by default: {r}");
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{r}");
-    assert_eq!(h["x-forwarded-proto"], t.scheme(), "{r}");
-    assert_eq!(h["x-forwarded-host"], gw.authority(t), "{r}");
-    let forwarded = format!("for=127.0.0.1;proto={}", t.scheme());
-    assert!(h["forwarded"].as_str().is_some_and(|f| f.starts_with(&forwarded)), "{r}");
-    let rid = r.header("x-request-id").unwrap_or_default();
-    assert_eq!(rid.len(), 32, "{r}");
-    assert_eq!(h["x-request-id"], rid, "the same ID goes upstream and back: {r}");
-
-    // Prefix with strip_prefix, to the other upstream.
-    let r = gw.request(t, "PUT", "/api/orders/7", &[], None).await;
-    let v = echo(&r);
-    assert_eq!((v["upstream"].as_str(), v["path"].as_str()), (Some("orders"), Some("/orders/7")), "{r}");
-    assert_eq!(v["method"], "PUT", "{r}");
-
-    // A wildcard host with preserve_host. Over HTTP/2 curl sends the -H host as :authority.
-    let r = gw.request(t, "GET", "/x", &[("host", "shop.example.com")], None).await;
-    let v = echo(&r);
-    assert_eq!((v["upstream"].as_str(), v["headers"]["host"].as_str()), (Some("users"), Some("shop.example.com")), "{r}");
-
-    // A method the route does not take: 405 with Allow.
-    let r = gw.request(t, "DELETE", "/api/users/42", &[], None).await;
-    r.assert_error(405);
-    assert_eq!(r.header("allow"), Some("GET, PUT"), "{r}");
-
-    // No route: 404.
-    gw.request(t, "GET", "/nothing-here", &[], None).await.assert_error(404);
-
-    // Forged forwarding headers are replaced (the peer is not a trusted proxy); a client's
-    // well-formed request ID is kept.
-    let forged = [("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6"), ("x-real-ip", "6.6.6.6"), ("x-request-id", "client-id-1")];
-    let r = gw.request(t, "GET", "/api/orders", &forged, None).await;
-    let v = echo(&r);
-    let h = &v["headers"];
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{r}");
-    assert!(h["forwarded"].as_str().is_some_and(|f| f.starts_with("for=127.0.0.1")), "{r}");
-    assert!(h.get("x-real-ip").is_none(), "{r}");
-    assert_eq!((h["x-request-id"].as_str(), r.header("x-request-id")), (Some("client-id-1"), Some("client-id-1")), "{r}");
-
-    // Hop-by-hop headers: HTTP/1.1 clients may send them and the gateway must drop them;
-    // HTTP/2 forbids connection-specific headers altogether (RFC 9113 8.2.2), so there the
-    // check is that none comes back.
-    if t.h2() {
-        let r = gw.get(t, "/api/orders").await;
-        echo(&r);
-        assert!(r.header("connection").is_none() && r.header("keep-alive").is_none(), "{r}");
-    } else {
-        let hop = [("connection", "x-hop, keep-alive"), ("x-hop", "secret"), ("keep-alive", "timeout=5"), ("te", "gzip")];
-        let r = gw.request(t, "GET", "/api/orders", &hop, None).await;
+matrix_test!(
+    routing_rewrites_and_forwarding_headers,
+    {
+        let users = TestUpstream::start("users").await;
+        let orders = TestUpstream::start("orders").await;
+        let gw = MatrixGateway::start(&routing_yaml(&users, &orders));
+    },
+    |t| {
+        // Path template, method condition and rewrite.
+        let r = gw.request(t, "GET", "/api/users/42?x=1", &[], None).await;
         let v = echo(&r);
-        for name in ["x-hop", "keep-alive", "te"] {
-            assert!(v["headers"].get(name).is_none(), "{name} is hop-by-hop: {r}");
+        assert_eq!((v["upstream"].as_str(), v["path"].as_str()), (Some("users"), Some("/v2/users/42")), "{r}");
+        assert_eq!((v["method"].as_str(), v["query"].as_str()), (Some("GET"), Some("x=1")), "{r}");
+        let h = &v["headers"];
+        assert_eq!(h["host"], users.addr.to_string(), "Host is the target's by default: {r}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{r}");
+        assert_eq!(h["x-forwarded-proto"], t.scheme(), "{r}");
+        assert_eq!(h["x-forwarded-host"], gw.authority(t), "{r}");
+        let forwarded = format!("for=127.0.0.1;proto={}", t.scheme());
+        assert!(h["forwarded"].as_str().is_some_and(|f| f.starts_with(&forwarded)), "{r}");
+        let rid = r.header("x-request-id").unwrap_or_default();
+        assert_eq!(rid.len(), 32, "{r}");
+        assert_eq!(h["x-request-id"], rid, "the same ID goes upstream and back: {r}");
+
+        // Prefix with strip_prefix, to the other upstream.
+        let r = gw.request(t, "PUT", "/api/orders/7", &[], None).await;
+        let v = echo(&r);
+        assert_eq!((v["upstream"].as_str(), v["path"].as_str()), (Some("orders"), Some("/orders/7")), "{r}");
+        assert_eq!(v["method"], "PUT", "{r}");
+
+        // A wildcard host with preserve_host. Over HTTP/2 curl sends the -H host as :authority.
+        let r = gw.request(t, "GET", "/x", &[("host", "shop.example.com")], None).await;
+        let v = echo(&r);
+        assert_eq!(
+            (v["upstream"].as_str(), v["headers"]["host"].as_str()),
+            (Some("users"), Some("shop.example.com")),
+            "{r}"
+        );
+
+        // A method the route does not take: 405 with Allow.
+        let r = gw.request(t, "DELETE", "/api/users/42", &[], None).await;
+        r.assert_error(405);
+        assert_eq!(r.header("allow"), Some("GET, PUT"), "{r}");
+
+        // No route: 404.
+        gw.request(t, "GET", "/nothing-here", &[], None).await.assert_error(404);
+
+        // Forged forwarding headers are replaced (the peer is not a trusted proxy); a client's
+        // well-formed request ID is kept.
+        let forged = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-request-id", "client-id-1"),
+        ];
+        let r = gw.request(t, "GET", "/api/orders", &forged, None).await;
+        let v = echo(&r);
+        let h = &v["headers"];
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{r}");
+        assert!(h["forwarded"].as_str().is_some_and(|f| f.starts_with("for=127.0.0.1")), "{r}");
+        assert!(h.get("x-real-ip").is_none(), "{r}");
+        assert_eq!(
+            (h["x-request-id"].as_str(), r.header("x-request-id")),
+            (Some("client-id-1"), Some("client-id-1")),
+            "{r}"
+        );
+
+        // Hop-by-hop headers: HTTP/1.1 clients may send them and the gateway must drop them;
+        // HTTP/2 forbids connection-specific headers altogether (RFC 9113 8.2.2), so there the
+        // check is that none comes back.
+        if t.h2() {
+            let r = gw.get(t, "/api/orders").await;
+            echo(&r);
+            assert!(r.header("connection").is_none() && r.header("keep-alive").is_none(), "{r}");
+        } else {
+            let hop =
+                [("connection", "x-hop, keep-alive"), ("x-hop", "secret"), ("keep-alive", "timeout=5"), ("te", "gzip")];
+            let r = gw.request(t, "GET", "/api/orders", &hop, None).await;
+            let v = echo(&r);
+            for name in ["x-hop", "keep-alive", "te"] {
+                assert!(v["headers"].get(name).is_none(), "{name} is hop-by-hop: {r}");
+            }
         }
     }
-});
+);
 
 /// An address where nothing listens.
 async fn refused_upstream() -> String {
@@ -449,82 +472,86 @@ routes:
     )
 }
 
-matrix_test!(gateway_made_errors_follow_the_contract, {
-    let up = TestUpstream::start("ok").await;
-    let refused = refused_upstream().await;
-    let gw = MatrixGateway::start(&errors_yaml(&up, &refused));
-}, |t| {
-    gw.get(t, "/nothing-here").await.assert_error(404);
-    let r = gw.request(t, "DELETE", "/ok/1", &[], None).await;
-    r.assert_error(405);
-    assert_eq!(r.header("allow"), Some("GET, PUT"), "{r}");
+matrix_test!(
+    gateway_made_errors_follow_the_contract,
+    {
+        let up = TestUpstream::start("ok").await;
+        let refused = refused_upstream().await;
+        let gw = MatrixGateway::start(&errors_yaml(&up, &refused));
+    },
+    |t| {
+        gw.get(t, "/nothing-here").await.assert_error(404);
+        let r = gw.request(t, "DELETE", "/ok/1", &[], None).await;
+        r.assert_error(405);
+        assert_eq!(r.header("allow"), Some("GET, PUT"), "{r}");
 
-    // Authentication: no token, a bad token, no key, a wrong key; then the good key, whose
-    // consumer the upstream is told, and never the key itself.
-    gw.get(t, "/jwt/x").await.assert_error(401);
-    gw.request(t, "GET", "/jwt/x", &[("authorization", "Bearer not-a-token")], None).await.assert_error(401);
-    gw.get(t, "/key/x").await.assert_error(401);
-    let r = gw.request(t, "GET", "/key/x", &[("x-api-key", "wrong-key-0000")], None).await;
-    r.assert_error(401);
-    assert_eq!(r.header("www-authenticate"), Some("ApiKey realm=\"portico\""), "{r}");
-    let r = gw.request(t, "GET", "/key/x", &[("x-api-key", "ci-key-0001")], None).await;
-    let v = echo(&r);
-    assert_eq!(v["headers"]["x-user-id"], "ci-bot", "{r}");
-    assert!(v["headers"].get("x-api-key").is_none(), "{r}");
+        // Authentication: no token, a bad token, no key, a wrong key; then the good key, whose
+        // consumer the upstream is told, and never the key itself.
+        gw.get(t, "/jwt/x").await.assert_error(401);
+        gw.request(t, "GET", "/jwt/x", &[("authorization", "Bearer not-a-token")], None).await.assert_error(401);
+        gw.get(t, "/key/x").await.assert_error(401);
+        let r = gw.request(t, "GET", "/key/x", &[("x-api-key", "wrong-key-0000")], None).await;
+        r.assert_error(401);
+        assert_eq!(r.header("www-authenticate"), Some("ApiKey realm=\"portico\""), "{r}");
+        let r = gw.request(t, "GET", "/key/x", &[("x-api-key", "ci-key-0001")], None).await;
+        let v = echo(&r);
+        assert_eq!(v["headers"]["x-user-id"], "ci-bot", "{r}");
+        assert!(v["headers"].get("x-api-key").is_none(), "{r}");
 
-    // The IP filter.
-    let r = gw.get(t, "/denied/x").await;
-    r.assert_error(403);
-    assert_eq!(r.json()["error"], "client address not allowed", "{r}");
+        // The IP filter.
+        let r = gw.get(t, "/denied/x").await;
+        r.assert_error(403);
+        assert_eq!(r.json()["error"], "client address not allowed", "{r}");
 
-    // A rate limit: each transport counts in its own bucket (the key is a header), so the
-    // order of transports does not matter.
-    let bucket = [("x-bucket", t.to_string())];
-    let bucket: Vec<(&str, &str)> = bucket.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    for left in ["1", "0"] {
-        let r = gw.request(t, "GET", "/limited/x", &bucket, None).await;
-        echo(&r);
-        assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("2"), Some(left)), "{r}");
-    }
-    let hits = up.hits();
-    let r = gw.request(t, "GET", "/limited/x", &bucket, None).await;
-    r.assert_error(429);
-    assert_eq!(r.json()["error"], "rate limit exceeded", "{r}");
-    let retry: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{r}"));
-    assert!((1..=60).contains(&retry), "{r}");
-    assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("2"), Some("0")), "{r}");
-    assert!(r.header("ratelimit-reset").is_some(), "{r}");
-    assert_eq!(up.hits(), hits, "a refused request reached the upstream: {r}");
-
-    // 413: a declared body over the listener's max_body, refused before the upstream. The
-    // fast path carries no body by definition, so there the check is the other side of the
-    // limit: a bodyless request on the same route goes through.
-    if t == Transport::H1Fast {
-        echo(&gw.get(t, "/upload/x").await);
-    } else {
-        let big = "b".repeat(2048);
+        // A rate limit: each transport counts in its own bucket (the key is a header), so the
+        // order of transports does not matter.
+        let bucket = [("x-bucket", t.to_string())];
+        let bucket: Vec<(&str, &str)> = bucket.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for left in ["1", "0"] {
+            let r = gw.request(t, "GET", "/limited/x", &bucket, None).await;
+            echo(&r);
+            assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("2"), Some(left)), "{r}");
+        }
         let hits = up.hits();
-        let r = if t.h2() {
-            // The 413 comes before the body is all sent; see h2_request for why not curl.
-            gw.h2_request(t, "POST", "/upload/x", &big).await
-        } else {
-            gw.request(t, "POST", "/upload/x", &[], Some(&big)).await
-        };
-        r.assert_error(413);
-        assert_eq!(up.hits(), hits, "the upstream never saw it");
-        let r = gw.request(t, "POST", "/upload/x", &[], Some(&big[..1000])).await;
-        assert_eq!((r.status, r.json()["bodyBytes"].as_u64()), (200, Some(1000)), "under the limit: {r}");
-    }
+        let r = gw.request(t, "GET", "/limited/x", &bucket, None).await;
+        r.assert_error(429);
+        assert_eq!(r.json()["error"], "rate limit exceeded", "{r}");
+        let retry: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{r}"));
+        assert!((1..=60).contains(&retry), "{r}");
+        assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("2"), Some("0")), "{r}");
+        assert!(r.header("ratelimit-reset").is_some(), "{r}");
+        assert_eq!(up.hits(), hits, "a refused request reached the upstream: {r}");
 
-    // 502 from a refused connection, with Retry-After; 504 from a slow upstream.
-    let r = gw.get(t, "/refused/x").await;
-    r.assert_error(502);
-    assert!(r.header("retry-after").is_some(), "{r}");
-    let start = std::time::Instant::now();
-    let r = gw.get(t, "/slow?ms=3000").await;
-    r.assert_error(504);
-    assert!(start.elapsed() < std::time::Duration::from_millis(2500), "the timeout answers first: {r}");
-});
+        // 413: a declared body over the listener's max_body, refused before the upstream. The
+        // fast path carries no body by definition, so there the check is the other side of the
+        // limit: a bodyless request on the same route goes through.
+        if t == Transport::H1Fast {
+            echo(&gw.get(t, "/upload/x").await);
+        } else {
+            let big = "b".repeat(2048);
+            let hits = up.hits();
+            let r = if t.h2() {
+                // The 413 comes before the body is all sent; see h2_request for why not curl.
+                gw.h2_request(t, "POST", "/upload/x", &big).await
+            } else {
+                gw.request(t, "POST", "/upload/x", &[], Some(&big)).await
+            };
+            r.assert_error(413);
+            assert_eq!(up.hits(), hits, "the upstream never saw it");
+            let r = gw.request(t, "POST", "/upload/x", &[], Some(&big[..1000])).await;
+            assert_eq!((r.status, r.json()["bodyBytes"].as_u64()), (200, Some(1000)), "under the limit: {r}");
+        }
+
+        // 502 from a refused connection, with Retry-After; 504 from a slow upstream.
+        let r = gw.get(t, "/refused/x").await;
+        r.assert_error(502);
+        assert!(r.header("retry-after").is_some(), "{r}");
+        let start = std::time::Instant::now();
+        let r = gw.get(t, "/slow?ms=3000").await;
+        r.assert_error(504);
+        assert!(start.elapsed() < std::time::Duration::from_millis(2500), "the timeout answers first: {r}");
+    }
+);
 
 /// An allowed origin.
 const APP: &str = "https://app.example.com";
@@ -572,72 +599,94 @@ routes:
     ))
 }
 
-matrix_test!(plugins_and_identity_headers, {
-    let up = TestUpstream::start("app").await;
-    let gw = MatrixGateway::start(&plugins_yaml(&up));
-    let token = crate::auth::mint(serde_json::json!([{
-        "alg": "HS256", "key": crate::auth::SECRET,
-        "claims": crate::auth::claims("carol", serde_json::json!({ "email": "carol@example.com" })),
-    }]))
-    .remove(0);
-    let bearer = format!("Bearer {token}");
-}, |t| {
-    // CORS preflight, answered at the gateway.
-    let hits = up.hits();
-    let asked = [("origin", APP), ("access-control-request-method", "PUT"), ("access-control-request-headers", "Content-Type, X-Custom")];
-    let r = gw.request(t, "OPTIONS", "/api/things", &asked, None).await;
-    assert_eq!((r.status, r.body.as_str()), (204, ""), "{r}");
-    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r}");
-    assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"), "{r}");
-    assert_eq!(r.header("access-control-allow-headers"), Some("Content-Type, X-Custom"), "{r}");
-    assert_eq!(r.header("access-control-max-age"), Some("300"), "{r}");
-    assert_eq!(r.header("access-control-allow-credentials"), Some("true"), "{r}");
-    assert!(r.all("vary").iter().any(|v| v.to_ascii_lowercase().contains("origin")), "{r}");
-    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "PUT")];
-    let r = gw.request(t, "OPTIONS", "/api/things", &evil, None).await;
-    r.assert_error(403);
-    assert_eq!((r.json()["error"].as_str(), r.header("access-control-allow-origin")), (Some("CORS origin not allowed"), None), "{r}");
-    assert_eq!(up.hits(), hits, "no preflight reaches the upstream");
+matrix_test!(
+    plugins_and_identity_headers,
+    {
+        let up = TestUpstream::start("app").await;
+        let gw = MatrixGateway::start(&plugins_yaml(&up));
+        let token = crate::auth::mint(serde_json::json!([{
+            "alg": "HS256", "key": crate::auth::SECRET,
+            "claims": crate::auth::claims("carol", serde_json::json!({ "email": "carol@example.com" })),
+        }]))
+        .remove(0);
+        let bearer = format!("Bearer {token}");
+    },
+    |t| {
+        // CORS preflight, answered at the gateway.
+        let hits = up.hits();
+        let asked = [
+            ("origin", APP),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "Content-Type, X-Custom"),
+        ];
+        let r = gw.request(t, "OPTIONS", "/api/things", &asked, None).await;
+        assert_eq!((r.status, r.body.as_str()), (204, ""), "{r}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r}");
+        assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"), "{r}");
+        assert_eq!(r.header("access-control-allow-headers"), Some("Content-Type, X-Custom"), "{r}");
+        assert_eq!(r.header("access-control-max-age"), Some("300"), "{r}");
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"), "{r}");
+        assert!(r.all("vary").iter().any(|v| v.to_ascii_lowercase().contains("origin")), "{r}");
+        let evil = [("origin", "https://evil.example"), ("access-control-request-method", "PUT")];
+        let r = gw.request(t, "OPTIONS", "/api/things", &evil, None).await;
+        r.assert_error(403);
+        assert_eq!(
+            (r.json()["error"].as_str(), r.header("access-control-allow-origin")),
+            (Some("CORS origin not allowed"), None),
+            "{r}"
+        );
+        assert_eq!(up.hits(), hits, "no preflight reaches the upstream");
 
-    // CORS on an actual response; the global security headers on it too, HSTS only over
-    // TLS (browsers ignore it over plain HTTP; docs/plugins.md#security_headers).
-    let r = gw.request(t, "GET", "/api/echo", &[("origin", APP)], None).await;
-    let v = echo(&r);
-    assert_eq!((v["path"].as_str(), v["headers"]["origin"].as_str()), (Some("/echo"), Some(APP)), "{r}");
-    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r}");
-    assert_eq!(r.header("access-control-expose-headers"), Some("x-upstream"), "{r}");
-    assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r}");
-    assert_eq!(r.header("content-security-policy"), Some("default-src 'none'"), "{r}");
-    assert!(r.header("x-frame-options").is_some(), "{r}");
-    if t.tls() {
-        assert!(r.header("strict-transport-security").is_some_and(|v| v.starts_with("max-age=")), "{r}");
-    } else {
-        assert!(r.header("strict-transport-security").is_none(), "{r}");
-    }
+        // CORS on an actual response; the global security headers on it too, HSTS only over
+        // TLS (browsers ignore it over plain HTTP; docs/plugins.md#security_headers).
+        let r = gw.request(t, "GET", "/api/echo", &[("origin", APP)], None).await;
+        let v = echo(&r);
+        assert_eq!((v["path"].as_str(), v["headers"]["origin"].as_str()), (Some("/echo"), Some(APP)), "{r}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(APP), "{r}");
+        assert_eq!(r.header("access-control-expose-headers"), Some("x-upstream"), "{r}");
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{r}");
+        assert_eq!(r.header("content-security-policy"), Some("default-src 'none'"), "{r}");
+        assert!(r.header("x-frame-options").is_some(), "{r}");
+        if t.tls() {
+            assert!(r.header("strict-transport-security").is_some_and(|v| v.starts_with("max-age=")), "{r}");
+        } else {
+            assert!(r.header("strict-transport-security").is_none(), "{r}");
+        }
 
-    // Request headers, query and response headers transforms.
-    let r = gw.request(t, "GET", "/users/42?debug=1&q=a", &[("x-drop", "1")], None).await;
-    let v = echo(&r);
-    assert!(v["headers"].get("x-drop").is_none(), "{r}");
-    assert_eq!((v["headers"]["x-user"].as_str(), v["query"].as_str()), (Some("u-42"), Some("q=a&page=1")), "{r}");
-    assert!(r.header("x-upstream").is_none(), "{r}");
-    assert_eq!(r.header("x-request"), r.header("x-request-id"), "{r}");
+        // Request headers, query and response headers transforms.
+        let r = gw.request(t, "GET", "/users/42?debug=1&q=a", &[("x-drop", "1")], None).await;
+        let v = echo(&r);
+        assert!(v["headers"].get("x-drop").is_none(), "{r}");
+        assert_eq!((v["headers"]["x-user"].as_str(), v["query"].as_str()), (Some("u-42"), Some("q=a&page=1")), "{r}");
+        assert!(r.header("x-upstream").is_none(), "{r}");
+        assert_eq!(r.header("x-request"), r.header("x-request-id"), "{r}");
 
-    // Identity headers: the client's copies never reach the upstream, on a route without
-    // authentication and on one with it, where the gateway's values replace them.
-    let forged = [("x-user-id", "admin"), ("x-user-role", "admin"), ("x-tenant-id", "acme"), ("x-consumer-plan", "enterprise"), ("x-user-email", "ceo@example.com")];
-    let r = gw.request(t, "GET", "/open/x", &forged, None).await;
-    let v = echo(&r);
-    for (name, _) in forged {
-        assert!(v["headers"].get(name).is_none(), "{name} reached the upstream: {r}");
+        // Identity headers: the client's copies never reach the upstream, on a route without
+        // authentication and on one with it, where the gateway's values replace them.
+        let forged = [
+            ("x-user-id", "admin"),
+            ("x-user-role", "admin"),
+            ("x-tenant-id", "acme"),
+            ("x-consumer-plan", "enterprise"),
+            ("x-user-email", "ceo@example.com"),
+        ];
+        let r = gw.request(t, "GET", "/open/x", &forged, None).await;
+        let v = echo(&r);
+        for (name, _) in forged {
+            assert!(v["headers"].get(name).is_none(), "{name} reached the upstream: {r}");
+        }
+        let mut with_token = forged.to_vec();
+        with_token.push(("authorization", &bearer));
+        let r = gw.request(t, "GET", "/secure/x", &with_token, None).await;
+        let v = echo(&r);
+        let h = &v["headers"];
+        assert_eq!(
+            (h["x-user-id"].as_str(), h["x-user-email"].as_str()),
+            (Some("carol"), Some("carol@example.com")),
+            "{r}"
+        );
+        for name in ["x-user-role", "x-tenant-id", "x-consumer-plan"] {
+            assert!(h.get(name).is_none(), "{name} reached the upstream: {r}");
+        }
     }
-    let mut with_token = forged.to_vec();
-    with_token.push(("authorization", &bearer));
-    let r = gw.request(t, "GET", "/secure/x", &with_token, None).await;
-    let v = echo(&r);
-    let h = &v["headers"];
-    assert_eq!((h["x-user-id"].as_str(), h["x-user-email"].as_str()), (Some("carol"), Some("carol@example.com")), "{r}");
-    for name in ["x-user-role", "x-tenant-id", "x-consumer-plan"] {
-        assert!(h.get(name).is_none(), "{name} reached the upstream: {r}");
-    }
-});
+);
