@@ -16,6 +16,7 @@ mod framing;
 mod gaps;
 mod lean_server;
 mod lifecycle;
+mod matrix;
 mod observe;
 mod paths;
 mod proxy;
