@@ -86,7 +86,7 @@ pub struct Outcome {
 /// Handles one request. Never fails: every error becomes a response. The request body is
 /// hyper's stream or, from the lean HTTP/1.1 server loop, empty. The returned record's
 /// [`LogPhase::end`] is for whoever writes the response body, when it ends.
-pub async fn handle(req: Request<Body>, conn: &Arc<ConnInfo>, shared: &Arc<Shared>) -> (Response<Body>, LogPhase) {
+pub async fn handle(req: Request<Body>, conn: &Arc<ConnInfo>, shared: &Arc<Shared>) -> (Response<Body>, Box<LogPhase>) {
     let (mut res, (name, value), log) = handle_unsent_id(req, conn, shared, false).await;
     res.headers_mut().insert(name, value);
     (res, log)
@@ -102,7 +102,7 @@ pub(crate) async fn handle_unsent_id(
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
     raw_ok: bool,
-) -> (Response<Body>, (HeaderName, HeaderValue), LogPhase) {
+) -> (Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>) {
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
 
@@ -328,7 +328,7 @@ pub(crate) fn refuse(
     method: Method,
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
-) -> (Response<Body>, (HeaderName, HeaderValue), LogPhase) {
+) -> (Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>) {
     let snap = shared.snapshot.load_full();
     let mut req = Request::new(Body::Empty);
     *req.method_mut() = method;

@@ -281,7 +281,7 @@ pub(crate) async fn serve<S>(
                     log.end(0, Completion::Complete);
                     None
                 }
-                false => Some(Box::new(log)),
+                false => Some(log),
             };
             Ok::<_, std::convert::Infallible>(res.map(|inner| TrackedBody {
                 inner,

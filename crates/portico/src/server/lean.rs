@@ -246,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         req: Request<Body>,
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
-    ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue), LogPhase)> {
+    ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>)> {
         // Pinned where it is made: a `let` and then `tokio::pin!` moved the whole future
         // (4.8 KB) once more per request.
         let mut handling = std::pin::pin!(pipeline::handle_unsent_id(req, info, shared, true));
