@@ -48,24 +48,9 @@ impl Setup {
         let mut listener_tls = String::new();
         let mut tls = None;
         if tls_on {
-            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-            let cert = write_temp(dir.path(), "gw.pem", &ck.cert.pem());
-            let key = write_temp(dir.path(), "gw.key", &ck.signing_key.serialize_pem());
-            listener_tls = format!(
-                "    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n",
-                cert.display(),
-                key.display()
-            );
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ck.cert.der().clone()).unwrap();
-            let mut c =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-            c.alpn_protocols = vec![if transport == Transport::H2Tls { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
-            tls = Some(Arc::new(c));
+            let t = LocalhostTls::new(dir.path());
+            listener_tls = t.listener_yaml.clone();
+            tls = Some(t.client(if transport == Transport::H2Tls { b"h2" } else { b"http/1.1" }));
         }
         let yaml = format!(
             "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\n{listener_tls}admin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\nupstreams:\n  u:\n    targets: [{{ url: \"{}\" }}, {{ url: \"{}\" }}]\n    circuit_breaker: {{ error_rate: 50%, min_requests: 5, window: 10s, open_for: 30s }}\n    outlier_detection: {{ consecutive_failures: 2, max_ejected_percent: 100% }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",

@@ -2,7 +2,6 @@
 //! malformed or ambiguous request gets RFC 9112's answer (400, or a correct pass-through),
 //! and the upstream never sees a request the gateway did not route itself.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,24 +22,8 @@ impl Listener {
     fn start(up: &TestUpstream, tls: bool) -> Listener {
         let dir = tempfile::tempdir().unwrap();
         let (section, connector) = if tls {
-            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-            let cert = write_temp(dir.path(), "gw.pem", &ck.cert.pem());
-            let key = write_temp(dir.path(), "gw.key", &ck.signing_key.serialize_pem());
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ck.cert.der().clone()).unwrap();
-            let mut c =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let section = format!(
-                "    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n",
-                cert.display(),
-                key.display()
-            );
-            (section, Some(tokio_rustls::TlsConnector::from(Arc::new(c))))
+            let t = LocalhostTls::new(dir.path());
+            (t.listener_yaml.clone(), Some(tokio_rustls::TlsConnector::from(t.client(b"http/1.1"))))
         } else {
             (String::new(), None)
         };

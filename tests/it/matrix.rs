@@ -162,27 +162,16 @@ impl MatrixGateway {
     /// gateway gets a `tls:` section added to that listener.
     pub fn start(yaml: &str) -> MatrixGateway {
         let dir = tempfile::tempdir().unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let cert = write_temp(dir.path(), "gw.pem", &ck.cert.pem());
-        let key = write_temp(dir.path(), "gw.key", &ck.signing_key.serialize_pem());
+        let t = LocalhostTls::new(dir.path());
         let listener = "  - name: public\n    bind: 127.0.0.1:0\n";
         assert!(yaml.contains(listener), "the matrix needs a `public` listener as config() writes it:\n{yaml}");
-        let tls = format!(
-            "{listener}    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n",
-            cert.display(),
-            key.display()
-        );
-        let tls_yaml = yaml.replacen(listener, &tls, 1);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ck.cert.der().clone()).unwrap();
-        let mut c =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        c.alpn_protocols = vec![b"h2".to_vec()];
-        MatrixGateway { plain: Gateway::start(yaml), tls: Gateway::start(&tls_yaml), h2_tls: Arc::new(c), _dir: dir }
+        let tls_yaml = yaml.replacen(listener, &format!("{listener}{}", t.listener_yaml), 1);
+        MatrixGateway {
+            plain: Gateway::start(yaml),
+            tls: Gateway::start(&tls_yaml),
+            h2_tls: t.client(b"h2"),
+            _dir: dir,
+        }
     }
 
     pub fn gateway(&self, t: Transport) -> &Gateway {

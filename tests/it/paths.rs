@@ -3,7 +3,6 @@
 //! one, and a request with no `Host` or two is refused (RFC 9112 section 3.2), on plain
 //! and TLS listeners alike.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,30 +121,12 @@ async fn escaped_slashes_follow_the_listener_and_the_route() {
     assert!(logged);
 }
 
-/// A TLS listener section with a fresh self-signed certificate for `localhost`, and a
-/// client that trusts it.
-fn tls_listener(dir: &std::path::Path) -> (String, tokio_rustls::TlsConnector) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert = write_temp(dir, "gw.pem", &ck.cert.pem());
-    let key = write_temp(dir, "gw.key", &ck.signing_key.serialize_pem());
-    let section =
-        format!("    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n", cert.display(), key.display());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    (section, tokio_rustls::TlsConnector::from(Arc::new(c)))
-}
-
 #[tokio::test]
 async fn a_request_without_host_or_with_two_is_refused_on_every_listener() {
     let up = TestUpstream::start("u").await;
     let dir = tempfile::tempdir().unwrap();
-    let (tls, connector) = tls_listener(dir.path());
+    let t = LocalhostTls::new(dir.path());
+    let (tls, connector) = (t.listener_yaml.clone(), tokio_rustls::TlsConnector::from(t.client(b"http/1.1")));
     for on_tls in [false, true] {
         let gw = Gateway::start(&yaml(&up, None, if on_tls { &tls } else { "" }));
         let send = |head: &'static str| {

@@ -929,3 +929,37 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A self-signed certificate for `localhost`, written to `dir`: the listener's `tls:` line
+/// (indented for a listener entry) and a client config that trusts it, with `alpn`.
+pub struct LocalhostTls {
+    /// `    tls: { certificates: [...] }\n`
+    pub listener_yaml: String,
+    /// What the certificate is trusted by, before ALPN is set.
+    roots: rustls::RootCertStore,
+}
+
+impl LocalhostTls {
+    pub fn new(dir: &Path) -> LocalhostTls {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = write_temp(dir, "gw.pem", &ck.cert.pem());
+        let key = write_temp(dir, "gw.key", &ck.signing_key.serialize_pem());
+        let listener_yaml =
+            format!("    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n", cert.display(), key.display());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        LocalhostTls { listener_yaml, roots }
+    }
+
+    /// A client config trusting the certificate and offering `alpn` (`b"h2"`, `b"http/1.1"`).
+    pub fn client(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let mut c =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(c)
+    }
+}
