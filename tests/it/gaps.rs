@@ -119,3 +119,33 @@ async fn a_routes_try_timeout_overrides_the_upstreams() {
     let (status, _, _) = get(&gw.url("/patient/slow?ms=700")).await;
     assert_eq!(status, 200, "the upstream's own try timeout (5s) elsewhere");
 }
+
+/// A listener whose accept queue is full and never drained: further connection attempts get
+/// no answer at all, so connecting times out (the kernel drops their SYNs).
+fn unanswering_upstream() -> (std::net::SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (a backlog of 0 holds one connection; two to be sure).
+    let held: Vec<_> =
+        (0..2).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()).collect();
+    (addr, held, s)
+}
+
+#[tokio::test]
+async fn a_connect_timeout_is_a_504_of_its_own_kind_on_both_upstream_clients() {
+    let (addr, _held, _listener) = unanswering_upstream();
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  slow:\n    targets: [{{ url: \"http://{addr}\" }}]\n    timeouts: {{ connect: 300ms, request: 5s }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: slow }}\n"
+    )));
+    // Without a body: the lean HTTP/1.1 client; with one: hyper's.
+    let (status, _, body) = get(&gw.url("/x")).await;
+    assert_eq!((status.as_u16(), json(&body)["error"].as_str()), (504, Some("upstream connect timeout")), "{body}");
+    let req =
+        http::Request::post(gw.url("/x")).body(http_body_util::Full::new(bytes::Bytes::from_static(b"hello"))).unwrap();
+    let (status, _, body) = send(req).await;
+    assert_eq!((status.as_u16(), json(&body)["error"].as_str()), (504, Some("upstream connect timeout")), "{body}");
+    let series = "gateway_backend_errors_total{upstream=\"slow\",kind=\"connect_timeout\"}";
+    assert_eq!(gw.metric(series).await, 2.0);
+}
