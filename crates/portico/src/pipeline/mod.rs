@@ -241,6 +241,7 @@ pub(crate) async fn handle_unsent_id(
                                     identity: identity.as_ref(),
                                     tenant: tenant.as_deref(),
                                     request_id: &log.request_id,
+                                    tls: conn.proto == "https",
                                 };
                                 route.plugins.request_hooks(&mut req, &ctx);
                             }
@@ -307,9 +308,15 @@ pub(crate) async fn handle_unsent_id(
     if !keep_raw && !materialise(&mut res) {
         res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
     }
-    let ctx =
-        HookCtx { params: &[], identity: identity.as_ref(), tenant: tenant.as_deref(), request_id: &log.request_id };
-    chain.response(&mut res, origin.as_ref(), conn.proto == "https", preflight_answered, rate.as_ref(), &ctx);
+    let tls = conn.proto == "https";
+    let ctx = HookCtx {
+        params: &[],
+        identity: identity.as_ref(),
+        tenant: tenant.as_deref(),
+        request_id: &log.request_id,
+        tls,
+    };
+    chain.response(&mut res, origin.as_ref(), preflight_answered, rate.as_ref(), &ctx);
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }

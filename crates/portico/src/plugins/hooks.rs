@@ -37,6 +37,8 @@ pub struct HookCtx<'a> {
     pub tenant: Option<&'a str>,
     /// The request's ID.
     pub request_id: &'a HeaderValue,
+    /// Whether the client's connection is TLS.
+    pub tls: bool,
 }
 
 /// A plugin written on the phase hooks. Every hook does nothing unless implemented.
@@ -65,6 +67,7 @@ pub fn compile(p: &portico_config::Plugin) -> Option<(u8, Arc<dyn Hooks>)> {
         P::Query(c) => (0, Arc::new(super::query::Query::new(c))),
         P::RequestHeaders(c) => (1, Arc::new(super::request_headers::RequestHeaders::new(c))),
         P::ResponseHeaders(c) => (2, Arc::new(super::response_headers::ResponseHeaders::new(c))),
+        P::SecurityHeaders(c) => (3, Arc::new(super::security_headers::SecurityHeaders::new(c))),
         _ => return None,
     })
 }
@@ -120,10 +123,11 @@ mod tests {
     use super::*;
 
     /// One config per plugin written on hooks, each one that changes what it touches.
-    const SAMPLES: [&str; 3] = [
+    const SAMPLES: [&str; 4] = [
         "query: { set: { page: '1' } }",
         "request_headers: { set: { x-a: '1' } }",
         "response_headers: { set: { x-b: '2' } }",
+        "security_headers: {}",
     ];
 
     fn request() -> Request<Body> {
@@ -140,7 +144,7 @@ mod tests {
     #[test]
     fn reported_phases_match_the_hooks_that_act() {
         let id = HeaderValue::from_static("r");
-        let ctx = HookCtx { params: &[], identity: None, tenant: None, request_id: &id };
+        let ctx = HookCtx { params: &[], identity: None, tenant: None, request_id: &id, tls: false };
         let mut kinds = Vec::new();
         for yaml in SAMPLES {
             let p: portico_config::Plugin = serde_saphyr::from_str(yaml).unwrap();
@@ -163,7 +167,7 @@ mod tests {
     fn templates_render_or_give_nothing() {
         let id = HeaderValue::from_static("req-7");
         let params = [("id".into(), "42".into())];
-        let ctx = HookCtx { params: &params, identity: None, tenant: Some("acme"), request_id: &id };
+        let ctx = HookCtx { params: &params, identity: None, tenant: Some("acme"), request_id: &id, tls: false };
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("va"));
         let r = |t: &str| Template::new(t).render(&ctx, Some(&h), Some("a=1&b&c=3"));

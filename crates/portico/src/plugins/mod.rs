@@ -14,13 +14,14 @@
 //! | request  | 6     | `concurrency_limit` | 429 or 503 |
 //! | request  | 7     | `query`            | |
 //! | request  | 8     | `request_headers`  | |
-//! | response | 1     | `response_headers` | |
-//! | response | 2     | `rate_limit` (headers) | |
-//! | response | 3     | `cors`             | |
-//! | response | 4     | `security_headers` | |
+//! | response | 1     | `security_headers` | |
+//! | response | 2     | `response_headers` | |
+//! | response | 3     | `rate_limit` (headers) | |
+//! | response | 4     | `cors`             | |
 //!
-//! `query`, `request_headers` and `response_headers` are written on the phase hooks
-//! ([`hooks::Hooks`]); their order among themselves is [`hooks::compile`]'s.
+//! `query`, `request_headers`, `response_headers` and `security_headers` are written on the
+//! phase hooks ([`hooks::Hooks`]); their order among themselves is [`hooks::compile`]'s (the
+//! response phase runs it backwards).
 //!
 //! The chain is a struct of optional slots rather than a list of trait objects: the order
 //! is then the field order, and the request hook is one future with no boxing per plugin.
@@ -67,7 +68,6 @@ pub struct Chain {
     authorize: Option<authorize::Authorize>,
     rate_limit: Option<Arc<rate_limit::RateLimit>>,
     concurrency: Option<Arc<rate_limit::ConcurrencyLimit>>,
-    security_headers: Option<security_headers::SecurityHeaders>,
     challenge: Option<Challenge>,
     /// Credential headers not passed upstream (API keys).
     hide: Box<[HeaderName]>,
@@ -171,12 +171,14 @@ impl Chain {
                 }
                 Plugin::Mtls(c) => authn.push(Authn::Mtls(mtls::MtlsAuth::new(c))),
                 Plugin::Authorize(c) => chain.authorize = Some(authorize::Authorize::new(c)),
-                Plugin::SecurityHeaders(c) => chain.security_headers = Some(security_headers::SecurityHeaders::new(c)),
                 // Stateful: compiled by the snapshot (shared, carried over reloads), see
                 // `with_limits`.
                 Plugin::RateLimit(_) | Plugin::ConcurrencyLimit(_) => {}
                 // Written on hooks: compiled by `hooks::compile` above.
-                Plugin::RequestHeaders(_) | Plugin::ResponseHeaders(_) | Plugin::Query(_) => {}
+                Plugin::RequestHeaders(_)
+                | Plugin::ResponseHeaders(_)
+                | Plugin::Query(_)
+                | Plugin::SecurityHeaders(_) => {}
             }
         }
         hooked.sort_by_key(|(order, _)| *order);
@@ -380,16 +382,15 @@ impl Chain {
 
     /// Whether [`Chain::response`] would touch the response's fields.
     pub fn touches_response(&self, preflight: bool, rate: Option<&rate_limit::RateInfo>) -> bool {
-        rate.is_some() || (self.cors.is_some() && !preflight) || self.security_headers.is_some() || self.phases.response
+        rate.is_some() || (self.cors.is_some() && !preflight) || self.phases.response
     }
 
-    /// The response phase. `origin` is the request's `Origin`; `tls` whether the client
-    /// connection is TLS; `preflight` whether `res` is this chain's preflight answer.
+    /// The response phase. `origin` is the request's `Origin`; `preflight` whether `res` is
+    /// this chain's preflight answer; `ctx` what the hooks read.
     pub fn response(
         &self,
         res: &mut Response<Body>,
         origin: Option<&HeaderValue>,
-        tls: bool,
         preflight: bool,
         rate: Option<&rate_limit::RateInfo>,
         ctx: &hooks::HookCtx<'_>,
@@ -406,9 +407,6 @@ impl Chain {
             && !preflight
         {
             c.apply(origin, res);
-        }
-        if let Some(s) = &self.security_headers {
-            s.apply(res, tls);
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use http::{HeaderName, HeaderValue, Response, header};
 
+use super::hooks::{HookCtx, Hooks, Phases};
 use crate::body::Body;
 
 /// A compiled `security_headers` plugin.
@@ -67,6 +68,20 @@ impl SecurityHeaders {
         if tls && let Some(v) = &self.hsts {
             h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
+    }
+}
+
+impl Hooks for SecurityHeaders {
+    fn kind(&self) -> &'static str {
+        "security_headers"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { request: false, response: true }
+    }
+
+    fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {
+        self.apply(res, ctx.tls);
     }
 }
 
