@@ -837,10 +837,18 @@ impl RedisCluster {
     }
 
     fn planned_with(n: usize, pki: Option<&Pki>) -> RedisCluster {
-        // A free port whose bus port (+10000) is free too.
+        // A free port whose bus port (+10000) is free too, both below the kernel's ephemeral
+        // range (32768 and up): a port handed out for `bind(0)` or an outgoing connection
+        // could otherwise take the bus port between this check and the node's start (a CI
+        // run once saw "the cluster did not become ok" that way). One counter for the test
+        // process, so parallel tests never plan the same port.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let bus_port = || loop {
-            let p = free_port();
-            if p <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            let offset = (std::process::id() as usize * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 2_700;
+            let p = 20_000 + offset as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+            {
                 break p;
             }
         };
