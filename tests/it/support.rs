@@ -910,7 +910,8 @@ impl RedisCluster {
 
     /// Waits until every running node says `cluster_state:ok` and knows every node.
     pub fn wait_ok(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Generous: the nodes gossip over their bus while the whole suite runs on two cores.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let ok = self.nodes.iter().filter(|r| r.child.is_some()).all(|r| {
                 r.try_cmd(&["CLUSTER", "INFO"]).is_ok_and(|i| {
