@@ -33,6 +33,9 @@ pub enum Body {
     Client(Box<ClientBody>),
     /// A response body read straight from a pooled HTTP/1.1 upstream connection.
     H1(crate::upstream::h1::ResponseBody),
+    /// A client's request body read by the lean HTTP/1.1 loop from the client's connection
+    /// and handed over piece by piece (boxed for the same reason as `Client`).
+    Streamed(Box<Streamed>),
     /// A body that holds something until it ends or is dropped (a concurrency slot).
     Holding(Box<Body>, Option<Box<dyn std::fmt::Debug + Send + Sync>>),
 }
@@ -63,6 +66,7 @@ impl http_body::Body for Body {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Body::Client(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::H1(b) => Pin::new(b).poll_frame(cx),
+            Body::Streamed(b) => Pin::new(&mut **b).poll_frame(cx),
             Body::Holding(b, held) => {
                 let res = Pin::new(&mut **b).poll_frame(cx);
                 if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
@@ -79,8 +83,9 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
-            Body::Client(b) => b.inner.is_end_stream(),
+            Body::Client(b) => http_body::Body::is_end_stream(&**b),
             Body::H1(b) => b.is_end_stream(),
+            Body::Streamed(b) => b.is_end_stream(),
             Body::Holding(b, _) => b.is_end_stream(),
         }
     }
@@ -91,8 +96,9 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
-            Body::Client(b) => b.inner.size_hint(),
+            Body::Client(b) => http_body::Body::size_hint(&**b),
             Body::H1(b) => b.size_hint(),
+            Body::Streamed(b) => b.size_hint(),
             Body::Holding(b, _) => b.size_hint(),
         }
     }
@@ -170,9 +176,18 @@ impl ClientBodyError {
 /// whose fault it was.
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
+    inner: Source,
     left: u64,
     watch: Arc<AtomicU8>,
+}
+
+/// Where a client's request body comes from.
+#[derive(Debug)]
+enum Source {
+    /// hyper's server (HTTP/2, and the HTTP/1.1 requests the lean loop leaves to it).
+    Hyper(Incoming),
+    /// The lean HTTP/1.1 loop.
+    Lean(Box<Streamed>),
 }
 
 /// The proxy's side of a [`ClientBody`]: whether, and how, the body failed.
@@ -187,10 +202,16 @@ impl ClientBodyWatch {
 }
 
 impl ClientBody {
-    /// Streams `inner`, failing with [`ClientBodyError::TooLarge`] past `max` bytes.
-    pub fn new(inner: Incoming, max: u64) -> (Self, ClientBodyWatch) {
+    /// Streams a client's body, failing with [`ClientBodyError::TooLarge`] past `max`
+    /// bytes; `Err` gives back a body that is not a client's.
+    pub fn new(body: Body, max: u64) -> Result<(Self, ClientBodyWatch), Body> {
+        let inner = match body {
+            Body::Incoming(b) => Source::Hyper(b),
+            Body::Streamed(b) => Source::Lean(b),
+            other => return Err(other),
+        };
         let watch = Arc::new(AtomicU8::new(0));
-        (Self { inner, left: max, watch: watch.clone() }, ClientBodyWatch(watch))
+        Ok((Self { inner, left: max, watch: watch.clone() }, ClientBodyWatch(watch)))
     }
 
     fn fail(&self, e: ClientBodyError) -> BoxError {
@@ -204,7 +225,11 @@ impl http_body::Body for ClientBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = match &mut self.inner {
+            Source::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError::of(&e)),
+            Source::Lean(b) => b.poll(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if n > self.left {
@@ -213,17 +238,89 @@ impl http_body::Body for ClientBody {
                 self.left -= n;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.fail(ClientBodyError::of(&e))))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.fail(e)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::Lean(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Hyper(b) => b.size_hint(),
+            Source::Lean(b) => b.size_hint(),
+        }
+    }
+}
+
+/// One piece of a [`Streamed`] body, or why it ended early.
+pub type Piece = Result<Bytes, ClientBodyError>;
+
+/// A client's request body that the lean HTTP/1.1 loop reads from the connection (the
+/// one decoder, `proto::h1::body`) and hands over through a channel as the handler asks
+/// for it: the channel holds one piece, so a client uploads no faster than the upstream
+/// takes its bytes. Its failures are already the client's (a broken chunked coding, a
+/// connection that ended early).
+#[derive(Debug)]
+pub struct Streamed {
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+    /// The bytes still to come, when the length was declared.
+    left: Option<u64>,
+    done: bool,
+}
+
+impl Streamed {
+    /// A body fed through `rx`, of `length` bytes when that is declared.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Piece>, length: Option<u64>) -> Self {
+        Self { rx, left: length, done: false }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Ok(data)) => {
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(data.len() as u64);
+                    self.done = *left == 0;
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.poll(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }

@@ -31,6 +31,7 @@ pub mod identity;
 pub mod observe;
 pub mod pipeline;
 pub mod plugins;
+pub mod proto;
 pub mod ratelimit;
 pub mod router;
 pub mod server;

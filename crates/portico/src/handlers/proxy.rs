@@ -255,12 +255,13 @@ pub async fn forward(
             (Some(bytes), _) if bytes.is_empty() => Body::Empty,
             (Some(bytes), _) => Body::full(bytes.clone()),
             (None, Some(b)) if b.is_end_stream_() => Body::Empty,
-            (None, Some(Body::Incoming(b))) => {
-                let (b, w) = ClientBody::new(b, ctx.max_body);
-                watch = Some(w);
-                Body::Client(Box::new(b))
-            }
-            (None, Some(b)) => b,
+            (None, Some(b)) => match ClientBody::new(b, ctx.max_body) {
+                Ok((b, w)) => {
+                    watch = Some(w);
+                    Body::Client(Box::new(b))
+                }
+                Err(b) => b,
+            },
             (None, None) => Body::Empty,
         };
 
@@ -498,9 +499,9 @@ async fn replayable_body(
         _ => return Ok(None),
     }
     let Some(b) = body.take() else { return Ok(Some(Bytes::new())) };
-    let b = match b {
-        Body::Incoming(b) => Body::Client(Box::new(ClientBody::new(b, max).0)),
-        other => other,
+    let b = match ClientBody::new(b, max) {
+        Ok((b, _)) => Body::Client(Box::new(b)),
+        Err(other) => other,
     };
     match b.collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),

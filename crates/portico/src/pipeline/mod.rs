@@ -12,7 +12,6 @@ use tokio::time::Instant;
 mod checks;
 pub mod log;
 
-pub(crate) use checks::parse_content_length;
 use checks::{SlashAction, check_request};
 
 use crate::Shared;

@@ -28,29 +28,30 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::Shared;
-use crate::body::Body;
+use crate::body::{Body, ClientBodyError, Piece, Streamed};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::{self, Completion, ConnInfo, LogPhase};
-use crate::upstream::h1::{
-    Known, NameCache, Span, content_length, fill_header_map, plain_length, recycle, span_of, write_field,
-};
+use crate::proto::h1::body::{Decoded, Decoder, Framing};
+use crate::proto::h1::encode::{Fields, http_date, write_field};
+use crate::proto::h1::fields::{NameCache, Span, recycle};
+use crate::proto::h1::length::content_length;
+use crate::proto::h1::request::{Parse, parse};
 
-/// The most header fields this loop parses; a request with more goes to hyper.
-const MAX_HEADERS: usize = 32;
 /// Room made in the buffer before a read.
 const READ_ROOM: usize = 8 * 1024;
+/// Room made in the buffer before reading a request body's bytes.
+const BODY_ROOM: usize = 32 * 1024;
 /// After refusing a head, how long and how much of what the client still sends is read
 /// and dropped before the connection closes.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
@@ -78,6 +79,7 @@ pub(crate) async fn serve<S>(
         spans: Vec::with_capacity(16),
         sent: 0,
         upstream_failed: false,
+        unread_body: false,
     };
     if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
@@ -110,27 +112,26 @@ struct Lean<S> {
     sent: u64,
     /// Whether the current response's body failed on the upstream's side.
     upstream_failed: bool,
+    /// Whether the current request's body was not read to its end (the handler answered
+    /// without it, or it was broken): the connection closes after the response.
+    unread_body: bool,
 }
 
-/// A request head this loop takes.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// The lean loop's side of a request body it streams to the handler: the decoder that
+/// finds the body's bytes in the connection's buffer, and the channel they go through.
+struct Pump {
+    decoder: Decoder,
+    tx: Option<mpsc::Sender<Piece>>,
+    /// A piece decoded and waiting for room in the channel.
+    pending: Option<Piece>,
 }
 
-/// What parsing the buffer gave.
-#[allow(clippy::large_enum_variant, reason = "returned once per request, and the large variant is the usual one")]
-enum Parse {
-    Complete(Head),
-    Partial,
-    /// For hyper: not something this loop takes, or not valid at all.
-    Other,
-    /// For hyper too, found only once the head was taken out of the buffer: here it is.
-    Rejected(Bytes),
-    /// Refused here, with the contract's answer: a head that does not parse (400), or one
-    /// with more fields than the listener allows (431).
-    Refused(GatewayError),
+/// Sends a piece of a body once the channel has room; whether the body goes on (not
+/// when the piece was its failure, or the handler let go of the body).
+async fn send(tx: &Option<mpsc::Sender<Piece>>, piece: Option<Piece>) -> bool {
+    let (Some(tx), Some(piece)) = (tx, piece) else { return false };
+    let failed = piece.is_err();
+    tx.send(piece).await.is_ok() && !failed
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
@@ -218,17 +219,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                 }
             };
             let method_head = head.method == Method::HEAD;
-            let mut req = Request::new(Body::Empty);
+            let (body, pump) = self.request_body(head.body);
+            let mut req = Request::new(body);
             *req.method_mut() = head.method;
             *req.uri_mut() = head.uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = head.headers;
-            let Some((res, id, log)) = self.handle(req, info, shared).await else { return End::Closed };
-            let close = *shutdown.borrow();
+            let Some((res, id, log)) = self.handle(req, info, shared, pump).await else { return End::Closed };
+            // A body not read to its end leaves no way to find the next request.
+            let close = *shutdown.borrow() || self.unread_body;
             let written = self.respond(res, &id, method_head, close).await;
             log.end(self.sent, self.completion(&written));
             if written.is_err() || close {
                 let _ = self.io.shutdown().await;
+                if written.is_ok() && self.unread_body {
+                    self.linger().await;
+                }
                 return End::Closed;
             }
             deadline = Instant::now() + limits.idle_timeout;
@@ -238,29 +244,105 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         }
     }
 
-    /// Runs the pipeline for a request. Like hyper, watches the connection meanwhile: a
-    /// client that goes away cancels its request (`None`), freeing its concurrency slots
-    /// at once; bytes that arrive (a pipelined request) are kept for later.
+    /// The request's body: none; the whole of it when it came with the head (the usual
+    /// small upload: no channel, no task wake-ups); else a stream that [`Lean::handle`]
+    /// feeds from the connection as the handler reads it.
+    fn request_body(&mut self, framing: Option<Framing>) -> (Body, Option<Pump>) {
+        let Some(framing) = framing else { return (Body::Empty, None) };
+        if let Framing::Length(n) = framing
+            && let Ok(n) = usize::try_from(n)
+            && n <= self.buf.len()
+        {
+            return (Body::full(self.buf.split_to(n).freeze()), None);
+        }
+        let (tx, rx) = mpsc::channel(1);
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let pump = Pump { decoder: Decoder::new(framing), tx: Some(tx), pending: None };
+        (Body::Streamed(Box::new(Streamed::new(rx, length))), Some(pump))
+    }
+
+    /// Runs the pipeline for a request, feeding its body (`pump`) from the connection as
+    /// the handler reads it. Like hyper, watches the connection meanwhile: a client that
+    /// goes away while nothing is read from it cancels its request (`None`), freeing its
+    /// concurrency slots at once; one that goes away in the middle of its body makes the
+    /// body fail as the client's doing; bytes that arrive after the request (a pipelined
+    /// one) are kept for later.
     async fn handle(
         &mut self,
         req: Request<Body>,
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
+        pump: Option<Pump>,
     ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>)> {
         // Pinned where it is made: a `let` and then `tokio::pin!` moved the whole future
         // (4.8 KB) once more per request.
         let mut handling = std::pin::pin!(pipeline::handle_unsent_id(req, info, shared, true));
-        let mut watching = self.buf.is_empty();
+        let Some(mut pump) = pump else {
+            self.unread_body = false;
+            let mut watching = self.buf.is_empty();
+            loop {
+                tokio::select! {
+                    biased;
+                    res = &mut handling => return Some(res),
+                    r = self.fill(), if watching => match r {
+                        Ok(n) if n > 0 => watching = false,
+                        _ => return None,
+                    },
+                }
+            }
+        };
+        self.unread_body = true;
+        let mut watching = false;
         loop {
+            if pump.tx.is_some() && pump.pending.is_none() {
+                match pump.decoder.decode(&mut self.buf) {
+                    Ok(Decoded::Data(data)) => pump.pending = Some(Ok(data)),
+                    Ok(Decoded::End) => {
+                        // Complete: the channel closes behind the last piece.
+                        pump.tx = None;
+                        self.unread_body = false;
+                        watching = self.buf.is_empty();
+                    }
+                    Ok(Decoded::Need) => {}
+                    Err(_) => pump.pending = Some(Err(ClientBodyError::Malformed)),
+                }
+            }
+            let sending = pump.pending.is_some();
+            let reading = pump.tx.is_some() && !sending;
             tokio::select! {
                 biased;
                 res = &mut handling => return Some(res),
-                r = self.fill(), if watching => match r {
+                // The piece moves into the send: only a return drops this future unfinished.
+                more = send(&pump.tx, pump.pending.take()), if sending => if !more {
+                    pump.tx = None;
+                },
+                r = self.fill_body(), if reading || watching => match r {
                     Ok(n) if n > 0 => watching = false,
+                    _ if reading => pump.pending = Some(Err(ClientBodyError::Aborted)),
                     _ => return None,
                 },
             }
         }
+    }
+
+    /// Reads whatever the client still sends and drops it, for a moment, after the
+    /// connection was shut down for writing: closing with unread bytes would reset the
+    /// connection before the client has read the answer.
+    async fn linger(&mut self) {
+        let drain = async {
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                self.buf.clear();
+                match self.fill().await {
+                    Ok(n) if n > 0 => left = left.saturating_sub(n),
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Answers a request refused before routing with the contract's answer (counted and
@@ -280,17 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         log.end(self.sent, self.completion(&written));
         if written.is_ok() {
             let _ = self.io.shutdown().await;
-            let drain = async {
-                let mut left = LINGER_BYTES;
-                while left > 0 {
-                    self.buf.clear();
-                    match self.fill().await {
-                        Ok(n) if n > 0 => left = left.saturating_sub(n),
-                        _ => break,
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(LINGER, drain).await;
+            self.linger().await;
         }
         End::Closed
     }
@@ -308,6 +380,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
     async fn fill(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
             self.buf.reserve(READ_ROOM);
+        }
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    /// [`Lean::fill`] with room for a request body's bytes.
+    async fn fill_body(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < BODY_ROOM / 4 {
+            self.buf.reserve(BODY_ROOM);
         }
         self.io.read_buf(&mut self.buf).await
     }
@@ -373,24 +453,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
         }
         let framing = if bodiless || method_head {
-            Framing::None
+            OutFraming::None
         } else if let Some(n) = declared {
-            Framing::Length(n)
+            OutFraming::Length(n)
         } else {
             write_field(out, b"transfer-encoding", b"chunked");
-            Framing::Chunked
+            OutFraming::Chunked
         };
         out.extend_from_slice(b"\r\n");
-        if framing == Framing::None {
+        if framing == OutFraming::None {
             return self.io.write_all(&self.out).await;
         }
         self.send_body(&mut body, framing).await
     }
 
     /// Streams the body after the head in `out`; the head goes out with the first frame.
-    async fn send_body(&mut self, body: &mut Body, framing: Framing) -> io::Result<()> {
+    async fn send_body(&mut self, body: &mut Body, framing: OutFraming) -> io::Result<()> {
         let mut left = match framing {
-            Framing::Length(n) => n,
+            OutFraming::Length(n) => n,
             _ => u64::MAX,
         };
         let mut pending_head = true;
@@ -420,7 +500,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             if data.is_empty() {
                 continue;
             }
-            if let Framing::Length(_) = framing {
+            if let OutFraming::Length(_) = framing {
                 if data.len() as u64 > left {
                     // More than the declared length: the response cannot be framed.
                     self.upstream_failed = true;
@@ -445,19 +525,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         &mut self,
         pending_head: &mut bool,
         data: &Bytes,
-        framing: Framing,
+        framing: OutFraming,
         last: bool,
     ) -> io::Result<()> {
         if !*pending_head {
             self.out.clear();
         }
         *pending_head = false;
-        if framing == Framing::Chunked {
+        if framing == OutFraming::Chunked {
             let _ = write!(self.out, "{:x}\r\n", data.len());
         }
         let tail: &[u8] = match (framing, last) {
-            (Framing::Chunked, true) => b"\r\n0\r\n\r\n",
-            (Framing::Chunked, false) => b"\r\n",
+            (OutFraming::Chunked, true) => b"\r\n0\r\n\r\n",
+            (OutFraming::Chunked, false) => b"\r\n",
             _ => b"",
         };
         if data.len() <= COPY_MAX {
@@ -470,17 +550,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
 
     /// After the last frame: the chunked terminator if not written yet, and a check that a
     /// declared length was met.
-    async fn finish(&mut self, framing: Framing, left: u64, pending_head: bool, terminated: bool) -> io::Result<()> {
+    async fn finish(&mut self, framing: OutFraming, left: u64, pending_head: bool, terminated: bool) -> io::Result<()> {
         if pending_head {
             // No data at all: the head alone (and an empty chunked body).
-            if framing == Framing::Chunked {
+            if framing == OutFraming::Chunked {
                 self.out.extend_from_slice(b"0\r\n\r\n");
             }
             self.io.write_all(&self.out).await?;
-        } else if framing == Framing::Chunked && !terminated {
+        } else if framing == OutFraming::Chunked && !terminated {
             self.io.write_all(b"0\r\n\r\n").await?;
         }
-        if matches!(framing, Framing::Length(_)) && left > 0 {
+        if matches!(framing, OutFraming::Length(_)) && left > 0 {
             // Shorter than declared: the client must see the connection end.
             self.upstream_failed = true;
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body shorter than its content-length"));
@@ -490,44 +570,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+enum OutFraming {
     /// No body (HEAD, 1xx, 204, 304).
     None,
     /// Exactly this many bytes.
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
-}
-
-/// What the response's own fields said, noted while they are written.
-struct Fields<'a> {
-    /// The request ID header's name: the gateway writes its own.
-    id: &'a [u8],
-    /// Whether a `Date` came with them.
-    dated: bool,
-    /// `Content-Length` fields, and the value of the last when it is plain digits.
-    lengths: u32,
-    length: Option<u64>,
-}
-
-impl Fields<'_> {
-    /// Writes one field, but the framing (`Content-Length`, noted; `Transfer-Encoding`),
-    /// the connection's fate (`Connection`) and the request ID: this side's own business.
-    fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        match Known::of(name) {
-            Some(Known::ContentLength) => {
-                self.lengths += 1;
-                self.length = plain_length(value);
-                return;
-            }
-            Some(Known::TransferEncoding | Known::Connection) => return,
-            // Any name the config allows, so the general comparison.
-            _ if name.len() == self.id.len() && name.eq_ignore_ascii_case(self.id) => return,
-            Some(Known::Date) => self.dated = true,
-            _ => {}
-        }
-        write_field(out, name, value);
-    }
 }
 
 /// Writes every slice, however the socket splits the writes.
@@ -541,279 +590,4 @@ async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut 
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
-}
-
-/// Parses a request head at the start of `buf`; a complete one this loop takes is removed
-/// from the buffer.
-fn parse(
-    buf: &mut BytesMut,
-    names: &mut NameCache,
-    spare: &mut HeaderMap,
-    spans: &mut Vec<Span>,
-    max_fields: usize,
-) -> Parse {
-    // Left uninitialised for httparse to fill: no 32 fields written first.
-    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parse::Partial,
-        // More than this loop parses: hyper's if within the listener's limit.
-        Err(httparse::Error::TooManyHeaders) => {
-            return match field_lines(buf) {
-                None => Parse::Partial,
-                Some(n) if n > max_fields => Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
-                Some(_) => Parse::Other,
-            };
-        }
-        // hyper parses with httparse and the same settings, and would refuse it too.
-        Err(_) => return Parse::Refused(GatewayError::new(ErrorKind::BadRequest("malformed request"))),
-    };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else { return Parse::Other };
-    if !path.starts_with('/') {
-        return Parse::Other;
-    }
-    let (mut hosts, mut lengths) = (0, 0);
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        let takes = match Known::of(name) {
-            Some(Known::ContentLength) => {
-                lengths += 1;
-                h.value == b"0" && lengths == 1
-            }
-            Some(Known::TransferEncoding | Known::Expect | Known::Upgrade) => false,
-            Some(Known::Connection) => !h.value.split(|&b| b == b',').any(|t| {
-                let t = t.trim_ascii();
-                t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"upgrade")
-            }),
-            Some(Known::Host) => {
-                hosts += 1;
-                hosts == 1
-            }
-            _ => true,
-        };
-        if !takes {
-            // hyper's, unless its framing is broken: then the contract's 400 from here.
-            return framing_error(req.headers).map_or(Parse::Other, Parse::Refused);
-        }
-    }
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::Other };
-    if method == Method::CONNECT {
-        // A tunnel: hyper's.
-        return Parse::Other;
-    }
-    // Where each piece lies, so the head's bytes can be shared by the values.
-    let (p0, p1, ..) = span_of(buf.as_ptr(), path.as_bytes(), path.as_bytes());
-    spans.clear();
-    spans.extend(req.headers.iter().map(|h| span_of(buf.as_ptr(), h.name.as_bytes(), h.value)));
-    // A head that does not convert goes back.
-    let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Parse::Rejected(head) };
-    // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
-    let mut headers = std::mem::take(spare);
-    if !fill_header_map(&mut headers, &head, spans, 8, names) {
-        return Parse::Rejected(head);
-    }
-    Parse::Complete(Head { method, uri, headers })
-}
-
-/// What is wrong with an HTTP/1.1 request's body framing (RFC 9112 section 6), if anything:
-/// a `Content-Length` that is not digits, several that differ, a `Transfer-Encoding` whose
-/// last coding is not `chunked`, or both fields at once (refused outright, as Envoy does:
-/// the classic way to make two parsers disagree about where a request ends).
-fn framing_error(fields: &[httparse::Header<'_>]) -> Option<GatewayError> {
-    let bad = |m| Some(GatewayError::new(ErrorKind::BadRequest(m)));
-    let (mut length, mut chunked) = (None, None);
-    for h in fields {
-        match Known::of(h.name.as_bytes()) {
-            Some(Known::ContentLength) => {
-                for v in h.value.split(|&b| b == b',') {
-                    let Some(n) = crate::pipeline::parse_content_length(v.trim_ascii()) else {
-                        return bad("invalid content-length");
-                    };
-                    if length.is_some_and(|l| l != n) {
-                        return bad("conflicting content-length values");
-                    }
-                    length = Some(n);
-                }
-            }
-            Some(Known::TransferEncoding) => {
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            }
-            _ => {}
-        }
-    }
-    match (length, chunked) {
-        (Some(_), Some(_)) => bad("both content-length and transfer-encoding"),
-        (_, Some(false)) => bad("transfer-encoding must end with chunked"),
-        _ => None,
-    }
-}
-
-/// The number of field lines of the complete head at the start of `buf` (`None`: the head
-/// is not complete yet).
-fn field_lines(buf: &[u8]) -> Option<usize> {
-    let mut lines = 0usize;
-    let mut at = 0;
-    while let Some(i) = buf[at..].iter().position(|&b| b == b'\n') {
-        let line = &buf[at..at + i];
-        if line.is_empty() || line == b"\r" {
-            // The empty line that ends the head; the request line is not a field.
-            return Some(lines.saturating_sub(1));
-        }
-        lines += 1;
-        at += i + 1;
-    }
-    None
-}
-
-thread_local! {
-    /// The `Date` value for the current second (one format per second per thread).
-    static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((u64::MAX, [0; 29])) };
-}
-
-/// The current time as an HTTP date (`Tue, 01 Dec 2026 14:00:00 GMT`).
-fn http_date() -> [u8; 29] {
-    let now = SystemTime::now();
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            let mut out = [b' '; 29];
-            let n = text.len().min(29);
-            out[..n].copy_from_slice(&text.as_bytes()[..n]);
-            *d = (secs, out);
-        }
-        d.1
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parsed(text: &str) -> (Parse, BytesMut) {
-        let mut buf = BytesMut::from(text.as_bytes());
-        let p = parse(&mut buf, &mut NameCache::default(), &mut HeaderMap::new(), &mut Vec::new(), 100);
-        (p, buf)
-    }
-
-    #[test]
-    fn only_plain_bodiless_http11_requests_are_taken() {
-        let (p, rest) = parsed("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nGET /next");
-        let Parse::Complete(head) = p else { panic!("not taken") };
-        assert_eq!((head.method, head.uri.to_string()), (Method::GET, "/a?b=1".to_owned()));
-        assert_eq!(head.headers["host"], "x");
-        assert_eq!(&rest[..], b"GET /next", "the next request stays in the buffer");
-        for text in [
-            "GET /a HTTP/1.0\r\n\r\n",
-            "POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
-            "POST /a HTTP/1.1\r\nContent-Length: 00\r\n\r\n",
-            "POST /a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
-            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            "PUT /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
-            "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET http://x/a HTTP/1.1\r\n\r\n",
-            "OPTIONS * HTTP/1.1\r\n\r\n",
-            "CONNECT /a HTTP/1.1\r\n\r\n",
-        ] {
-            let (p, rest) = parsed(text);
-            assert!(matches!(p, Parse::Other), "{text:?}");
-            assert_eq!(&rest[..], text.as_bytes(), "left for hyper untouched: {text:?}");
-        }
-        // Names as long as the ones that send a request to hyper, in any case, are taken.
-        let (p, _) = parsed(
-            "GET / HTTP/1.1\r\nFROM: a\r\nAccept: b\r\nReferer: c\r\nUser-Agent: d\r\n\
-             accept-charset: e\r\nIf-Modified-Since: f\r\nCONTENT-LENGTH: 0\r\n\r\n",
-        );
-        let Parse::Complete(head) = p else { panic!("not taken") };
-        let names: Vec<_> = head.headers.keys().map(|k| k.as_str()).collect();
-        let expected =
-            ["from", "accept", "referer", "user-agent", "accept-charset", "if-modified-since", "content-length"];
-        assert_eq!(names, expected);
-        let (p, _) = parsed("GET /a HTTP/1.1\r\nHost: x\r\n");
-        assert!(matches!(p, Parse::Partial));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
-        assert!(matches!(parsed(&many).0, Parse::Other), "more than this loop parses, within the limit: hyper's");
-        let too_many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(101));
-        let Parse::Refused(e) = parsed(&too_many).0 else { panic!("over the limit") };
-        assert_eq!(e.status(), 431);
-        assert!(matches!(parsed(&too_many[..too_many.len() - 2]).0, Parse::Partial), "counted once complete");
-        for text in
-            ["GET /a HTTP/1.1\r\nBad Header\r\n\r\n", "GET /a HTTP/9.9\r\n\r\n", "GET /a HTTP/1.1\r\nx: a\0b\r\n\r\n"]
-        {
-            let Parse::Refused(e) = parsed(text).0 else { panic!("{text:?}: refused") };
-            assert_eq!(e.status(), 400, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn broken_body_framing_is_refused_here_and_sound_framing_left_to_hyper() {
-        for (text, want) in [
-            ("POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "conflicting content-length values"),
-            ("POST /a HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", "conflicting content-length values"),
-            ("POST /a HTTP/1.1\r\nContent-Length: +5\r\n\r\n", "invalid content-length"),
-            (
-                "POST /a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-                "both content-length and transfer-encoding",
-            ),
-            ("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "transfer-encoding must end with chunked"),
-        ] {
-            let Parse::Refused(e) = parsed(text).0 else { panic!("{text:?}: refused") };
-            assert_eq!(e.public_message(), want, "{text:?}");
-        }
-        for text in [
-            "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-            "POST /a HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
-            "POST /a HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
-        ] {
-            assert!(matches!(parsed(text).0, Parse::Other), "{text:?}: hyper's");
-        }
-    }
-
-    #[test]
-    fn field_lines_are_counted_once_the_head_is_complete() {
-        assert_eq!(field_lines(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\nbody"), Some(2));
-        assert_eq!(field_lines(b"GET / HTTP/1.1\r\n\r\n"), Some(0));
-        assert_eq!(field_lines(b"GET / HTTP/1.1\na: 1\n\n"), Some(1));
-        assert_eq!(field_lines(b"GET / HTTP/1.1\r\na: 1\r\n"), None);
-    }
-
-    #[test]
-    fn the_writer_keeps_its_own_fields_whatever_the_request_ids_length() {
-        // IDs as long as `connection`, `date` and `content-length`, and `date` itself.
-        for id in ["request-id", "x-id", "x-request-id-2", "date"] {
-            let mut f = Fields { id: id.as_bytes(), dated: false, lengths: 0, length: None };
-            let mut out = Vec::new();
-            let upper = id.to_ascii_uppercase();
-            for (n, v) in [
-                ("Connection", "close"),
-                ("Content-Length", "5"),
-                ("Transfer-Encoding", "chunked"),
-                ("Date", "d"),
-                (upper.as_str(), "forged"),
-                ("Set-Cookie", "a"),
-                ("X-Cache", "b"),
-            ] {
-                f.write(&mut out, n.as_bytes(), v.as_bytes());
-            }
-            let date = if id == "date" { "" } else { "Date: d\r\n" };
-            assert_eq!(String::from_utf8(out).unwrap(), format!("{date}Set-Cookie: a\r\nX-Cache: b\r\n"), "{id}");
-            assert_eq!((f.dated, f.lengths, f.length), (id != "date", 1, Some(5)), "{id}");
-        }
-    }
-
-    #[test]
-    fn a_head_the_http_types_refuse_comes_back_whole() {
-        // httparse takes a backtick in the target; `http::Uri` does not.
-        let text = "GET /a`b HTTP/1.1\r\nHost: x\r\n\r\n";
-        let (p, rest) = parsed(text);
-        let Parse::Rejected(head) = p else { panic!("not rejected") };
-        assert_eq!(&head[..], text.as_bytes());
-        assert!(rest.is_empty());
-    }
 }

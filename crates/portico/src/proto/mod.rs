@@ -1,0 +1,3 @@
+//! Wire protocols the gateway speaks itself.
+
+pub mod h1;
