@@ -271,20 +271,27 @@ pub async fn forward(
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
         let flight = upstream.start_at(&target, sent);
-        // Plain HTTP/1.1 to an IP address without a request body: the lean client.
-        let lean = match (&upstream.h1, target.addr, &attempt_body) {
-            (Some(settings), Some(addr), Body::Empty) if !upgrade && method != http::Method::CONNECT => {
-                Some((settings, addr))
-            }
+        // Plain HTTP/1.1 to an IP address, with or without a body: the lean client. What
+        // goes to hyper's client instead (TLS, HTTP/2, targets named by host name,
+        // upgrades and CONNECT) is decided here and only here.
+        let lean = match (&upstream.h1, target.addr) {
+            (Some(settings), Some(addr)) if !upgrade && method != http::Method::CONNECT => Some((settings, addr)),
             _ => None,
         };
         let res = match lean {
             Some((settings, addr)) => {
-                // The lean client writes `Host` and the added fields itself, keeps the
-                // deadline on the connection's own timer, and leaves `TE` out (it reads no
-                // trailers).
-                let request = h1::Outgoing { method: &method, target: pq.as_str(), host, headers: h, added: &added };
-                match target.pool.send(addr, settings, request, sent, sent + try_timeout).await {
+                // The lean client writes `Host`, the added fields and the body's framing
+                // itself, keeps the deadline on the connection's own timer, and leaves
+                // `TE` out (it reads no trailers).
+                let request = h1::Outgoing {
+                    method: &method,
+                    target: pq.as_str(),
+                    host,
+                    headers: h,
+                    added: &added,
+                    framing: None,
+                };
+                match target.pool.send(addr, settings, request, attempt_body, sent, sent + try_timeout).await {
                     Err(h1::Error::Timeout) => Err(TimedOut),
                     res => Ok(res.map_err(|e| lean_error(&e, upstream))),
                 }
@@ -531,6 +538,11 @@ fn lean_error(e: &h1::Error, upstream: &Upstream) -> GatewayError {
         h1::Error::Connect(_) => GatewayError::new(ErrorKind::ConnectFailed),
         h1::Error::ConnectTimeout => GatewayError::new(ErrorKind::ConnectTimeout(upstream.connect_timeout)),
         h1::Error::Io(_) | h1::Error::Malformed(_) => GatewayError::new(ErrorKind::BadResponse),
+        // The client's body; its watch has usually said so already.
+        h1::Error::Body(e) => match e.downcast_ref::<ClientBodyError>() {
+            Some(client) => GatewayError::from(*client),
+            None => GatewayError::new(ErrorKind::BadRequest("request body could not be read")),
+        },
         // Answered as a timeout where `send` is called; not reached.
         h1::Error::Timeout => GatewayError::new(ErrorKind::UpstreamTimeout(upstream.request_timeout)),
     }

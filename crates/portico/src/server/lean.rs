@@ -23,7 +23,6 @@
 //! `idle_timeout` between requests closes. At shutdown an idle connection closes at once
 //! and a busy one after its response, which carries `connection: close`.
 
-use std::io::Write as _;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,7 +42,7 @@ use crate::body::{Body, ClientBodyError, Piece, Streamed};
 use crate::error::{ErrorKind, GatewayError};
 use crate::pipeline::{self, Completion, ConnInfo, LogPhase};
 use crate::proto::h1::body::{Decoded, Decoder, Framing};
-use crate::proto::h1::encode::{Fields, http_date, write_field};
+use crate::proto::h1::encode::{COPY_MAX, Fields, encode_chunk_size, http_date, write_all_vectored, write_field};
 use crate::proto::h1::fields::{NameCache, Span, recycle};
 use crate::proto::h1::length::content_length;
 use crate::proto::h1::request::{Parse, parse};
@@ -56,8 +55,6 @@ const BODY_ROOM: usize = 32 * 1024;
 /// and dropped before the connection closes.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 const LINGER_BYTES: usize = 1024 * 1024;
-/// Body frames up to this size are copied next to their framing and written in one call.
-const COPY_MAX: usize = 16 * 1024;
 
 /// Serves an HTTP/1 connection (plain, or TLS without h2): the lean loop while it can,
 /// then hyper.
@@ -533,7 +530,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         }
         *pending_head = false;
         if framing == OutFraming::Chunked {
-            let _ = write!(self.out, "{:x}\r\n", data.len());
+            encode_chunk_size(&mut self.out, data.len());
         }
         let tail: &[u8] = match (framing, last) {
             (OutFraming::Chunked, true) => b"\r\n0\r\n\r\n",
@@ -577,17 +574,4 @@ enum OutFraming {
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
-}
-
-/// Writes every slice, however the socket splits the writes.
-async fn write_all_vectored<S: AsyncWrite + Unpin>(io: &mut S, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        let n = io.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
 }

@@ -36,12 +36,13 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, Version};
 use http_body::{Frame, SizeHint};
 use parking_lot::{Mutex, MutexGuard};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::proto::h1::body::{Decoded, Decoder, Framing};
+use crate::proto::h1::encode::{COPY_MAX, encode_chunk_size, write_all_vectored};
 pub use crate::proto::h1::encode::{Outgoing, encode_head};
 use crate::proto::h1::fields::{NameCache, Span, fill_header_map};
 use crate::proto::h1::response::{Parsed, parse};
@@ -79,6 +80,9 @@ pub enum Error {
     Malformed(&'static str),
     /// No response head arrived before the deadline.
     Timeout,
+    /// The request's body failed while it was being sent (the client's body broke off or
+    /// was malformed: who caused it is the body's to say).
+    Body(BoxError),
 }
 
 impl std::fmt::Display for Error {
@@ -89,6 +93,7 @@ impl std::fmt::Display for Error {
             Error::Io(e) => write!(f, "connection failed: {e}"),
             Error::Malformed(m) => write!(f, "malformed response: {m}"),
             Error::Timeout => f.write_str("no response before the deadline"),
+            Error::Body(e) => write!(f, "request body failed: {e}"),
         }
     }
 }
@@ -174,6 +179,7 @@ impl Conn {
         method_head: bool,
         deadline: Instant,
         spare: &mut HeaderMap,
+        payload: &mut Payload,
     ) -> Result<Parsed, Failure> {
         let mut timer = match self.timer.take() {
             Some(mut t) => {
@@ -184,45 +190,239 @@ impl Conn {
         };
         let res = tokio::select! {
             biased;
-            res = self.exchange(method_head, spare) => res,
+            res = self.exchange(method_head, spare, payload) => res,
             () = timer.as_mut() => Err(Failure::Other(Error::Timeout)),
         };
         self.timer = Some(timer);
         res
     }
 
-    /// Writes the request head in `out` and reads the final response head, into `spare`.
-    async fn exchange(&mut self, method_head: bool, spare: &mut HeaderMap) -> Result<Parsed, Failure> {
-        if let Err(e) = self.io.write_all(&self.out).await {
+    /// Writes the request head in `out` and its body, and reads the final response head,
+    /// into `spare`. A streamed body's first piece is awaited before anything is written,
+    /// so that a body that fails at once (a malformed chunked coding) sends the upstream
+    /// nothing, and the head and that piece go out in one write. The rest of the body is
+    /// sent while the response is read: an upstream may answer before it has read the
+    /// whole body (a 413, a 401), and that answer is the one to pass on.
+    async fn exchange(
+        &mut self,
+        method_head: bool,
+        spare: &mut HeaderMap,
+        payload: &mut Payload,
+    ) -> Result<Parsed, Failure> {
+        let Conn { io, buf, out, names, fields, .. } = self;
+        let head = out.len();
+        if let Payload::Stream { body, first, ended, touched: false, .. } = payload
+            && first.is_none()
+            && !*ended
+        {
+            match first_data(body).await {
+                Ok(Some(data)) => *first = Some(data),
+                Ok(None) => *ended = true,
+                Err(e) => return Err(Failure::Other(Error::Body(e))),
+            }
+        }
+        // What goes out with the head: a small body, or a stream's first piece (framed).
+        let mut rest = None;
+        match payload {
+            Payload::None => {}
+            Payload::Bytes(b) if b.len() <= COPY_MAX => out.extend_from_slice(b),
+            Payload::Bytes(b) => rest = Some(Body::full(b.clone())),
+            Payload::Stream { first, ended, chunked, .. } => {
+                if let Some(data) = first.as_ref().filter(|d| d.len() <= COPY_MAX) {
+                    if *chunked {
+                        encode_chunk_size(out, data.len());
+                    }
+                    out.extend_from_slice(data);
+                    if *chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                } else if let Some(data) = first.clone() {
+                    rest = Some(Body::full(data));
+                }
+                if *ended && *chunked && rest.is_none() {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+        }
+        let written = io.write_all(out).await;
+        out.truncate(head);
+        if let Err(e) = written {
             return Err(Failure::Stale { error: e, unwritten: true });
         }
-        let mut received = 0;
+        // From here the body cannot be sent again unless it is in memory. What is left of
+        // it: a piece too large to copy next to the head, and the rest of a stream.
+        let (first, mut body, chunked) = match payload {
+            Payload::Stream { body, first, ended, chunked, touched } => {
+                *touched = true;
+                let big = first.take().filter(|d| d.len() > COPY_MAX);
+                let body = if *ended { Body::Empty } else { std::mem::take(body) };
+                (big, body, *chunked)
+            }
+            _ => (None, rest.unwrap_or_default(), false),
+        };
+        if first.is_none() && matches!(body, Body::Empty) {
+            return read_head(io, buf, method_head, names, spare, fields).await;
+        }
+        let (mut rd, mut wr) = io.split();
+        let mut sending = std::pin::pin!(send_body(&mut wr, first, &mut body, chunked, out));
+        let mut receiving = std::pin::pin!(read_head(&mut rd, buf, method_head, names, spare, fields));
+        let (mut sent, mut write_failed) = (false, None);
         loop {
-            if !self.buf.is_empty() {
-                match parse(&mut self.buf, method_head, &mut self.names, spare, &mut self.fields) {
-                    Ok(Some(parsed)) => return Ok(parsed),
-                    Ok(None) => {}
-                    Err(m) => return Err(Failure::Other(Error::Malformed(m))),
+            tokio::select! {
+                biased;
+                res = &mut receiving => {
+                    return match (res, write_failed) {
+                        // Answered before the whole body went: the connection cannot be
+                        // used again.
+                        (Ok(mut parsed), _) => {
+                            parsed.reusable &= sent;
+                            Ok(parsed)
+                        }
+                        (Err(_), Some(e)) => Err(Failure::Other(Error::Io(e))),
+                        (Err(e), None) => Err(e),
+                    };
                 }
-                // Informational heads count too: an endless run of them is no answer.
-                if received >= MAX_HEAD {
-                    return Err(Failure::Other(Error::Malformed("response head too large")));
-                }
+                r = &mut sending, if !sent && write_failed.is_none() => match r {
+                    Ok(()) => sent = true,
+                    Err(SendError::Body(e)) => return Err(Failure::Other(Error::Body(e))),
+                    // Still read: the upstream may have answered and closed.
+                    Err(SendError::Io(e)) => write_failed = Some(e),
+                },
             }
-            let read = std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await;
-            match read {
-                Ok(0) if received == 0 => {
-                    let error = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
-                    return Err(Failure::Stale { error, unwritten: false });
-                }
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "closed in the response head");
-                    return Err(Failure::Other(Error::Io(e)));
-                }
-                Ok(n) => received += n,
-                Err(error) if received == 0 => return Err(Failure::Stale { error, unwritten: false }),
-                Err(e) => return Err(Failure::Other(Error::Io(e))),
+        }
+    }
+}
+
+/// The first data of a body (frames without data skipped); `None` when it has none.
+async fn first_data(body: &mut Body) -> Result<Option<Bytes>, BoxError> {
+    use http_body_util::BodyExt as _;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data()
+            && !data.is_empty()
+        {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
+
+/// A request body on its way to [`Conn::exchange`].
+enum Payload {
+    None,
+    /// In memory: written with the head, and sent again as it is when a stale connection
+    /// makes the request go once more.
+    Bytes(Bytes),
+    /// Streamed from the client, in the chunked coding unless its length is declared.
+    /// `first` is its first piece, read before the head is written; `ended` once it has
+    /// no more; `touched` once it went out and cannot be sent again.
+    Stream {
+        body: Body,
+        first: Option<Bytes>,
+        ended: bool,
+        chunked: bool,
+        touched: bool,
+    },
+}
+
+/// Why sending a request body stopped.
+enum SendError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The body itself failed.
+    Body(BoxError),
+}
+
+/// Sends (the rest of) a request body, `first` and then `body`: as it comes when its
+/// length is declared (the head carries it, and `body` knows what is left of it), else in
+/// the chunked coding. `scratch` is for the chunk framing.
+async fn send_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut first: Option<Bytes>,
+    body: &mut Body,
+    chunked: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<(), SendError> {
+    use http_body_util::BodyExt as _;
+    let mut left = match chunked {
+        true => None,
+        false => http_body::Body::size_hint(body).exact().map(|n| n + first.as_ref().map_or(0, |d| d.len() as u64)),
+    };
+    loop {
+        let data = match first.take() {
+            Some(data) => data,
+            None => match body.frame().await {
+                None => break,
+                Some(frame) => match frame.map_err(SendError::Body)?.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let Some(left) = &mut left {
+            *left = left.checked_sub(data.len() as u64).ok_or_else(|| SendError::Body(too_long()))?;
+        }
+        if chunked {
+            scratch.clear();
+            encode_chunk_size(scratch, data.len());
+            let mut slices = [io::IoSlice::new(scratch), io::IoSlice::new(&data), io::IoSlice::new(b"\r\n")];
+            write_all_vectored(wr, &mut slices).await.map_err(SendError::Io)?;
+        } else {
+            wr.write_all(&data).await.map_err(SendError::Io)?;
+        }
+    }
+    if left.is_some_and(|l| l > 0) {
+        return Err(SendError::Body("request body shorter than its content-length".into()));
+    }
+    if chunked {
+        wr.write_all(b"0\r\n\r\n").await.map_err(SendError::Io)?;
+    }
+    Ok(())
+}
+
+fn too_long() -> BoxError {
+    "request body longer than its content-length".into()
+}
+
+/// Reads the final response head from `rd` into `spare`.
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    method_head: bool,
+    names: &mut NameCache,
+    spare: &mut HeaderMap,
+    fields: &mut Vec<Span>,
+) -> Result<Parsed, Failure> {
+    let mut received = 0;
+    loop {
+        if !buf.is_empty() {
+            match parse(buf, method_head, names, spare, fields) {
+                Ok(Some(parsed)) => return Ok(parsed),
+                Ok(None) => {}
+                Err(m) => return Err(Failure::Other(Error::Malformed(m))),
             }
+            // Informational heads count too: an endless run of them is no answer.
+            if received >= MAX_HEAD {
+                return Err(Failure::Other(Error::Malformed("response head too large")));
+            }
+        }
+        if buf.capacity() - buf.len() < HEAD_READ / 4 {
+            buf.reserve(HEAD_READ);
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) if received == 0 => {
+                let error = io::Error::new(io::ErrorKind::UnexpectedEof, "closed before responding");
+                return Err(Failure::Stale { error, unwritten: false });
+            }
+            Ok(0) => {
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "closed in the response head");
+                return Err(Failure::Other(Error::Io(e)));
+            }
+            Ok(n) => received += n,
+            Err(error) if received == 0 => return Err(Failure::Stale { error, unwritten: false }),
+            Err(e) => return Err(Failure::Other(Error::Io(e))),
         }
     }
 }
@@ -339,9 +539,25 @@ impl Pool {
         addr: SocketAddr,
         s: &Settings,
         mut r: Outgoing<'_>,
+        body: Body,
         now: Instant,
         deadline: Instant,
     ) -> Result<Response<Body>, Error> {
+        let mut payload = match body {
+            Body::Empty => Payload::None,
+            Body::Full(Some(b)) => Payload::Bytes(b),
+            Body::Full(None) => Payload::None,
+            body => {
+                let chunked = http_body::Body::size_hint(&body).exact().is_none();
+                Payload::Stream { body, first: None, ended: false, chunked, touched: false }
+            }
+        };
+        r.framing = match &payload {
+            Payload::None => None,
+            Payload::Bytes(b) => Some(Framing::Length(b.len() as u64)),
+            Payload::Stream { chunked: true, .. } => Some(Framing::Chunked),
+            Payload::Stream { body, .. } => http_body::Body::size_hint(body).exact().map(Framing::Length),
+        };
         let method = r.method;
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
         let method_head = *method == Method::HEAD;
@@ -364,9 +580,12 @@ impl Pool {
                     r.headers.clear();
                 }
             }
-            match conn.exchange_by(method_head, deadline, &mut r.headers).await {
+            let res = conn.exchange_by(method_head, deadline, &mut r.headers, &mut payload).await;
+            // A body that streamed cannot go again; one in memory can.
+            let replayable = !matches!(payload, Payload::Stream { touched: true, .. });
+            match res {
                 Ok(parsed) => return Ok(self.response(conn, parsed)),
-                Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || idempotent) => {
+                Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || (idempotent && replayable)) => {
                     written = Some(std::mem::take(&mut conn.out));
                     stale += 1;
                 }

@@ -10,7 +10,7 @@ pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 
 /// How a message body is delimited (RFC 9112 section 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     /// This many bytes.
     Length(u64),
     /// Chunked transfer coding.

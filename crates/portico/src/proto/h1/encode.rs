@@ -1,14 +1,22 @@
 //! Heads written out: requests to an upstream, and the one field writer both directions use.
 
+use std::io::IoSlice;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue, Method, header};
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::body::Framing;
 use super::fields::Known;
 use super::length::parse_length;
 use crate::forwarded::Added;
 
-/// A request for [`Pool::send`]: no body.
+/// Body frames up to this size are copied next to their framing and written in one call;
+/// larger ones are written beside it (vectored), without the copy.
+pub(crate) const COPY_MAX: usize = 16 * 1024;
+
+/// A request head for the upstream client.
 #[derive(Debug)]
 pub struct Outgoing<'a> {
     /// The method.
@@ -21,11 +29,14 @@ pub struct Outgoing<'a> {
     pub headers: HeaderMap,
     /// The gateway's fields, written after the client's.
     pub added: &'a Added<'a>,
+    /// How the body that follows is framed, written by the encoder in place of any
+    /// `Content-Length` in `headers`; `None` without a body (the fields go as they are).
+    pub framing: Option<Framing>,
 }
 
 /// Writes a request head into `out` (emptied first): `METHOD target HTTP/1.1`, `Host`,
 /// the request's fields but `Host` and `TE` (trailers are not read on this path: none are
-/// invited), then the added ones.
+/// invited), then the added ones, then the body's framing when there is a body.
 pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
     out.clear();
     // Room for typical fields without a pass to measure them; a longer head grows once.
@@ -35,8 +46,9 @@ pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
     out.extend_from_slice(r.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_field(out, b"host", r.host.as_bytes());
+    let framed = r.framing.is_some();
     for (name, value) in &r.headers {
-        if name == header::HOST || name == header::TE {
+        if name == header::HOST || name == header::TE || (framed && name == header::CONTENT_LENGTH) {
             continue;
         }
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -44,7 +56,38 @@ pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
     for (name, value) in r.added.fields() {
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    match r.framing {
+        None => {}
+        Some(Framing::Length(n)) => write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes()),
+        Some(Framing::Chunked | Framing::Close) => write_field(out, b"transfer-encoding", b"chunked"),
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a chunk's size line (`1a` and CRLF) for `len` bytes of data.
+pub(crate) fn encode_chunk_size(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(len >> (i * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes every slice, however the socket splits the writes.
+pub(crate) async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 /// Writes one header line, `name: value` and CRLF, in either direction.
@@ -125,7 +168,14 @@ mod tests {
         let id = (HeaderName::from_static("x-request-id"), HeaderValue::from_static("r1"));
         let added = crate::forwarded::forwarding(&mut h, &peer, true, None).with_request_id(&id.0, &id.1);
         let host = HeaderValue::from_static("a:1");
-        let mut r = Outgoing { method: &Method::DELETE, target: "/p?q=1", host: &host, headers: h, added: &added };
+        let mut r = Outgoing {
+            method: &Method::DELETE,
+            target: "/p?q=1",
+            host: &host,
+            headers: h,
+            added: &added,
+            framing: None,
+        };
         let mut out = b"left from before".to_vec();
         encode_head(&mut out, &r);
         let fields = "x-m: 1\r\nx-m: 2\r\nforwarded: for=10.0.0.9\r\n";
