@@ -4,6 +4,7 @@
 
 mod access;
 mod auth;
+mod bodies;
 mod cli;
 mod client_side;
 mod connections;

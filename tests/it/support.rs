@@ -24,6 +24,31 @@ use tokio::net::TcpListener;
 
 pub type TestBody = BoxBody<Bytes, Infallible>;
 
+/// FNV-1a over bytes fed in any pieces: a checksum to compare a body the upstream read
+/// with the one a test sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn add(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn of(data: &[u8]) -> String {
+        let mut f = Fnv::default();
+        f.add(data);
+        format!("{:016x}", f.0)
+    }
+}
+
 fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).boxed()
 }
@@ -33,6 +58,8 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 /// - `/stream?bytes=N`: streams N bytes in 64 KiB chunks
 /// - `/drip?chunks=N&ms=M`: N small chunks, one every M ms
 /// - `/upload`: reads the whole body, answers `{"bytes": N}`
+/// - `/checksum`: reads the whole body, answers `{"bytes": N, "sum": "<its Fnv>"}`
+/// - `/refuse-body`: answers 413 at once, reading none of the body
 /// - `/status/N`: answers status N
 /// - `/headers?name=value&..`: answers 200 with those response headers (a header named
 ///   twice is sent twice; `%20` is a space, nothing else is decoded)
@@ -221,16 +248,27 @@ async fn behave(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
             Some((Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))), i + 1))
         });
         Response::new(BodyExt::boxed(StreamBody::new(stream)))
-    } else if path == "/upload" {
+    } else if path == "/upload" || path == "/checksum" {
         let mut body = req.into_body();
-        let mut n: u64 = 0;
+        let (mut n, mut sum): (u64, Fnv) = (0, Fnv::default());
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                Ok(f) => {
+                    let data = f.data_ref().map_or(&[][..], |d| &d[..]);
+                    n += data.len() as u64;
+                    sum.add(data);
+                }
                 Err(_) => break,
             }
         }
-        return Response::new(full(format!("{{\"bytes\":{n}}}")));
+        if path == "/upload" {
+            return Response::new(full(format!("{{\"bytes\":{n}}}")));
+        }
+        return Response::new(full(format!("{{\"bytes\":{n},\"sum\":\"{:016x}\"}}", sum.0)));
+    } else if path == "/refuse-body" {
+        let mut r = Response::new(full("body refused unread"));
+        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        return r;
     } else if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(full(format!("status {code}")));
         *r.status_mut() =
