@@ -251,7 +251,7 @@ pub async fn forward(
             (Some(host), true) => host,
             _ => &target.host_header,
         };
-        let attempt_body = match (&replay, body.take()) {
+        let mut attempt_body = match (&replay, body.take()) {
             (Some(bytes), _) if bytes.is_empty() => Body::Empty,
             (Some(bytes), _) => Body::full(bytes.clone()),
             (None, Some(b)) if b.is_end_stream_() => Body::Empty,
@@ -291,7 +291,7 @@ pub async fn forward(
                     added: &added,
                     framing: None,
                 };
-                match target.pool.send(addr, settings, request, attempt_body, sent, sent + try_timeout).await {
+                match target.pool.send(addr, settings, request, &mut attempt_body, sent, sent + try_timeout).await {
                     Err(h1::Error::Timeout) => Err(TimedOut),
                     res => Ok(res.map_err(|e| lean_error(&e, upstream))),
                 }

@@ -23,6 +23,7 @@
 //! `idle_timeout` between requests closes. At shutdown an idle connection closes at once
 //! and a busy one after its response, which carries `connection: close`.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -244,7 +245,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
     /// The request's body: none; the whole of it when it came with the head (the usual
     /// small upload: no channel, no task wake-ups); else a stream that [`Lean::handle`]
     /// feeds from the connection as the handler reads it.
-    fn request_body(&mut self, framing: Option<Framing>) -> (Body, Option<Pump>) {
+    fn request_body(&mut self, framing: Option<Framing>) -> (Body, Option<Box<Pump>>) {
         let Some(framing) = framing else { return (Body::Empty, None) };
         if let Framing::Length(n) = framing
             && let Ok(n) = usize::try_from(n)
@@ -257,7 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let pump = Pump { decoder: Decoder::new(framing), tx: Some(tx), pending: None };
+        let pump = Box::new(Pump { decoder: Decoder::new(framing), tx: Some(tx), pending: None });
         (Body::Streamed(Box::new(Streamed::new(rx, length))), Some(pump))
     }
 
@@ -272,25 +273,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         req: Request<Body>,
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
-        pump: Option<Pump>,
+        pump: Option<Box<Pump>>,
     ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>)> {
         // Pinned where it is made: a `let` and then `tokio::pin!` moved the whole future
         // (4.8 KB) once more per request.
         let mut handling = std::pin::pin!(pipeline::handle_unsent_id(req, info, shared, true));
-        let Some(mut pump) = pump else {
-            self.unread_body = false;
-            let mut watching = self.buf.is_empty();
-            loop {
-                tokio::select! {
-                    biased;
-                    res = &mut handling => return Some(res),
-                    r = self.fill(), if watching => match r {
-                        Ok(n) if n > 0 => watching = false,
-                        _ => return None,
-                    },
-                }
+        if let Some(pump) = pump {
+            return self.feed(handling, pump).await;
+        }
+        self.unread_body = false;
+        let mut watching = self.buf.is_empty();
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut handling => return Some(res),
+                r = self.fill(), if watching => match r {
+                    Ok(n) if n > 0 => watching = false,
+                    _ => return None,
+                },
             }
-        };
+        }
+    }
+
+    /// [`Lean::handle`] for a request whose body streams: its pieces go to the handler as
+    /// it reads them, through `pump`.
+    async fn feed<F: Future>(&mut self, mut handling: Pin<&mut F>, mut pump: Box<Pump>) -> Option<F::Output> {
         self.unread_body = true;
         let mut watching = false;
         loop {

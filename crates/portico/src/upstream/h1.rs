@@ -209,15 +209,43 @@ impl Conn {
         spare: &mut HeaderMap,
         payload: &mut Payload,
     ) -> Result<Parsed, Failure> {
+        // The usual requests, no body or a small one in memory, inline; the rest in a
+        // future of its own, boxed: its state (a stream sent while the answer is read)
+        // would otherwise make every request's future larger, and futures are moved.
+        let small = match payload {
+            Payload::None => None,
+            Payload::Bytes(b) if b.len() <= COPY_MAX => Some(b),
+            _ => return Box::pin(self.exchange_streaming(method_head, spare, payload)).await,
+        };
+        let head = self.out.len();
+        if let Some(b) = small {
+            self.out.extend_from_slice(b);
+        }
+        let written = self.io.write_all(&self.out).await;
+        self.out.truncate(head);
+        if let Err(e) = written {
+            return Err(Failure::Stale { error: e, unwritten: true });
+        }
+        read_head(&mut self.io, &mut self.buf, method_head, &mut self.names, spare, &mut self.fields).await
+    }
+
+    /// [`Conn::exchange`] for a body that is not small and in memory.
+    async fn exchange_streaming(
+        &mut self,
+        method_head: bool,
+        spare: &mut HeaderMap,
+        payload: &mut Payload,
+    ) -> Result<Parsed, Failure> {
         let Conn { io, buf, out, names, fields, .. } = self;
         let head = out.len();
-        if let Payload::Stream { body, first, ended, touched: false, .. } = payload
-            && first.is_none()
-            && !*ended
+        if let Payload::Stream(st) = payload
+            && !st.touched
+            && st.first.is_none()
+            && !st.ended
         {
-            match first_data(body).await {
-                Ok(Some(data)) => *first = Some(data),
-                Ok(None) => *ended = true,
+            match first_data(&mut st.body).await {
+                Ok(Some(data)) => st.first = Some(data),
+                Ok(None) => st.ended = true,
                 Err(e) => return Err(Failure::Other(Error::Body(e))),
             }
         }
@@ -227,19 +255,20 @@ impl Conn {
             Payload::None => {}
             Payload::Bytes(b) if b.len() <= COPY_MAX => out.extend_from_slice(b),
             Payload::Bytes(b) => rest = Some(Body::full(b.clone())),
-            Payload::Stream { first, ended, chunked, .. } => {
-                if let Some(data) = first.as_ref().filter(|d| d.len() <= COPY_MAX) {
-                    if *chunked {
+            Payload::Stream(st) => {
+                let chunked = st.chunked;
+                if let Some(data) = st.first.as_ref().filter(|d| d.len() <= COPY_MAX) {
+                    if chunked {
                         encode_chunk_size(out, data.len());
                     }
                     out.extend_from_slice(data);
-                    if *chunked {
+                    if chunked {
                         out.extend_from_slice(b"\r\n");
                     }
-                } else if let Some(data) = first.clone() {
+                } else if let Some(data) = st.first.clone() {
                     rest = Some(Body::full(data));
                 }
-                if *ended && *chunked && rest.is_none() {
+                if st.ended && chunked && rest.is_none() {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
             }
@@ -252,11 +281,11 @@ impl Conn {
         // From here the body cannot be sent again unless it is in memory. What is left of
         // it: a piece too large to copy next to the head, and the rest of a stream.
         let (first, mut body, chunked) = match payload {
-            Payload::Stream { body, first, ended, chunked, touched } => {
-                *touched = true;
-                let big = first.take().filter(|d| d.len() > COPY_MAX);
-                let body = if *ended { Body::Empty } else { std::mem::take(body) };
-                (big, body, *chunked)
+            Payload::Stream(st) => {
+                st.touched = true;
+                let big = st.first.take().filter(|d| d.len() > COPY_MAX);
+                let body = if st.ended { Body::Empty } else { std::mem::take(&mut st.body) };
+                (big, body, st.chunked)
             }
             _ => (None, rest.unwrap_or_default(), false),
         };
@@ -315,13 +344,17 @@ enum Payload {
     /// Streamed from the client, in the chunked coding unless its length is declared.
     /// `first` is its first piece, read before the head is written; `ended` once it has
     /// no more; `touched` once it went out and cannot be sent again.
-    Stream {
-        body: Body,
-        first: Option<Bytes>,
-        ended: bool,
-        chunked: bool,
-        touched: bool,
-    },
+    /// Boxed: only requests with such a body pay for its room.
+    Stream(Box<StreamState>),
+}
+
+/// The state of a streamed request body (see [`Payload::Stream`]).
+struct StreamState {
+    body: Body,
+    first: Option<Bytes>,
+    ended: bool,
+    chunked: bool,
+    touched: bool,
 }
 
 /// Why sending a request body stopped.
@@ -539,24 +572,26 @@ impl Pool {
         addr: SocketAddr,
         s: &Settings,
         mut r: Outgoing<'_>,
-        body: Body,
+        body: &mut Body,
         now: Instant,
         deadline: Instant,
     ) -> Result<Response<Body>, Error> {
+        // The body is taken by reference: the future of this call is moved into its
+        // caller's, and a body by value made it larger.
         let mut payload = match body {
-            Body::Empty => Payload::None,
-            Body::Full(Some(b)) => Payload::Bytes(b),
-            Body::Full(None) => Payload::None,
+            Body::Empty | Body::Full(None) => Payload::None,
+            Body::Full(Some(b)) => Payload::Bytes(std::mem::take(b)),
             body => {
-                let chunked = http_body::Body::size_hint(&body).exact().is_none();
-                Payload::Stream { body, first: None, ended: false, chunked, touched: false }
+                let chunked = http_body::Body::size_hint(&*body).exact().is_none();
+                let body = std::mem::take(body);
+                Payload::Stream(Box::new(StreamState { body, first: None, ended: false, chunked, touched: false }))
             }
         };
         r.framing = match &payload {
             Payload::None => None,
             Payload::Bytes(b) => Some(Framing::Length(b.len() as u64)),
-            Payload::Stream { chunked: true, .. } => Some(Framing::Chunked),
-            Payload::Stream { body, .. } => http_body::Body::size_hint(body).exact().map(Framing::Length),
+            Payload::Stream(st) if st.chunked => Some(Framing::Chunked),
+            Payload::Stream(st) => http_body::Body::size_hint(&st.body).exact().map(Framing::Length),
         };
         let method = r.method;
         let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
@@ -582,7 +617,7 @@ impl Pool {
             }
             let res = conn.exchange_by(method_head, deadline, &mut r.headers, &mut payload).await;
             // A body that streamed cannot go again; one in memory can.
-            let replayable = !matches!(payload, Payload::Stream { touched: true, .. });
+            let replayable = !matches!(&payload, Payload::Stream(st) if st.touched);
             match res {
                 Ok(parsed) => return Ok(self.response(conn, parsed)),
                 Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || (idempotent && replayable)) => {
