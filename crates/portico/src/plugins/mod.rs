@@ -80,7 +80,7 @@ pub struct Chain {
     hide_query: Option<Box<str>>,
 }
 
-/// What the request phase reads of a request.
+/// What the access phase reads of a request.
 #[derive(Debug)]
 pub struct RequestView<'a> {
     /// Method.
@@ -145,7 +145,7 @@ impl Passed {
     }
 }
 
-/// What the request phase decided.
+/// What the access phase decided.
 #[derive(Debug)]
 pub enum Flow {
     /// Go on to the handler.
@@ -236,36 +236,36 @@ impl Chain {
     ) -> Result<Flow, Refusal> {
         let cx = AccessCtx { consumers, challenge: self.challenge };
         let mut state = Passed::default();
-        let (before, after) = self.plugins.split_at(self.tenant_at);
-        if let Some(res) = Self::access(before, req, &cx, &mut state).await? {
-            return Ok(Flow::Respond(res));
+        // One loop in this function rather than a helper called twice: each level of
+        // nesting moves the access hook's future once more per request.
+        for (i, p) in self.plugins.iter().enumerate() {
+            if i == self.tenant_at {
+                self.settle_tenant(req, tenants, &mut state).await;
+            }
+            // The first credential found decides: once a caller is known, later
+            // authentication plugins do not look for theirs.
+            if !p.phases().access || (state.identity.is_some() && p.authenticates()) {
+                continue;
+            }
+            if let Verdict::Respond(res) = p.access(req, &cx, &mut state).await? {
+                return Ok(Flow::Respond(res));
+            }
         }
-        let needed = self.tenant_settings || req.flag_upstreams;
-        state.tenant = tenants.settle(state.identity.as_ref(), req.host, needed).await;
-        if let Some(res) = Self::access(after, req, &cx, &mut state).await? {
-            return Ok(Flow::Respond(res));
+        if self.tenant_at == self.plugins.len() {
+            self.settle_tenant(req, tenants, &mut state).await;
         }
         Ok(Flow::Continue(state))
     }
 
-    /// The access hooks of `plugins`, in order; the response of one that answers.
-    async fn access(
-        plugins: &[Instance],
+    /// Names the request's tenant, with its settings when a plugin or the route reads them.
+    async fn settle_tenant(
+        &self,
         req: &RequestView<'_>,
-        cx: &AccessCtx<'_>,
+        tenants: &crate::identity::tenants::Tenants,
         state: &mut Passed,
-    ) -> Result<Option<Response<Body>>, Refusal> {
-        for p in plugins.iter().filter(|p| p.phases().access) {
-            // The first credential found decides: once a caller is known, later
-            // authentication plugins do not look for theirs.
-            if state.identity.is_some() && p.authenticates() {
-                continue;
-            }
-            if let Verdict::Respond(res) = p.access(req, cx, state).await? {
-                return Ok(Some(res));
-            }
-        }
-        Ok(None)
+    ) {
+        let needed = self.tenant_settings || req.flag_upstreams;
+        state.tenant = tenants.settle(state.identity.as_ref(), req.host, needed).await;
     }
 
     /// The URI without the credential query parameter, when it has one (for the upstream
