@@ -499,8 +499,12 @@ impl Snapshot {
                             metrics.rate_limit_store_errors_init(&r.name);
                         }
                     }
-                    Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &jwt_providers)
-                        .with_limits(rate, conc)
+                    let built = crate::plugins::hooks::Built {
+                        providers: &jwt_providers,
+                        rate_limit: rate.as_ref(),
+                        concurrency_limit: conc.as_ref(),
+                    };
+                    Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &built)
                 },
             });
         }
@@ -516,7 +520,11 @@ impl Snapshot {
                 .map_err(|_| ConfigErrors(vec![ConfigError::new("request_id.header", "invalid header name")]))?
         };
         let no_route: Arc<str> = "none".into();
-        let global_plugins = Chain::compile(&config.plugins.iter().collect::<Vec<_>>(), &jwt_providers);
+        // Without limits: this chain answers outside any route, where nothing is counted (a
+        // global limit counts on the routes, in their chains).
+        let built =
+            crate::plugins::hooks::Built { providers: &jwt_providers, rate_limit: None, concurrency_limit: None };
+        let global_plugins = Chain::compile(&config.plugins.iter().collect::<Vec<_>>(), &built);
         Ok(Snapshot {
             jwt_providers,
             consumers,

@@ -241,6 +241,9 @@ pub(crate) async fn handle_unsent_id(
                                     tenant: tenant.as_deref(),
                                     request_id: &log.request_id,
                                     tls: conn.proto == "https",
+                                    origin: origin.as_ref(),
+                                    preflight: false,
+                                    rate: rate.as_ref(),
                                 };
                                 route.plugins.request_hooks(&mut req, &ctx);
                             }
@@ -303,7 +306,7 @@ pub(crate) async fn handle_unsent_id(
     };
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
     // The lean loop writes fields kept as sent itself; everyone else reads the map.
-    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response(preflight_answered, rate.as_ref());
+    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response();
     if !keep_raw && !materialise(&mut res) {
         res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
     }
@@ -314,8 +317,11 @@ pub(crate) async fn handle_unsent_id(
         tenant: tenant.as_deref(),
         request_id: &log.request_id,
         tls,
+        origin: origin.as_ref(),
+        preflight: preflight_answered,
+        rate: rate.as_ref(),
     };
-    chain.response(&mut res, origin.as_ref(), preflight_answered, rate.as_ref(), &ctx);
+    chain.response(&mut res, &ctx);
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }

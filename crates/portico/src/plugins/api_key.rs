@@ -4,6 +4,8 @@
 
 use http::{HeaderMap, HeaderName, Uri};
 
+use super::hooks::{AccessCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
 use crate::error::{Challenge, ErrorKind, GatewayError};
 use crate::identity::{Consumers, Identity};
 
@@ -64,5 +66,35 @@ impl ApiKeyAuth {
             token: None,
             key_name: owner.name.clone(),
         }))
+    }
+}
+
+impl Hooks for ApiKeyAuth {
+    fn kind(&self) -> &'static str {
+        "api_key"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, ..Phases::default() }
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+
+    fn challenge(&self) -> Option<Challenge> {
+        Some(Challenge::ApiKey)
+    }
+
+    fn credential_header(&self) -> Option<&HeaderName> {
+        self.header()
+    }
+
+    fn credential_query(&self) -> Option<&str> {
+        self.query()
+    }
+
+    async fn access(&self, req: &RequestView<'_>, cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        state.authenticated(self.check(req.headers, req.uri, cx.consumers), self.kind())
     }
 }

@@ -7,6 +7,8 @@
 
 use http::{HeaderMap, HeaderName};
 
+use super::hooks::{AccessCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
 use crate::error::{Challenge, ErrorKind, GatewayError};
 use crate::identity::Identity;
 use crate::router::Params;
@@ -118,5 +120,21 @@ impl Authorize {
             }
         }
         Ok(())
+    }
+}
+
+impl Hooks for Authorize {
+    fn kind(&self) -> &'static str {
+        "authorize"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, ..Phases::default() }
+    }
+
+    async fn access(&self, req: &RequestView<'_>, cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        let subject = Subject { headers: req.headers, host: req.host, params: req.params };
+        self.check(state.identity.as_ref(), &subject, cx.challenge).map_err(|e| state.refuse(e))?;
+        Ok(Verdict::Continue)
     }
 }

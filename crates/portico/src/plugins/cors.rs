@@ -11,6 +11,8 @@
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
+use super::hooks::{AccessCtx, HookCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -159,6 +161,31 @@ impl Cors {
             }
             None if !self.any || self.credentials => vary_origin(h),
             None => {}
+        }
+    }
+}
+
+impl Hooks for Cors {
+    fn kind(&self) -> &'static str {
+        "cors"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, request: false, response: true }
+    }
+
+    /// Answers a preflight (204, or 403 when not allowed); other requests go on.
+    async fn access(&self, req: &RequestView<'_>, _cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        if !Cors::is_preflight(req.method, req.headers) {
+            return Ok(Verdict::Continue);
+        }
+        self.preflight(req.headers).map(Verdict::Respond).map_err(|e| state.refuse(e))
+    }
+
+    /// The CORS headers of every response but the preflight answer, which has its own.
+    fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {
+        if !ctx.preflight {
+            self.apply(ctx.origin, res);
         }
     }
 }

@@ -1,32 +1,55 @@
-//! The phase hooks a plugin implements, the context they read, and the one table of the
-//! plugins written on them.
+//! The phase hooks a plugin implements, the context they read, and the one table of plugin
+//! kinds: [`registry!`]'s list gives each kind its place in the order, and [`compile`]
+//! builds a kind from its config.
 //!
-//! A plugin on hooks is one file: its compiled form (built from its config struct at load
-//! time), its [`Hooks`] implementation, and its unit tests. Adding one touches that file,
-//! its line in [`compile`], its config struct in `portico-config`, the schema and docs.
-//! Which phases a route runs is derived from the hooks its plugins report in
-//! [`Hooks::phases`]; a test runs every registered plugin through every hook and fails
-//! when a hook that is not reported changes anything.
+//! A plugin is one file: its compiled form (built from its config struct at load time), its
+//! [`Hooks`] implementation, and its unit tests. Adding one touches that file, its line in
+//! the registry and in [`compile`], its config struct in `portico-config`, the schema and
+//! docs. Which phases a route runs is derived from the hooks its plugins report in
+//! [`Hooks::phases`]; a test runs every registered kind through every hook and fails when a
+//! hook that is not reported changes anything, or a reported one changes nothing.
+//!
+//! The plugins are dispatched over one enum ([`Instance`]) with a `match` per hook,
+//! generated from the registry's list: a route's plugins are one slice with no boxing per
+//! plugin, and the access hook of any kind is awaited without allocating a future.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use portico_config::transform::{Piece, ValueTemplate};
 
+use super::rate_limit::{ConcurrencyLimit, RateInfo, RateLimit};
+use super::{Passed, Refusal, RequestView};
 use crate::body::Body;
-use crate::identity::Identity;
+use crate::error::Challenge;
+use crate::identity::{Consumers, Identity};
 
 /// The phases a plugin takes part in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Phases {
-    /// [`Hooks::request`] changes something.
+    /// [`Hooks::access`] may refuse or answer the request, hold it, or write the request's
+    /// state ([`Passed`]).
+    pub access: bool,
+    /// [`Hooks::request`] changes the request's head.
     pub request: bool,
-    /// [`Hooks::response`] changes something.
+    /// [`Hooks::response`] changes the response's head.
     pub response: bool,
 }
 
-/// What a hook may read besides the message it changes.
+impl Phases {
+    /// The phases either takes part in.
+    pub fn union(self, other: Phases) -> Phases {
+        Phases {
+            access: self.access || other.access,
+            request: self.request || other.request,
+            response: self.response || other.response,
+        }
+    }
+}
+
+/// What a request or response hook may read besides the message it changes.
 #[derive(Debug, Clone, Copy)]
 pub struct HookCtx<'a> {
     /// Parameters captured by the route's path (empty in the response phase).
@@ -39,9 +62,52 @@ pub struct HookCtx<'a> {
     pub request_id: &'a HeaderValue,
     /// Whether the client's connection is TLS.
     pub tls: bool,
+    /// The request's `Origin`, when a CORS plugin is on the route or global.
+    pub origin: Option<&'a HeaderValue>,
+    /// Whether the response is the route's answer to a CORS preflight.
+    pub preflight: bool,
+    /// The tightest rate limit's numbers, when a rate limit decided (allowed or refused).
+    pub rate: Option<&'a RateInfo>,
 }
 
-/// A plugin written on the phase hooks. Every hook does nothing unless implemented.
+impl<'a> HookCtx<'a> {
+    /// A context that knows only the request's ID.
+    pub fn new(request_id: &'a HeaderValue) -> Self {
+        Self {
+            params: &[],
+            identity: None,
+            tenant: None,
+            request_id,
+            tls: false,
+            origin: None,
+            preflight: false,
+            rate: None,
+        }
+    }
+}
+
+/// What the access phase reads besides the request: the same for every request of a route.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessCtx<'a> {
+    /// The consumers (API keys, certificates, plans).
+    pub consumers: &'a Consumers,
+    /// The `WWW-Authenticate` challenge of the route's 401s: the first authentication
+    /// plugin's that asks for a credential ([`Hooks::challenge`]), else `Bearer`.
+    pub challenge: Challenge,
+}
+
+/// What an access hook decided.
+#[derive(Debug)]
+pub enum Verdict {
+    /// On to the next plugin, then the handler.
+    Continue,
+    /// Answer with this response (a CORS preflight): no later plugin nor the handler runs,
+    /// the response phase does.
+    Respond(Response<Body>),
+}
+
+/// A plugin written on the phase hooks. Every hook does nothing unless implemented, and is
+/// called only when [`Hooks::phases`] reports it.
 pub trait Hooks: Send + Sync + fmt::Debug {
     /// The plugin's config key.
     fn kind(&self) -> &'static str;
@@ -49,26 +115,214 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     /// The hooks this plugin implements: only those are called.
     fn phases(&self) -> Phases;
 
-    /// Request phase, after authentication, authorization, limits and the identity
+    /// Whether the plugin authenticates: it writes [`Passed::identity`] when it finds its
+    /// credential. The first credential found decides (later authentication plugins are
+    /// not called once a caller is known), and a route with one requires a caller
+    /// (`authorize`, by default any authenticated caller).
+    fn authenticates(&self) -> bool {
+        false
+    }
+
+    /// The `WWW-Authenticate` challenge this plugin's credential is asked for with, when a
+    /// 401 can ask for it.
+    fn challenge(&self) -> Option<Challenge> {
+        None
+    }
+
+    /// Whether the access hook reads the tenant's settings, which the access phase then
+    /// looks up before it (from Redis, when tenants are there).
+    fn tenant_settings(&self) -> bool {
+        false
+    }
+
+    /// A request header that carries this plugin's credential, which the upstream must not
+    /// see.
+    fn credential_header(&self) -> Option<&HeaderName> {
+        None
+    }
+
+    /// A query parameter that carries this plugin's credential, which neither the upstream
+    /// nor the access log may see.
+    fn credential_query(&self) -> Option<&str> {
+        None
+    }
+
+    /// Access phase, before the request is changed: may refuse it (`Err`, the answer is the
+    /// refusal's error), answer it ([`Verdict::Respond`]), wait (a key fetch, a Redis round
+    /// trip, a leaky bucket's delay), and write what later hooks and the response phase read
+    /// into `state`. Runs in the registry's order; the request's tenant is settled before
+    /// the kinds from [`TENANT_SETTLED_BEFORE`] on.
+    fn access(
+        &self,
+        _req: &RequestView<'_>,
+        _cx: &AccessCtx<'_>,
+        _state: &mut Passed,
+    ) -> impl Future<Output = Result<Verdict, Refusal>> + Send {
+        async { Ok(Verdict::Continue) }
+    }
+
+    /// Request phase, after the access phase, the credentials' removal and the identity
     /// headers: may change the request's head (not its body) before the handler. Runs in
-    /// [`compile`]'s order.
+    /// the registry's order.
     fn request(&self, _req: &mut Request<Body>, _ctx: &HookCtx<'_>) {}
 
-    /// Response phase, before the gateway's own response headers (rate limits, CORS,
-    /// security headers): may change the response's head. Runs in reverse order.
+    /// Response phase: may change the response's head, whoever made it (the handler, a
+    /// refusal, a preflight answer). Runs in the registry's reverse order.
     fn response(&self, _res: &mut Response<Body>, _ctx: &HookCtx<'_>) {}
 }
 
-/// The plugins written on hooks, in the order their request hooks run (the response
-/// phase runs them in reverse). The one place a new plugin is registered.
-pub fn compile(p: &portico_config::Plugin) -> Option<(u8, Arc<dyn Hooks>)> {
+/// The plugin kinds: one enum variant each, in the order their hooks run (the response
+/// phase runs them backwards). [`Instance`], [`Order`] and the dispatch of every hook are
+/// generated from this one list.
+macro_rules! registry {
+    ($($(#[doc = $doc:literal])* $kind:ident($ty:ty),)+) => {
+        /// A compiled plugin of one of the registered kinds.
+        #[derive(Debug)]
+        pub enum Instance {
+            $($(#[doc = $doc])* $kind($ty),)+
+        }
+
+        /// A plugin kind's place in the order: the registry's list order.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Order {
+            $($(#[doc = $doc])* $kind,)+
+        }
+
+        impl Order {
+            /// Every kind, in order.
+            pub const ALL: &[Order] = &[$(Order::$kind,)+];
+        }
+
+        impl Instance {
+            /// The plugin's place in the order.
+            pub fn order(&self) -> Order {
+                match self { $(Self::$kind(_) => Order::$kind,)+ }
+            }
+
+            /// See [`Hooks::kind`].
+            pub fn kind(&self) -> &'static str {
+                match self { $(Self::$kind(p) => p.kind(),)+ }
+            }
+
+            /// See [`Hooks::phases`].
+            pub fn phases(&self) -> Phases {
+                match self { $(Self::$kind(p) => p.phases(),)+ }
+            }
+
+            /// See [`Hooks::authenticates`].
+            pub fn authenticates(&self) -> bool {
+                match self { $(Self::$kind(p) => p.authenticates(),)+ }
+            }
+
+            /// See [`Hooks::challenge`].
+            pub fn challenge(&self) -> Option<Challenge> {
+                match self { $(Self::$kind(p) => p.challenge(),)+ }
+            }
+
+            /// See [`Hooks::tenant_settings`].
+            pub fn tenant_settings(&self) -> bool {
+                match self { $(Self::$kind(p) => p.tenant_settings(),)+ }
+            }
+
+            /// See [`Hooks::credential_header`].
+            pub fn credential_header(&self) -> Option<&HeaderName> {
+                match self { $(Self::$kind(p) => p.credential_header(),)+ }
+            }
+
+            /// See [`Hooks::credential_query`].
+            pub fn credential_query(&self) -> Option<&str> {
+                match self { $(Self::$kind(p) => p.credential_query(),)+ }
+            }
+
+            /// See [`Hooks::access`].
+            pub async fn access(
+                &self,
+                req: &RequestView<'_>,
+                cx: &AccessCtx<'_>,
+                state: &mut Passed,
+            ) -> Result<Verdict, Refusal> {
+                match self { $(Self::$kind(p) => p.access(req, cx, state).await,)+ }
+            }
+
+            /// See [`Hooks::request`].
+            pub fn request(&self, req: &mut Request<Body>, ctx: &HookCtx<'_>) {
+                match self { $(Self::$kind(p) => p.request(req, ctx),)+ }
+            }
+
+            /// See [`Hooks::response`].
+            pub fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {
+                match self { $(Self::$kind(p) => p.response(res, ctx),)+ }
+            }
+        }
+    };
+}
+
+registry! {
+    /// `ip_filter`: 403 for a client address not allowed.
+    IpFilter(super::ip_filter::IpFilter),
+    /// `cors`: answers preflights (204, 403); CORS headers on every other response.
+    Cors(super::cors::Cors),
+    /// `mtls`: the verified client certificate, looked at first (the handshake already
+    /// proved it).
+    Mtls(super::mtls::MtlsAuth),
+    /// `jwt`: a bearer token.
+    Jwt(super::jwt::JwtAuth),
+    /// `api_key`: a consumer's API key.
+    ApiKey(super::api_key::ApiKeyAuth),
+    /// `authorize`: 401 without a caller, 403 for a caller not allowed (also the default
+    /// one, any authenticated caller, on a route that authenticates without its own).
+    Authorize(super::authorize::Authorize),
+    /// `rate_limit`: 429, or a delay; `RateLimit-*` response headers.
+    RateLimit(Arc<RateLimit>),
+    /// `concurrency_limit`: 429 or 503; the slot is held until the response ends.
+    ConcurrencyLimit(Arc<ConcurrencyLimit>),
+    /// `query`: changes the request's query.
+    Query(super::query::Query),
+    /// `request_headers`: changes the request's headers.
+    RequestHeaders(super::request_headers::RequestHeaders),
+    /// `response_headers`: changes the response's headers.
+    ResponseHeaders(super::response_headers::ResponseHeaders),
+    /// `security_headers`: security response headers, first of the response phase so that
+    /// `response_headers` can adjust them.
+    SecurityHeaders(super::security_headers::SecurityHeaders),
+}
+
+/// The request's tenant is settled (named, and its settings looked up when a plugin reads
+/// them) in the access phase after authentication and authorization, which it may depend
+/// on, and before the kinds from this one on, which may read it.
+pub const TENANT_SETTLED_BEFORE: Order = Order::RateLimit;
+
+/// What compiling a plugin needs besides its config: what the compile stage owns.
+#[derive(Debug, Clone, Copy)]
+pub struct Built<'a> {
+    /// The JWT providers, by name.
+    pub providers: &'a std::collections::HashMap<String, Arc<super::jwt::JwtProvider>>,
+    /// The list's `rate_limit`, compiled by the compile stage (its counters are shared by
+    /// the routes of a global plugin and carried over reloads).
+    pub rate_limit: Option<&'a Arc<RateLimit>>,
+    /// The list's `concurrency_limit`, compiled likewise.
+    pub concurrency_limit: Option<&'a Arc<ConcurrencyLimit>>,
+}
+
+/// Compiles one plugin of a validated config. `None` when what it names is not there: a
+/// JWT provider, or a limit the compile stage did not build (the global list's, which
+/// count per route).
+pub fn compile(p: &portico_config::Plugin, built: &Built<'_>) -> Option<Instance> {
     use portico_config::Plugin as P;
+    // No wildcard arm: a new config variant does not compile until it is registered here.
     Some(match p {
-        P::Query(c) => (0, Arc::new(super::query::Query::new(c))),
-        P::RequestHeaders(c) => (1, Arc::new(super::request_headers::RequestHeaders::new(c))),
-        P::ResponseHeaders(c) => (2, Arc::new(super::response_headers::ResponseHeaders::new(c))),
-        P::SecurityHeaders(c) => (3, Arc::new(super::security_headers::SecurityHeaders::new(c))),
-        _ => return None,
+        P::IpFilter(c) => Instance::IpFilter(super::ip_filter::IpFilter::new(c)),
+        P::Cors(c) => Instance::Cors(super::cors::Cors::new(c)),
+        P::Mtls(c) => Instance::Mtls(super::mtls::MtlsAuth::new(c)),
+        P::Jwt(c) => Instance::Jwt(super::jwt::JwtAuth::new(built.providers.get(&c.provider)?.clone())),
+        P::ApiKey(c) => Instance::ApiKey(super::api_key::ApiKeyAuth::new(c)),
+        P::Authorize(c) => Instance::Authorize(super::authorize::Authorize::new(c)),
+        P::RateLimit(_) => Instance::RateLimit(built.rate_limit?.clone()),
+        P::ConcurrencyLimit(_) => Instance::ConcurrencyLimit(built.concurrency_limit?.clone()),
+        P::Query(c) => Instance::Query(super::query::Query::new(c)),
+        P::RequestHeaders(c) => Instance::RequestHeaders(super::request_headers::RequestHeaders::new(c)),
+        P::ResponseHeaders(c) => Instance::ResponseHeaders(super::response_headers::ResponseHeaders::new(c)),
+        P::SecurityHeaders(c) => Instance::SecurityHeaders(super::security_headers::SecurityHeaders::new(c)),
     })
 }
 
@@ -122,16 +376,124 @@ pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 mod tests {
     use super::*;
 
-    /// One config per plugin written on hooks, each one that changes what it touches.
-    const SAMPLES: [&str; 4] = [
+    use std::collections::HashMap;
+
+    use portico_config::Plugin as P;
+
+    use crate::identity::{hex, sha256};
+    use crate::pipeline::TlsInfo;
+    use crate::router::Params;
+
+    /// One config per plugin kind, each one that acts on the sample request (the access
+    /// hooks: refuses, answers or writes the request's state; the request hooks: changes
+    /// the request) and on the sample response.
+    const SAMPLES: &[&str] = &[
+        "ip_filter: { deny: ['192.0.2.0/24'] }",
+        "cors: { origins: ['https://app.test'] }",
+        "mtls: {}",
+        "jwt: { provider: idp }",
+        "api_key: { header: x-api-key }",
+        "authorize: {}",
+        "rate_limit: { limits: [{ limit: 10, per: 1m }] }",
+        "concurrency_limit: { max: 1 }",
         "query: { set: { page: '1' } }",
         "request_headers: { set: { x-a: '1' } }",
         "response_headers: { set: { x-b: '2' } }",
         "security_headers: {}",
     ];
 
-    fn request() -> Request<Body> {
-        Request::builder().uri("/x?q=1").header("x-in", "1").body(Body::Empty).unwrap()
+    /// The config variant's place: a variant added to `portico_config::Plugin` does not
+    /// compile until it is given one here, and the tests below then fail until it has a
+    /// sample that [`compile`] registers.
+    fn variant(p: &P) -> usize {
+        match p {
+            P::IpFilter(_) => 0,
+            P::Cors(_) => 1,
+            P::Mtls(_) => 2,
+            P::Jwt(_) => 3,
+            P::ApiKey(_) => 4,
+            P::Authorize(_) => 5,
+            P::RateLimit(_) => 6,
+            P::ConcurrencyLimit(_) => 7,
+            P::Query(_) => 8,
+            P::RequestHeaders(_) => 9,
+            P::ResponseHeaders(_) => 10,
+            P::SecurityHeaders(_) => 11,
+        }
+    }
+    const VARIANTS: usize = 12;
+
+    const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const API_KEY: &str = "k-1";
+
+    /// What the samples need: a JWT provider (a static HS256 key), and the limits each
+    /// sample's config makes (in memory, as the compile stage would build them).
+    struct Fixture {
+        providers: HashMap<String, Arc<super::super::jwt::JwtProvider>>,
+        consumers: Consumers,
+        token: String,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let metrics = crate::observe::Metrics::new();
+            let def = serde_saphyr::from_str(&format!(
+                "{{ issuer: iss, audiences: [aud], keys: [{{ alg: HS256, secret: {JWT_SECRET} }}] }}"
+            ))
+            .unwrap();
+            let provider = super::super::jwt::JwtProvider::new("idp", &def, &metrics).unwrap();
+            let now = jsonwebtoken::get_current_timestamp();
+            let claims = serde_json::json!({ "iss": "iss", "aud": "aud", "sub": "u1", "exp": now + 600 });
+            let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap();
+            let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
+                .unwrap();
+            let consumers: Vec<portico_config::Consumer> = serde_saphyr::from_str(&format!(
+                "[{{ id: c1, api_keys: [{{ sha256: {} }}] }}]",
+                hex(&sha256(API_KEY.as_bytes()))
+            ))
+            .unwrap();
+            Self {
+                providers: HashMap::from([("idp".to_owned(), Arc::new(provider))]),
+                consumers: Consumers::compile(&consumers).unwrap(),
+                token,
+            }
+        }
+
+        /// The sample compiled, with the limit it names built as the compile stage does.
+        fn compile(&self, p: &P) -> Option<Instance> {
+            let metrics = Arc::new(crate::observe::Metrics::new());
+            let rate = match p {
+                P::RateLimit(def) => {
+                    Some(Arc::new(RateLimit::new("t", "t", def, &Default::default(), None, None, &metrics).unwrap()))
+                }
+                _ => None,
+            };
+            let concurrency = match p {
+                P::ConcurrencyLimit(def) => Some(Arc::new(ConcurrencyLimit::new("t", def, None).unwrap())),
+                _ => None,
+            };
+            let built = Built {
+                providers: &self.providers,
+                rate_limit: rate.as_ref(),
+                concurrency_limit: concurrency.as_ref(),
+            };
+            compile(p, &built)
+        }
+
+        /// A request every sample's hooks act on: a CORS preflight from an allowed origin,
+        /// with a token, an API key, a query and a header, from a denied address.
+        fn request(&self) -> Request<Body> {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/x?q=1")
+                .header("x-in", "1")
+                .header("origin", "https://app.test")
+                .header("access-control-request-method", "GET")
+                .header("authorization", format!("Bearer {}", self.token))
+                .header("x-api-key", API_KEY)
+                .body(Body::Empty)
+                .unwrap()
+        }
     }
 
     fn response() -> Response<Body> {
@@ -140,34 +502,110 @@ mod tests {
 
     /// The phases a plugin reports are the ones its hooks act in: a hook it does not
     /// report changes nothing (it would be skipped on the fast path), and one it reports
-    /// changes its message. A plugin whose hook is forgotten in `phases` fails here.
-    #[test]
-    fn reported_phases_match_the_hooks_that_act() {
+    /// acts. A plugin whose hook is forgotten in `phases` fails here, and so does a config
+    /// variant without a sample or not registered in [`compile`].
+    #[tokio::test]
+    async fn reported_phases_match_the_hooks_that_act() {
+        let f = Fixture::new();
+        let tls = TlsInfo { client_subject: Some("CN=alice".into()), ..TlsInfo::default() };
         let id = HeaderValue::from_static("r");
-        let ctx = HookCtx { params: &[], identity: None, tenant: None, request_id: &id, tls: false };
-        let mut kinds = Vec::new();
+        let origin = HeaderValue::from_static("https://app.test");
+        let rate =
+            RateInfo { limit: 10, remaining: 9, reset_secs: 6, headers: portico_config::RateLimitHeaders::default() };
+        let ctx = HookCtx { origin: Some(&origin), rate: Some(&rate), ..HookCtx::new(&id) };
+        let cx = AccessCtx { consumers: &f.consumers, challenge: Challenge::Bearer };
+        let mut seen = [false; VARIANTS];
         for yaml in SAMPLES {
-            let p: portico_config::Plugin = serde_saphyr::from_str(yaml).unwrap();
-            let (_, h) = compile(&p).unwrap_or_else(|| panic!("{yaml}: not registered"));
+            let p: P = serde_saphyr::from_str(yaml).unwrap();
+            seen[variant(&p)] = true;
+            let h = f.compile(&p).unwrap_or_else(|| panic!("{yaml}: not registered"));
             assert_eq!(h.kind(), p.kind());
-            kinds.push(h.kind());
-            let mut req = request();
-            h.request(&mut req, &ctx);
-            let changed = req.uri() != request().uri() || req.headers() != request().headers();
-            assert_eq!(changed, h.phases().request, "{}: request hook", h.kind());
+
+            let req = f.request();
+            let params = Params::new();
+            let view = RequestView {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                host: "api.test",
+                params: &params,
+                client_ip: "192.0.2.1".parse().unwrap(),
+                tls: Some(&tls),
+                route: "r",
+                flag_upstreams: false,
+            };
+            let mut state = Passed::default();
+            let verdict = h.access(&view, &cx, &mut state).await;
+            let wrote = state.identity.is_some() || state.rate.is_some() || state.slot.is_some();
+            let acted = wrote || !matches!(verdict, Ok(Verdict::Continue));
+            if h.authenticates() {
+                assert!(state.identity.is_some(), "{}: the sample's credential is valid", h.kind());
+            }
+            assert_eq!(acted, h.phases().access, "{}: access hook", h.kind());
+
+            let mut changed = f.request();
+            h.request(&mut changed, &ctx);
+            let acted = changed.uri() != req.uri() || changed.headers() != req.headers();
+            assert_eq!(acted, h.phases().request, "{}: request hook", h.kind());
+
             let mut res = response();
             h.response(&mut res, &ctx);
             assert_eq!(res.headers() != response().headers(), h.phases().response, "{}: response hook", h.kind());
         }
-        kinds.dedup();
-        assert_eq!(kinds.len(), SAMPLES.len(), "one sample per plugin");
+        assert_eq!(seen, [true; VARIANTS], "a sample per config variant");
+    }
+
+    /// Every config variant is registered, as exactly one kind, and every kind in the
+    /// registry is reachable from the config.
+    #[test]
+    fn every_config_variant_is_registered() {
+        let f = Fixture::new();
+        let mut orders = Vec::new();
+        let mut seen = [false; VARIANTS];
+        for yaml in SAMPLES {
+            let p: P = serde_saphyr::from_str(yaml).unwrap();
+            seen[variant(&p)] = true;
+            orders.push(f.compile(&p).unwrap_or_else(|| panic!("{yaml}: not registered")).order());
+        }
+        assert_eq!(seen, [true; VARIANTS], "a sample per config variant");
+        orders.sort();
+        assert_eq!(orders, Order::ALL, "one kind per config variant");
+    }
+
+    /// The order tables in the docs (the module doc of `plugins/mod.rs`, docs/plugins.md)
+    /// list the kinds in the registry's order.
+    #[test]
+    fn documented_order_is_the_registry_order() {
+        let f = Fixture::new();
+        let mut kinds: Vec<(Order, &str)> = SAMPLES
+            .iter()
+            .map(|y| {
+                let h = f.compile(&serde_saphyr::from_str(y).unwrap()).unwrap();
+                (h.order(), h.kind())
+            })
+            .collect();
+        kinds.sort();
+        let registry: Vec<&str> = kinds.iter().map(|(_, k)| *k).collect();
+        // Rows `| N | ... `kind` ...`: the kind is the first name in backquotes.
+        let table = |text: &str, prefix: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|l| {
+                    let mut cells = l.split('|').map(str::trim);
+                    cells.next()?.parse::<u32>().ok()?;
+                    Some(cells.next()?.split('`').nth(1)?.to_owned())
+                })
+                .collect()
+        };
+        assert_eq!(table(include_str!("mod.rs"), "//! | "), registry, "plugins/mod.rs");
+        assert_eq!(table(include_str!("../../../../docs/plugins.md"), "| "), registry, "docs/plugins.md");
     }
 
     #[test]
     fn templates_render_or_give_nothing() {
         let id = HeaderValue::from_static("req-7");
         let params = [("id".into(), "42".into())];
-        let ctx = HookCtx { params: &params, identity: None, tenant: Some("acme"), request_id: &id, tls: false };
+        let ctx = HookCtx { params: &params, tenant: Some("acme"), ..HookCtx::new(&id) };
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("va"));
         let r = |t: &str| Template::new(t).render(&ctx, Some(&h), Some("a=1&b&c=3"));

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::hooks::{AccessCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
 use crate::error::{ErrorKind, GatewayError};
 
 /// A compiled `ip_filter`.
@@ -33,6 +35,21 @@ impl IpFilter {
             return Err(GatewayError::new(ErrorKind::Forbidden("client address not allowed")));
         }
         Ok(())
+    }
+}
+
+impl Hooks for IpFilter {
+    fn kind(&self) -> &'static str {
+        "ip_filter"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, ..Phases::default() }
+    }
+
+    async fn access(&self, req: &RequestView<'_>, _cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        self.check(req.client_ip).map_err(|e| state.refuse(e))?;
+        Ok(Verdict::Continue)
     }
 }
 

@@ -37,6 +37,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::hooks::{AccessCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
 use crate::error::{Challenge, ErrorKind, GatewayError};
 use crate::identity::{Consumers, Identity, TokenFacts};
 
@@ -665,6 +667,44 @@ impl Jwks {
         let mut validation = self.base.clone();
         validation.algorithms = algorithms;
         Some(Key { jwks: true, kid: jwk.common.key_id.as_deref().map(Into::into), key, validation })
+    }
+}
+
+/// A compiled `jwt` plugin: the provider it names (shared with every route that names it,
+/// and kept across reloads with its JWKS cache).
+#[derive(Debug)]
+pub struct JwtAuth(Arc<JwtProvider>);
+
+impl JwtAuth {
+    /// The plugin for `provider`.
+    pub fn new(provider: Arc<JwtProvider>) -> Self {
+        Self(provider)
+    }
+}
+
+impl Hooks for JwtAuth {
+    fn kind(&self) -> &'static str {
+        "jwt"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, ..Phases::default() }
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+
+    fn challenge(&self) -> Option<Challenge> {
+        Some(Challenge::Bearer)
+    }
+
+    async fn access(&self, req: &RequestView<'_>, cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        let found = self.0.check(req.headers, req.uri, cx.consumers).await.map(|c| match c {
+            Checked::Absent => None,
+            Checked::Valid(id) => Some(id),
+        });
+        state.authenticated(found, self.kind())
     }
 }
 

@@ -1,30 +1,38 @@
 //! Plugins: what a route does to a request before the handler and to the response after.
 //!
 //! Each route gets one [`Chain`], compiled at load time from its own plugins and the
-//! global ones (a route's plugin of a kind replaces the global one of that kind). The
-//! order is fixed here, not taken from the YAML:
+//! global ones (a route's plugin of a kind replaces the global one of that kind). Every
+//! plugin is written on the phase hooks ([`hooks::Hooks`]), and runs in a fixed order, not
+//! the YAML's: the order of [`hooks`]' registry, which this table follows (a test checks
+//! it). The access hooks run in this order and may answer early; the request hooks change
+//! the request in this order; the response hooks run in the reverse order.
 //!
-//! | phase    | order | plugin             | may answer early with |
-//! |----------|-------|--------------------|-----------------------|
-//! | request  | 1     | `ip_filter`        | 403 |
-//! | request  | 2     | `cors` (preflight) | 204, 403 |
-//! | request  | 3     | `mtls`, `jwt`, `api_key` | 401 (first credential found decides); `jwt` with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` |
-//! | request  | 4     | `authorize`        | 401 (no credentials), 403 |
-//! | request  | 5     | `rate_limit`       | 429 (a leaky bucket may delay instead); 503 with `store: redis` down and `on_store_error: deny` |
-//! | request  | 6     | `concurrency_limit` | 429 or 503 |
-//! | request  | 7     | `query`            | |
-//! | request  | 8     | `request_headers`  | |
-//! | response | 1     | `security_headers` | |
-//! | response | 2     | `response_headers` | |
-//! | response | 3     | `rate_limit` (headers) | |
-//! | response | 4     | `cors`             | |
+//! | order | plugin              | access: may answer early with | request | response |
+//! |-------|---------------------|-------------------------------|---------|----------|
+//! | 1     | `ip_filter`         | 403 | | |
+//! | 2     | `cors`              | 204, 403 (preflights) | | CORS headers |
+//! | 3     | `mtls`              | 401 | | |
+//! | 4     | `jwt`               | 401; with `revocation`: 401 "token revoked", 503 when the deny-list cannot be read and `on_error: deny` | | |
+//! | 5     | `api_key`           | 401 | | |
+//! | 6     | `authorize`         | 401 (no credentials), 403 | | |
+//! | 7     | `rate_limit`        | 429 (a leaky bucket may delay instead); 503 with `store: redis` down and `on_store_error: deny` | | `RateLimit-*` headers |
+//! | 8     | `concurrency_limit` | 429 or 503 | | |
+//! | 9     | `query`             | | the query | |
+//! | 10    | `request_headers`   | | headers | |
+//! | 11    | `response_headers`  | | | headers |
+//! | 12    | `security_headers`  | | | headers |
 //!
-//! `query`, `request_headers`, `response_headers` and `security_headers` are written on the
-//! phase hooks ([`hooks::Hooks`]); their order among themselves is [`hooks::compile`]'s (the
-//! response phase runs it backwards).
+//! So the response phase writes `security_headers`, then `response_headers` (which can
+//! adjust a security header), then the rate-limit and CORS headers (which it cannot remove
+//! or forge). Of the authentication plugins (`mtls`, `jwt`, `api_key`) the first credential
+//! found decides; a route with one and no `authorize` gets the default `authorize` (any
+//! authenticated caller). The request's tenant is settled after `authorize`, before
+//! `rate_limit` ([`hooks::TENANT_SETTLED_BEFORE`]).
 //!
-//! The chain is a struct of optional slots rather than a list of trait objects: the order
-//! is then the field order, and the request hook is one future with no boxing per plugin.
+//! Which phases a route runs is derived from what its plugins report
+//! ([`hooks::Hooks::phases`]): a route whose plugins have no access hook skips the access
+//! phase (unless tenants may come from the host, which any request can name), one with no
+//! response hook keeps the upstream's response fields as sent.
 
 pub mod api_key;
 pub mod authorize;
@@ -39,47 +47,40 @@ pub mod request_headers;
 pub mod response_headers;
 pub mod security_headers;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri};
+use http::{HeaderMap, HeaderName, Method, Response, Uri};
 use portico_config::Plugin;
 
 use crate::body::Body;
 use crate::error::{Challenge, GatewayError};
 use crate::identity::{Consumers, Identity};
 use crate::router::Params;
-
-/// An authentication plugin.
-#[derive(Debug)]
-enum Authn {
-    Jwt(Arc<jwt::JwtProvider>),
-    ApiKey(api_key::ApiKeyAuth),
-    Mtls(mtls::MtlsAuth),
-}
+use hooks::{AccessCtx, HookCtx, Instance, Phases, Verdict};
 
 /// The compiled plugins of a route.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chain {
-    ip_filter: Option<ip_filter::IpFilter>,
-    cors: Option<cors::Cors>,
-    authn: Box<[Authn]>,
-    authorize: Option<authorize::Authorize>,
-    rate_limit: Option<Arc<rate_limit::RateLimit>>,
-    concurrency: Option<Arc<rate_limit::ConcurrencyLimit>>,
-    challenge: Option<Challenge>,
+    /// The plugins, in the registry's order.
+    plugins: Box<[Instance]>,
+    /// Where the request's tenant is settled: before `plugins[tenant_at]`.
+    tenant_at: usize,
+    /// Which phases the plugins take part in, derived from them when compiled.
+    phases: Phases,
+    /// The challenge of the route's 401s.
+    challenge: Challenge,
+    /// Whether a plugin reads the tenant's settings.
+    tenant_settings: bool,
+    /// Whether the chain answers CORS preflights.
+    cors: bool,
     /// Credential headers not passed upstream (API keys).
     hide: Box<[HeaderName]>,
     /// A credential query parameter not passed upstream nor logged (API keys).
     hide_query: Option<Box<str>>,
-    /// Plugins written on [`hooks::Hooks`], in [`hooks::compile`]'s order.
-    hooked: Box<[Arc<dyn hooks::Hooks>]>,
-    /// Which phases the hooked plugins take part in, derived from them when compiled.
-    phases: hooks::Phases,
 }
 
-/// What the request phase reads of a request.
+/// What the access phase reads of a request.
 #[derive(Debug)]
 pub struct RequestView<'a> {
     /// Method.
@@ -102,7 +103,8 @@ pub struct RequestView<'a> {
     pub flag_upstreams: bool,
 }
 
-/// What a request that passed the request phase carries on.
+/// The request's state: what the access hooks write, for later hooks, the handler and the
+/// response phase; what a request that passed the access phase carries on.
 #[derive(Debug, Default)]
 pub struct Passed {
     /// The caller (`None`: anonymous, or no authentication).
@@ -115,7 +117,35 @@ pub struct Passed {
     pub tenant: Option<crate::identity::tenants::Tenant>,
 }
 
-/// What the request phase decided.
+impl Passed {
+    /// The refusal of a request with this state: the caller, when known, is named in it.
+    pub fn refuse(&self, error: GatewayError) -> Refusal {
+        Refusal {
+            error,
+            credential: self.identity.as_ref().map(|i| i.method),
+            user: self.identity.as_ref().map(|i| i.user_id.clone()),
+        }
+    }
+
+    /// What an authentication plugin of kind `credential` found: no credential (on to the
+    /// next), a caller (written here), or a credential refused.
+    pub fn authenticated(
+        &mut self,
+        found: Result<Option<Identity>, GatewayError>,
+        credential: &'static str,
+    ) -> Result<Verdict, Refusal> {
+        match found {
+            Ok(None) => Ok(Verdict::Continue),
+            Ok(Some(id)) => {
+                self.identity = Some(id);
+                Ok(Verdict::Continue)
+            }
+            Err(error) => Err(Refusal { error, credential: Some(credential), user: None }),
+        }
+    }
+}
+
+/// What the access phase decided.
 #[derive(Debug)]
 pub enum Flow {
     /// Go on to the handler.
@@ -142,205 +172,100 @@ impl From<GatewayError> for Refusal {
 }
 
 impl Chain {
-    /// Compiles the plugins that apply to a route (see [`portico_config::effective`]).
-    pub fn compile(plugins: &[&Plugin], providers: &HashMap<String, Arc<jwt::JwtProvider>>) -> Chain {
-        let mut chain = Chain::default();
-        let mut authn = Vec::new();
-        let mut hide = Vec::new();
-        let mut hooked = Vec::new();
-        for p in plugins {
-            if let Some(h) = hooks::compile(p) {
-                hooked.push(h);
-                continue;
-            }
-            match p {
-                Plugin::IpFilter(c) => chain.ip_filter = Some(ip_filter::IpFilter::new(c)),
-                Plugin::Cors(c) => chain.cors = Some(cors::Cors::new(c)),
-                Plugin::Jwt(c) => {
-                    if let Some(p) = providers.get(&c.provider) {
-                        authn.push(Authn::Jwt(p.clone()));
-                    }
-                }
-                Plugin::ApiKey(c) => {
-                    let a = api_key::ApiKeyAuth::new(c);
-                    hide.extend(a.header().cloned());
-                    if let Some(q) = a.query() {
-                        chain.hide_query = Some(q.into());
-                    }
-                    authn.push(Authn::ApiKey(a));
-                }
-                Plugin::Mtls(c) => authn.push(Authn::Mtls(mtls::MtlsAuth::new(c))),
-                Plugin::Authorize(c) => chain.authorize = Some(authorize::Authorize::new(c)),
-                // Stateful: compiled by the snapshot (shared, carried over reloads), see
-                // `with_limits`.
-                Plugin::RateLimit(_) | Plugin::ConcurrencyLimit(_) => {}
-                // Written on hooks: compiled by `hooks::compile` above.
-                Plugin::RequestHeaders(_)
-                | Plugin::ResponseHeaders(_)
-                | Plugin::Query(_)
-                | Plugin::SecurityHeaders(_) => {}
-            }
+    /// Compiles the plugins that apply to a route (see [`portico_config::effective`]);
+    /// `built` holds what the compile stage built for them (JWT providers, limits).
+    pub fn compile(plugins: &[&Plugin], built: &hooks::Built<'_>) -> Chain {
+        let mut list: Vec<Instance> = plugins.iter().filter_map(|p| hooks::compile(p, built)).collect();
+        // A route that authenticates requires a caller: without an `authorize` of its own
+        // it gets the default one (any authenticated caller), so that a request without a
+        // credential is refused rather than let through.
+        if list.iter().any(Instance::authenticates) && !list.iter().any(|p| matches!(p, Instance::Authorize(_))) {
+            list.push(Instance::Authorize(authorize::Authorize::default()));
         }
-        hooked.sort_by_key(|(order, _)| *order);
-        chain.phases = hooked.iter().fold(hooks::Phases::default(), |acc, (_, h)| {
-            let p = h.phases();
-            hooks::Phases { request: acc.request || p.request, response: acc.response || p.response }
-        });
-        chain.hooked = hooked.into_iter().map(|(_, h)| h).collect();
-        // A verified certificate first (the handshake already proved it), then a bearer
-        // token, then an API key.
-        authn.sort_by_key(|a| match a {
-            Authn::Mtls(_) => 0,
-            Authn::Jwt(_) => 1,
-            Authn::ApiKey(_) => 2,
-        });
-        chain.challenge = authn.iter().find(|a| !matches!(a, Authn::Mtls(_))).or(authn.first()).map(|a| match a {
-            Authn::Jwt(_) | Authn::Mtls(_) => Challenge::Bearer,
-            Authn::ApiKey(_) => Challenge::ApiKey,
-        });
-        // An `authorize` without any authentication still decides (everyone is anonymous),
-        // rather than being skipped (validation refuses such a config; this is the backstop).
-        if chain.challenge.is_none() && chain.authorize.is_some() {
-            chain.challenge = Some(Challenge::Bearer);
+        // Stable: two plugins of one kind (which validation refuses) keep the file's order.
+        list.sort_by_key(Instance::order);
+        let hide = list.iter().filter_map(Instance::credential_header).cloned().collect();
+        let hide_query = list.iter().filter_map(Instance::credential_query).last().map(Into::into);
+        Chain {
+            tenant_at: list.partition_point(|p| p.order() < hooks::TENANT_SETTLED_BEFORE),
+            phases: list.iter().fold(Phases::default(), |acc, p| acc.union(p.phases())),
+            challenge: list.iter().find_map(Instance::challenge).unwrap_or(Challenge::Bearer),
+            tenant_settings: list.iter().any(Instance::tenant_settings),
+            cors: list.iter().any(|p| matches!(p, Instance::Cors(_))),
+            hide,
+            hide_query,
+            plugins: list.into(),
         }
-        chain.authn = authn.into();
-        chain.hide = hide.into();
-        chain
-    }
-
-    /// Sets the chain's rate and concurrency limits (compiled by the snapshot, so that a
-    /// global plugin's counters are shared by the routes that use it).
-    pub fn with_limits(
-        mut self,
-        rate: Option<Arc<rate_limit::RateLimit>>,
-        concurrency: Option<Arc<rate_limit::ConcurrencyLimit>>,
-    ) -> Self {
-        self.rate_limit = rate;
-        self.concurrency = concurrency;
-        self
     }
 
     /// The chain's rate limit, if any.
     pub fn rate_limit(&self) -> Option<&Arc<rate_limit::RateLimit>> {
-        self.rate_limit.as_ref()
+        self.plugins.iter().find_map(|p| match p {
+            Instance::RateLimit(r) => Some(r),
+            _ => None,
+        })
     }
 
     /// The chain's concurrency limit, if any.
     pub fn concurrency_limit(&self) -> Option<&Arc<rate_limit::ConcurrencyLimit>> {
-        self.concurrency.as_ref()
+        self.plugins.iter().find_map(|p| match p {
+            Instance::ConcurrencyLimit(c) => Some(c),
+            _ => None,
+        })
     }
 
     /// Whether the chain answers CORS preflights.
     pub fn has_cors(&self) -> bool {
-        self.cors.is_some()
+        self.cors
     }
 
-    /// Whether the request phase has nothing to do: no request plugin, and no tenant that
-    /// a request without a caller could have (one named by the host). The pipeline then
-    /// skips it.
+    /// Whether the access phase has nothing to do: no plugin with an access hook, and no
+    /// tenant that a request without a caller could have (one named by the host). The
+    /// pipeline then skips it.
     pub fn passes_all(&self, tenants: &crate::identity::tenants::Tenants) -> bool {
-        self.ip_filter.is_none()
-            && self.cors.is_none()
-            && self.challenge.is_none()
-            && self.rate_limit.is_none()
-            && self.concurrency.is_none()
-            && !tenants.from_host()
+        !self.phases.access && !tenants.from_host()
     }
 
-    /// The request phase.
+    /// The access phase: the plugins' access hooks in order, with the request's tenant
+    /// settled between authorization and the limits.
     pub async fn request(
         &self,
         req: &RequestView<'_>,
         consumers: &Consumers,
         tenants: &crate::identity::tenants::Tenants,
     ) -> Result<Flow, Refusal> {
-        if let Some(f) = &self.ip_filter {
-            f.check(req.client_ip)?;
-        }
-        if let Some(c) = &self.cors
-            && cors::Cors::is_preflight(req.method, req.headers)
-        {
-            return Ok(Flow::Respond(c.preflight(req.headers)?));
-        }
-        let identity = match self.challenge {
-            Some(challenge) => self.authenticate(req, consumers, challenge).await?,
-            None => None,
-        };
-        let needed = self.rate_limit.is_some() || req.flag_upstreams;
-        let tenant = tenants.settle(identity.as_ref(), req.host, needed).await;
-        let input = rate_limit::KeyInput {
-            client_ip: req.client_ip,
-            identity: identity.as_ref(),
-            tenant: tenant.as_ref(),
-            route: req.route,
-            headers: req.headers,
-        };
-        let refused = |error, identity: &Option<Identity>| Refusal {
-            error,
-            credential: identity.as_ref().map(|i| i.method),
-            user: identity.as_ref().map(|i| i.user_id.clone()),
-        };
-        let mut rate = None;
-        if let Some(r) = &self.rate_limit {
-            match r.check(&input).await {
-                Ok((info, delay)) => {
-                    rate = Some(info);
-                    if let Some(d) = delay {
-                        tokio::time::sleep(d).await;
-                    }
-                }
-                Err(e) => return Err(refused(e, &identity)),
+        let cx = AccessCtx { consumers, challenge: self.challenge };
+        let mut state = Passed::default();
+        // One loop in this function rather than a helper called twice: each level of
+        // nesting moves the access hook's future once more per request.
+        for (i, p) in self.plugins.iter().enumerate() {
+            if i == self.tenant_at {
+                self.settle_tenant(req, tenants, &mut state).await;
+            }
+            // The first credential found decides: once a caller is known, later
+            // authentication plugins do not look for theirs.
+            if !p.phases().access || (state.identity.is_some() && p.authenticates()) {
+                continue;
+            }
+            if let Verdict::Respond(res) = p.access(req, &cx, &mut state).await? {
+                return Ok(Flow::Respond(res));
             }
         }
-        let slot = match &self.concurrency {
-            Some(c) => Some(c.acquire(&input).map_err(|e| refused(e, &identity))?),
-            None => None,
-        };
-        Ok(Flow::Continue(Passed { identity, rate, slot, tenant }))
+        if self.tenant_at == self.plugins.len() {
+            self.settle_tenant(req, tenants, &mut state).await;
+        }
+        Ok(Flow::Continue(state))
     }
 
-    /// Authentication and authorization: the caller, or the refusal.
-    async fn authenticate(
+    /// Names the request's tenant, with its settings when a plugin or the route reads them.
+    async fn settle_tenant(
         &self,
         req: &RequestView<'_>,
-        consumers: &Consumers,
-        challenge: Challenge,
-    ) -> Result<Option<Identity>, Refusal> {
-        let mut identity = None;
-        for a in &*self.authn {
-            let (found, credential) = match a {
-                Authn::Jwt(p) => (
-                    p.check(req.headers, req.uri, consumers).await.map(|c| match c {
-                        jwt::Checked::Absent => None,
-                        jwt::Checked::Valid(id) => Some(id),
-                    }),
-                    "jwt",
-                ),
-                Authn::ApiKey(k) => (k.check(req.headers, req.uri, consumers), "api_key"),
-                Authn::Mtls(m) => (m.check(req.tls, consumers), "mtls"),
-            };
-            match found {
-                Ok(None) => continue,
-                Ok(Some(id)) => {
-                    identity = Some(id);
-                    break;
-                }
-                Err(error) => return Err(Refusal { error, credential: Some(credential), user: None }),
-            }
-        }
-        let subject = authorize::Subject { headers: req.headers, host: req.host, params: req.params };
-        let checked = match &self.authorize {
-            Some(a) => a.check(identity.as_ref(), &subject, challenge),
-            None => authorize::Authorize::default().check(identity.as_ref(), &subject, challenge),
-        };
-        match checked {
-            Ok(()) => Ok(identity),
-            Err(error) => Err(Refusal {
-                error,
-                credential: identity.as_ref().map(|i| i.method),
-                user: identity.map(|i| i.user_id),
-            }),
-        }
+        tenants: &crate::identity::tenants::Tenants,
+        state: &mut Passed,
+    ) {
+        let needed = self.tenant_settings || req.flag_upstreams;
+        state.tenant = tenants.settle(state.identity.as_ref(), req.host, needed).await;
     }
 
     /// The URI without the credential query parameter, when it has one (for the upstream
@@ -367,46 +292,32 @@ impl Chain {
         }
     }
 
-    /// Whether a hooked plugin has a request hook: the pipeline then gives them what
-    /// they read ([`hooks::HookCtx`]).
+    /// Whether a plugin has a request hook: the pipeline then gives them what they read
+    /// ([`hooks::HookCtx`]).
     pub fn has_request_hooks(&self) -> bool {
         self.phases.request
     }
 
-    /// The request hooks of the hooked plugins, in order.
-    pub fn request_hooks(&self, req: &mut http::Request<Body>, ctx: &hooks::HookCtx<'_>) {
-        for h in self.hooked.iter().filter(|h| h.phases().request) {
-            h.request(req, ctx);
+    /// The request phase: the plugins' request hooks, in order.
+    pub fn request_hooks(&self, req: &mut http::Request<Body>, ctx: &HookCtx<'_>) {
+        for p in self.plugins.iter().filter(|p| p.phases().request) {
+            p.request(req, ctx);
         }
     }
 
-    /// Whether [`Chain::response`] would touch the response's fields.
-    pub fn touches_response(&self, preflight: bool, rate: Option<&rate_limit::RateInfo>) -> bool {
-        rate.is_some() || (self.cors.is_some() && !preflight) || self.phases.response
+    /// Whether [`Chain::response`] may touch the response's fields: a plugin has a
+    /// response hook.
+    pub fn touches_response(&self) -> bool {
+        self.phases.response
     }
 
-    /// The response phase. `origin` is the request's `Origin`; `preflight` whether `res` is
-    /// this chain's preflight answer; `ctx` what the hooks read.
-    pub fn response(
-        &self,
-        res: &mut Response<Body>,
-        origin: Option<&HeaderValue>,
-        preflight: bool,
-        rate: Option<&rate_limit::RateInfo>,
-        ctx: &hooks::HookCtx<'_>,
-    ) {
-        if self.phases.response {
-            for h in self.hooked.iter().rev().filter(|h| h.phases().response) {
-                h.response(res, ctx);
-            }
+    /// The response phase: the plugins' response hooks, in reverse order.
+    pub fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {
+        if !self.phases.response {
+            return;
         }
-        if let Some(r) = rate {
-            r.write(res.headers_mut());
-        }
-        if let Some(c) = &self.cors
-            && !preflight
-        {
-            c.apply(origin, res);
+        for p in self.plugins.iter().rev().filter(|p| p.phases().response) {
+            p.response(res, ctx);
         }
     }
 }

@@ -4,6 +4,8 @@
 //! `consumers_only` refuses unknown certificates. A connection without a verified
 //! certificate carries no credential for this plugin.
 
+use super::hooks::{AccessCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
 use crate::error::{Challenge, ErrorKind, GatewayError};
 use crate::identity::{Consumers, Identity};
 use crate::pipeline::TlsInfo;
@@ -39,5 +41,25 @@ impl MtlsAuth {
             None => subject.into(),
         };
         Ok(Some(Identity { method: "mtls", user_id, consumer, token: None, key_name: None }))
+    }
+}
+
+impl Hooks for MtlsAuth {
+    fn kind(&self) -> &'static str {
+        "mtls"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, ..Phases::default() }
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+
+    // No challenge: a 401 cannot ask for a client certificate, which is the handshake's.
+
+    async fn access(&self, req: &RequestView<'_>, cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        state.authenticated(self.check(req.tls, cx.consumers), self.kind())
     }
 }

@@ -86,7 +86,7 @@ impl Hooks for Query {
     }
 
     fn phases(&self) -> Phases {
-        Phases { request: true, response: false }
+        Phases { request: true, ..Phases::default() }
     }
 
     fn request(&self, req: &mut Request<Body>, ctx: &HookCtx<'_>) {
@@ -121,7 +121,7 @@ mod tests {
         );
         let id = http::HeaderValue::from_static("r");
         let params = [("id".into(), "u 1".into())];
-        let ctx = HookCtx { params: &params, identity: None, tenant: None, request_id: &id, tls: false };
+        let ctx = HookCtx { params: &params, ..HookCtx::new(&id) };
         let h = http::HeaderMap::new();
         let out = q.apply(Some("debug=1&old=x&page=3&page=4&new=gone&v=one&flag"), &h, &ctx).unwrap();
         assert_eq!(out, "new=x&v=one&flag&page=1&tag=a%20b%26c&user=u%201");

@@ -26,6 +26,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_config::{ConfigError, KeyPart, LimitMode, LimitStore, OnStoreError, RateLimitHeaders};
 use tokio::time::Instant;
 
+use super::hooks::{AccessCtx, HookCtx, Hooks, Phases, Verdict};
+use super::{Passed, Refusal, RequestView};
+use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::identity::Identity;
 use crate::observe::Metrics;
@@ -470,6 +473,43 @@ impl RateLimit {
     }
 }
 
+impl Hooks for RateLimit {
+    fn kind(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, request: false, response: true }
+    }
+
+    fn tenant_settings(&self) -> bool {
+        true
+    }
+
+    /// Counts the request: 429 (or 503) when refused; the tightest limit's numbers into
+    /// `state.rate`; a leaky bucket's delay waited here.
+    async fn access(&self, req: &RequestView<'_>, _cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        let checked = self.check(&KeyInput::of(req, state)).await;
+        match checked {
+            Ok((info, delay)) => {
+                state.rate = Some(info);
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                Ok(Verdict::Continue)
+            }
+            Err(e) => Err(state.refuse(e)),
+        }
+    }
+
+    /// The `RateLimit-*` headers, on answers and refusals alike.
+    fn response(&self, res: &mut http::Response<Body>, ctx: &HookCtx<'_>) {
+        if let Some(r) = ctx.rate {
+            r.write(res.headers_mut());
+        }
+    }
+}
+
 fn compile_key(parts: &[KeyPart]) -> Box<[Part]> {
     parts
         .iter()
@@ -500,6 +540,19 @@ pub struct KeyInput<'a> {
     pub route: &'a str,
     /// Request headers.
     pub headers: &'a HeaderMap,
+}
+
+impl<'a> KeyInput<'a> {
+    /// What the key of a request with this state is made of.
+    pub fn of(req: &'a RequestView<'_>, state: &'a Passed) -> Self {
+        KeyInput {
+            client_ip: req.client_ip,
+            identity: state.identity.as_ref(),
+            tenant: state.tenant.as_ref(),
+            route: req.route,
+            headers: req.headers,
+        }
+    }
 }
 
 /// Keys longer than this are kept as a digest: header values and claims are the client's
@@ -610,6 +663,24 @@ impl ConcurrencyLimit {
         self.limiter
             .acquire(&key)
             .ok_or_else(|| GatewayError::new(ErrorKind::ConcurrencyLimited(self.def.status == 503)))
+    }
+}
+
+impl Hooks for ConcurrencyLimit {
+    fn kind(&self) -> &'static str {
+        "concurrency_limit"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { access: true, ..Phases::default() }
+    }
+
+    /// Takes a slot (into `state.slot`, which the pipeline holds until the response body
+    /// ends), or refuses with 429 or 503.
+    async fn access(&self, req: &RequestView<'_>, _cx: &AccessCtx<'_>, state: &mut Passed) -> Result<Verdict, Refusal> {
+        let acquired = self.acquire(&KeyInput::of(req, state));
+        state.slot = Some(acquired.map_err(|e| state.refuse(e))?);
+        Ok(Verdict::Continue)
     }
 }
 

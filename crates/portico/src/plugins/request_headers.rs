@@ -93,7 +93,7 @@ impl Hooks for RequestHeaders {
     }
 
     fn phases(&self) -> Phases {
-        Phases { request: true, response: false }
+        Phases { request: true, ..Phases::default() }
     }
 
     fn request(&self, req: &mut Request<Body>, ctx: &HookCtx<'_>) {
@@ -122,7 +122,7 @@ mod tests {
         let source = h.clone();
         let id = HeaderValue::from_static("req-1");
         let params = [("id".into(), "42".into())];
-        let ctx = HookCtx { params: &params, identity: None, tenant: Some("acme"), request_id: &id, tls: false };
+        let ctx = HookCtx { params: &params, tenant: Some("acme"), ..HookCtx::new(&id) };
         let o = ops(
             "remove: [x-gone]\nrename: { x-old: x-new }\nset: { x-user: 'u{param.id}', x-t: '{tenant}' }\nadd: { x-kept: gateway, x-fresh: '{query.v}' }\nappend: { via: '{request_id}', x-none: '{consumer}' }\n",
         );
@@ -142,7 +142,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = HeaderValue::from_static("r");
         let params = [("id".into(), "a\nb".into())];
-        let ctx = HookCtx { params: &params, identity: None, tenant: None, request_id: &id, tls: false };
+        let ctx = HookCtx { params: &params, ..HookCtx::new(&id) };
         ops("set: { x-id: '{param.id}' }\n").apply(&mut h, &ctx, None, None);
         assert!(h.is_empty());
     }

@@ -27,7 +27,7 @@ impl Hooks for ResponseHeaders {
     }
 
     fn phases(&self) -> Phases {
-        Phases { request: false, response: true }
+        Phases { response: true, ..Phases::default() }
     }
 
     fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {

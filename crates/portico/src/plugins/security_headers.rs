@@ -77,7 +77,7 @@ impl Hooks for SecurityHeaders {
     }
 
     fn phases(&self) -> Phases {
-        Phases { request: false, response: true }
+        Phases { response: true, ..Phases::default() }
     }
 
     fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {
