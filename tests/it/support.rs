@@ -60,6 +60,7 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 /// - `/upload`: reads the whole body, answers `{"bytes": N}`
 /// - `/checksum`: reads the whole body, answers `{"bytes": N, "sum": "<its Fnv>"}`
 /// - `/refuse-body`: answers 413 at once, reading none of the body
+/// - `/echo-body`: answers the request's body, with its `Content-Type`
 /// - `/status/N`: answers status N
 /// - `/headers?name=value&..`: answers 200 with those response headers (a header named
 ///   twice is sent twice; `%20` is a space, nothing else is decoded)
@@ -265,6 +266,15 @@ async fn behave(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
             return Response::new(full(format!("{{\"bytes\":{n}}}")));
         }
         return Response::new(full(format!("{{\"bytes\":{n},\"sum\":\"{:016x}\"}}", sum.0)));
+    } else if path == "/echo-body" {
+        let ct = req.headers().get("content-type").cloned();
+        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let mut r = Response::new(full(body));
+        if let Some(ct) = ct {
+            r.headers_mut().insert("content-type", ct);
+        }
+        r.headers_mut().insert("etag", http::HeaderValue::from_static("\"upstream\""));
+        return r;
     } else if path == "/refuse-body" {
         let mut r = Response::new(full("body refused unread"));
         *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;

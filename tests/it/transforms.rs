@@ -135,3 +135,128 @@ fn transform_configs_are_checked_with_paths() {
         assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
     }
 }
+
+fn body_yaml(up: &TestUpstream, tls: &str) -> String {
+    format!(
+        r#"version: 1
+listeners:
+  - name: public
+    bind: 127.0.0.1:0
+{tls}admin:
+  bind: 127.0.0.1:0
+upstreams:
+  u:
+    targets: [{{ url: "{}" }}]
+routes:
+  - name: users
+    match: {{ path: "/users/{{id}}" }}
+    upstream: u
+    rewrite: {{ path: /echo-body }}
+    plugins:
+      - request_body:
+          max_size: 2KiB
+          remove: [debug]
+          rename: {{ fullName: name }}
+          set: {{ meta.user: "{{param.id}}", meta.lang: "{{query.lang}}" }}
+      - response_body:
+          max_size: 1KiB
+          remove: [secret, list.0]
+          move: {{ meta.user: user }}
+          add: {{ api_version: 2, request: "{{request_id}}" }}
+  - name: fixed
+    match: {{ prefix: /fixed }}
+    respond: {{ status: 200, headers: {{ content-type: application/json }}, body: '{{"a":1,"secret":"s"}}' }}
+    plugins:
+      - response_body: {{ remove: [secret] }}
+"#,
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn json_body_transforms_apply_on_every_transport_and_other_bodies_pass_untouched() {
+    let up = TestUpstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = LocalhostTls::new(dir.path());
+    let plain = Gateway::start(&body_yaml(&up, ""));
+    let secure = Gateway::start(&body_yaml(&up, &t.listener_yaml));
+    let cases: [(&str, &Gateway, &[&str]); 4] = [
+        ("http/1.1", &plain, &["--http1.1"]),
+        ("h2c", &plain, &["--http2-prior-knowledge"]),
+        ("tls http/1.1", &secure, &["--http1.1", "-k"]),
+        ("tls h2", &secure, &["--http2", "-k"]),
+    ];
+    let sent = r#"{"fullName":"Ada","debug":true,"secret":"s","list":[1,2]}"#;
+    for (name, gw, extra) in cases {
+        let scheme = if std::ptr::eq(gw, &secure) { "https" } else { "http" };
+        let port = gw.addr().port();
+        let resolve = format!("localhost:{port}:127.0.0.1");
+        let call = |path: &str, ct: &str, body: &str| {
+            let url = format!("{scheme}://localhost:{port}{path}");
+            let mut args: Vec<String> = ["-s", "-i", "--resolve", &resolve, "-H", &format!("content-type: {ct}")]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(["--data-binary".to_owned(), body.to_owned(), url]);
+            async move {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (ok, out) = curl(&refs).await;
+                assert!(ok, "{out}");
+                let (head, body) = out.rsplit_once("\r\n\r\n").unwrap_or((&out, ""));
+                let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                (status, head.to_ascii_lowercase(), body.to_owned())
+            }
+        };
+        let (status, head, body) = call("/users/42?lang=de", "application/json", sent).await;
+        assert_eq!(status, 200, "{name}: {head}");
+        let request_id = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")).unwrap_or_default().trim();
+        // Changed on the way up (the upstream echoes it), then on the way down; the keys
+        // keep the order the body gave them.
+        let want = format!(
+            r#"{{"name":"Ada","list":[2],"meta":{{"lang":"de"}},"user":"42","api_version":2,"request":"{request_id}"}}"#
+        );
+        assert_eq!(body, want, "{name}");
+        assert!(head.contains(&format!("content-length: {}", want.len())), "{name}: {head}");
+        assert!(!head.contains("etag:"), "{name}: the upstream's ETag named another body: {head}");
+
+        // Not JSON: untouched both ways, and its ETag kept.
+        let (status, head, body) = call("/users/42", "text/plain", sent).await;
+        assert_eq!((status, body.as_str()), (200, sent), "{name}");
+        assert!(head.contains("etag: \"upstream\""), "{name}: {head}");
+
+        // Said to be JSON and is not: the client's error.
+        let (status, _, body) = call("/users/42", "application/json", "{not json").await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(body.contains("request body is not valid JSON"), "{name}: {body}");
+        // Larger than the request's max_size: 413.
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(3000));
+        let (status, _, _) = call("/users/42", "application/json", &big).await;
+        assert_eq!(status, 413, "{name}");
+        // Within the request's limit, but the answer is over the response's: 502.
+        let mid = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1500));
+        let (status, _, body) = call("/users/42", "application/json", &mid).await;
+        assert_eq!(status, 502, "{name}: {body}");
+
+        // A `respond` route's answer is a handler's answer too.
+        let (status, _, body) = call("/fixed", "text/plain", "").await;
+        assert_eq!((status, body.as_str()), (200, r#"{"a":1}"#), "{name}");
+    }
+}
+
+#[test]
+fn body_transform_configs_are_checked_with_paths() {
+    let up = "upstreams:\n  u: { targets: [{ url: \"http://127.0.0.1:9\" }] }\n";
+    let errors = validation_errors(&format!(
+        "version: 1\nlisteners: [{{ name: p, bind: 127.0.0.1:0 }}]\n{up}routes:\n  - name: r\n    match: {{ prefix: /r }}\n    upstream: u\n    plugins:\n      - request_body: {{ remove: [a..b], rename: {{ x: y.z }}, set: {{ a: [\"{{param.id}}\"] }} }}\n      - response_body: {{ set: {{ b: {{ c: \"{{header.x}}\" }} }}, max_size: 0B }}\n"
+    ));
+    for want in [
+        "routes[0].plugins[0].request_body.remove: \"a..b\": an empty segment",
+        "routes[0].plugins[0].request_body.rename.x: \"y.z\": the new name is one key",
+        "routes[0].plugins[0].request_body.set.a: \"{param.id}\": the route's path does not capture {id}",
+        "routes[0].plugins[1].response_body.set.b: \"{header.x}\": {header.*} is not known when the response is written",
+        "routes[0].plugins[1].response_body.max_size: must be more than 0",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
+    }
+}

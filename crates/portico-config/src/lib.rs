@@ -40,7 +40,7 @@ pub use model::*;
 pub use plugins::*;
 pub use ratelimit::*;
 pub use tenants::*;
-pub use transform::{HeaderTransform, QueryTransform};
+pub use transform::{BodyTransform, HeaderTransform, QueryTransform};
 pub use units::{ByteSize, Duration, Percent};
 
 /// One problem in a config file.

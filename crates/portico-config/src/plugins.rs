@@ -44,6 +44,11 @@ pub enum Plugin {
     /// Change the request's query parameters before it goes upstream: remove, rename,
     /// set, add, with templated values.
     Query(crate::transform::QueryTransform),
+    /// Change a JSON request body before it goes upstream: remove, rename, move, set,
+    /// add fields, with templated values.
+    RequestBody(crate::transform::BodyTransform),
+    /// Change a JSON response body before it reaches the client.
+    ResponseBody(crate::transform::BodyTransform),
 }
 
 impl Plugin {
@@ -62,6 +67,8 @@ impl Plugin {
             Plugin::RequestHeaders(_) => "request_headers",
             Plugin::ResponseHeaders(_) => "response_headers",
             Plugin::Query(_) => "query",
+            Plugin::RequestBody(_) => "request_body",
+            Plugin::ResponseBody(_) => "response_body",
         }
     }
 }
@@ -741,6 +748,8 @@ fn check_list(
             Plugin::RequestHeaders(t) => crate::transform::check_headers(&pp, t, route, true, err),
             Plugin::ResponseHeaders(t) => crate::transform::check_headers(&pp, t, route, false, err),
             Plugin::Query(q) => crate::transform::check_query(&pp, q, route, err),
+            Plugin::RequestBody(t) => crate::transform::check_body(&pp, t, route, true, err),
+            Plugin::ResponseBody(t) => crate::transform::check_body(&pp, t, route, false, err),
             Plugin::RateLimit(r) => crate::ratelimit::check_rate_limit(&pp, r, config, err),
             Plugin::ConcurrencyLimit(c) => crate::ratelimit::check_concurrency(&pp, c, err),
             Plugin::Authorize(a) => {

@@ -1,5 +1,6 @@
-//! Config of the header and query transformation plugins (`request_headers`,
-//! `response_headers`, `query`), and the value templates they share.
+//! Config of the header, query and body transformation plugins (`request_headers`,
+//! `response_headers`, `query`, `request_body`, `response_body`), and the value templates
+//! they share.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +41,112 @@ pub struct QueryTransform {
     pub set: BTreeMap<String, String>,
     /// Parameters added only when the query has none of that name.
     pub add: BTreeMap<String, String>,
+}
+
+/// JSON body changes (`request_body`, `response_body`), applied in this order: `remove`,
+/// `rename`, `move`, `set`, `add`. Paths are dotted (`user.address.city`); a segment of
+/// digits indexes an array (`items.0.id`). Values are JSON; a string value is a
+/// [template](ValueTemplate), rendered per request. Only JSON bodies are changed (a
+/// `Content-Type` of `application/json` or `*/*+json`, not compressed); any other body
+/// streams through untouched. A JSON body is read whole, up to `max_size`: a larger
+/// request body is refused with 413, a larger response body is a 502.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodyTransform {
+    /// The largest JSON body read to be changed.
+    pub max_size: crate::units::ByteSize,
+    /// Fields removed.
+    pub remove: Vec<String>,
+    /// Fields renamed in place, `{ user.fullName: name }`: the value is the new key.
+    pub rename: BTreeMap<String, String>,
+    /// Fields moved, `{ user.id: id }`: the value is the new path.
+    #[serde(rename = "move")]
+    pub move_to: BTreeMap<String, String>,
+    /// Fields set to this value, created with the objects on their path when missing.
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// Fields set only when missing.
+    pub add: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for BodyTransform {
+    fn default() -> Self {
+        Self {
+            max_size: crate::units::ByteSize::mib(1),
+            remove: Vec::new(),
+            rename: BTreeMap::new(),
+            move_to: BTreeMap::new(),
+            set: BTreeMap::new(),
+            add: BTreeMap::new(),
+        }
+    }
+}
+
+/// The segments of a dotted body path, or what is wrong with it.
+pub fn body_path(path: &str) -> Result<Vec<&str>, String> {
+    if path.is_empty() {
+        return Err("an empty path".into());
+    }
+    let segments: Vec<&str> = path.split('.').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(format!("{path:?}: an empty segment (paths are like user.address.city)"));
+    }
+    Ok(segments)
+}
+
+/// Checks a `request_body` (`request: true`) or `response_body` plugin at `p`.
+pub(crate) fn check_body(
+    p: &str,
+    t: &BodyTransform,
+    route: Option<&crate::Route>,
+    request: bool,
+    err: &mut impl FnMut(String, String),
+) {
+    let path_ok = |field: &str, path: &str, err: &mut dyn FnMut(String, String)| {
+        if let Err(m) = body_path(path) {
+            err(format!("{p}.{field}"), m);
+        }
+    };
+    for path in &t.remove {
+        path_ok("remove", path, err);
+    }
+    for (from, to) in &t.rename {
+        path_ok("rename", from, err);
+        if to.is_empty() || to.contains('.') {
+            err(format!("{p}.rename.{from}"), format!("{to:?}: the new name is one key, without dots"));
+        }
+    }
+    for (from, to) in &t.move_to {
+        path_ok("move", from, err);
+        path_ok(&format!("move.{from}"), to, err);
+    }
+    for (field, map) in [("set", &t.set), ("add", &t.add)] {
+        for (path, value) in map {
+            path_ok(field, path, err);
+            check_json_templates(&format!("{p}.{field}.{path}"), value, route, request, err);
+        }
+    }
+    if t.max_size.get() == 0 {
+        err(format!("{p}.max_size"), "must be more than 0".into());
+    }
+    if t.remove.is_empty() && t.rename.is_empty() && t.move_to.is_empty() && t.set.is_empty() && t.add.is_empty() {
+        err(p.to_owned(), "give at least one of remove, rename, move, set, add".into());
+    }
+}
+
+/// Checks every string inside a JSON value as a template.
+fn check_json_templates(
+    path: &str,
+    value: &serde_json::Value,
+    route: Option<&crate::Route>,
+    request: bool,
+    err: &mut impl FnMut(String, String),
+) {
+    match value {
+        serde_json::Value::String(s) => check_template(path, s, route, request, err),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| check_json_templates(path, v, route, request, err)),
+        serde_json::Value::Object(o) => o.values().for_each(|v| check_json_templates(path, v, route, request, err)),
+        _ => {}
+    }
 }
 
 /// One piece of a value template.

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use tokio::time::Instant;
 
+mod body;
 mod checks;
 pub mod log;
 
@@ -172,7 +173,8 @@ pub(crate) async fn handle_unsent_id(
                     let route = &snap.routes[index];
                     let new_path = route.rewrite.apply(path, &params);
                     // Owned for the request hooks, which run once the request is changed.
-                    let hook_params: Vec<(Box<str>, Box<str>)> = match route.plugins.has_request_hooks() {
+                    let hooked = route.plugins.has_request_hooks() || route.plugins.has_request_body_hooks();
+                    let hook_params: Vec<(Box<str>, Box<str>)> = match hooked {
                         true => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                         false => Vec::new(),
                     };
@@ -234,7 +236,7 @@ pub(crate) async fn handle_unsent_id(
                                 }
                                 tenant = Some(t.id.clone());
                             }
-                            if route.plugins.has_request_hooks() {
+                            let body_phase = if hooked {
                                 let ctx = HookCtx {
                                     params: &hook_params,
                                     identity: identity.as_ref(),
@@ -245,13 +247,26 @@ pub(crate) async fn handle_unsent_id(
                                     preflight: false,
                                     rate: rate.as_ref(),
                                 };
-                                route.plugins.request_hooks(&mut req, &ctx);
-                            }
+                                if route.plugins.has_request_hooks() {
+                                    route.plugins.request_hooks(&mut req, &ctx);
+                                }
+                                match route.plugins.has_request_body_hooks() {
+                                    // Boxed: only routes with body plugins pay for its room.
+                                    true => {
+                                        let max = conn.listener.max_body;
+                                        Box::pin(body::request(&mut req, &route.plugins, &ctx, max)).await
+                                    }
+                                    false => Ok(()),
+                                }
+                            } else {
+                                Ok(())
+                            };
                             // The route's handler, matched here rather than in an async
                             // wrapper, whose future would move the proxy's once more.
-                            match &route.handler {
-                                Handler::Respond(r) => Ok(r.response()),
-                                Handler::Proxy(up) => {
+                            match (&route.handler, body_phase) {
+                                (_, Err(e)) => Err(e),
+                                (Handler::Respond(r), Ok(())) => Ok(r.response()),
+                                (Handler::Proxy(up), Ok(())) => {
                                     let ctx = proxy::ProxyCtx {
                                         route,
                                         new_path,
@@ -278,6 +293,8 @@ pub(crate) async fn handle_unsent_id(
     };
 
     let route = log.route.map(|i| &snap.routes[i]);
+    // The body phase changes what a handler answered, not the gateway's own answers.
+    let from_handler = result.is_ok() && !preflight_answered;
     let mut res = match result {
         Ok(res) => res,
         Err(e) => {
@@ -321,6 +338,12 @@ pub(crate) async fn handle_unsent_id(
         preflight: preflight_answered,
         rate: rate.as_ref(),
     };
+    if from_handler && chain.has_response_body_hooks() {
+        let head = log.method == Method::HEAD;
+        if let Err(e) = Box::pin(body::response(&mut res, chain, &ctx, head)).await {
+            res = e.to_response(&log.request_id);
+        }
+    }
     chain.response(&mut res, &ctx);
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));

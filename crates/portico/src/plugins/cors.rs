@@ -171,7 +171,7 @@ impl Hooks for Cors {
     }
 
     fn phases(&self) -> Phases {
-        Phases { access: true, request: false, response: true }
+        Phases { access: true, response: true, ..Phases::default() }
     }
 
     /// Answers a preflight (204, or 403 when not allowed); other requests go on.

@@ -23,7 +23,7 @@ use portico_config::transform::{Piece, ValueTemplate};
 use super::rate_limit::{ConcurrencyLimit, RateInfo, RateLimit};
 use super::{Passed, Refusal, RequestView};
 use crate::body::Body;
-use crate::error::Challenge;
+use crate::error::{Challenge, GatewayError};
 use crate::identity::{Consumers, Identity};
 
 /// The phases a plugin takes part in.
@@ -36,6 +36,10 @@ pub struct Phases {
     pub request: bool,
     /// [`Hooks::response`] changes the response's head.
     pub response: bool,
+    /// [`Hooks::request_body`] reads or changes the request's whole body.
+    pub request_body: bool,
+    /// [`Hooks::response_body`] reads or changes the response's whole body.
+    pub response_body: bool,
 }
 
 impl Phases {
@@ -45,6 +49,8 @@ impl Phases {
             access: self.access || other.access,
             request: self.request || other.request,
             response: self.response || other.response,
+            request_body: self.request_body || other.request_body,
+            response_body: self.response_body || other.response_body,
         }
     }
 }
@@ -84,6 +90,29 @@ impl<'a> HookCtx<'a> {
             rate: None,
         }
     }
+}
+
+/// A message's body, held whole for a body hook, with the message's fields.
+#[derive(Debug)]
+pub struct Whole<'a> {
+    /// The message's fields (its `Content-Length` is set once the hooks are done).
+    pub headers: &'a HeaderMap,
+    /// The request's query (`None` in the response phase).
+    pub query: Option<&'a str>,
+    /// The body; a hook changes it by replacing it.
+    pub body: bytes::Bytes,
+}
+
+/// Whether a message's body is JSON, as its fields say (`application/json`, or any
+/// `+json` type), and not compressed (a `Content-Encoding` other than `identity`).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let encoded =
+        headers.get(http::header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let json = essence.eq_ignore_ascii_case("application/json")
+        || essence.rsplit_once('+').is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"));
+    json && !encoded
 }
 
 /// What the access phase reads besides the request: the same for every request of a route.
@@ -169,6 +198,33 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     /// Response phase: may change the response's head, whoever made it (the handler, a
     /// refusal, a preflight answer). Runs in the registry's reverse order.
     fn response(&self, _res: &mut Response<Body>, _ctx: &HookCtx<'_>) {}
+
+    /// The most bytes of a body this plugin's body hooks read: a larger body is the
+    /// client's error (413) in the request phase, the upstream's (502) in the response
+    /// phase.
+    fn body_limit(&self) -> u64 {
+        0
+    }
+
+    /// Whether the body hooks read a message with these fields (a JSON plugin: a JSON
+    /// body). A message no plugin wants streams through untouched.
+    fn wants_body(&self, _headers: &HeaderMap) -> bool {
+        false
+    }
+
+    /// Request body phase, after the request phase and before the handler: the request's
+    /// whole body (read up to [`Hooks::body_limit`]), to read or change. Runs in the
+    /// registry's order; an error is the answer.
+    fn request_body(&self, _msg: &mut Whole<'_>, _ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Response body phase, on the handler's answer before the response phase: its whole
+    /// body, to read or change. Runs in the registry's reverse order; an error is the
+    /// answer.
+    fn response_body(&self, _msg: &mut Whole<'_>, _ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
+        Ok(())
+    }
 }
 
 /// The plugin kinds: one enum variant each, in the order their hooks run (the response
@@ -253,6 +309,26 @@ macro_rules! registry {
             pub fn response(&self, res: &mut Response<Body>, ctx: &HookCtx<'_>) {
                 match self { $(Self::$kind(p) => p.response(res, ctx),)+ }
             }
+
+            /// See [`Hooks::body_limit`].
+            pub fn body_limit(&self) -> u64 {
+                match self { $(Self::$kind(p) => p.body_limit(),)+ }
+            }
+
+            /// See [`Hooks::wants_body`].
+            pub fn wants_body(&self, headers: &HeaderMap) -> bool {
+                match self { $(Self::$kind(p) => p.wants_body(headers),)+ }
+            }
+
+            /// See [`Hooks::request_body`].
+            pub fn request_body(&self, msg: &mut Whole<'_>, ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
+                match self { $(Self::$kind(p) => p.request_body(msg, ctx),)+ }
+            }
+
+            /// See [`Hooks::response_body`].
+            pub fn response_body(&self, msg: &mut Whole<'_>, ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
+                match self { $(Self::$kind(p) => p.response_body(msg, ctx),)+ }
+            }
         }
     };
 }
@@ -280,6 +356,10 @@ registry! {
     Query(super::query::Query),
     /// `request_headers`: changes the request's headers.
     RequestHeaders(super::request_headers::RequestHeaders),
+    /// `request_body`: changes a JSON request body.
+    RequestBody(super::request_body::RequestBody),
+    /// `response_body`: changes a JSON response body.
+    ResponseBody(super::response_body::ResponseBody),
     /// `response_headers`: changes the response's headers.
     ResponseHeaders(super::response_headers::ResponseHeaders),
     /// `security_headers`: security response headers, first of the response phase so that
@@ -322,6 +402,8 @@ pub fn compile(p: &portico_config::Plugin, built: &Built<'_>) -> Option<Instance
         P::Query(c) => Instance::Query(super::query::Query::new(c)),
         P::RequestHeaders(c) => Instance::RequestHeaders(super::request_headers::RequestHeaders::new(c)),
         P::ResponseHeaders(c) => Instance::ResponseHeaders(super::response_headers::ResponseHeaders::new(c)),
+        P::RequestBody(c) => Instance::RequestBody(super::request_body::RequestBody::new(c)),
+        P::ResponseBody(c) => Instance::ResponseBody(super::response_body::ResponseBody::new(c)),
         P::SecurityHeaders(c) => Instance::SecurityHeaders(super::security_headers::SecurityHeaders::new(c)),
     })
 }
@@ -400,6 +482,8 @@ mod tests {
         "request_headers: { set: { x-a: '1' } }",
         "response_headers: { set: { x-b: '2' } }",
         "security_headers: {}",
+        "request_body: { set: { a: 1 } }",
+        "response_body: { set: { b: 2 } }",
     ];
 
     /// The config variant's place: a variant added to `portico_config::Plugin` does not
@@ -419,9 +503,11 @@ mod tests {
             P::RequestHeaders(_) => 9,
             P::ResponseHeaders(_) => 10,
             P::SecurityHeaders(_) => 11,
+            P::RequestBody(_) => 12,
+            P::ResponseBody(_) => 13,
         }
     }
-    const VARIANTS: usize = 12;
+    const VARIANTS: usize = 14;
 
     const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
     const API_KEY: &str = "k-1";
@@ -551,6 +637,20 @@ mod tests {
             let mut res = response();
             h.response(&mut res, &ctx);
             assert_eq!(res.headers() != response().headers(), h.phases().response, "{}: response hook", h.kind());
+
+            // The body hooks, on a JSON body of each message.
+            let mut json = HeaderMap::new();
+            json.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let mut msg = Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}") };
+            if h.wants_body(&json) {
+                h.request_body(&mut msg, &ctx).unwrap();
+            }
+            assert_eq!(&msg.body[..] != b"{}", h.phases().request_body, "{}: request body hook", h.kind());
+            let mut msg = Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}") };
+            if h.wants_body(&json) {
+                h.response_body(&mut msg, &ctx).unwrap();
+            }
+            assert_eq!(&msg.body[..] != b"{}", h.phases().response_body, "{}: response body hook", h.kind());
         }
         assert_eq!(seen, [true; VARIANTS], "a sample per config variant");
     }
@@ -599,6 +699,25 @@ mod tests {
         };
         assert_eq!(table(include_str!("mod.rs"), "//! | "), registry, "plugins/mod.rs");
         assert_eq!(table(include_str!("../../../../docs/plugins.md"), "| "), registry, "docs/plugins.md");
+    }
+
+    #[test]
+    fn json_is_told_by_the_content_type_and_no_compression() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            is_json(&h)
+        };
+        assert!(h(&[("content-type", "application/json")]));
+        assert!(h(&[("content-type", "Application/JSON; charset=utf-8")]));
+        assert!(h(&[("content-type", "application/problem+json")]));
+        assert!(h(&[("content-type", "application/json"), ("content-encoding", "identity")]));
+        assert!(!h(&[("content-type", "application/json"), ("content-encoding", "gzip")]));
+        assert!(!h(&[("content-type", "text/plain")]));
+        assert!(!h(&[("content-type", "application/jsonx")]));
+        assert!(!h(&[]));
     }
 
     #[test]

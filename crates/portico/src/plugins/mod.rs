@@ -19,8 +19,10 @@
 //! | 8     | `concurrency_limit` | 429 or 503 | | |
 //! | 9     | `query`             | | the query | |
 //! | 10    | `request_headers`   | | headers | |
-//! | 11    | `response_headers`  | | | headers |
-//! | 12    | `security_headers`  | | | headers |
+//! | 11    | `request_body`      | | the JSON body (413, 400) | |
+//! | 12    | `response_body`     | | | the JSON body (502) |
+//! | 13    | `response_headers`  | | | headers |
+//! | 14    | `security_headers`  | | | headers |
 //!
 //! So the response phase writes `security_headers`, then `response_headers` (which can
 //! adjust a security header), then the rate-limit and CORS headers (which it cannot remove
@@ -39,11 +41,14 @@ pub mod authorize;
 pub mod cors;
 pub mod hooks;
 pub mod ip_filter;
+pub mod json_edit;
 pub mod jwt;
 pub mod mtls;
 pub mod query;
 pub mod rate_limit;
+pub mod request_body;
 pub mod request_headers;
+pub mod response_body;
 pub mod response_headers;
 pub mod security_headers;
 
@@ -305,10 +310,25 @@ impl Chain {
         }
     }
 
-    /// Whether [`Chain::response`] may touch the response's fields: a plugin has a
-    /// response hook.
+    /// Whether [`Chain::response`] or the response body phase may touch the response's
+    /// fields: a plugin has a response hook or a response body hook.
     pub fn touches_response(&self) -> bool {
-        self.phases.response
+        self.phases.response || self.phases.response_body
+    }
+
+    /// Whether a plugin has a request body hook.
+    pub fn has_request_body_hooks(&self) -> bool {
+        self.phases.request_body
+    }
+
+    /// Whether a plugin has a response body hook.
+    pub fn has_response_body_hooks(&self) -> bool {
+        self.phases.response_body
+    }
+
+    /// The plugins, in the registry's order.
+    pub fn plugins(&self) -> &[Instance] {
+        &self.plugins
     }
 
     /// The response phase: the plugins' response hooks, in reverse order.

@@ -479,7 +479,7 @@ impl Hooks for RateLimit {
     }
 
     fn phases(&self) -> Phases {
-        Phases { access: true, request: false, response: true }
+        Phases { access: true, response: true, ..Phases::default() }
     }
 
     fn tenant_settings(&self) -> bool {

@@ -1,0 +1,106 @@
+//! The body phases: a message's whole body for the plugins' body hooks, read under the
+//! bound they ask for, when one of them wants it (a JSON plugin: a JSON body). Any other
+//! body streams through untouched, and a route without body plugins never comes here.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+
+use crate::body::{Body, ClientBody, ClientBodyError};
+use crate::error::{ErrorKind, GatewayError};
+use crate::plugins::Chain;
+use crate::plugins::hooks::{HookCtx, Instance, Whole};
+
+/// The smallest limit of the plugins that want a body with these fields, for the request
+/// (`request`) or the response body phase; `None` when none wants it.
+fn limit(chain: &Chain, headers: &HeaderMap, request: bool) -> Option<u64> {
+    chain.plugins().iter().filter(|p| wants(p, headers, request)).map(Instance::body_limit).min()
+}
+
+fn wants(p: &Instance, headers: &HeaderMap, request: bool) -> bool {
+    let phases = p.phases();
+    (if request { phases.request_body } else { phases.response_body }) && p.wants_body(headers)
+}
+
+/// The message's new body and its length.
+fn replace(headers: &mut HeaderMap, body: Bytes) -> Body {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if body.is_empty() { Body::Empty } else { Body::full(body) }
+}
+
+/// The request body phase: the body read whole (past the smallest limit of the plugins
+/// that want it, or the listener's `max_body`: 413; a client that breaks it off or sends
+/// it malformed: its own error), changed by the hooks in order, and sent on from memory
+/// with its new `Content-Length`.
+pub(super) async fn request(
+    req: &mut Request<Body>,
+    chain: &Chain,
+    ctx: &HookCtx<'_>,
+    max_body: u64,
+) -> Result<(), GatewayError> {
+    if http_body::Body::is_end_stream(req.body()) {
+        return Ok(());
+    }
+    let Some(limit) = limit(chain, req.headers(), true) else { return Ok(()) };
+    let limit = limit.min(max_body);
+    let body = std::mem::take(req.body_mut());
+    let bytes = match ClientBody::new(body, limit) {
+        Ok((client, _)) => client.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+            GatewayError::from(e.downcast_ref::<ClientBodyError>().copied().unwrap_or(ClientBodyError::Malformed))
+        })?,
+        // In memory already (the lean loop's whole body).
+        Err(other) => other.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
+    };
+    if bytes.len() as u64 > limit {
+        return Err(GatewayError::new(ErrorKind::PayloadTooLarge));
+    }
+    let mut msg = Whole { headers: req.headers(), query: req.uri().query(), body: bytes };
+    for p in chain.plugins().iter().filter(|p| wants(p, msg.headers, true)) {
+        p.request_body(&mut msg, ctx)?;
+    }
+    let body = msg.body;
+    *req.body_mut() = replace(req.headers_mut(), body);
+    Ok(())
+}
+
+/// The response body phase, on a handler's answer: the body read whole (past the smallest
+/// limit of the plugins that want it, or when the upstream breaks it off: 502), changed by
+/// the hooks in reverse order, and answered from memory with its new `Content-Length`.
+/// The `ETag` goes: it named the body the upstream sent. Answers without a body (to HEAD,
+/// 1xx, 204, 304) are left alone.
+pub(super) async fn response(
+    res: &mut Response<Body>,
+    chain: &Chain,
+    ctx: &HookCtx<'_>,
+    head: bool,
+) -> Result<(), GatewayError> {
+    let status = res.status();
+    if head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(());
+    }
+    let Some(limit) = limit(chain, res.headers(), false) else { return Ok(()) };
+    let bad = || GatewayError::new(ErrorKind::BadResponse);
+    if http_body::Body::size_hint(res.body()).lower() > limit {
+        return Err(bad());
+    }
+    let mut body = std::mem::take(res.body_mut());
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| bad())?;
+        if let Ok(data) = frame.into_data() {
+            if (bytes.len() + data.len()) as u64 > limit {
+                return Err(bad());
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let mut msg = Whole { headers: res.headers(), query: None, body: bytes.freeze() };
+    for p in chain.plugins().iter().rev().filter(|p| wants(p, msg.headers, false)) {
+        p.response_body(&mut msg, ctx)?;
+    }
+    let body = msg.body;
+    res.headers_mut().remove(header::ETAG);
+    *res.body_mut() = replace(res.headers_mut(), body);
+    Ok(())
+}
