@@ -1,21 +1,23 @@
 //! A lean HTTP/1.1 server loop for plain listeners and TLS connections that chose
-//! HTTP/1.1: requests without a body (most
-//! GET, HEAD and DELETE requests) are parsed, handled and answered by the connection's own
-//! task; the first request it does not take hands the connection to hyper for the rest of
-//! its life, with the bytes already read.
+//! HTTP/1.1: requests, with or without a body, are parsed (proto/h1/), handled and answered
+//! by the connection's own task; the first request it does not take hands the connection
+//! to hyper for the rest of its life, with the bytes already read.
 //!
 //! Written here rather than left to hyper for the same reason as the upstream client
 //! (upstream/h1.rs): on a proxy's hot path hyper's per-message machinery (dispatcher state,
 //! body channels, encoders) costs more than the proxying itself; measured in
 //! docs/benchmarks.md. Parsing is httparse, hyper's own parser.
 //!
-//! What it takes: `HTTP/1.1` requests in origin form (`/path?query`) with no body (no
-//! `Transfer-Encoding`, no `Content-Length` other than one `0`), no `Expect`, no `Upgrade`,
-//! no `Connection: close` or `upgrade`, one `Host` at most, and header names and values the
-//! `http` crate accepts. Everything else — HTTP/1.0, bodies, upgrades, h2c prior
-//! knowledge, heads over the listener's `max_header_bytes`, anything malformed — goes to
-//! hyper, which answers exactly as it always did. So nothing this loop does not fully
-//! handle is ever half-handled here.
+//! What it takes is decided in one place, `proto::h1::request::parse`: `HTTP/1.1`
+//! requests in origin form (`/path?query`) whose body, if any, is framed by one plain
+//! `Content-Length` or by `Transfer-Encoding: chunked` alone, with no `Expect`, no
+//! `Upgrade`, no `Connection: close` or `upgrade`, and header names and values the `http`
+//! crate accepts. Everything else — HTTP/1.0, upgrades, `100-continue`, h2c prior
+//! knowledge, lists of lengths, anything malformed that hyper answers as well as this
+//! loop would — goes to hyper. Broken framing and heads over the listener's limits are
+//! refused here with the contract's JSON answer. A body arrives whole with its head (the
+//! usual small upload: handed over in memory) or streams through a one-piece channel as
+//! the handler reads it; a body left unread closes the connection after the answer.
 //!
 //! Timeouts match the hyper path: the first request must start within `header_timeout`
 //! of the accept, a head must complete within `header_timeout` of its first byte (else
