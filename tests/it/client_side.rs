@@ -53,7 +53,7 @@ impl Setup {
             tls = Some(t.client(if transport == Transport::H2Tls { b"h2" } else { b"http/1.1" }));
         }
         let yaml = format!(
-            "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\n{listener_tls}admin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\nupstreams:\n  u:\n    targets: [{{ url: \"{}\" }}, {{ url: \"{}\" }}]\n    circuit_breaker: {{ error_rate: 50%, min_requests: 5, window: 10s, open_for: 30s }}\n    outlier_detection: {{ consecutive_failures: 2, max_ejected_percent: 100% }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
+            "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\n    limits: {{ max_body: 64MiB }}\n{listener_tls}admin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\nupstreams:\n  u:\n    targets: [{{ url: \"{}\" }}, {{ url: \"{}\" }}]\n    circuit_breaker: {{ error_rate: 50%, min_requests: 5, window: 10s, open_for: 30s }}\n    outlier_detection: {{ consecutive_failures: 2, max_ejected_percent: 100% }}\nroutes:\n  - {{ name: stall, match: {{ prefix: /stall }}, upstream: u, rewrite: {{ path: /upload }}, timeout: 1s }}\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: u, timeout: 1s }}\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
             ups[0].url(),
             ups[1].url()
         );
@@ -340,4 +340,70 @@ async fn an_upstream_that_breaks_off_its_body_is_logged_as_such() {
     for l in lines {
         assert!(l["bytesSent"].as_u64().is_some_and(|n| n <= 10), "{l}");
     }
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_upload_gets_408_and_leaves_the_upstream_untouched() {
+    for t in ALL {
+        let s = Setup::start(t).await;
+        for _ in 0..ROUNDS {
+            match t {
+                Transport::H1 | Transport::H1Tls => {
+                    let mut c = s.connect().await;
+                    let req = "POST /stall HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n0123456789";
+                    c.write_all(req.as_bytes()).await.unwrap();
+                    // The rest of the body never comes; the route's 1 s deadline passes.
+                    let answer = read_all(&mut c).await;
+                    assert!(answer.starts_with("HTTP/1.1 408"), "{t:?}: {answer}");
+                    assert!(answer.contains("request body not received in time"), "{t:?}: {answer}");
+                }
+                Transport::H2c | Transport::H2Tls => {
+                    let mut send = s.h2().await;
+                    let (tx, body) = fed_body();
+                    let req = Request::post("http://localhost/stall").body(body).unwrap();
+                    let res = tokio::spawn(send.send_request(req));
+                    tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789")))).await.unwrap();
+                    let res = tokio::time::timeout(Duration::from_secs(5), res).await.unwrap().unwrap().unwrap();
+                    assert_eq!(res.status(), 408, "{t:?}");
+                    drop(tx);
+                }
+            }
+        }
+        assert_eq!(logged_with_status(&s.gw, 408, ROUNDS).await, ROUNDS, "{t:?}: every one logged as 408");
+        s.assert_upstream_untouched("stalled uploads").await;
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_still_the_upstreams_timeout() {
+    // `/slow` answers after a while and reads no body: a body larger than the socket
+    // buffers leaves the gateway waiting on the upstream, not on the client, which keeps
+    // sending.
+    let s = Setup::start(Transport::H1).await;
+    let mut c = s.connect().await;
+    let n = 16 << 20;
+    let head = format!("POST /slow?ms=3000 HTTP/1.1\r\nHost: localhost\r\nContent-Length: {n}\r\n\r\n");
+    let (mut rd, mut wr) = tokio::io::split(c);
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..n / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await;
+    writer.abort();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    let (_, _, text) = get(&s.gw.admin_url("/metrics")).await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gateway_backend_errors_total{") && l.contains("timeout") && !l.ends_with(" 0")),
+        "counted against the upstream:\n{text}"
+    );
+    c = s.connect().await;
+    drop(c);
 }

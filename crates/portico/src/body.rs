@@ -190,14 +190,31 @@ enum Source {
     Lean(Box<Streamed>),
 }
 
-/// The proxy's side of a [`ClientBody`]: whether, and how, the body failed.
+/// The proxy's side of a [`ClientBody`]: whether, and how, the body failed, and whether
+/// it is waiting for the client.
 #[derive(Clone, Debug)]
 pub struct ClientBodyWatch(Arc<AtomicU8>);
+
+/// In the watch's byte, beside the failure's code (the low bits): the body has ended.
+const COMPLETE: u8 = 0x10;
+/// The last time the body was asked for more, the client had not sent it yet.
+const STARVED: u8 = 0x20;
+/// The failure's code.
+const FAILURE: u8 = 0x0f;
 
 impl ClientBodyWatch {
     /// How the body failed, if it did.
     pub fn failed(&self) -> Option<ClientBodyError> {
-        ClientBodyError::from_code(self.0.load(Ordering::Acquire))
+        ClientBodyError::from_code(self.0.load(Ordering::Acquire) & FAILURE)
+    }
+
+    /// Whether whoever sends the body upstream is waiting for the client: the body is not
+    /// complete, and the last time it was asked for more the client had not sent it. A
+    /// deadline that passes then is the client's doing, not the upstream's (an upstream
+    /// that stops reading the body leaves it unasked, not starved).
+    pub fn waiting_for_client(&self) -> bool {
+        let v = self.0.load(Ordering::Acquire);
+        v & STARVED != 0 && v & COMPLETE == 0
     }
 }
 
@@ -215,8 +232,18 @@ impl ClientBody {
     }
 
     fn fail(&self, e: ClientBodyError) -> BoxError {
-        self.watch.store(e.code(), Ordering::Release);
+        self.watch.fetch_or(e.code(), Ordering::Release);
         Box::new(e)
+    }
+
+    /// Notes how the last poll went: `Some(starved)` (pending: starved; data: fed), or the
+    /// end of the body.
+    fn note(&self, starved: Option<bool>) {
+        match starved {
+            Some(true) => self.watch.fetch_or(STARVED, Ordering::Release),
+            Some(false) => self.watch.fetch_and(!STARVED, Ordering::Release),
+            None => self.watch.fetch_or(COMPLETE, Ordering::Release),
+        };
     }
 }
 
@@ -236,11 +263,18 @@ impl http_body::Body for ClientBody {
                     return Poll::Ready(Some(Err(self.fail(ClientBodyError::TooLarge))));
                 }
                 self.left -= n;
+                self.note(if http_body::Body::is_end_stream(&*self) { None } else { Some(false) });
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.fail(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.note(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                self.note(Some(true));
+                Poll::Pending
+            }
         }
     }
 

@@ -43,6 +43,9 @@ pub enum ErrorKind {
     /// The client closed the connection or reset its stream before its request was whole
     /// (499 in the access log and metrics, as nginx logs it; nobody is there to answer).
     ClientAborted,
+    /// The request's deadline passed while the gateway was waiting for the client's body,
+    /// not for the upstream (408, as nginx's `client_body_timeout`).
+    RequestTimeout,
     /// The upstream refused the connection or could not be reached (502).
     ConnectFailed,
     /// The upstream reset the connection or sent a malformed response (502).
@@ -119,6 +122,7 @@ impl GatewayError {
             | ErrorKind::HeadersTooLarge
             | ErrorKind::UriTooLong
             | ErrorKind::ClientAborted
+            | ErrorKind::RequestTimeout
             | ErrorKind::Unauthorized(..)
             | ErrorKind::Forbidden(_)
             | ErrorKind::RateLimited { .. }
@@ -153,6 +157,7 @@ impl GatewayError {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::ClientAborted => CLIENT_CLOSED_REQUEST,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
@@ -179,6 +184,7 @@ impl GatewayError {
             ErrorKind::HeadersTooLarge => "request headers too large",
             ErrorKind::UriTooLong => "request target too long",
             ErrorKind::ClientAborted => "client closed request",
+            ErrorKind::RequestTimeout => "request body not received in time",
             ErrorKind::ConnectFailed => "upstream unavailable",
             ErrorKind::BadResponse => "bad response from upstream",
             ErrorKind::ConnectTimeout(_) => "upstream connect timeout",

@@ -331,6 +331,12 @@ pub async fn forward(
                 tracing::debug!(upstream = %upstream.name, target = %target.authority, status = res.status().as_u16(), "retrying");
                 continue;
             }
+            // The deadline passed while the body was waiting for the client, not for the
+            // upstream: the client's doing (408), nothing against the target.
+            Err(_) if watch.as_ref().is_some_and(ClientBodyWatch::waiting_for_client) => {
+                drop(flight);
+                (GatewayError::new(ErrorKind::RequestTimeout), true)
+            }
             Err(_) => {
                 flight.finish(true);
                 let total_left = deadline.saturating_duration_since(Instant::now());
