@@ -6,31 +6,17 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-struct Listener {
-    gw: Gateway,
-    tls: Option<tokio_rustls::TlsConnector>,
-    _dir: tempfile::TempDir,
-}
+struct Listener(RawListener);
 
 impl Listener {
     fn start(up: &TestUpstream, tls: bool) -> Listener {
-        let dir = tempfile::tempdir().unwrap();
-        let (section, connector) = if tls {
-            let t = LocalhostTls::new(dir.path());
-            (t.listener_yaml.clone(), Some(tokio_rustls::TlsConnector::from(t.client(b"http/1.1"))))
-        } else {
-            (String::new(), None)
-        };
-        let yaml = format!(
-            r#"version: 1
+        Listener(RawListener::start(tls, |section| {
+            format!(
+                r#"version: 1
 listeners:
   - name: public
     bind: 127.0.0.1:0
@@ -45,26 +31,18 @@ routes:
     respond: {{ status: 200, body: "fixed" }}
   - {{ name: all, match: {{ prefix: / }}, upstream: u }}
 "#,
-            up.url()
-        );
-        Listener { gw: Gateway::start(&yaml), tls: connector, _dir: dir }
+                up.url()
+            )
+        }))
     }
 
     async fn connect(&self) -> Conn {
-        let tcp = TcpStream::connect(self.gw.addr()).await.unwrap();
-        let io: Box<dyn Stream> = match &self.tls {
-            None => Box::new(tcp),
-            Some(c) => {
-                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                Box::new(c.connect(name, tcp).await.unwrap())
-            }
-        };
-        Conn { io, buf: Vec::new() }
+        Conn { io: self.0.connect().await, buf: Vec::new() }
     }
 }
 
 struct Conn {
-    io: Box<dyn Stream>,
+    io: Box<dyn RawStream>,
     buf: Vec<u8>,
 }
 
@@ -233,7 +211,7 @@ async fn an_upstream_that_answers_before_reading_the_body_is_heard() {
         assert!(a.head.contains("connection: close"), "tls {tls}: the rest of the body is never read: {}", a.head);
         assert!(c.closes().await, "tls {tls}: closed after the answer");
         writer.abort();
-        let (_, _, metrics) = get(&l.gw.admin_url("/metrics")).await;
+        let (_, _, metrics) = get(&l.0.gw.admin_url("/metrics")).await;
         let failed = metrics.lines().filter(|l| l.starts_with("gateway_backend_errors_total{") && !l.ends_with(" 0"));
         assert_eq!(failed.count(), 0, "tls {tls}: the upstream's answer is no failure:\n{metrics}");
     }

@@ -4,50 +4,26 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-struct Listener {
-    gw: Gateway,
-    tls: Option<tokio_rustls::TlsConnector>,
-    _dir: tempfile::TempDir,
-}
+struct Listener(RawListener);
 
 impl Listener {
     fn start(up: &TestUpstream, tls: bool) -> Listener {
-        let dir = tempfile::tempdir().unwrap();
-        let (section, connector) = if tls {
-            let t = LocalhostTls::new(dir.path());
-            (t.listener_yaml.clone(), Some(tokio_rustls::TlsConnector::from(t.client(b"http/1.1"))))
-        } else {
-            (String::new(), None)
-        };
-        let yaml = format!(
-            "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\n{section}admin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\nupstreams:\n  u: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
-            up.url()
-        );
-        Listener {
-            gw: Gateway::start_with_env(&yaml, &[("PORTICO_LOG", "debug,hyper=trace,hyper_util=debug")]),
-            tls: connector,
-            _dir: dir,
-        }
+        let env = [("PORTICO_LOG", "debug,hyper=trace,hyper_util=debug")];
+        Listener(RawListener::start_with_env(tls, &env, |section| {
+            format!(
+                "version: 1\nlisteners:\n  - name: public\n    bind: 127.0.0.1:0\n{section}admin:\n  bind: 127.0.0.1:0\naccess_log:\n  output: ACCESS_LOG\nupstreams:\n  u: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
+                up.url()
+            )
+        }))
     }
 
     /// Sends `raw` and returns everything the gateway answered before it closed (or 3 s).
     async fn send(&self, raw: &[u8]) -> String {
-        let tcp = TcpStream::connect(self.gw.addr()).await.unwrap();
-        let mut s: Box<dyn Stream> = match &self.tls {
-            None => Box::new(tcp),
-            Some(c) => {
-                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-                Box::new(c.connect(name, tcp).await.unwrap())
-            }
-        };
+        let mut s = self.0.connect().await;
         s.write_all(raw).await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
@@ -268,15 +244,15 @@ async fn answers_made_before_routing_follow_the_error_contract_and_are_counted()
         let m = |status: u16, method: &str| {
             format!("gateway_requests_total{{route=\"none\",method=\"{method}\",status=\"{status}\"}}")
         };
-        assert_eq!(l.gw.metric(&m(431, "GET")).await, 2.0, "tls {tls}");
-        assert_eq!(l.gw.metric(&m(414, "GET")).await, 1.0, "tls {tls}");
-        assert_eq!(l.gw.metric(&m(400, "GET")).await, 2.0, "tls {tls}");
+        assert_eq!(l.0.gw.metric(&m(431, "GET")).await, 2.0, "tls {tls}");
+        assert_eq!(l.0.gw.metric(&m(414, "GET")).await, 1.0, "tls {tls}");
+        assert_eq!(l.0.gw.metric(&m(400, "GET")).await, 2.0, "tls {tls}");
         let logged = Gateway::eventually(Duration::from_secs(5), || async {
-            let log = l.gw.access_log();
+            let log = l.0.gw.access_log();
             [431, 414, 400].iter().all(|s| log.iter().any(|line| line["statusCode"] == *s && line["path"] == "*"))
         })
         .await;
-        assert!(logged, "tls {tls}: {:?}", l.gw.access_log());
+        assert!(logged, "tls {tls}: {:?}", l.0.gw.access_log());
     }
 }
 

@@ -1020,3 +1020,47 @@ impl LocalhostTls {
         Arc::new(c)
     }
 }
+
+/// A byte stream to a listener: TCP, or TLS over it.
+pub trait RawStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawStream for T {}
+
+/// A gateway whose one listener is plain or TLS (a `localhost` certificate), and raw
+/// connections to it, for tests that write HTTP/1.1 bytes by hand.
+pub struct RawListener {
+    pub gw: Gateway,
+    tls: Option<tokio_rustls::TlsConnector>,
+    _dir: tempfile::TempDir,
+}
+
+impl RawListener {
+    /// Starts a gateway from the config `yaml` makes of the listener's TLS lines (empty
+    /// when `tls` is false; to be put under the listener, after its `bind`).
+    pub fn start(tls: bool, yaml: impl FnOnce(&str) -> String) -> RawListener {
+        Self::start_with_env(tls, &[], yaml)
+    }
+
+    /// [`RawListener::start`] with environment variables for the gateway.
+    pub fn start_with_env(tls: bool, env: &[(&str, &str)], yaml: impl FnOnce(&str) -> String) -> RawListener {
+        let dir = tempfile::tempdir().unwrap();
+        let (section, connector) = if tls {
+            let t = LocalhostTls::new(dir.path());
+            (t.listener_yaml.clone(), Some(tokio_rustls::TlsConnector::from(t.client(b"http/1.1"))))
+        } else {
+            (String::new(), None)
+        };
+        RawListener { gw: Gateway::start_with_env(&yaml(&section), env), tls: connector, _dir: dir }
+    }
+
+    /// A new connection to the listener, through TLS when it has it.
+    pub async fn connect(&self) -> Box<dyn RawStream> {
+        let tcp = tokio::net::TcpStream::connect(self.gw.addr()).await.unwrap();
+        match &self.tls {
+            None => Box::new(tcp),
+            Some(c) => {
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                Box::new(c.connect(name, tcp).await.unwrap())
+            }
+        }
+    }
+}
