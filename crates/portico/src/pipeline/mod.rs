@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use tokio::time::Instant;
 
-mod checks;
+pub(crate) mod checks;
 pub mod log;
 
 use checks::{SlashAction, check_request};
