@@ -26,6 +26,9 @@ pub mod compile;
 pub mod demo;
 pub mod error;
 pub mod forwarded;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod identity;
 pub mod observe;

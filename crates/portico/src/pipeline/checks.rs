@@ -22,7 +22,7 @@ use crate::error::{ErrorKind, GatewayError};
 /// Fields [`check_request`] noted on its way through the request's fields, so that what
 /// follows needs no lookups for them when they are absent (the usual case).
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Seen {
+pub(crate) struct Seen {
     /// A `Connection` field.
     pub connection: bool,
     /// An `Upgrade` field.
@@ -36,7 +36,7 @@ fn bad(message: &'static str) -> GatewayError {
 }
 
 /// Limits and sanity checks before routing.
-pub(super) fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<Seen, GatewayError> {
+pub(crate) fn check_request<B>(req: &Request<B>, limits: &ListenerSettings) -> Result<Seen, GatewayError> {
     // Request head size: the request line and every header line.
     let mut head = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1) + 16;
     let mut seen = Seen { connection: false, upgrade: false, escaped_slash: false };
@@ -156,7 +156,7 @@ fn has_escaped_slash(path: &str) -> bool {
 }
 
 /// The path with `%2F` and `%5C` (either case) decoded to `/`; nothing else decoded.
-pub(super) fn unescape_slashes(path: &str) -> String {
+pub(crate) fn unescape_slashes(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut rest = path;
     while let Some(i) = rest.find('%') {
@@ -180,7 +180,7 @@ const DECODINGS: usize = 4;
 
 /// True for `.` and `..` segments, as sent or after one or more percent-decodings, with
 /// `/` and `\` both taken as separators (`..%2f`, `%2e%2e`, `%252e%252e`, `..\`).
-pub(super) fn has_dot_segment(path: &str) -> bool {
+pub(crate) fn has_dot_segment(path: &str) -> bool {
     if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
         return false;
     }

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, 
 use tokio::time::Instant;
 
 mod body;
-mod checks;
+pub(crate) mod checks;
 pub mod log;
 
 use checks::{SlashAction, check_request};

@@ -138,18 +138,25 @@ impl Decoder {
                     buf.advance(2);
                     self.state = State::ChunkSize;
                 }
-                State::Trailers(seen) => match buf.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
+                // Each line ends with CRLF and holds no other CR or LF: a peer that takes a
+                // bare LF for a line end (RFC 9112 section 2.2 lets it) must see the body end
+                // where this decoder does. The fields themselves are not parsed: they are
+                // dropped (RFC 9112 section 7.1.2), so only where the lines end matters.
+                State::Trailers(seen) => match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) if i == 0 || buf[i - 1] != b'\r' || buf[..i - 1].contains(&b'\r') => {
+                        return Err("bare CR or LF in trailers");
+                    }
+                    Some(1) => {
                         buf.advance(2);
                         self.state = State::Done;
                         return Ok(Decoded::End);
                     }
                     Some(i) => {
-                        let seen = seen + i + 2;
+                        let seen = seen + i + 1;
                         if seen > MAX_TRAILERS {
                             return Err("trailers too large");
                         }
-                        buf.advance(i + 2);
+                        buf.advance(i + 1);
                         self.state = State::Trailers(seen);
                     }
                     None if seen + buf.len() > MAX_TRAILERS => return Err("trailers too large"),
@@ -283,5 +290,27 @@ mod tests {
         assert_eq!(feed(Framing::Chunked, &long_line, 512), Err("chunk size line too long"));
         let big_trailers = [b"0\r\n".as_slice(), &b"x-t: 1\r\n".repeat(MAX_TRAILERS / 8 + 1), b"\r\n"].concat();
         assert_eq!(feed(Framing::Chunked, &big_trailers, 100), Err("trailers too large"));
+    }
+
+    /// Found by the h1_chunked fuzz target: a trailer line holding a bare LF was taken as
+    /// one line up to the next CRLF, so `0 CRLF x: a LF GET /admin ...` ended the body
+    /// where a peer that reads a bare LF as a line end (RFC 9112 section 2.2 allows it)
+    /// would not: the two sides would disagree on where the next request starts.
+    #[test]
+    fn trailer_lines_end_with_crlf_only() {
+        for bad in [
+            &b"0\r\nx: a\nGET /admin HTTP/1.1\r\n\r\n"[..],
+            b"0\r\n\n\r\n\r\n",
+            b"0\r\nx: a\rb\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx: 1\r\ny: 2\n\r\n",
+        ] {
+            for step in [1, 2, 64] {
+                assert_eq!(feed(Framing::Chunked, bad, step), Err("bare CR or LF in trailers"), "{bad:?}, step {step}");
+            }
+        }
+        let good = b"0\r\nx: a\r\ny: b\r\n\r\nNEXT";
+        for step in [1, 2, 64] {
+            assert_eq!(feed(Framing::Chunked, good, step), Ok((Vec::new(), b"NEXT".to_vec())), "step {step}");
+        }
     }
 }
