@@ -193,3 +193,8 @@ pub fn has_dot_segment(path: &str) -> bool {
 pub fn unescape_slashes(path: &str) -> String {
     crate::pipeline::checks::unescape_slashes(path)
 }
+
+/// `compile::Rewrite::compile`: a route's path rewrite, as the compile stage builds it.
+pub fn rewrite(route: &portico_config::Route) -> crate::compile::Rewrite {
+    crate::compile::Rewrite::compile(route)
+}

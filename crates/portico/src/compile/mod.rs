@@ -190,7 +190,7 @@ pub enum Piece {
 }
 
 impl Rewrite {
-    fn compile(route: &portico_config::Route) -> Rewrite {
+    pub(crate) fn compile(route: &portico_config::Route) -> Rewrite {
         let Some(rw) = &route.rewrite else { return Rewrite::None };
         if let Some(p) = &rw.strip_prefix {
             return Rewrite::StripPrefix(p.trim_end_matches('/').into());
