@@ -352,3 +352,34 @@ async fn the_response_carries_the_gateways_request_id_only() {
         assert!(ids[0].len() == 32 && ids[0] != "upstream-id", "{h:?}");
     }
 }
+
+/// The idle connections of upstream `s`'s target, as the admin API reports them.
+async fn idle_connections(gw: &Gateway) -> serde_json::Value {
+    let (_, _, admin) = get(&gw.admin_url("/upstreams")).await;
+    let all = json(&admin)["upstreams"].as_array().cloned().unwrap_or_default();
+    let s = all.iter().find(|u| u["name"] == "s").cloned().unwrap_or_default();
+    s["targets"][0]["idleConnections"].clone()
+}
+
+#[tokio::test]
+async fn health_checks_mirrored_copies_and_proxied_requests_share_one_pool() {
+    let up = Scripted::start().await;
+    let other = Scripted::start().await;
+    // One health check at start (the next is an hour away), a route to `s`, and a route
+    // to `o` that mirrors every request to `s`.
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  s: {{ targets: [{{ url: \"{}\" }}], health_check: {{ path: /len, interval: 1h }} }}\n  o: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - {{ name: mirrored, match: {{ prefix: /m }}, upstream: o, mirror: {{ upstream: s, percent: 100% }} }}\n  - {{ name: all, match: {{ prefix: / }}, upstream: s }}\n",
+        up.url(),
+        other.url()
+    )));
+    let one_idle = || async { idle_connections(&gw).await == 1 };
+    assert!(Gateway::eventually(Duration::from_secs(5), one_idle).await, "the health check's connection is pooled");
+    assert_eq!(request(&gw, "GET", "/len").await.2, "hello");
+    assert!(Gateway::eventually(Duration::from_secs(5), one_idle).await);
+    assert_eq!(request(&gw, "GET", "/m/len").await.0, 404);
+    assert_eq!(other.accepted(), 1);
+    let pooled = Gateway::eventually(Duration::from_secs(5), one_idle).await;
+    assert!(pooled, "the mirrored copy's connection: {} {}", idle_connections(&gw).await, up.accepted());
+    assert_eq!(request(&gw, "GET", "/len").await.2, "hello");
+    assert_eq!(up.accepted(), 1, "the check, the proxied requests and the mirrored copy used one connection");
+}

@@ -287,6 +287,34 @@ impl From<crate::body::ClientBodyError> for GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The answer to a request body that failed while the gateway read it: what its
+    /// [`crate::body::ClientBodyError`] says, or a 400 when the error says no more.
+    pub fn request_body(e: &(dyn std::error::Error + 'static)) -> Self {
+        match e.downcast_ref::<crate::body::ClientBodyError>() {
+            Some(client) => GatewayError::from(*client),
+            None => GatewayError::new(ErrorKind::BadRequest("request body could not be read")),
+        }
+    }
+
+    /// The answer to a failed exchange with a target, whichever client carried it:
+    /// refused or reset connections and malformed answers 502, a connect timeout 504, the
+    /// client's body or target the client's 4xx. `waited` is how long the deadline that
+    /// passed (on [`crate::upstream::Error::Timeout`]) or the connect timeout allowed.
+    pub fn upstream(e: &crate::upstream::Error, connect_timeout: Duration, waited: Duration) -> Self {
+        use crate::upstream::Error as E;
+        GatewayError::new(match e {
+            E::Connect(_) => ErrorKind::ConnectFailed,
+            E::ConnectTimeout => ErrorKind::ConnectTimeout(connect_timeout),
+            E::Io(_) | E::Malformed(_) => ErrorKind::BadResponse,
+            E::Timeout => ErrorKind::UpstreamTimeout(waited),
+            // The client's body; its watch has usually said so already.
+            E::Body(e) => return GatewayError::request_body(&**e),
+            E::Invalid(m) => ErrorKind::BadRequest(m),
+        })
+    }
+}
+
 /// A gateway-made JSON error: `{"error": "...", "status": N, "requestId": "..."}`.
 ///
 /// `message` is a static string without quotes or backslashes; the request ID is either

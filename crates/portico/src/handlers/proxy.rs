@@ -8,13 +8,12 @@
 //! timeout, and retry what is safe to retry while attempts, the retry budget and the
 //! request deadline allow.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use portico_config::UpstreamProtocol;
@@ -22,12 +21,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::Shared;
-use crate::body::{Body, ClientBody, ClientBodyError, ClientBodyWatch};
+use crate::body::{Body, ClientBody, ClientBodyWatch};
 use crate::compile::CompiledRoute;
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
-use crate::upstream::{PickKey, Upstream, h1, retry};
+use crate::upstream::{self, Exchange, PickKey, Upstream, retry};
 
 /// What the proxy needs besides the request.
 #[derive(Debug)]
@@ -195,10 +194,6 @@ pub async fn forward(
             headers.insert(name.clone(), subject.clone());
         }
     }
-    let version = match upstream.definition.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
 
     // Can this request be tried more than once? Its body must be replayable, and a retry
     // after the upstream may have seen it needs a method that is safe to repeat.
@@ -246,7 +241,7 @@ pub async fn forward(
             last_target = Some(target.clone());
         }
         let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
-        let mut h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
+        let h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
         let host = match (&original_host, ctx.route.preserve_host) {
             (Some(host), true) => host,
             _ => &target.host_header,
@@ -271,56 +266,14 @@ pub async fn forward(
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
         let flight = upstream.start_at(&target, sent);
-        // Plain HTTP/1.1 to an IP address, with or without a body: the lean client. What
-        // goes to hyper's client instead (TLS, HTTP/2, targets named by host name,
-        // upgrades and CONNECT) is decided here and only here.
-        let lean = match (&upstream.h1, target.addr) {
-            (Some(settings), Some(addr)) if !upgrade && method != http::Method::CONNECT => Some((settings, addr)),
-            _ => None,
-        };
-        let res = match lean {
-            Some((settings, addr)) => {
-                // The lean client writes `Host`, the added fields and the body's framing
-                // itself, keeps the deadline on the connection's own timer, and leaves
-                // `TE` out (it reads no trailers).
-                let request = h1::Outgoing {
-                    method: &method,
-                    target: pq.as_str(),
-                    host,
-                    headers: h,
-                    added: &added,
-                    framing: None,
-                };
-                match target.pool.send(addr, settings, request, &mut attempt_body, sent, sent + try_timeout).await {
-                    Err(h1::Error::Timeout) => Err(TimedOut),
-                    res => Ok(res.map_err(|e| lean_error(&e, upstream))),
-                }
-            }
-            None => {
-                let uri = Uri::builder()
-                    .scheme(upstream.scheme.clone())
-                    .authority(target.authority.clone())
-                    .path_and_query(pq.clone())
-                    .build()
-                    .map_err(|_| GatewayError::new(ErrorKind::BadRequest("invalid request target")))?;
-                h.insert(header::HOST, host.clone());
-                added.insert_into(&mut h);
-                let mut upstream_req = Request::new(attempt_body);
-                *upstream_req.method_mut() = method.clone();
-                *upstream_req.uri_mut() = uri;
-                *upstream_req.version_mut() = version;
-                *upstream_req.headers_mut() = h;
-                let res = tokio::time::timeout_at(sent + try_timeout, upstream.client.request(upstream_req)).await;
-                res.map_err(|_| TimedOut)
-                    .map(|r| r.map(|res| res.map(Body::Incoming)).map_err(|e| classify(&e, upstream.connect_timeout)))
-            }
-        };
+        let x = Exchange { method: &method, pq: &pq, host, headers: h, added: Some(&added), upgrade };
+        let res = upstream.send(&target, x, &mut attempt_body, sent, sent + try_timeout).await;
         let waited = sent.elapsed();
         upstream.latency.observe(waited);
         outcome.backend_latency = Some(outcome.backend_latency.unwrap_or_default() + waited);
 
         let (err, sent_upstream) = match res {
-            Ok(Ok(res)) => {
+            Ok(res) => {
                 let failed = res.status().is_server_error();
                 flight.finish(failed);
                 let retry_status = policy.is_some_and(|p| p.statuses.contains(&res.status().as_u16()));
@@ -333,11 +286,11 @@ pub async fn forward(
             }
             // The deadline passed while the body was waiting for the client, not for the
             // upstream: the client's doing (408), nothing against the target.
-            Err(_) if watch.as_ref().is_some_and(ClientBodyWatch::waiting_for_client) => {
+            Err(upstream::Error::Timeout) if watch.as_ref().is_some_and(ClientBodyWatch::waiting_for_client) => {
                 drop(flight);
                 (GatewayError::new(ErrorKind::RequestTimeout), true)
             }
-            Err(_) => {
+            Err(upstream::Error::Timeout) => {
                 flight.finish(true);
                 let total_left = deadline.saturating_duration_since(Instant::now());
                 let e = if total_left.is_zero() {
@@ -347,12 +300,13 @@ pub async fn forward(
                 };
                 (e, true)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.name, target = %target.authority, error = %e, "upstream exchange failed");
                 // The client's body failing makes the upstream exchange fail too: the
-                // client's fault, whatever the client library reports.
+                // client's fault, whatever the client reports.
                 let e = match watch.as_ref().and_then(ClientBodyWatch::failed) {
                     Some(client) => GatewayError::from(client),
-                    None => e,
+                    None => GatewayError::upstream(&e, upstream.connect_timeout, try_timeout),
                 };
                 if e.side() == Side::Upstream {
                     flight.finish(true);
@@ -433,27 +387,22 @@ fn send_mirror(
     let up = m.upstream.clone();
     let key = PickKey { headers, added: Some(added), client_ip, path: pq.path() };
     let Some(target) = up.pick(&key, None) else { return };
-    let Ok(uri) =
-        Uri::builder().scheme(up.scheme.clone()).authority(target.authority.clone()).path_and_query(pq.clone()).build()
-    else {
-        return;
-    };
     let mut h = headers.clone();
-    h.insert(header::HOST, target.host_header.clone());
     added.insert_into(&mut h);
-    let mut req = Request::new(if body.is_empty() { Body::Empty } else { Body::full(body) });
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = h;
+    let (method, pq) = (method.clone(), pq.clone());
+    let mut body = if body.is_empty() { Body::Empty } else { Body::full(body) };
     tokio::spawn(async move {
         let _slot = slot;
-        let flight = up.start(&target);
-        match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
-            Ok(Ok(res)) => {
+        let now = Instant::now();
+        let flight = up.start_at(&target, now);
+        let x =
+            Exchange { method: &method, pq: &pq, host: &target.host_header, headers: h, added: None, upgrade: false };
+        match up.send(&target, x, &mut body, now, now + up.request_timeout).await {
+            Ok(res) => {
                 flight.finish(res.status().is_server_error());
                 let _ = res.into_body().collect().await;
             }
-            _ => flight.finish(true),
+            Err(_) => flight.finish(true),
         }
     });
 }
@@ -518,10 +467,7 @@ async fn replayable_body(
     };
     match b.collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),
-        Err(e) => Err(match e.downcast_ref::<ClientBodyError>() {
-            Some(client) => GatewayError::from(*client),
-            None => GatewayError::new(ErrorKind::BadRequest("request body could not be read")),
-        }),
+        Err(e) => Err(GatewayError::request_body(&*e)),
     }
 }
 
@@ -534,47 +480,4 @@ impl EndStream for Body {
     fn is_end_stream_(&self) -> bool {
         http_body::Body::is_end_stream(self)
     }
-}
-
-/// Maps an error of the lean HTTP/1.1 client to the contract, as [`classify`] does for
-/// hyper's.
-fn lean_error(e: &h1::Error, upstream: &Upstream) -> GatewayError {
-    tracing::debug!(upstream = %upstream.name, error = %e, "upstream exchange failed");
-    match e {
-        h1::Error::Connect(_) => GatewayError::new(ErrorKind::ConnectFailed),
-        h1::Error::ConnectTimeout => GatewayError::new(ErrorKind::ConnectTimeout(upstream.connect_timeout)),
-        h1::Error::Io(_) | h1::Error::Malformed(_) => GatewayError::new(ErrorKind::BadResponse),
-        // The client's body; its watch has usually said so already.
-        h1::Error::Body(e) => match e.downcast_ref::<ClientBodyError>() {
-            Some(client) => GatewayError::from(*client),
-            None => GatewayError::new(ErrorKind::BadRequest("request body could not be read")),
-        },
-        // Answered as a timeout where `send` is called; not reached.
-        h1::Error::Timeout => GatewayError::new(ErrorKind::UpstreamTimeout(upstream.request_timeout)),
-    }
-}
-
-/// A try's deadline passed before the response head arrived.
-struct TimedOut;
-
-/// Maps a client error to the contract: refused/unreachable 502, connect timeout 504,
-/// anything else (reset, malformed) 502. A failure of the client's own body is found by
-/// its [`ClientBodyWatch`] before this is asked.
-fn classify(e: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> GatewayError {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-            && e.is_connect()
-        {
-            return GatewayError::new(ErrorKind::ConnectTimeout(connect_timeout));
-        }
-        source = s.source();
-    }
-    if e.is_connect() {
-        // hyper-util's own connect timeout is an `io::ErrorKind::TimedOut` in the chain
-        // above (tests/it/gaps.rs: a_connect_timeout_is_a_504_of_its_own_kind_...).
-        return GatewayError::new(ErrorKind::ConnectFailed);
-    }
-    GatewayError::new(ErrorKind::BadResponse)
 }

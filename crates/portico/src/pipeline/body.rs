@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, ClientBody, ClientBodyError};
+use crate::body::{Body, ClientBody};
 use crate::error::{ErrorKind, GatewayError};
 use crate::plugins::Chain;
 use crate::plugins::hooks::{HookCtx, Instance, Whole};
@@ -46,9 +46,7 @@ pub(super) async fn request(
     let limit = limit.min(max_body);
     let body = std::mem::take(req.body_mut());
     let bytes = match ClientBody::new(body, limit) {
-        Ok((client, _)) => client.collect().await.map(|c| c.to_bytes()).map_err(|e| {
-            GatewayError::from(e.downcast_ref::<ClientBodyError>().copied().unwrap_or(ClientBodyError::Malformed))
-        })?,
+        Ok((client, _)) => client.collect().await.map(|c| c.to_bytes()).map_err(|e| GatewayError::request_body(&*e))?,
         // In memory already (the lean loop's whole body).
         Err(other) => other.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
     };

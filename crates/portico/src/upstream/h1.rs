@@ -1,6 +1,6 @@
-//! A lean HTTP/1.1 client for plain-TCP upstreams whose targets are IP addresses, used for
-//! requests without a body (most GET, HEAD and DELETE requests). Everything else (request
-//! bodies, upgrades, TLS, HTTP/2, targets named by host name) goes through hyper's client.
+//! A lean HTTP/1.1 client for plain-TCP upstreams whose targets are IP addresses, with or
+//! without a request body. Everything else (upgrades, TLS, HTTP/2, targets named by host
+//! name) goes through hyper's client; [`super::Upstream::send`] is where that is decided.
 //!
 //! Written here rather than taken from hyper because of what hyper-util's pooled client
 //! costs per request on a proxy's hot path: every connection runs in a task of its own,
@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::Error;
 use crate::body::{Body, BoxError};
 use crate::proto::h1::body::{Decoded, Decoder, Framing};
 use crate::proto::h1::encode::{COPY_MAX, encode_chunk_size, write_all_vectored};
@@ -65,37 +66,6 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// How long a new connection may take.
     pub connect_timeout: Duration,
-}
-
-/// Why an exchange failed.
-#[derive(Debug)]
-pub enum Error {
-    /// No connection could be made.
-    Connect(io::Error),
-    /// Making a connection took longer than the connect timeout.
-    ConnectTimeout,
-    /// The connection failed or closed before a whole response head arrived.
-    Io(io::Error),
-    /// The response is not valid HTTP/1.1, or is larger than the limits.
-    Malformed(&'static str),
-    /// No response head arrived before the deadline.
-    Timeout,
-    /// The request's body failed while it was being sent (the client's body broke off or
-    /// was malformed: who caused it is the body's to say).
-    Body(BoxError),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Connect(e) => write!(f, "connect failed: {e}"),
-            Error::ConnectTimeout => f.write_str("connect timed out"),
-            Error::Io(e) => write!(f, "connection failed: {e}"),
-            Error::Malformed(m) => write!(f, "malformed response: {m}"),
-            Error::Timeout => f.write_str("no response before the deadline"),
-            Error::Body(e) => write!(f, "request body failed: {e}"),
-        }
-    }
 }
 
 /// One keep-alive connection and the bytes read from it but not yet used.

@@ -9,18 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{Request, Uri, header};
+use http::{Method, header};
 use http_body_util::BodyExt;
 use portico_config::validate::parse_status_range;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use super::Upstream;
+use super::{Exchange, Target, Upstream};
 use crate::body::Body;
 
 /// Starts the health-check task of `up`, if it has `health_check` configured.
 pub fn spawn(up: &Arc<Upstream>) {
     let Some(hc) = up.definition.health_check.clone() else { return };
     let ranges: Vec<(u16, u16)> = hc.expected_statuses.iter().filter_map(|r| parse_status_range(r)).collect();
+    let path = http::uri::PathAndQuery::try_from(hc.path.as_str()).map_err(|e| format!("bad check path: {e}"));
     let weak = Arc::downgrade(up);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(hc.interval.get());
@@ -32,13 +34,13 @@ pub fn spawn(up: &Arc<Upstream>) {
             let set = up.targets();
             let mut checks = JoinSet::new();
             for t in &set.targets {
-                let uri = format!("{}://{}{}", up.scheme, t.authority, hc.path);
-                let client = up.client.clone();
-                let target = t.clone();
+                let (up, target, path, ranges) = (up.clone(), t.clone(), path.clone(), ranges.clone());
                 let timeout = hc.timeout.get();
-                let ranges = ranges.clone();
                 checks.spawn(async move {
-                    let outcome = probe(client, uri, target.host_header.clone(), timeout, &ranges).await;
+                    let outcome = match path {
+                        Ok(path) => probe(&up, &target, &path, timeout, &ranges).await,
+                        Err(e) => Err(e),
+                    };
                     (target, outcome)
                 });
             }
@@ -73,27 +75,24 @@ pub fn spawn(up: &Arc<Upstream>) {
     });
 }
 
-/// One check: GET the path, answer within the timeout with an expected status.
+/// One check: GET the path, answer within the timeout with an expected status. It goes
+/// the way a proxied request to the target goes ([`Upstream::send`]), on the same pool.
 async fn probe(
-    client: hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Body,
-    >,
-    uri: String,
-    host: http::HeaderValue,
+    up: &Upstream,
+    target: &Target,
+    path: &http::uri::PathAndQuery,
     timeout: Duration,
     ranges: &[(u16, u16)],
 ) -> Result<(), String> {
-    let uri: Uri = uri.parse().map_err(|e| format!("bad check URI: {e}"))?;
-    let req = Request::get(uri)
-        .header(header::HOST, host)
-        .header(header::USER_AGENT, "portico-health-check")
-        .body(Body::Empty)
-        .map_err(|e| e.to_string())?;
-    let res = match tokio::time::timeout(timeout, client.request(req)).await {
-        Err(_) => return Err(format!("no answer within {timeout:?}")),
-        Ok(Err(e)) => return Err(format!("request failed: {e}")),
-        Ok(Ok(res)) => res,
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::USER_AGENT, http::HeaderValue::from_static("portico-health-check"));
+    let x =
+        Exchange { method: &Method::GET, pq: path, host: &target.host_header, headers, added: None, upgrade: false };
+    let now = Instant::now();
+    let res = match up.send(target, x, &mut Body::Empty, now, now + timeout).await {
+        Err(super::Error::Timeout) => return Err(format!("no answer within {timeout:?}")),
+        Err(e) => return Err(format!("request failed: {e}")),
+        Ok(res) => res,
     };
     let status = res.status().as_u16();
     // Read (and discard) the body so the connection can be reused.

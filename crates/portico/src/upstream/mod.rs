@@ -1,8 +1,12 @@
-//! Upstreams: a pooled HTTP client per upstream, the choice of target, and target health.
+//! Upstreams: how a request reaches a target ([`Upstream::send`]), the choice of target,
+//! and target health.
 //!
-//! One hyper client (and so one connection pool) per upstream, so pool locking is never
-//! shared between upstreams. An upstream whose definition did not change keeps its client,
-//! pool, balancing position and target health across reloads.
+//! Each target's connections live in one pool: the lean HTTP/1.1 client's ([`h1`], one
+//! pool per target) for plain HTTP/1.1 to IP addresses, hyper's (one client per upstream,
+//! so pool locking is never shared between upstreams) for the rest. [`Upstream::send`]
+//! decides which, for proxied requests, mirrored copies and health checks alike. An
+//! upstream whose definition did not change keeps its clients, pools, balancing position
+//! and target health across reloads.
 //!
 //! A target takes traffic while it is *available*: not marked down by active health
 //! checks ([`health`]) and not ejected by passive outlier detection. When no target is
@@ -49,7 +53,7 @@ pub struct Target {
     /// Relative weight.
     pub weight: u32,
     /// The socket address, when the target is an IP address (then plain HTTP/1.1
-    /// requests without a body use [`h1`]).
+    /// requests use [`h1`]).
     pub addr: Option<std::net::SocketAddr>,
     /// Idle connections for [`h1`].
     pub pool: h1::Pool,
@@ -161,8 +165,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The definition it was built from, to decide reuse on reload.
     pub definition: portico_config::Upstream,
-    /// The pooled client (plain or TLS, per the targets' scheme).
-    pub client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// hyper's pooled client (plain or TLS, per the targets' scheme), for what the lean
+    /// client does not carry; used only by [`Upstream::send`].
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     /// The current targets.
     set: ArcSwap<TargetSet>,
     /// Metrics, to label targets that discovery adds.
@@ -172,8 +177,8 @@ pub struct Upstream {
     pub(crate) resolved: tokio::sync::watch::Sender<bool>,
     /// Scheme toward targets.
     pub scheme: Scheme,
-    /// Set for plain-TCP HTTP/1.1 upstreams: their requests without a body to targets
-    /// given as IP addresses go through [`h1`] with these settings.
+    /// Set for plain-TCP HTTP/1.1 upstreams: their requests to targets given as IP
+    /// addresses go through [`h1`] with these settings.
     pub h1: Option<h1::Settings>,
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -391,6 +396,9 @@ impl Upstream {
                     "ejections": t.ejections.load(Ordering::Relaxed),
                     "available": t.available(&clock),
                     "inFlight": t.in_flight.load(Ordering::Relaxed),
+                    // Only the lean client's pool is the target's own; hyper's is not
+                    // counted per target.
+                    "idleConnections": (self.h1.is_some() && t.addr.is_some()).then(|| t.pool.idle()),
                     "latencyEwmaMs": t.ewma_ns.load(Ordering::Relaxed) as f64 / 1e6,
                 })
             })
@@ -406,6 +414,152 @@ impl Upstream {
             "circuitBreaker": breaker,
             "targets": targets,
         })
+    }
+}
+
+/// Why one exchange with a target failed, whichever client carried it.
+#[derive(Debug)]
+pub enum Error {
+    /// No connection could be made.
+    Connect(std::io::Error),
+    /// Making a connection took longer than the connect timeout.
+    ConnectTimeout,
+    /// The connection failed or closed before a whole response head arrived.
+    Io(std::io::Error),
+    /// The response is not valid HTTP/1.1, or is larger than the limits.
+    Malformed(&'static str),
+    /// No response head arrived before the deadline.
+    Timeout,
+    /// The request's body failed while it was being sent (the client's body broke off or
+    /// was malformed: who caused it is the body's to say).
+    Body(crate::body::BoxError),
+    /// The request cannot be put in the form the client takes (its target): the
+    /// client's to fix.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Connect(e) => write!(f, "connect failed: {e}"),
+            Error::ConnectTimeout => f.write_str("connect timed out"),
+            Error::Io(e) => write!(f, "connection failed: {e}"),
+            Error::Malformed(m) => write!(f, "malformed response: {m}"),
+            Error::Timeout => f.write_str("no response before the deadline"),
+            Error::Body(e) => write!(f, "request body failed: {e}"),
+            Error::Invalid(m) => write!(f, "request not sendable: {m}"),
+        }
+    }
+}
+
+impl Error {
+    /// Sorts an error of hyper's client into the same kinds. A failure of the client's
+    /// own body is not told apart here: its [`crate::body::ClientBodyWatch`] says so.
+    fn from_hyper(e: hyper_util::client::legacy::Error) -> Self {
+        use std::error::Error as _;
+        if !e.is_connect() {
+            return Error::Io(std::io::Error::other(e));
+        }
+        // hyper-util's own connect timeout is an `io::ErrorKind::TimedOut` in the chain
+        // (tests/it/gaps.rs: a_connect_timeout_is_a_504_of_its_own_kind_...).
+        let mut source = e.source();
+        while let Some(s) = source {
+            if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+                return Error::ConnectTimeout;
+            }
+            source = s.source();
+        }
+        Error::Connect(std::io::Error::other(e))
+    }
+}
+
+/// One request for one target, as [`Upstream::send`] takes it.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// The method.
+    pub method: &'a http::Method,
+    /// The path and query to send.
+    pub pq: &'a http::uri::PathAndQuery,
+    /// The `Host` to send; any in `headers` is left out.
+    pub host: &'a HeaderValue,
+    /// The client's fields that go on (hop-by-hop ones removed).
+    pub headers: http::HeaderMap,
+    /// The gateway's fields (forwarding, request ID), sent after the client's; `None`
+    /// for the gateway's own requests (health checks) and copies that carry them already.
+    pub added: Option<&'a crate::forwarded::Added<'a>>,
+    /// The request asks to switch protocols: hyper's client carries it, as it hands the
+    /// connection over when the upstream agrees.
+    pub upgrade: bool,
+}
+
+impl Upstream {
+    /// Sends one request to `target` and returns the response head, its body streaming;
+    /// the head must arrive before `deadline` (`sent` is the caller's clock reading of
+    /// now). This is the one place that chooses the client: plain HTTP/1.1 to a target
+    /// given as an IP address goes through the lean client [`h1`] (the target's pool),
+    /// anything else (TLS, HTTP/2, targets named by host name, upgrades and `CONNECT`)
+    /// through hyper's. So every target's connections live in one pool, whatever sends on
+    /// them: proxied requests, mirrored copies and health checks alike.
+    pub async fn send(
+        &self,
+        target: &Target,
+        x: Exchange<'_>,
+        body: &mut Body,
+        sent: Instant,
+        deadline: Instant,
+    ) -> Result<http::Response<Body>, Error> {
+        if let (Some(settings), Some(addr)) = (&self.h1, target.addr)
+            && !x.upgrade
+            && *x.method != http::Method::CONNECT
+        {
+            // The lean client writes `Host`, the added fields and the body's framing
+            // itself, keeps the deadline on the connection's own timer, and leaves `TE`
+            // out (it reads no trailers).
+            let request = h1::Outgoing {
+                method: x.method,
+                target: x.pq.as_str(),
+                host: x.host,
+                headers: x.headers,
+                added: x.added,
+                framing: None,
+            };
+            return target.pool.send(addr, settings, request, body, sent, deadline).await;
+        }
+        self.send_hyper(target, x, std::mem::take(body), deadline).await
+    }
+
+    /// The part of [`Upstream::send`] that goes through hyper's client.
+    async fn send_hyper(
+        &self,
+        target: &Target,
+        x: Exchange<'_>,
+        body: Body,
+        deadline: Instant,
+    ) -> Result<http::Response<Body>, Error> {
+        let uri = http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(x.pq.clone())
+            .build()
+            .map_err(|_| Error::Invalid("invalid request target"))?;
+        let mut headers = x.headers;
+        headers.insert(http::header::HOST, x.host.clone());
+        if let Some(added) = x.added {
+            added.insert_into(&mut headers);
+        }
+        let mut req = http::Request::new(body);
+        *req.method_mut() = x.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = match self.definition.protocol {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::Http2 => http::Version::HTTP_2,
+        };
+        *req.headers_mut() = headers;
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Err(e)) => Err(Error::from_hyper(e)),
+            Ok(Ok(res)) => Ok(res.map(Body::Incoming)),
+        }
     }
 }
 

@@ -27,8 +27,9 @@ pub struct Outgoing<'a> {
     pub host: &'a HeaderValue,
     /// The client's fields that go on. The response's header map reuses the allocation.
     pub headers: HeaderMap,
-    /// The gateway's fields, written after the client's.
-    pub added: &'a Added<'a>,
+    /// The gateway's fields, written after the client's (none for the gateway's own
+    /// requests, such as health checks, or fields already in `headers`).
+    pub added: Option<&'a Added<'a>>,
     /// How the body that follows is framed, written by the encoder in place of any
     /// `Content-Length` in `headers`; `None` without a body (the fields go as they are).
     pub framing: Option<Framing>,
@@ -53,7 +54,7 @@ pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
         }
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    for (name, value) in r.added.fields() {
+    for (name, value) in r.added.into_iter().flat_map(Added::fields) {
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match r.framing {
@@ -173,7 +174,7 @@ mod tests {
             target: "/p?q=1",
             host: &host,
             headers: h,
-            added: &added,
+            added: Some(&added),
             framing: None,
         };
         let mut out = b"left from before".to_vec();
