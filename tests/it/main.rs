@@ -7,6 +7,7 @@ mod auth;
 mod bodies;
 mod cli;
 mod client_side;
+mod compression;
 mod connections;
 mod cors;
 mod demo;

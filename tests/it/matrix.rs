@@ -53,7 +53,7 @@ impl Transport {
         if self.tls() { "https" } else { "http" }
     }
 
-    fn curl_args(self) -> &'static [&'static str] {
+    pub fn curl_args(self) -> &'static [&'static str] {
         match self {
             Transport::H1Fast | Transport::H1Body => &["--http1.1"],
             Transport::H2c => &["--http2-prior-knowledge"],

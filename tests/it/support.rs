@@ -55,7 +55,8 @@ fn full(b: impl Into<Bytes>) -> TestBody {
 
 /// A real HTTP/1.1 + h2c upstream server with behaviours chosen by path:
 /// - `/slow?ms=N`: answers after N ms
-/// - `/stream?bytes=N`: streams N bytes in 64 KiB chunks
+/// - `/stream?bytes=N&type=T`: streams N bytes of `x` in 64 KiB chunks, with a
+///   `Content-Length` (and `Content-Type: T` when given)
 /// - `/drip?chunks=N&ms=M`: N small chunks, one every M ms
 /// - `/upload`: reads the whole body, answers `{"bytes": N}`
 /// - `/checksum`: reads the whole body, answers `{"bytes": N, "sum": "<its Fnv>"}`
@@ -237,6 +238,9 @@ async fn behave(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
         });
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         r.headers_mut().insert("content-length", total.to_string().parse().unwrap());
+        if let Some(ty) = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("type="))) {
+            r.headers_mut().insert("content-type", ty.parse().unwrap());
+        }
         r
     } else if path.starts_with("/drip") {
         let chunks = query_param(&req, "chunks").unwrap_or(10);

@@ -49,6 +49,8 @@ pub enum Plugin {
     RequestBody(crate::transform::BodyTransform),
     /// Change a JSON response body before it reaches the client.
     ResponseBody(crate::transform::BodyTransform),
+    /// Compress response bodies (gzip) for clients that accept it, as they stream.
+    Compression(Compression),
 }
 
 impl Plugin {
@@ -69,6 +71,7 @@ impl Plugin {
             Plugin::Query(_) => "query",
             Plugin::RequestBody(_) => "request_body",
             Plugin::ResponseBody(_) => "response_body",
+            Plugin::Compression(_) => "compression",
         }
     }
 }
@@ -205,6 +208,51 @@ pub enum TenantFrom {
     Subdomain,
     /// A request header.
     Header(String),
+}
+
+/// Response compression: a handler's answer is gzip-compressed as it streams when the
+/// client accepts gzip (`Accept-Encoding`), its media type is one of `content_types`, it
+/// is not encoded already, its declared length is at least `min_size`, and it does not say
+/// `Cache-Control: no-transform`. Such a response gets `Vary: Accept-Encoding` whether it
+/// is compressed or not.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Compression {
+    /// A body that declares a smaller length is sent as it is: compressing it saves little.
+    /// A body of unknown length is compressed.
+    pub min_size: ByteSize,
+    /// The gzip level, from 1 (fastest) to 9 (smallest).
+    pub level: u32,
+    /// The media types compressed: exact (`application/json`), every subtype of a type
+    /// (`text/*`), or a structured syntax suffix (`+json`). Parameters such as `charset`
+    /// are ignored. `text/event-stream` is best left out: compression holds back what a
+    /// client waits for between events only until the upstream pauses, but holds it.
+    pub content_types: Vec<String>,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self {
+            min_size: ByteSize::kib(1),
+            level: 6,
+            content_types: [
+                "text/html",
+                "text/plain",
+                "text/css",
+                "text/csv",
+                "text/xml",
+                "text/javascript",
+                "application/javascript",
+                "application/json",
+                "application/xml",
+                "image/svg+xml",
+                "+json",
+                "+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 /// Security headers on every response of the routes it applies to.
@@ -696,6 +744,34 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
     }
 }
 
+/// The level is gzip's, and every media type is one the plugin can match.
+fn check_compression(pp: &str, c: &Compression, err: &mut impl FnMut(String, String)) {
+    if !(1..=9).contains(&c.level) {
+        err(format!("{pp}.level"), format!("{} is not a gzip level (1 to 9)", c.level));
+    }
+    if c.content_types.is_empty() {
+        err(format!("{pp}.content_types"), "give at least one media type".into());
+    }
+    for (i, t) in c.content_types.iter().enumerate() {
+        let ok = match t.split_once('/') {
+            _ if t.starts_with('+') => t.len() > 1 && !t[1..].contains(['/', '+', ' ', ';']),
+            Some((ty, sub)) => {
+                let token = |s: &str| {
+                    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                token(ty) && (sub == "*" || token(sub))
+            }
+            None => false,
+        };
+        if !ok {
+            err(
+                format!("{pp}.content_types[{i}]"),
+                format!("{t:?} is not a media type (type/subtype, type/*, or +suffix)"),
+            );
+        }
+    }
+}
+
 fn check_list(
     p: &str,
     list: &[Plugin],
@@ -750,6 +826,7 @@ fn check_list(
             Plugin::Query(q) => crate::transform::check_query(&pp, q, route, err),
             Plugin::RequestBody(t) => crate::transform::check_body(&pp, t, route, true, err),
             Plugin::ResponseBody(t) => crate::transform::check_body(&pp, t, route, false, err),
+            Plugin::Compression(c) => check_compression(&pp, c, err),
             Plugin::RateLimit(r) => crate::ratelimit::check_rate_limit(&pp, r, config, err),
             Plugin::ConcurrencyLimit(c) => crate::ratelimit::check_concurrency(&pp, c, err),
             Plugin::Authorize(a) => {

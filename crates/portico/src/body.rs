@@ -38,6 +38,8 @@ pub enum Body {
     Streamed(Box<Streamed>),
     /// A body that holds something until it ends or is dropped (a concurrency slot).
     Holding(Box<Body>, Option<Box<dyn std::fmt::Debug + Send + Sync>>),
+    /// A body changed piece by piece as it streams (a response compressed).
+    Transformed(Box<Transformed>),
 }
 
 impl Body {
@@ -74,6 +76,7 @@ impl http_body::Body for Body {
                 }
                 res
             }
+            Body::Transformed(b) => b.poll(cx),
         }
     }
 
@@ -87,6 +90,7 @@ impl http_body::Body for Body {
             Body::H1(b) => b.is_end_stream(),
             Body::Streamed(b) => b.is_end_stream(),
             Body::Holding(b, _) => b.is_end_stream(),
+            Body::Transformed(b) => b.done && b.trailers.is_none(),
         }
     }
 
@@ -100,6 +104,89 @@ impl http_body::Body for Body {
             Body::H1(b) => b.size_hint(),
             Body::Streamed(b) => b.size_hint(),
             Body::Holding(b, _) => b.size_hint(),
+            // The length changes with the transform.
+            Body::Transformed(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// A change made to a body piece by piece as it streams, without holding it whole (a
+/// response body hook that compresses). Each call returns what can go on now, possibly
+/// nothing.
+pub trait StreamTransform: Send + Sync + std::fmt::Debug {
+    /// The next piece of the body.
+    fn data(&mut self, piece: &[u8]) -> Result<Bytes, BoxError>;
+    /// Nothing more is at hand for now (the source is waiting): what the transform holds
+    /// back must go out, so that a client is not kept waiting for bytes already here.
+    fn flush(&mut self) -> Result<Bytes, BoxError>;
+    /// The body ended: the rest.
+    fn end(&mut self) -> Result<Bytes, BoxError>;
+}
+
+/// A body run through a [`StreamTransform`] as it streams. Pieces that arrive together
+/// go through together; the transform is flushed only when the source has nothing more
+/// at hand, so a fast body is transformed in large pieces and a slow stream is not held
+/// back. Trailers follow the transformed rest.
+#[derive(Debug)]
+pub struct Transformed {
+    inner: Body,
+    stage: Box<dyn StreamTransform>,
+    /// Input was given since the last flush.
+    unflushed: bool,
+    /// The source ended (or failed): only `trailers` are left.
+    done: bool,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Transformed {
+    /// `inner` run through `stage`.
+    pub fn new(inner: Body, stage: Box<dyn StreamTransform>) -> Self {
+        Self { inner, stage, unflushed: false, done: false, trailers: None }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let out = match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.unflushed = true;
+                        self.stage.data(&data)
+                    }
+                    Err(frame) => {
+                        self.trailers = frame.into_trailers().ok();
+                        self.done = true;
+                        self.stage.end()
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    self.stage.end()
+                }
+                Poll::Pending if self.unflushed => {
+                    self.unflushed = false;
+                    match self.stage.flush() {
+                        Ok(out) if out.is_empty() => return Poll::Pending,
+                        out => out,
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            match out {
+                Ok(out) if out.is_empty() => {}
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(e) => {
+                    self.done = true;
+                    self.trailers = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
     }
 }

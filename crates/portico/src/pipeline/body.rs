@@ -1,12 +1,14 @@
 //! The body phases: a message's whole body for the plugins' body hooks, read under the
 //! bound they ask for, when one of them wants it (a JSON plugin: a JSON body). Any other
 //! body streams through untouched, and a route without body plugins never comes here.
+//! Then the response stream phase: transforms a response body streams through (a
+//! compression), set up by the plugins' stream hooks.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, ClientBody};
+use crate::body::{Body, ClientBody, Transformed};
 use crate::error::{ErrorKind, GatewayError};
 use crate::plugins::Chain;
 use crate::plugins::hooks::{HookCtx, Instance, Whole};
@@ -101,4 +103,23 @@ pub(super) async fn response(
     res.headers_mut().remove(header::ETAG);
     *res.body_mut() = replace(res.headers_mut(), body);
     Ok(())
+}
+
+/// The response stream phase, on a handler's answer after the body phase: each stream
+/// hook (in the registry's reverse order) may change the head and wrap the body in a
+/// transform. Answers without a body (1xx, 204, 304) are left alone; on an answer to HEAD
+/// the head changes and no transform is kept.
+pub(super) fn stream(res: &mut Response<Body>, chain: &Chain, ctx: &HookCtx<'_>, head: bool) {
+    let status = res.status();
+    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return;
+    }
+    for p in chain.plugins().iter().rev().filter(|p| p.phases().response_stream) {
+        if let Some(stage) = p.response_stream(status, res.headers_mut(), ctx)
+            && !head
+        {
+            let body = std::mem::take(res.body_mut());
+            *res.body_mut() = Body::Transformed(Box::new(Transformed::new(body, stage)));
+        }
+    }
 }

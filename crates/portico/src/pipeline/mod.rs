@@ -120,6 +120,7 @@ pub(crate) async fn handle_unsent_id(
     // Read now: the request is gone by the response phase. Global CORS also answers the
     // gateway's own errors outside any route (404, 405, 400).
     let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
+    let mut accept_encoding = None;
     let checked = match check_request(&req, &conn.listener) {
         Ok(seen) if seen.escaped_slash => slash_policy(&mut req, &snap, &conn.listener).map(|r| (seen, r)),
         other => other.map(|seen| (seen, None)),
@@ -180,6 +181,9 @@ pub(crate) async fn handle_unsent_id(
                     };
                     if origin.is_none() && route.plugins.has_cors() {
                         origin = headers.get(header::ORIGIN).cloned();
+                    }
+                    if route.plugins.has_response_stream_hooks() {
+                        accept_encoding = headers.get(header::ACCEPT_ENCODING).cloned();
                     }
                     let view = RequestView {
                         method: &log.method,
@@ -246,6 +250,7 @@ pub(crate) async fn handle_unsent_id(
                                     origin: origin.as_ref(),
                                     preflight: false,
                                     rate: rate.as_ref(),
+                                    accept_encoding: None,
                                 };
                                 if route.plugins.has_request_hooks() {
                                     route.plugins.request_hooks(&mut req, &ctx);
@@ -337,12 +342,19 @@ pub(crate) async fn handle_unsent_id(
         origin: origin.as_ref(),
         preflight: preflight_answered,
         rate: rate.as_ref(),
+        accept_encoding: accept_encoding.as_ref(),
     };
-    if from_handler && chain.has_response_body_hooks() {
-        let head = log.method == Method::HEAD;
-        if let Err(e) = Box::pin(body::response(&mut res, chain, &ctx, head)).await {
-            res = e.to_response(&log.request_id);
-        }
+    let head = log.method == Method::HEAD;
+    let mut from_handler = from_handler;
+    if from_handler
+        && chain.has_response_body_hooks()
+        && let Err(e) = Box::pin(body::response(&mut res, chain, &ctx, head)).await
+    {
+        res = e.to_response(&log.request_id);
+        from_handler = false;
+    }
+    if from_handler && chain.has_response_stream_hooks() {
+        body::stream(&mut res, chain, &ctx, head);
     }
     chain.response(&mut res, &ctx);
     if let Some(slot) = slot {

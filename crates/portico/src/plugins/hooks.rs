@@ -17,12 +17,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use portico_config::transform::{Piece, ValueTemplate};
 
 use super::rate_limit::{ConcurrencyLimit, RateInfo, RateLimit};
 use super::{Passed, Refusal, RequestView};
 use crate::body::Body;
+pub use crate::body::StreamTransform;
 use crate::error::{Challenge, GatewayError};
 use crate::identity::{Consumers, Identity};
 
@@ -40,6 +41,8 @@ pub struct Phases {
     pub request_body: bool,
     /// [`Hooks::response_body`] reads or changes the response's whole body.
     pub response_body: bool,
+    /// [`Hooks::response_stream`] changes the response's body as it streams.
+    pub response_stream: bool,
 }
 
 impl Phases {
@@ -51,6 +54,7 @@ impl Phases {
             response: self.response || other.response,
             request_body: self.request_body || other.request_body,
             response_body: self.response_body || other.response_body,
+            response_stream: self.response_stream || other.response_stream,
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct HookCtx<'a> {
     pub preflight: bool,
     /// The tightest rate limit's numbers, when a rate limit decided (allowed or refused).
     pub rate: Option<&'a RateInfo>,
+    /// The request's `Accept-Encoding`, when a plugin has a response stream hook.
+    pub accept_encoding: Option<&'a HeaderValue>,
 }
 
 impl<'a> HookCtx<'a> {
@@ -88,6 +94,7 @@ impl<'a> HookCtx<'a> {
             origin: None,
             preflight: false,
             rate: None,
+            accept_encoding: None,
         }
     }
 }
@@ -225,6 +232,21 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     fn response_body(&self, _msg: &mut Whole<'_>, _ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
         Ok(())
     }
+
+    /// Response stream phase, on a handler's answer after the response body phase and
+    /// before the response phase: may change the head and return a transform that the
+    /// body then streams through (compression), or `None` to leave the body as it is. Runs
+    /// in the registry's reverse order; each transform wraps the body the ones before it
+    /// made. On a response to HEAD the head changes as for GET and the transform is
+    /// dropped.
+    fn response_stream(
+        &self,
+        _status: StatusCode,
+        _headers: &mut HeaderMap,
+        _ctx: &HookCtx<'_>,
+    ) -> Option<Box<dyn StreamTransform>> {
+        None
+    }
 }
 
 /// The plugin kinds: one enum variant each, in the order their hooks run (the response
@@ -329,6 +351,16 @@ macro_rules! registry {
             pub fn response_body(&self, msg: &mut Whole<'_>, ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
                 match self { $(Self::$kind(p) => p.response_body(msg, ctx),)+ }
             }
+
+            /// See [`Hooks::response_stream`].
+            pub fn response_stream(
+                &self,
+                status: StatusCode,
+                headers: &mut HeaderMap,
+                ctx: &HookCtx<'_>,
+            ) -> Option<Box<dyn StreamTransform>> {
+                match self { $(Self::$kind(p) => p.response_stream(status, headers, ctx),)+ }
+            }
         }
     };
 }
@@ -360,6 +392,9 @@ registry! {
     RequestBody(super::request_body::RequestBody),
     /// `response_body`: changes a JSON response body.
     ResponseBody(super::response_body::ResponseBody),
+    /// `compression`: compresses the response body as it streams, after the body
+    /// plugins changed it (the stream phase follows the body phase).
+    Compression(super::compression::Compression),
     /// `response_headers`: changes the response's headers.
     ResponseHeaders(super::response_headers::ResponseHeaders),
     /// `security_headers`: security response headers, first of the response phase so that
@@ -404,6 +439,7 @@ pub fn compile(p: &portico_config::Plugin, built: &Built<'_>) -> Option<Instance
         P::ResponseHeaders(c) => Instance::ResponseHeaders(super::response_headers::ResponseHeaders::new(c)),
         P::RequestBody(c) => Instance::RequestBody(super::request_body::RequestBody::new(c)),
         P::ResponseBody(c) => Instance::ResponseBody(super::response_body::ResponseBody::new(c)),
+        P::Compression(c) => Instance::Compression(super::compression::Compression::new(c)),
         P::SecurityHeaders(c) => Instance::SecurityHeaders(super::security_headers::SecurityHeaders::new(c)),
     })
 }
@@ -484,6 +520,7 @@ mod tests {
         "security_headers: {}",
         "request_body: { set: { a: 1 } }",
         "response_body: { set: { b: 2 } }",
+        "compression: { min_size: 0B }",
     ];
 
     /// The config variant's place: a variant added to `portico_config::Plugin` does not
@@ -505,9 +542,10 @@ mod tests {
             P::SecurityHeaders(_) => 11,
             P::RequestBody(_) => 12,
             P::ResponseBody(_) => 13,
+            P::Compression(_) => 14,
         }
     }
-    const VARIANTS: usize = 14;
+    const VARIANTS: usize = 15;
 
     const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
     const API_KEY: &str = "k-1";
@@ -598,7 +636,9 @@ mod tests {
         let origin = HeaderValue::from_static("https://app.test");
         let rate =
             RateInfo { limit: 10, remaining: 9, reset_secs: 6, headers: portico_config::RateLimitHeaders::default() };
-        let ctx = HookCtx { origin: Some(&origin), rate: Some(&rate), ..HookCtx::new(&id) };
+        let gzip = HeaderValue::from_static("gzip");
+        let ctx =
+            HookCtx { origin: Some(&origin), rate: Some(&rate), accept_encoding: Some(&gzip), ..HookCtx::new(&id) };
         let cx = AccessCtx { consumers: &f.consumers, challenge: Challenge::Bearer };
         let mut seen = [false; VARIANTS];
         for yaml in SAMPLES {
@@ -651,6 +691,12 @@ mod tests {
                 h.response_body(&mut msg, &ctx).unwrap();
             }
             assert_eq!(&msg.body[..] != b"{}", h.phases().response_body, "{}: response body hook", h.kind());
+
+            // The stream hook, on a JSON response.
+            let mut headers = json.clone();
+            let stage = h.response_stream(http::StatusCode::OK, &mut headers, &ctx);
+            let acted = stage.is_some() || headers != json;
+            assert_eq!(acted, h.phases().response_stream, "{}: response stream hook", h.kind());
         }
         assert_eq!(seen, [true; VARIANTS], "a sample per config variant");
     }

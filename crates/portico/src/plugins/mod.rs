@@ -21,8 +21,9 @@
 //! | 10    | `request_headers`   | | headers | |
 //! | 11    | `request_body`      | | the JSON body (413, 400) | |
 //! | 12    | `response_body`     | | | the JSON body (502) |
-//! | 13    | `response_headers`  | | | headers |
-//! | 14    | `security_headers`  | | | headers |
+//! | 13    | `compression`       | | | the body, compressed as it streams |
+//! | 14    | `response_headers`  | | | headers |
+//! | 15    | `security_headers`  | | | headers |
 //!
 //! So the response phase writes `security_headers`, then `response_headers` (which can
 //! adjust a security header), then the rate-limit and CORS headers (which it cannot remove
@@ -38,6 +39,7 @@
 
 pub mod api_key;
 pub mod authorize;
+pub mod compression;
 pub mod cors;
 pub mod hooks;
 pub mod ip_filter;
@@ -313,7 +315,7 @@ impl Chain {
     /// Whether [`Chain::response`] or the response body phase may touch the response's
     /// fields: a plugin has a response hook or a response body hook.
     pub fn touches_response(&self) -> bool {
-        self.phases.response || self.phases.response_body
+        self.phases.response || self.phases.response_body || self.phases.response_stream
     }
 
     /// Whether a plugin has a request body hook.
@@ -324,6 +326,11 @@ impl Chain {
     /// Whether a plugin has a response body hook.
     pub fn has_response_body_hooks(&self) -> bool {
         self.phases.response_body
+    }
+
+    /// Whether a plugin has a response stream hook.
+    pub fn has_response_stream_hooks(&self) -> bool {
+        self.phases.response_stream
     }
 
     /// The plugins, in the registry's order.

@@ -525,7 +525,9 @@ impl Upstream {
             };
             return target.pool.send(addr, settings, request, body, sent, deadline).await;
         }
-        self.send_hyper(target, x, std::mem::take(body), deadline).await
+        // Boxed: hyper's request future is large, and inline it made the future of every
+        // call (the lean client's included) larger to move.
+        Box::pin(self.send_hyper(target, x, std::mem::take(body), deadline)).await
     }
 
     /// The part of [`Upstream::send`] that goes through hyper's client.
