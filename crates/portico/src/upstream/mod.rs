@@ -20,6 +20,7 @@ pub mod health;
 pub mod retry;
 pub mod tls;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -500,34 +501,38 @@ impl Upstream {
     /// anything else (TLS, HTTP/2, targets named by host name, upgrades and `CONNECT`)
     /// through hyper's. So every target's connections live in one pool, whatever sends on
     /// them: proxied requests, mirrored copies and health checks alike.
-    pub async fn send(
-        &self,
-        target: &Target,
-        x: Exchange<'_>,
-        body: &mut Body,
+    ///
+    /// Not an `async fn`: the choice is made before the first poll, and the lean client's
+    /// future is returned as it is, with no state machine of its own around it (that cost
+    /// 180 instructions per proxied request).
+    pub fn send<'a>(
+        &'a self,
+        target: &'a Target,
+        x: Exchange<'a>,
+        body: &'a mut Body,
         sent: Instant,
         deadline: Instant,
-    ) -> Result<http::Response<Body>, Error> {
-        if let (Some(settings), Some(addr)) = (&self.h1, target.addr)
-            && !x.upgrade
-            && *x.method != http::Method::CONNECT
-        {
-            // The lean client writes `Host`, the added fields and the body's framing
-            // itself, keeps the deadline on the connection's own timer, and leaves `TE`
-            // out (it reads no trailers).
-            let request = h1::Outgoing {
-                method: x.method,
-                target: x.pq.as_str(),
-                host: x.host,
-                headers: x.headers,
-                added: x.added,
-                framing: None,
-            };
-            return target.pool.send(addr, settings, request, body, sent, deadline).await;
+    ) -> impl Future<Output = Result<http::Response<Body>, Error>> + Send + 'a {
+        use futures_util::future::Either;
+        match (&self.h1, target.addr) {
+            (Some(settings), Some(addr)) if !x.upgrade && *x.method != http::Method::CONNECT => {
+                // The lean client writes `Host`, the added fields and the body's framing
+                // itself, keeps the deadline on the connection's own timer, and leaves
+                // `TE` out (it reads no trailers).
+                let request = h1::Outgoing {
+                    method: x.method,
+                    target: x.pq.as_str(),
+                    host: x.host,
+                    headers: x.headers,
+                    added: x.added,
+                    framing: None,
+                };
+                Either::Left(target.pool.send(addr, settings, request, body, sent, deadline))
+            }
+            // Boxed: hyper's request future is large, and inline it would make the future
+            // of every call (the lean client's included) larger to move.
+            _ => Either::Right(Box::pin(self.send_hyper(target, x, std::mem::take(body), deadline))),
         }
-        // Boxed: hyper's request future is large, and inline it made the future of every
-        // call (the lean client's included) larger to move.
-        Box::pin(self.send_hyper(target, x, std::mem::take(body), deadline)).await
     }
 
     /// The part of [`Upstream::send`] that goes through hyper's client.

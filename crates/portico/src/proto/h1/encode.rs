@@ -54,8 +54,10 @@ pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
         }
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    for (name, value) in r.added.into_iter().flat_map(Added::fields) {
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    if let Some(added) = r.added {
+        for (name, value) in added.fields() {
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     match r.framing {
         None => {}
