@@ -111,80 +111,94 @@ impl http_body::Body for Body {
 }
 
 /// A change made to a body piece by piece as it streams, without holding it whole (a
-/// response body hook that compresses). Each call returns what can go on now, possibly
-/// nothing.
+/// response body hook that compresses). It keeps what it has made until asked for it.
 pub trait StreamTransform: Send + Sync + std::fmt::Debug {
-    /// The next piece of the body.
-    fn data(&mut self, piece: &[u8]) -> Result<Bytes, BoxError>;
+    /// Takes the next piece of the body.
+    fn data(&mut self, piece: &[u8]) -> Result<(), BoxError>;
     /// Nothing more is at hand for now (the source is waiting): what the transform holds
-    /// back must go out, so that a client is not kept waiting for bytes already here.
-    fn flush(&mut self) -> Result<Bytes, BoxError>;
-    /// The body ended: the rest.
-    fn end(&mut self) -> Result<Bytes, BoxError>;
+    /// back must be made ready, so that a client is not kept waiting for bytes already here.
+    fn flush(&mut self) -> Result<(), BoxError>;
+    /// The body ended: make the rest ready.
+    fn end(&mut self) -> Result<(), BoxError>;
+    /// How many bytes are ready to go.
+    fn ready(&self) -> usize;
+    /// Takes the bytes ready to go.
+    fn take(&mut self) -> Bytes;
 }
 
-/// A body run through a [`StreamTransform`] as it streams. Pieces that arrive together
-/// go through together; the transform is flushed only when the source has nothing more
-/// at hand, so a fast body is transformed in large pieces and a slow stream is not held
-/// back. Trailers follow the transformed rest.
+/// A body run through a [`StreamTransform`] as it streams. What arrives together goes
+/// through together and out as one piece (up to [`Transformed::PIECE`] bytes); the
+/// transform is flushed only when the source has nothing more at hand, so a fast body is
+/// transformed and written in large pieces and a slow stream is not held back. Trailers
+/// follow the transformed rest.
 #[derive(Debug)]
 pub struct Transformed {
     inner: Body,
     stage: Box<dyn StreamTransform>,
     /// Input was given since the last flush.
     unflushed: bool,
-    /// The source ended (or failed): only `trailers` are left.
+    /// The source ended (or failed): only what the stage holds and `trailers` are left.
     done: bool,
     trailers: Option<http::HeaderMap>,
 }
 
 impl Transformed {
+    /// Output is handed on once this much is ready, without waiting for the source to pause.
+    const PIECE: usize = 16 * 1024;
+
     /// `inner` run through `stage`.
     pub fn new(inner: Body, stage: Box<dyn StreamTransform>) -> Self {
         Self { inner, stage, unflushed: false, done: false, trailers: None }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.step(cx) {
+            Ok(Poll::Ready(Some(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(Poll::Ready(None)) => Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(e) => {
+                self.done = true;
+                self.trailers = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    /// The next piece of output, `None` once there is no more (trailers may follow).
+    fn step(&mut self, cx: &mut Context<'_>) -> Result<Poll<Option<Bytes>>, BoxError> {
         loop {
             if self.done {
-                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+                let ready = self.stage.ready() > 0;
+                return Ok(Poll::Ready(ready.then(|| self.stage.take())));
             }
-            let out = match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
+            match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         self.unflushed = true;
-                        self.stage.data(&data)
+                        self.stage.data(&data)?;
+                        if self.stage.ready() >= Self::PIECE {
+                            return Ok(Poll::Ready(Some(self.stage.take())));
+                        }
                     }
                     Err(frame) => {
                         self.trailers = frame.into_trailers().ok();
                         self.done = true;
-                        self.stage.end()
+                        self.stage.end()?;
                     }
                 },
-                Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Poll::Ready(Some(Err(e))) => return Err(e),
                 Poll::Ready(None) => {
                     self.done = true;
-                    self.stage.end()
+                    self.stage.end()?;
                 }
-                Poll::Pending if self.unflushed => {
-                    self.unflushed = false;
-                    match self.stage.flush() {
-                        Ok(out) if out.is_empty() => return Poll::Pending,
-                        out => out,
+                Poll::Pending => {
+                    if std::mem::take(&mut self.unflushed) {
+                        self.stage.flush()?;
                     }
-                }
-                Poll::Pending => return Poll::Pending,
-            };
-            match out {
-                Ok(out) if out.is_empty() => {}
-                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                Err(e) => {
-                    self.done = true;
-                    self.trailers = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Ok(match self.stage.ready() {
+                        0 => Poll::Pending,
+                        _ => Poll::Ready(Some(self.stage.take())),
+                    });
                 }
             }
         }
