@@ -60,6 +60,45 @@ async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout(
     assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(4), "{closed:?}");
 }
 
+/// The same timeouts on a connection the lean loop handed to hyper (its first request has
+/// an absolute-form target, which the lean loop leaves to hyper; hyper keeps the
+/// connection): the server's two loops keep one set of rules.
+#[tokio::test]
+async fn the_same_timeouts_hold_on_a_connection_handed_to_hyper() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&limited(&up, "header_timeout: 500ms, idle_timeout: 2s"));
+    let handed = || async {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(b"GET http://x/first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        s
+    };
+
+    // A trickled head on it is cut off after header_timeout.
+    let mut s = handed().await;
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = s.write_all(b"X-Slow: 1\r\n").await;
+    }
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let closed = closed.expect("slow head must be cut off");
+    assert!(closed < Duration::from_millis(1500), "{closed:?}");
+
+    // Idle past header_timeout but not idle_timeout: still served; then closed.
+    let mut s = handed().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "served after 1s idle");
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(6)).await;
+    let closed = closed.expect("idle connection must be closed");
+    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(4), "{closed:?}");
+}
+
 #[tokio::test]
 async fn max_connections_holds_new_clients_until_a_slot_frees() {
     let up = TestUpstream::start("u").await;
