@@ -3,6 +3,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod access;
+mod aggregate;
 mod auth;
 mod bodies;
 mod cli;

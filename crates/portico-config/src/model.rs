@@ -821,6 +821,10 @@ pub struct Route {
     /// route's plugins run as for any route (authentication, limits, response headers).
     #[serde(default)]
     pub respond: Option<Respond>,
+    /// Answer with one JSON document made from several upstream calls (parallel unless
+    /// one names another's result). Give this, `upstream`, `split` or `respond`.
+    #[serde(default)]
+    pub aggregate: Option<crate::aggregate::Aggregate>,
     /// Overrides the listener's `escaped_slashes` for requests this route matches (as
     /// received, before any decoding).
     #[serde(default)]

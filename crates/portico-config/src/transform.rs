@@ -169,6 +169,9 @@ pub enum Piece {
     Claim(String),
     /// `{request_id}`: the request's ID.
     RequestId,
+    /// `{CALL.PATH}` in an `aggregate` call: the value at the dotted `PATH` of another
+    /// call's JSON result (`{CALL}` alone: the whole result).
+    Call(String, String),
 }
 
 /// A parsed value template: text with `{...}` placeholders. When a placeholder has no value
@@ -182,6 +185,12 @@ pub struct ValueTemplate {
 impl ValueTemplate {
     /// Parses `s`, with a message naming what is wrong.
     pub fn parse(s: &str) -> Result<Self, String> {
+        Self::parse_with_calls(s, &[])
+    }
+
+    /// Parses `s` where `{CALL.PATH}` may also name the result of one of `calls` (an
+    /// `aggregate` call's template).
+    pub fn parse_with_calls(s: &str, calls: &[&str]) -> Result<Self, String> {
         let mut pieces = Vec::new();
         let mut text = String::new();
         let mut rest = s;
@@ -202,7 +211,7 @@ impl ValueTemplate {
             if !text.is_empty() {
                 pieces.push(Piece::Text(std::mem::take(&mut text)));
             }
-            pieces.push(Self::placeholder(&after[..end]).map_err(|m| format!("{s:?}: {m}"))?);
+            pieces.push(Self::placeholder(&after[..end], calls).map_err(|m| format!("{s:?}: {m}"))?);
             rest = &after[end + 1..];
         }
         text.push_str(rest);
@@ -212,7 +221,7 @@ impl ValueTemplate {
         Ok(Self { pieces })
     }
 
-    fn placeholder(p: &str) -> Result<Piece, String> {
+    fn placeholder(p: &str, calls: &[&str]) -> Result<Piece, String> {
         let named = |kind: &str, name: &str, f: fn(String) -> Piece| {
             if name.is_empty() || name.contains(['{', '}', ' ']) {
                 Err(format!("{{{kind}.}} needs a name, like {{{kind}.id}}"))
@@ -228,6 +237,15 @@ impl ValueTemplate {
             Some(("query", n)) => named("query", n, Piece::Query),
             Some(("header", n)) => named("header", n, Piece::Header),
             Some(("claim", n)) => named("claim", n, Piece::Claim),
+            None if calls.contains(&p) => Ok(Piece::Call(p.to_owned(), String::new())),
+            Some((c, path)) if calls.contains(&c) => match crate::transform::body_path(path) {
+                Ok(_) => Ok(Piece::Call(c.to_owned(), path.to_owned())),
+                Err(e) => Err(format!("{{{p}}}: {e}")),
+            },
+            _ if !calls.is_empty() => Err(format!(
+                "unknown placeholder {{{p}}}: use {{param.NAME}}, {{query.NAME}}, {{header.NAME}}, {{claim.NAME}}, {{consumer}}, {{tenant}}, {{request_id}} or a call's {{CALL.PATH}} ({})",
+                calls.join(", ")
+            )),
             _ => Err(format!(
                 "unknown placeholder {{{p}}}: use {{param.NAME}}, {{query.NAME}}, {{header.NAME}}, {{claim.NAME}}, {{consumer}}, {{tenant}} or {{request_id}}"
             )),

@@ -112,10 +112,18 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if let Some(respond) = &r.respond {
             check_respond(&p, r, respond, &mut err);
         }
+        if let Some(a) = &r.aggregate {
+            let known = |u: &str| config.upstreams.contains_key(u);
+            crate::aggregate::check(&format!("{p}.aggregate"), a, &known, r, &mut err);
+            if r.respond.is_some() {
+                err(format!("{p}.aggregate"), "give either respond or aggregate, not both".into());
+            }
+            check_not_forwarding(&format!("{p}.aggregate"), r, "aggregates", &mut err);
+        }
         match (&r.upstream, r.split.is_empty()) {
-            _ if r.respond.is_some() => {}
+            _ if r.respond.is_some() || r.aggregate.is_some() => {}
             (Some(_), false) => err(format!("{p}.split"), "give either upstream or split, not both".into()),
-            (None, true) => err(format!("{p}.upstream"), "a route needs upstream, split or respond".into()),
+            (None, true) => err(format!("{p}.upstream"), "a route needs upstream, split, respond or aggregate".into()),
             (Some(u), true) if !config.upstreams.contains_key(u) => {
                 err(format!("{p}.upstream"), format!("unknown upstream {u:?} ({})", known()));
             }
@@ -182,6 +190,12 @@ fn check_respond(
             Ok(_) => {}
         }
     }
+    check_not_forwarding(&p, r, "responds itself", err);
+}
+
+/// A route whose handler forwards nothing (`respond`, `aggregate`) takes none of the
+/// fields that only mean something when forwarding; `what` says what it does instead.
+fn check_not_forwarding(p: &str, r: &crate::model::Route, what: &str, err: &mut impl FnMut(String, String)) {
     let forwarding = [
         ("upstream", r.upstream.is_some()),
         ("split", !r.split.is_empty()),
@@ -196,7 +210,7 @@ fn check_respond(
     ];
     for (field, given) in forwarding {
         if given {
-            err(p.clone(), format!("a route that responds itself takes no {field} (it forwards nothing)"));
+            err(p.to_owned(), format!("a route that {what} takes no {field} (it forwards nothing)"));
         }
     }
 }

@@ -414,9 +414,19 @@ impl Snapshot {
             &mut errors,
         );
         for (i, r) in config.routes.iter().enumerate() {
-            let handler = match &r.respond {
-                Some(respond) => Handler::Respond(crate::handlers::respond::Respond::new(respond)),
-                None => {
+            let handler = match (&r.respond, &r.aggregate) {
+                (Some(respond), _) => Handler::Respond(crate::handlers::respond::Respond::new(respond)),
+                (None, Some(a)) => {
+                    let find = |name: &str| upstreams.get(name).cloned();
+                    match crate::handlers::aggregate::Aggregate::new(a, &find) {
+                        Some(a) => Handler::Aggregate(Box::new(a)),
+                        None => {
+                            errors.push(ConfigError::new(format!("routes[{i}].aggregate"), "unknown upstream"));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => {
                     let primary = r
                         .upstream
                         .clone()

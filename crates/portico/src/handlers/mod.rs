@@ -3,6 +3,7 @@
 //! there: an async dispatch function here would move the proxy's large future once more
 //! per request).
 
+pub mod aggregate;
 pub mod proxy;
 pub mod respond;
 
@@ -18,6 +19,8 @@ pub enum Handler {
     Proxy(Arc<Upstream>),
     /// Answer with a fixed response.
     Respond(respond::Respond),
+    /// Answer with one JSON document from several upstream calls.
+    Aggregate(Box<aggregate::Aggregate>),
 }
 
 impl Handler {
@@ -25,7 +28,7 @@ impl Handler {
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         match self {
             Handler::Proxy(up) => Some(up),
-            Handler::Respond(_) => None,
+            Handler::Respond(_) | Handler::Aggregate(_) => None,
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct ProxyCtx<'a> {
     /// When the request arrived, if nothing since could have made it wait (no request
     /// plugin ran): the upstream's timeouts count from here, without another clock read.
     pub started: Option<Instant>,
+    /// The whole request's timeout, instead of the route's or the upstream's (an
+    /// aggregate's call).
+    pub timeout: Option<Duration>,
 }
 
 static IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
@@ -133,7 +136,8 @@ pub async fn forward(
         outcome.upstream = Some(upstream.name.clone());
     }
     let started = ctx.started.unwrap_or_else(Instant::now);
-    let deadline = started + route.timeout_for(upstream);
+    let timeout = ctx.timeout.unwrap_or_else(|| route.timeout_for(upstream));
+    let deadline = started + timeout;
 
     // Without limits (the usual case), no wait is set up at all.
     let _route_slot = match &route.limit {
@@ -294,7 +298,7 @@ pub async fn forward(
                 flight.finish(true);
                 let total_left = deadline.saturating_duration_since(Instant::now());
                 let e = if total_left.is_zero() {
-                    GatewayError::new(ErrorKind::UpstreamTimeout(route.timeout_for(upstream)))
+                    GatewayError::new(ErrorKind::UpstreamTimeout(timeout))
                 } else {
                     GatewayError::new(ErrorKind::UpstreamTimeout(try_timeout))
                 };

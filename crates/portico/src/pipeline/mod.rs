@@ -174,7 +174,9 @@ pub(crate) async fn handle_unsent_id(
                     let route = &snap.routes[index];
                     let new_path = route.rewrite.apply(path, &params);
                     // Owned for the request hooks, which run once the request is changed.
-                    let hooked = route.plugins.has_request_hooks() || route.plugins.has_request_body_hooks();
+                    let aggregates = matches!(route.handler, Handler::Aggregate(_));
+                    let hooked =
+                        route.plugins.has_request_hooks() || route.plugins.has_request_body_hooks() || aggregates;
                     let hook_params: Vec<(Box<str>, Box<str>)> = match hooked {
                         true => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                         false => Vec::new(),
@@ -271,6 +273,28 @@ pub(crate) async fn handle_unsent_id(
                             match (&route.handler, body_phase) {
                                 (_, Err(e)) => Err(e),
                                 (Handler::Respond(r), Ok(())) => Ok(r.response()),
+                                (Handler::Aggregate(a), Ok(())) => {
+                                    let cx = crate::handlers::aggregate::Ctx {
+                                        route,
+                                        hook: HookCtx {
+                                            params: &hook_params,
+                                            identity: identity.as_ref(),
+                                            tenant: tenant.as_deref(),
+                                            ..HookCtx::new(&log.request_id)
+                                        },
+                                        headers: req.headers(),
+                                        query: req.uri().query(),
+                                        peer: &conn.peer_headers,
+                                        peer_trusted,
+                                        client_ip,
+                                        shared,
+                                        tls: conn.tls.as_deref(),
+                                        request_id: (&snap.request_id_header, &log.request_id),
+                                        identity: &snap.identity,
+                                    };
+                                    // Boxed: only aggregate routes pay for its room.
+                                    Box::pin(a.answer(cx)).await
+                                }
                                 (Handler::Proxy(up), Ok(())) => {
                                     let ctx = proxy::ProxyCtx {
                                         route,
@@ -286,6 +310,7 @@ pub(crate) async fn handle_unsent_id(
                                         client_host: client_host.as_ref(),
                                         may_upgrade: seen.upgrade,
                                         started: skipped.then_some(start),
+                                        timeout: None,
                                     };
                                     proxy::forward(req, up, ctx, &mut log.outcome).await
                                 }

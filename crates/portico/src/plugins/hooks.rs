@@ -464,20 +464,36 @@ impl Template {
         for p in &*self.0 {
             match p {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Param(n) => out.push_str(ctx.params.iter().find(|(k, _)| &**k == n)?.1.as_ref()),
-                Piece::Query(n) => out.push_str(query_value(query?, n)?),
-                Piece::Header(n) => out.push_str(headers?.get(n.as_str())?.to_str().ok()?),
-                Piece::Consumer => out.push_str(&ctx.identity?.consumer.as_ref()?.id),
-                Piece::Tenant => out.push_str(ctx.tenant?),
-                Piece::RequestId => out.push_str(ctx.request_id.to_str().ok()?),
-                Piece::Claim(n) => match ctx.identity?.token.as_ref()?.claims.get(n)? {
-                    serde_json::Value::String(s) => out.push_str(s),
-                    v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => out.push_str(&v.to_string()),
-                    _ => return None,
-                },
+                other => out.push_str(&Self::piece(other, ctx, headers, query)?),
             }
         }
         Some(out)
+    }
+
+    /// The value of one placeholder for a request; `None` when it has none here (and for
+    /// a call's result, which only an `aggregate` handler knows).
+    pub fn piece<'v>(
+        p: &'v Piece,
+        ctx: &HookCtx<'v>,
+        headers: Option<&'v HeaderMap>,
+        query: Option<&'v str>,
+    ) -> Option<std::borrow::Cow<'v, str>> {
+        use std::borrow::Cow;
+        Some(match p {
+            Piece::Text(t) => Cow::Borrowed(t.as_str()),
+            Piece::Param(n) => Cow::Borrowed(ctx.params.iter().find(|(k, _)| &**k == n)?.1.as_ref()),
+            Piece::Query(n) => Cow::Borrowed(query_value(query?, n)?),
+            Piece::Header(n) => Cow::Borrowed(headers?.get(n.as_str())?.to_str().ok()?),
+            Piece::Consumer => Cow::Borrowed(ctx.identity?.consumer.as_ref()?.id.as_ref()),
+            Piece::Tenant => Cow::Borrowed(ctx.tenant?),
+            Piece::RequestId => Cow::Borrowed(ctx.request_id.to_str().ok()?),
+            Piece::Claim(n) => match ctx.identity?.token.as_ref()?.claims.get(n)? {
+                serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
+                v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Cow::Owned(v.to_string()),
+                _ => return None,
+            },
+            Piece::Call(..) => return None,
+        })
     }
 }
 

@@ -1,0 +1,232 @@
+//! The `aggregate` handler against real upstreams: calls built from the request and from
+//! each other's results, run together unless they depend on each other, and every way a
+//! call can fail, with the answer saying which.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn calls_are_built_from_the_request_and_from_each_others_results() {
+    let users = TestUpstream::start("users").await;
+    let orders = TestUpstream::start("orders").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  users: {{ targets: [{{ url: "{}" }}] }}
+  orders: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: home
+    match: {{ path: "/home/{{user}}" }}
+    aggregate:
+      calls:
+        - name: profile
+          upstream: users
+          path: "/users/{{param.user}}"
+          query: {{ lang: "{{query.lang}}" }}
+          headers: {{ x-caller: "{{header.x-caller}}" }}
+        - name: orders
+          upstream: orders
+          path: "/orders/{{profile.path}}"
+        - name: echo
+          upstream: orders
+          method: POST
+          path: /echo-body
+          body: {{ user: "{{param.user}}", profile: "{{profile.query}}", whole: "{{profile.headers}}", n: 7 }}
+        - name: meta
+          upstream: users
+          path: /meta
+          merge: true
+"#,
+        users.url(),
+        orders.url()
+    )));
+    let (status, headers, body) =
+        get_with(&gw.url("/home/42?lang=de"), &[("x-caller", "me"), ("x-drop", "not forwarded")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(headers.get("x-aggregate-partial").is_none());
+    let doc = json(&body);
+    let profile = &doc["profile"];
+    assert_eq!(profile["upstream"], "users");
+    assert_eq!(profile["path"], "/users/42");
+    assert_eq!(profile["query"], "lang=de");
+    assert_eq!(profile["headers"]["x-caller"], "me");
+    assert!(profile["headers"].get("x-drop").is_none(), "only the call's own headers go: {profile}");
+    assert!(profile["headers"]["x-request-id"].is_string(), "the request's ID goes with every call");
+    // A value from another call, percent-encoded into its segment (no `/` or `.` escapes it).
+    assert_eq!(doc["orders"]["path"], "/orders/%2Fusers%2F42");
+    // The body: templates rendered, a lone placeholder's value taken as it is (an object).
+    assert_eq!(doc["echo"]["user"], "42");
+    assert_eq!(doc["echo"]["profile"], "lang=de");
+    assert_eq!(doc["echo"]["whole"]["x-caller"], "me");
+    assert_eq!(doc["echo"]["n"], 7);
+    // `merge: true`: the result's fields are in the root.
+    assert_eq!(doc["path"], "/meta");
+    assert!(doc.get("meta").is_none());
+    // The keys come in the calls' order.
+    let keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(&keys[..3], ["profile", "orders", "echo"]);
+}
+
+/// An upstream that answers only once two requests are waiting at the same time: a
+/// gateway that ran the calls one after the other would never get an answer.
+async fn two_at_once() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let barrier = barrier.clone();
+                    async move {
+                        barrier.wait().await;
+                        let body = format!("{{\"path\":\"{}\"}}", req.uri().path());
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn calls_without_a_dependency_run_together() {
+    let up = two_at_once().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [{{ url: \"{up}\" }}] }}\nroutes:\n  - name: both\n    match: {{ path: /both }}\n    aggregate:\n      deadline: 3s\n      calls:\n        - {{ name: a, upstream: u, path: /a }}\n        - {{ name: b, upstream: u, path: /b }}\n"
+    )));
+    let (status, _, body) = get(&gw.url("/both")).await;
+    assert_eq!(status, 200, "{body}");
+    let doc = json(&body);
+    assert_eq!((doc["a"]["path"].as_str(), doc["b"]["path"].as_str()), (Some("/a"), Some("/b")));
+}
+
+fn failing_calls(up: &TestUpstream, on_failure: &str) -> String {
+    config(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: mixed
+    match: {{ path: /mixed }}
+    aggregate:
+      on_failure: {on_failure}
+      calls:
+        - {{ name: ok, upstream: u, path: /fine }}
+        - {{ name: bad_status, upstream: u, path: /status/503, required: false, fallback: {{ items: [] }} }}
+        - {{ name: not_json, upstream: u, path: /slow, query: {{ ms: "0" }}, required: false }}
+        - {{ name: too_big, upstream: u, path: /stream, query: {{ bytes: "5000" }}, max_size: 1KiB, required: false }}
+        - {{ name: slow, upstream: u, path: /slow, query: {{ ms: "3000" }}, timeout: 200ms, required: false }}
+        - {{ name: dependent, upstream: u, path: "/x/{{not_json.id}}", required: false }}
+        - {{ name: missing, upstream: u, path: "/x/{{ok.no_such_field}}", required: false }}
+  - name: required
+    match: {{ prefix: /required }}
+    aggregate:
+      calls:
+        - {{ name: ok, upstream: u, path: /fine }}
+        - {{ name: slow, upstream: u, path: /slow, query: {{ ms: "3000" }}, timeout: 200ms }}
+  - name: required-status
+    match: {{ prefix: /status }}
+    aggregate:
+      calls:
+        - {{ name: broken, upstream: u, path: /status/500 }}
+"#,
+        up.url()
+    ))
+}
+
+#[tokio::test]
+async fn every_failure_is_named_and_a_partial_answer_says_so() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&failing_calls(&up, "partial"));
+    let (status, headers, body) = get(&gw.url("/mixed")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-aggregate-partial"], "true");
+    let doc = json(&body);
+    assert_eq!(doc["ok"]["path"], "/fine");
+    assert_eq!(doc["bad_status"], serde_json::json!({ "items": [] }), "the fallback");
+    for absent in ["not_json", "too_big", "slow", "dependent", "missing"] {
+        assert!(doc.get(absent).is_none(), "{absent}: no fallback, no key: {doc}");
+    }
+    let errors = &doc["errors"];
+    assert_eq!(errors["bad_status"], serde_json::json!({ "reason": "status", "upstreamStatus": 503 }));
+    assert_eq!(errors["not_json"]["reason"], "invalid_json");
+    assert_eq!(errors["too_big"]["reason"], "too_large");
+    assert_eq!(errors["slow"]["reason"], "timeout");
+    assert_eq!(errors["dependent"], serde_json::json!({ "reason": "dependency_failed", "call": "not_json" }));
+    assert_eq!(errors["missing"]["reason"], "missing_value");
+    assert!(errors.get("ok").is_none());
+    assert!(!errors.to_string().contains("127.0.0.1"), "no backend address: {errors}");
+
+    // A required call's failure is the answer's: 504 for a timeout, 502 otherwise.
+    let (status, _, body) = get(&gw.url("/required")).await;
+    assert_eq!(status, 504, "{body}");
+    let v = json(&body);
+    assert_eq!(
+        (v["call"].as_str(), v["reason"].as_str(), v["status"].as_u64()),
+        (Some("slow"), Some("timeout"), Some(504))
+    );
+    assert!(v["requestId"].as_str().is_some_and(|id| !id.is_empty()));
+    let (status, _, body) = get(&gw.url("/status")).await;
+    assert_eq!(status, 502, "{body}");
+    let v = json(&body);
+    assert_eq!(
+        (v["call"].as_str(), v["reason"].as_str(), v["status"].as_u64()),
+        (Some("broken"), Some("status"), Some(502))
+    );
+
+    // all_or_nothing: the first failed call in order fails the answer.
+    let gw = Gateway::start(&failing_calls(&up, "all_or_nothing"));
+    let (status, headers, body) = get(&gw.url("/mixed")).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(headers.get("x-aggregate-partial").is_none());
+    assert_eq!(json(&body)["call"], "bad_status");
+}
+
+#[tokio::test]
+async fn validation_names_each_problem_of_the_calls() {
+    let errors = validation_errors(&config(
+        r#"upstreams:
+  u: { targets: [{ url: "http://127.0.0.1:1" }] }
+routes:
+  - name: bad
+    match: { path: "/x/{id}" }
+    aggregate:
+      calls:
+        - { name: a, upstream: u, path: "/a/{b.id}" }
+        - { name: b, upstream: u, path: "/b/{a.id}" }
+        - { name: c, upstream: nowhere, path: "/c/{nope.id}" }
+        - { name: errors, upstream: u, path: "/e/{param.other}" }
+        - { name: a, upstream: u, path: relative, method: get }
+        - { name: d, upstream: u, path: /d, fallback: 1 }
+"#,
+    ));
+    for want in [
+        "routes[0].aggregate.calls[0]: the calls wait for each other: a -> b -> a",
+        "routes[0].aggregate.calls[2].upstream: unknown upstream \"nowhere\"",
+        "routes[0].aggregate.calls[2].path: \"/c/{nope.id}\": unknown placeholder {nope.id}",
+        "routes[0].aggregate.calls[3].name: \"errors\" is reserved",
+        "routes[0].aggregate.calls[3].path: the route's path does not capture {other}",
+        "routes[0].aggregate.calls[4].name: duplicate call name \"a\" (also routes[0].aggregate.calls[0])",
+        "routes[0].aggregate.calls[4].method: \"get\" is not an upper-case HTTP method",
+        "routes[0].aggregate.calls[4].path: \"relative\" must start with '/'",
+        "routes[0].aggregate.calls[5].fallback: only an optional call (required: false) has a fallback",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
+    }
+    let errors = validation_errors(&config(
+        "upstreams:\n  u: { targets: [{ url: \"http://127.0.0.1:1\" }] }\nroutes:\n  - { name: both, match: { path: /x }, upstream: u, aggregate: { calls: [{ name: a, upstream: u, path: /a }] } }\n",
+    ));
+    assert!(errors.contains("routes[0].aggregate: a route that aggregates takes no upstream"), "{errors}");
+}
