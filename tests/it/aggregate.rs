@@ -72,6 +72,21 @@ routes:
     // The keys come in the calls' order.
     let keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(&keys[..3], ["profile", "orders", "echo"]);
+
+    // Each call is counted and timed, and the access log lists them.
+    assert_eq!(gw.metric("gateway_aggregate_calls_total{route=\"home\",call=\"profile\",outcome=\"ok\"}").await, 1.0);
+    assert_eq!(gw.metric("gateway_aggregate_call_duration_seconds_count{route=\"home\",call=\"echo\"}").await, 1.0);
+    let logged = Gateway::eventually(std::time::Duration::from_secs(5), || async {
+        gw.access_log().iter().any(|l| l["route"] == "home" && l["calls"].as_array().is_some_and(|c| c.len() == 4))
+    })
+    .await;
+    assert!(logged, "{:?}", gw.access_log());
+    let line = gw.access_log().into_iter().find(|l| l["route"] == "home").unwrap();
+    let calls = line["calls"].as_array().unwrap();
+    assert_eq!(calls[1]["call"], "orders");
+    assert_eq!(calls[1]["upstream"], "orders");
+    assert_eq!((calls[1]["outcome"].as_str(), calls[1]["status"].as_u64()), (Some("ok"), Some(200)));
+    assert!(calls[1]["durationMs"].as_f64().is_some_and(|d| d > 0.0), "{line}");
 }
 
 /// An upstream that answers only once two requests are waiting at the same time: a
@@ -168,6 +183,13 @@ async fn every_failure_is_named_and_a_partial_answer_says_so() {
     assert_eq!(errors["missing"]["reason"], "missing_value");
     assert!(errors.get("ok").is_none());
     assert!(!errors.to_string().contains("127.0.0.1"), "no backend address: {errors}");
+    for (call, outcome) in [("slow", "timeout"), ("dependent", "dependency_failed"), ("bad_status", "status")] {
+        let series = format!("gateway_aggregate_calls_total{{route=\"mixed\",call=\"{call}\",outcome=\"{outcome}\"}}");
+        assert_eq!(gw.metric(&series).await, 1.0, "{series}");
+    }
+    // A call that was never sent has no duration.
+    let never = "gateway_aggregate_call_duration_seconds_count{route=\"mixed\",call=\"dependent\"}";
+    assert_eq!(gw.metric(never).await, 0.0);
 
     // A required call's failure is the answer's: 504 for a timeout, 502 otherwise.
     let (status, _, body) = get(&gw.url("/required")).await;

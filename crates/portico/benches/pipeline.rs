@@ -149,6 +149,7 @@ fn bench(c: &mut Criterion) {
         bytes_sent: 218,
         duration: Duration::from_micros(260),
         completion: "complete",
+        calls: None,
     };
     let mut buf = Vec::with_capacity(1024);
     c.bench_function("access_log_line", |b| {

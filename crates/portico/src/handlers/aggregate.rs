@@ -29,6 +29,7 @@ use super::proxy::{self, ProxyCtx};
 use crate::body::Body;
 use crate::compile::CompiledRoute;
 use crate::error::{ErrorKind, GatewayError, Side};
+use crate::observe::access_log::CallLog;
 use crate::pipeline::Outcome;
 use crate::plugins::hooks::{HookCtx, Template};
 use crate::upstream::Upstream;
@@ -50,7 +51,7 @@ type Tpl = Box<[Piece]>;
 
 #[derive(Debug)]
 struct Call {
-    name: Box<str>,
+    name: std::sync::Arc<str>,
     upstream: std::sync::Arc<Upstream>,
     method: Method,
     path: Tpl,
@@ -90,7 +91,7 @@ enum Failure {
     /// The body was not JSON.
     InvalidJson,
     /// A call this one needs failed.
-    Dependency(Box<str>),
+    Dependency(std::sync::Arc<str>),
     /// A value this call needs is not there (a placeholder with nothing behind it).
     MissingValue,
     /// The client's own request failed (its body, its limits): the client's error.
@@ -202,11 +203,15 @@ impl Aggregate {
     }
 
     /// Answers one request.
-    pub async fn answer(&self, cx: Ctx<'_>) -> Result<Response<Body>, GatewayError> {
+    pub async fn answer(&self, cx: Ctx<'_>, outcome: &mut Outcome) -> Result<Response<Body>, GatewayError> {
         let deadline = Instant::now() + self.deadline;
         let n = self.calls.len();
         let mut results: Vec<Option<Result<Value, Failure>>> = vec![None; n];
         let mut started = vec![false; n];
+        // How long each call that was sent took (to its whole body, or to the deadline).
+        let mut took: Vec<Option<Duration>> = vec![None; n];
+        let mut statuses: Vec<Option<u16>> = vec![None; n];
+        let mut sent_at: Vec<Option<Instant>> = vec![None; n];
         let mut running = FuturesUnordered::new();
         loop {
             // Start every call whose inputs are in; settle those whose inputs failed. A
@@ -225,7 +230,10 @@ impl Aggregate {
                         continue;
                     }
                     match self.request(call, &cx, &results) {
-                        Some(req) => running.push(self.call(i, req, &cx, deadline)),
+                        Some(req) => {
+                            sent_at[i] = Some(Instant::now());
+                            running.push(self.call(i, req, &cx, deadline));
+                        }
                         None => results[i] = Some(Err(Failure::MissingValue)),
                     }
                 }
@@ -234,15 +242,37 @@ impl Aggregate {
                 break;
             }
             match tokio::time::timeout_at(deadline, running.next()).await {
-                Ok(Some((i, r))) => results[i] = Some(r),
+                Ok(Some((i, r, status))) => {
+                    took[i] = sent_at[i].map(|at| at.elapsed());
+                    statuses[i] = status;
+                    results[i] = Some(r);
+                }
                 Ok(None) => break,
                 // The deadline: whatever has not answered has failed.
                 Err(_) => break,
             }
         }
         drop(running);
+        for (i, at) in sent_at.iter().enumerate() {
+            if results[i].is_none() {
+                took[i] = at.map(|at| at.elapsed());
+            }
+        }
         let results: Vec<Result<Value, Failure>> =
             results.into_iter().map(|r| r.unwrap_or(Err(Failure::Timeout))).collect();
+        let mut log = Vec::with_capacity(n);
+        for (i, (call, r)) in self.calls.iter().zip(&results).enumerate() {
+            let reason = r.as_ref().err().map_or("ok", Failure::reason);
+            cx.shared.metrics.aggregate_call(&cx.route.name, &call.name, reason, took[i]);
+            log.push(CallLog {
+                call: call.name.clone(),
+                upstream: call.upstream.name.clone(),
+                outcome: reason,
+                status: statuses[i],
+                duration_ms: took[i].map(crate::observe::access_log::ms),
+            });
+        }
+        outcome.calls = Some(log.into());
         self.assemble(results, &cx)
     }
 
@@ -355,7 +385,7 @@ impl Aggregate {
         req: Request<Body>,
         cx: &Ctx<'_>,
         deadline: Instant,
-    ) -> (usize, Result<Value, Failure>) {
+    ) -> (usize, Result<Value, Failure>, Option<u16>) {
         let call = &self.calls[i];
         let left = deadline.saturating_duration_since(Instant::now());
         let timeout = call.timeout.unwrap_or_else(|| cx.route.timeout_for(&call.upstream)).min(left);
@@ -388,13 +418,14 @@ impl Aggregate {
                     _ if e.side() == Side::Downstream => Failure::Client(e),
                     _ => Failure::Unavailable,
                 };
-                return (i, Err(failure));
+                return (i, Err(failure), None);
             }
         };
+        let status = res.status().as_u16();
         if !res.status().is_success() {
-            return (i, Err(Failure::Status(res.status().as_u16())));
+            return (i, Err(Failure::Status(status)), Some(status));
         }
-        (i, read_json(res.into_body(), call.max_size).await)
+        (i, read_json(res.into_body(), call.max_size).await, Some(status))
     }
 }
 

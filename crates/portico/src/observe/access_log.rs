@@ -54,6 +54,28 @@ pub struct AccessRecord {
     pub duration: Duration,
     /// How the exchange ended: `complete`, `client_abort` or `upstream_abort`.
     pub completion: &'static str,
+    /// An aggregate route's calls.
+    pub calls: Option<Box<[CallLog]>>,
+}
+
+/// One call of an aggregate route, as the access log lists it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallLog {
+    /// The call's name.
+    #[serde(serialize_with = "text")]
+    pub call: Arc<str>,
+    /// Its upstream.
+    #[serde(serialize_with = "text")]
+    pub upstream: Arc<str>,
+    /// `ok`, or why it failed (the reasons of docs/aggregate.md).
+    pub outcome: &'static str,
+    /// The upstream's status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// From sending the call to having its whole body, when it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -79,9 +101,17 @@ struct Line<'a> {
     bytes_sent: u64,
     duration_ms: f64,
     completion: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calls: Option<&'a [CallLog]>,
 }
 
-fn ms(d: Duration) -> f64 {
+/// A shared string as JSON text (serde's `rc` feature is off).
+fn text<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+/// Milliseconds with microseconds, as every duration of the line is written.
+pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
@@ -124,6 +154,7 @@ impl JsonLine for AccessRecord {
             bytes_sent: self.bytes_sent,
             duration_ms: ms(self.duration),
             completion: self.completion,
+            calls: self.calls.as_deref(),
         };
         // Serializing plain strings and numbers into a Vec cannot fail.
         if serde_json::to_writer(&mut *out, &line).is_ok() {

@@ -4,6 +4,7 @@
 //! methods outside the standard set are reported as `other`, and status is a number.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,6 +40,19 @@ struct UpstreamLabel {
 struct BackendErrorLabels {
     upstream: Arc<str>,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AggregateCallLabels {
+    route: Arc<str>,
+    call: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    route: Arc<str>,
+    call: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -167,6 +181,8 @@ pub struct Metrics {
     auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<RouteLabel, Counter>,
     client_aborts: Family<RouteLabel, Counter>,
+    aggregate_calls: Family<AggregateCallLabels, Counter>,
+    aggregate_call_duration: Family<CallLabels, Histogram, Buckets>,
     rate_limit_store_errors: Family<RouteLabel, Counter>,
     jwks_fetches: Family<ProviderResultLabels, Counter>,
     jwks_last_success: Family<ProviderLabels, Gauge>,
@@ -290,6 +306,18 @@ impl Metrics {
             "Requests whose client closed the connection or reset the stream before its request body ended (logged with status 499), by route; never counted against an upstream",
             client_aborts.clone(),
         );
+        let aggregate_calls = Family::<AggregateCallLabels, Counter>::default();
+        registry.register(
+            "gateway_aggregate_calls",
+            "Calls of aggregate routes, by route, call and outcome (ok, or why it failed: timeout, unavailable, status, too_large, invalid_json, dependency_failed, missing_value, client_error)",
+            aggregate_calls.clone(),
+        );
+        let aggregate_call_duration = Family::new_with_constructor(Buckets(LATENCY_BUCKETS));
+        registry.register(
+            "gateway_aggregate_call_duration_seconds",
+            "Time from sending an aggregate route's call to having its whole body, by route and call (calls that were sent)",
+            aggregate_call_duration.clone(),
+        );
         let rate_limit_store_errors = Family::<RouteLabel, Counter>::default();
         registry.register(
             "gateway_rate_limit_store_errors",
@@ -376,6 +404,8 @@ impl Metrics {
             auth_failures,
             rate_limited,
             client_aborts,
+            aggregate_calls,
+            aggregate_call_duration,
             rate_limit_store_errors,
             jwks_fetches,
             jwks_last_success,
@@ -550,6 +580,17 @@ impl Metrics {
     /// The latency histogram of an upstream (fetched once per config load).
     pub fn backend_latency(&self, upstream: &str) -> Histogram {
         self.backend_latency.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// Counts a call of an aggregate route, and its time when it was sent.
+    pub fn aggregate_call(&self, route: &Arc<str>, call: &Arc<str>, outcome: &'static str, took: Option<Duration>) {
+        let labels = AggregateCallLabels { route: route.clone(), call: call.clone(), outcome };
+        self.aggregate_calls.get_or_create(&labels).inc();
+        if let Some(took) = took {
+            self.aggregate_call_duration
+                .get_or_create(&CallLabels { route: route.clone(), call: call.clone() })
+                .observe(took);
+        }
     }
 
     /// Counts an upstream failure.

@@ -163,6 +163,7 @@ impl LogPhase {
             bytes_sent: bytes,
             duration: self.start.elapsed(),
             completion: how.as_str(),
+            calls: self.outcome.calls.take(),
         });
     }
 }

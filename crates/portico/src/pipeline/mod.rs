@@ -81,6 +81,8 @@ pub struct Outcome {
     pub backend_latency: Option<Duration>,
     /// The upstream the request went to (a route with `split` chooses per request).
     pub upstream: Option<Arc<str>>,
+    /// An aggregate route's calls, for the access log.
+    pub calls: Option<Box<[crate::observe::access_log::CallLog]>>,
 }
 
 /// Handles one request. Never fails: every error becomes a response. The request body is
@@ -293,7 +295,7 @@ pub(crate) async fn handle_unsent_id(
                                         identity: &snap.identity,
                                     };
                                     // Boxed: only aggregate routes pay for its room.
-                                    Box::pin(a.answer(cx)).await
+                                    Box::pin(a.answer(cx, &mut log.outcome)).await
                                 }
                                 (Handler::Proxy(up), Ok(())) => {
                                     let ctx = proxy::ProxyCtx {
