@@ -252,3 +252,48 @@ routes:
     ));
     assert!(errors.contains("routes[0].aggregate: a route that aggregates takes no upstream"), "{errors}");
 }
+
+#[tokio::test]
+async fn results_and_the_answer_are_shaped() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: shaped
+    match: {{ path: /shaped }}
+    aggregate:
+      shape: {{ deny: [trace], rename: {{ caller: who }} }}
+      calls:
+        - name: caller
+          upstream: u
+          path: /c
+          headers: {{ x-caller: me }}
+          shape: {{ extract: headers, allow: [x-caller, host], rename: {{ x-caller: name }}, move: {{ host: where.host }} }}
+        - name: listed
+          upstream: u
+          path: /l
+          shape: {{ extract: path, wrap: items }}
+        - name: trace
+          upstream: u
+          path: /t
+        - name: absent
+          upstream: u
+          path: /a
+          required: false
+          shape: {{ extract: no.such.field }}
+"#,
+        up.url()
+    )));
+    let (status, _, body) = get(&gw.url("/shaped")).await;
+    assert_eq!(status, 200, "{body}");
+    let doc = json(&body);
+    let who = &doc["who"];
+    assert_eq!(who["name"], "me", "{doc}");
+    assert!(who["where"]["host"].as_str().is_some_and(|h| h.starts_with("127.0.0.1:")), "{doc}");
+    assert_eq!(who.as_object().unwrap().len(), 2, "only the allowed fields: {doc}");
+    assert_eq!(doc["listed"], serde_json::json!({ "items": "/l" }));
+    assert!(doc.get("trace").is_none() && doc.get("caller").is_none(), "{doc}");
+    // `extract` finding nothing is the call's failure.
+    assert_eq!(doc["errors"]["absent"]["reason"], "missing_value");
+}

@@ -27,6 +27,60 @@ pub struct Aggregate {
     /// answer as a required call does.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Shaping of the whole answer, once every call's result is in (before `errors` is
+    /// added).
+    #[serde(default)]
+    pub shape: Option<Shape>,
+}
+
+/// How a JSON result is reshaped, in this order: `extract`, `allow`, `deny`, `rename`,
+/// `move`, `wrap`. Paths are dotted (`user.address.city`; a segment of digits indexes an
+/// array).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shape {
+    /// Take only the value at this path (`data.user`); a result without it is an error of
+    /// the call (`missing_value`).
+    pub extract: Option<String>,
+    /// Keep only these paths (an allow list); the others go.
+    pub allow: Vec<String>,
+    /// Remove these paths (a deny list).
+    pub deny: Vec<String>,
+    /// Rename fields in place, `{ user.fullName: name }`: the value is the new key.
+    pub rename: BTreeMap<String, String>,
+    /// Move fields, `{ user.id: id }`: the value is the new path.
+    #[serde(rename = "move")]
+    pub move_to: BTreeMap<String, String>,
+    /// Put the result under this key (an array becomes `{ KEY: [...] }`).
+    pub wrap: Option<String>,
+}
+
+/// Checks a shape's paths.
+pub fn check_shape(p: &str, s: &Shape, err: &mut impl FnMut(String, String)) {
+    let mut paths: Vec<(String, &str)> = Vec::new();
+    if let Some(e) = &s.extract {
+        paths.push((format!("{p}.extract"), e));
+    }
+    paths.extend(s.allow.iter().enumerate().map(|(i, a)| (format!("{p}.allow[{i}]"), a.as_str())));
+    paths.extend(s.deny.iter().enumerate().map(|(i, d)| (format!("{p}.deny[{i}]"), d.as_str())));
+    for (from, to) in &s.rename {
+        paths.push((format!("{p}.rename"), from));
+        if to.is_empty() || to.contains('.') {
+            err(format!("{p}.rename.{from}"), format!("{to:?}: a new key is one key, not a path"));
+        }
+    }
+    for (from, to) in &s.move_to {
+        paths.push((format!("{p}.move"), from));
+        paths.push((format!("{p}.move.{from}"), to));
+    }
+    for (at, v) in paths {
+        if let Err(e) = crate::transform::body_path(v) {
+            err(at, e);
+        }
+    }
+    if s.wrap.as_ref().is_some_and(String::is_empty) {
+        err(format!("{p}.wrap"), "must not be empty".into());
+    }
 }
 
 fn default_deadline() -> Duration {
@@ -89,6 +143,9 @@ pub struct Call {
     /// (the result must be an object).
     #[serde(default)]
     pub merge: bool,
+    /// Reshape the call's result before it goes into the answer.
+    #[serde(default)]
+    pub shape: Option<Shape>,
 }
 
 fn default_method() -> String {
@@ -156,6 +213,9 @@ pub fn check(
     if a.calls.is_empty() {
         err(format!("{p}.calls"), "give at least one call".into());
     }
+    if let Some(shape) = &a.shape {
+        check_shape(&format!("{p}.shape"), shape, err);
+    }
     if a.deadline.get().is_zero() {
         err(format!("{p}.deadline"), "must be more than 0s".into());
     }
@@ -209,6 +269,9 @@ pub fn check(
         }
         if c.fallback.is_some() && c.required {
             err(format!("{cp}.fallback"), "only an optional call (required: false) has a fallback".into());
+        }
+        if let Some(shape) = &c.shape {
+            check_shape(&format!("{cp}.shape"), shape, err);
         }
         if c.timeout.is_some_and(|t| t.get().is_zero()) {
             err(format!("{cp}.timeout"), "must be more than 0s".into());

@@ -32,6 +32,7 @@ use crate::error::{ErrorKind, GatewayError, Side};
 use crate::observe::access_log::CallLog;
 use crate::pipeline::Outcome;
 use crate::plugins::hooks::{HookCtx, Template};
+use crate::plugins::json_edit::{self, Path};
 use crate::upstream::Upstream;
 
 /// What a value may keep unencoded in a path segment or a query value: letters, digits,
@@ -44,6 +45,64 @@ pub struct Aggregate {
     calls: Box<[Call]>,
     deadline: Duration,
     all_or_nothing: bool,
+    shape: Option<Shaping>,
+}
+
+/// A compiled `shape`: `extract`, `allow`, `deny`, `rename`, `move`, `wrap`, in order.
+#[derive(Debug)]
+struct Shaping {
+    extract: Option<Path>,
+    allow: Box<[Path]>,
+    deny: Box<[Path]>,
+    rename: Box<[(Path, String)]>,
+    moves: Box<[(Path, Path)]>,
+    wrap: Option<String>,
+}
+
+impl Shaping {
+    fn new(s: &portico_config::aggregate::Shape) -> Self {
+        Self {
+            extract: s.extract.as_deref().map(json_edit::path),
+            allow: s.allow.iter().map(|p| json_edit::path(p)).collect(),
+            deny: s.deny.iter().map(|p| json_edit::path(p)).collect(),
+            rename: s.rename.iter().map(|(p, to)| (json_edit::path(p), to.clone())).collect(),
+            moves: s.move_to.iter().map(|(p, to)| (json_edit::path(p), json_edit::path(to))).collect(),
+            wrap: s.wrap.clone(),
+        }
+    }
+
+    /// The value reshaped; `None` when `extract` finds nothing.
+    fn apply(&self, mut v: Value) -> Option<Value> {
+        if let Some(p) = &self.extract {
+            v = json_edit::take(&mut v, p)?;
+        }
+        if !self.allow.is_empty() {
+            let mut kept = Value::Object(Map::new());
+            for p in &self.allow {
+                if let Some(x) = json_edit::get(&v, p) {
+                    json_edit::put(&mut kept, p, x.clone(), true);
+                }
+            }
+            v = kept;
+        }
+        for p in &self.deny {
+            json_edit::take(&mut v, p);
+        }
+        for (p, to) in &self.rename {
+            json_edit::rename(&mut v, p, to);
+        }
+        for (from, to) in &self.moves {
+            if let Some(x) = json_edit::take(&mut v, from) {
+                json_edit::put(&mut v, to, x, true);
+            }
+        }
+        if let Some(key) = &self.wrap {
+            let mut m = Map::new();
+            m.insert(key.clone(), v);
+            v = Value::Object(m);
+        }
+        Some(v)
+    }
 }
 
 /// A compiled template: its pieces.
@@ -65,6 +124,7 @@ struct Call {
     fallback: Option<Value>,
     max_size: u64,
     merge: bool,
+    shape: Option<Shaping>,
 }
 
 /// A JSON body template: every string a template.
@@ -193,12 +253,14 @@ impl Aggregate {
                 fallback: call.fallback.clone(),
                 max_size: call.max_size.get(),
                 merge: call.merge,
+                shape: call.shape.as_ref().map(Shaping::new),
             });
         }
         Some(Self {
             calls: calls.into(),
             deadline: c.deadline.get(),
             all_or_nothing: c.on_failure == portico_config::aggregate::OnFailure::AllOrNothing,
+            shape: c.shape.as_ref().map(Shaping::new),
         })
     }
 
@@ -296,11 +358,25 @@ impl Aggregate {
                 }
             }
         }
+        let mut doc = Value::Object(doc);
+        if let Some(shape) = &self.shape {
+            doc = shape.apply(doc).unwrap_or(Value::Null);
+        }
         let partial = !errors.is_empty();
         if partial {
-            doc.insert("errors".into(), Value::Object(errors));
+            match &mut doc {
+                Value::Object(m) => {
+                    m.insert("errors".into(), Value::Object(errors));
+                }
+                other => {
+                    let mut m = Map::new();
+                    m.insert("result".into(), std::mem::take(other));
+                    m.insert("errors".into(), Value::Object(errors));
+                    *other = Value::Object(m);
+                }
+            }
         }
-        let body = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
+        let body = serde_json::to_vec(&doc).unwrap_or_default();
         let mut res = Response::new(Body::full(body));
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if partial {
@@ -425,7 +501,11 @@ impl Aggregate {
         if !res.status().is_success() {
             return (i, Err(Failure::Status(status)), Some(status));
         }
-        (i, read_json(res.into_body(), call.max_size).await, Some(status))
+        let result = read_json(res.into_body(), call.max_size).await.and_then(|v| match &call.shape {
+            Some(shape) => shape.apply(v).ok_or(Failure::MissingValue),
+            None => Ok(v),
+        });
+        (i, result, Some(status))
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::hooks::{HookCtx, Template};
 
 /// A dotted path, split (`items.0.id`: a segment of digits also indexes an array).
-type Path = Box<[Box<str>]>;
+pub(crate) type Path = Box<[Box<str>]>;
 
 /// A JSON value whose strings may be templates.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ fn has_placeholder(v: &Value) -> bool {
     }
 }
 
-fn path(p: &str) -> Path {
+pub(crate) fn path(p: &str) -> Path {
     // Validation refused paths that do not split; such a one is taken as one key.
     body_path(p).map_or_else(|_| Box::from([Box::from(p)]), |s| s.into_iter().map(Box::from).collect())
 }
@@ -129,7 +129,7 @@ impl JsonEdit {
 }
 
 /// The value at `path`.
-fn get<'v>(doc: &'v Value, path: &[Box<str>]) -> Option<&'v Value> {
+pub(crate) fn get<'v>(doc: &'v Value, path: &[Box<str>]) -> Option<&'v Value> {
     path.iter().try_fold(doc, |v, seg| match v {
         Value::Object(o) => o.get(&**seg),
         Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
@@ -148,7 +148,7 @@ fn get_mut<'v>(doc: &'v mut Value, path: &[Box<str>]) -> Option<&'v mut Value> {
 
 /// Takes the value at `path` out of the document (an array element is removed, the
 /// elements after it move up).
-fn take(doc: &mut Value, path: &[Box<str>]) -> Option<Value> {
+pub(crate) fn take(doc: &mut Value, path: &[Box<str>]) -> Option<Value> {
     let (last, parent) = path.split_last()?;
     match get_mut(doc, parent)? {
         // `shift_remove` keeps the other keys in their order.
@@ -163,7 +163,7 @@ fn take(doc: &mut Value, path: &[Box<str>]) -> Option<Value> {
 
 /// Renames the key at `path` to `to`, keeping its place among its siblings; a sibling
 /// already named `to` is replaced.
-fn rename(doc: &mut Value, path: &[Box<str>], to: &str) {
+pub(crate) fn rename(doc: &mut Value, path: &[Box<str>], to: &str) {
     let Some((last, parent)) = path.split_last() else { return };
     let Some(Value::Object(o)) = get_mut(doc, parent) else { return };
     if !o.contains_key(&**last) || **last == *to {
@@ -184,7 +184,7 @@ fn rename(doc: &mut Value, path: &[Box<str>], to: &str) {
 /// Puts `v` at `path`, creating the objects on the way when they are missing; with
 /// `replace` false, only where there is nothing yet. An array element is only replaced
 /// (an index past the end is skipped).
-fn put(doc: &mut Value, path: &[Box<str>], v: Value, replace: bool) {
+pub(crate) fn put(doc: &mut Value, path: &[Box<str>], v: Value, replace: bool) {
     let Some((last, parent)) = path.split_last() else {
         if replace {
             *doc = v;
