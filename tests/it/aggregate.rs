@@ -297,3 +297,44 @@ routes:
     // `extract` finding nothing is the call's failure.
     assert_eq!(doc["errors"]["absent"]["reason"], "missing_value");
 }
+
+/// Backend for frontend from one config: the same path answers each kind of client with
+/// its own calls and shape, told apart by a header and by the host.
+#[tokio::test]
+async fn each_client_type_gets_its_own_answer() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: home-partner
+    match: {{ hosts: [partners.example.test], path: "/home/{{user}}" }}
+    aggregate:
+      calls: [{{ name: profile, upstream: u, path: "/users/{{param.user}}", shape: {{ allow: [path] }} }}]
+  - name: home-mobile
+    match: {{ path: "/home/{{user}}", headers: [{{ name: x-client, value: mobile }}] }}
+    aggregate:
+      calls: [{{ name: profile, upstream: u, path: "/users/{{param.user}}", shape: {{ allow: [path, method] }} }}]
+  - name: home-web
+    match: {{ path: "/home/{{user}}" }}
+    aggregate:
+      calls:
+        - {{ name: profile, upstream: u, path: "/users/{{param.user}}" }}
+        - {{ name: orders, upstream: u, path: /orders, query: {{ user: "{{param.user}}" }} }}
+"#,
+        up.url()
+    )));
+    let keys = |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let (_, _, body) = get_with(&gw.url("/home/7"), &[("x-client", "mobile")]).await;
+    let mobile = json(&body);
+    assert_eq!(keys(&mobile), ["profile"]);
+    assert_eq!(keys(&mobile["profile"]), ["path", "method"], "in the order of allow");
+    let (_, _, body) = get_with(&gw.url("/home/7"), &[("host", "partners.example.test")]).await;
+    let partner = json(&body);
+    assert_eq!(keys(&partner["profile"]), ["path"]);
+    let (_, _, body) = get(&gw.url("/home/7")).await;
+    let web = json(&body);
+    assert_eq!(keys(&web), ["profile", "orders"]);
+    assert_eq!(web["orders"]["query"], "user=7");
+    assert!(web["profile"]["headers"].is_object(), "the web gets the whole result: {web}");
+}
