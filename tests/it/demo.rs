@@ -44,6 +44,15 @@ async fn demo_serves_the_printed_examples() {
         curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", &format!("{base}/api/users/1")]).await;
     assert!(ok);
     assert_eq!(out, "405");
+    // The aggregated home screen: four calls, shaped, one of them waiting for another.
+    assert!(printed.iter().any(|l| l.contains("/api/home/1")), "{printed:?}");
+    let (s, _, b) = get(&format!("{base}/api/home/1")).await;
+    assert_eq!(s, 200, "{b}");
+    let home = json(&b);
+    assert_eq!(home["user"], serde_json::json!({ "name": "Ada Lovelace", "plan": "pro" }));
+    assert_eq!(home["recommended"], serde_json::json!(["p-2", "p-1"]));
+    assert_eq!(home["top_product"]["id"], "p-2", "{home}");
+    assert_eq!(home["orders"][0]["id"], "o-100");
     // The demo JWT, the API key, and a forged identity header.
     let token =
         printed.iter().find_map(|l| l.trim().strip_prefix("TOKEN=")).expect("a demo token is printed").to_owned();

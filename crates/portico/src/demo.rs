@@ -74,6 +74,21 @@ routes:
     match: { prefix: /api/admin }
     upstream: users
     plugins: [{ jwt: { provider: demo } }, { authorize: { roles: [admin] } }]
+  - name: home
+    # One request, three services: the user and the recommendations together, the
+    # recommended products once those are in; only the fields the screen shows.
+    match: { path: "/api/home/{user}", methods: [GET] }
+    aggregate:
+      deadline: 2s
+      calls:
+        - { name: user, upstream: users, path: "/users/{param.user}", shape: { extract: data, allow: [name, plan] } }
+        - { name: recommended, upstream: recommendations, path: "/recommendations/{param.user}", shape: { extract: data.items } }
+        - name: top_product
+          upstream: products
+          path: "/products/{recommended.0}"
+          required: false
+          shape: { extract: data }
+        - { name: orders, upstream: orders, path: /orders, query: { user: "{param.user}" }, required: false, fallback: [], shape: { extract: data } }
   - name: partner
     match: { prefix: /api/partner/products, methods: [GET] }
     upstream: products
@@ -190,7 +205,8 @@ pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>, token: &str)
          \x20 curl -s -H 'X-Request-ID: my-trace-1' -i {g}/api/users/2   # request ID kept and echoed\n\
          \x20 curl -s -i -X DELETE {g}/api/users/1         # 405 with Allow\n\
          \x20 curl -s -i {g}/nope                          # 404, JSON error with requestId\n\
-         \x20 curl -s --http2-prior-knowledge {g}/api/users/1   # HTTP/2 cleartext\n\n\
+         \x20 curl -s --http2-prior-knowledge {g}/api/users/1   # HTTP/2 cleartext\n\
+         \x20 curl -s {g}/api/home/1                       # one answer from four services, shaped\n\n\
          With a demo JWT (HS256, user 1, role customer, valid for a day):\n\
          \x20 TOKEN={token}\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" {g}/api/account   # the service sees X-User-ID: 1\n\
