@@ -338,3 +338,39 @@ routes:
     assert_eq!(web["orders"]["query"], "user=7");
     assert!(web["profile"]["headers"].is_object(), "the web gets the whole result: {web}");
 }
+
+#[tokio::test]
+async fn a_jq_expression_shapes_the_whole_answer() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: jq
+    match: {{ path: /jq }}
+    aggregate:
+      jq: '{{paths: [.a.path, .b.path], methods: ([.[] | .method] | unique)}}'
+      calls:
+        - {{ name: a, upstream: u, path: /one }}
+        - {{ name: b, upstream: u, path: /two }}
+  - name: jq-fails
+    match: {{ path: /jq-fails }}
+    aggregate:
+      jq: '.a.path.not_an_object'
+      calls: [{{ name: a, upstream: u, path: /one }}]
+"#,
+        up.url()
+    )));
+    let (status, _, body) = get(&gw.url("/jq")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body), serde_json::json!({ "paths": ["/one", "/two"], "methods": ["GET"] }));
+    let (status, _, body) = get(&gw.url("/jq-fails")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(json(&body)["status"], 502);
+
+    let errors = validation_errors(&config(
+        "upstreams:\n  u: { targets: [{ url: \"http://127.0.0.1:1\" }] }\nroutes:\n  - name: bad\n    match: { path: /x }\n    aggregate: { jq: '{a: }', calls: [{ name: a, upstream: u, path: /a }] }\n  - name: body\n    match: { path: /y }\n    upstream: u\n    plugins: [{ response_body: { jq: 'nosuchfilter(1)' } }]\n",
+    ));
+    assert!(errors.contains("routes[0].aggregate.jq: jq expression does not parse"), "{errors}");
+    assert!(errors.contains("routes[1].plugins[0].response_body.jq: jq expression does not compile"), "{errors}");
+}

@@ -260,3 +260,37 @@ fn body_transform_configs_are_checked_with_paths() {
         assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
     }
 }
+
+#[tokio::test]
+async fn jq_expressions_transform_json_bodies_both_ways() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: jq
+    match: {{ prefix: /jq }}
+    upstream: u
+    rewrite: {{ path: /echo-body }}
+    plugins:
+      - request_body: {{ remove: [debug], jq: '.items |= map(select(.keep))' }}
+      - response_body: {{ jq: '{{count: (.items | length), names: [.items[].name]}}' }}
+"#,
+        up.url()
+    )));
+    let post = |body: &'static str| {
+        let req = http::Request::post(gw.url("/jq"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        send(req)
+    };
+    let (status, _, body) =
+        post(r#"{"debug":1,"items":[{"name":"a","keep":true},{"name":"b"},{"name":"c","keep":true}]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body), serde_json::json!({ "count": 2, "names": ["a", "c"] }));
+    // A body the expression fails on: the client's error going up.
+    let (status, _, body) = post(r#"{"items":"not a list"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["error"], "request body could not be transformed");
+}

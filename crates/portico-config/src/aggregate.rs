@@ -31,6 +31,10 @@ pub struct Aggregate {
     /// added).
     #[serde(default)]
     pub shape: Option<Shape>,
+    /// A jq expression over the whole answer, after `shape` (and before `errors` is added):
+    /// its first output is the answer. One that fails on an answer makes it a 502.
+    #[serde(default)]
+    pub jq: Option<String>,
 }
 
 /// How a JSON result is reshaped, in this order: `extract`, `allow`, `deny`, `rename`,
@@ -215,6 +219,11 @@ pub fn check(
     }
     if let Some(shape) = &a.shape {
         check_shape(&format!("{p}.shape"), shape, err);
+    }
+    if let Some(code) = &a.jq
+        && let Err(e) = crate::jq::compile(code)
+    {
+        err(format!("{p}.jq"), e);
     }
     if a.deadline.get().is_zero() {
         err(format!("{p}.deadline"), "must be more than 0s".into());

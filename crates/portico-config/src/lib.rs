@@ -22,6 +22,7 @@
 
 pub mod aggregate;
 pub mod env;
+pub mod jq;
 pub mod locate;
 pub mod model;
 pub mod plugins;

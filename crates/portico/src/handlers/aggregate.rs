@@ -46,6 +46,7 @@ pub struct Aggregate {
     deadline: Duration,
     all_or_nothing: bool,
     shape: Option<Shaping>,
+    jq: Option<portico_config::jq::Jq>,
 }
 
 /// A compiled `shape`: `extract`, `allow`, `deny`, `rename`, `move`, `wrap`, in order.
@@ -261,6 +262,8 @@ impl Aggregate {
             deadline: c.deadline.get(),
             all_or_nothing: c.on_failure == portico_config::aggregate::OnFailure::AllOrNothing,
             shape: c.shape.as_ref().map(Shaping::new),
+            // Validation compiled it already.
+            jq: c.jq.as_deref().and_then(|code| portico_config::jq::Jq::new(code).ok()),
         })
     }
 
@@ -361,6 +364,15 @@ impl Aggregate {
         let mut doc = Value::Object(doc);
         if let Some(shape) = &self.shape {
             doc = shape.apply(doc).unwrap_or(Value::Null);
+        }
+        if let Some(jq) = &self.jq {
+            doc = match jq.run(&doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(route = %cx.route.name, error = %e, "aggregate jq failed");
+                    return Err(GatewayError::new(ErrorKind::BadResponse));
+                }
+            };
         }
         let partial = !errors.is_empty();
         if partial {

@@ -74,6 +74,7 @@ pub struct JsonEdit {
     moves: Vec<(Path, Path)>,
     set: Vec<(Path, Tmpl)>,
     add: Vec<(Path, Tmpl)>,
+    jq: Option<std::sync::Arc<portico_config::jq::Jq>>,
 }
 
 /// What the request carries for the templates (`None` in the response phase).
@@ -95,13 +96,16 @@ impl JsonEdit {
             moves: c.move_to.iter().map(|(p, to)| (path(p), path(to))).collect(),
             set: c.set.iter().map(|(p, v)| (path(p), Tmpl::new(v))).collect(),
             add: c.add.iter().map(|(p, v)| (path(p), Tmpl::new(v))).collect(),
+            // Validation compiled it already.
+            jq: c.jq.as_deref().and_then(|code| portico_config::jq::Jq::new(code).ok()).map(std::sync::Arc::new),
         }
     }
 
-    /// Applies the changes in their order: remove, rename, move, set, add. A change whose
-    /// path does not lead anywhere (a missing parent, a parent that is not an object or an
-    /// array) or whose template has no value is skipped.
-    pub fn apply(&self, doc: &mut Value, ctx: &HookCtx<'_>, req: Request<'_>) {
+    /// Applies the changes in their order: remove, rename, move, set, add, then the jq
+    /// expression. A change whose path does not lead anywhere (a missing parent, a parent
+    /// that is not an object or an array) or whose template has no value is skipped; the jq
+    /// expression failing on this document is an error.
+    pub fn apply(&self, doc: &mut Value, ctx: &HookCtx<'_>, req: Request<'_>) -> Result<(), String> {
         for p in &self.remove {
             take(doc, p);
         }
@@ -125,6 +129,10 @@ impl JsonEdit {
                 put(doc, p, v, false);
             }
         }
+        if let Some(jq) = &self.jq {
+            *doc = jq.run(doc)?;
+        }
+        Ok(())
     }
 }
 
@@ -237,7 +245,7 @@ mod tests {
             "items": [{ "n": 1 }, { "n": 2 }, { "n": 3 }]
         });
         let id = HeaderValue::from_static("r1");
-        e.apply(&mut doc, &HookCtx::new(&id), Request::default());
+        e.apply(&mut doc, &HookCtx::new(&id), Request::default()).unwrap();
         let want = json!({
             "user": { "name": "Ada", "email": "a@x", "role": "member" },
             "items": [{ "n": 9 }, { "n": 3 }],
@@ -256,10 +264,10 @@ mod tests {
         let mut doc = json!({ "a": 1, "list": [0], "s": "text" });
         let before = doc.clone();
         let id = HeaderValue::from_static("r1");
-        e.apply(&mut doc, &HookCtx::new(&id), Request::default());
+        e.apply(&mut doc, &HookCtx::new(&id), Request::default()).unwrap();
         assert_eq!(doc, before);
         let mut scalar = json!(5);
-        e.apply(&mut scalar, &HookCtx::new(&id), Request::default());
+        e.apply(&mut scalar, &HookCtx::new(&id), Request::default()).unwrap();
         assert_eq!(scalar, json!(5));
     }
 
@@ -269,12 +277,12 @@ mod tests {
             edit("{ set: { who: { by: '{consumer}', id: '{request_id}', q: '{query.page}' }, literal: '{{not}}' } }");
         let id = HeaderValue::from_static("req-9");
         let mut doc = json!({});
-        e.apply(&mut doc, &HookCtx::new(&id), Request { headers: None, query: Some("page=3") });
+        e.apply(&mut doc, &HookCtx::new(&id), Request { headers: None, query: Some("page=3") }).unwrap();
         // No consumer: the change that names it is skipped; the others are made.
         assert_eq!(doc, json!({ "literal": "{not}" }));
         let e = edit("{ set: { who: { id: '{request_id}', q: '{query.page}' } } }");
         let mut doc = json!({});
-        e.apply(&mut doc, &HookCtx::new(&id), Request { headers: None, query: Some("page=3") });
+        e.apply(&mut doc, &HookCtx::new(&id), Request { headers: None, query: Some("page=3") }).unwrap();
         assert_eq!(doc, json!({ "who": { "id": "req-9", "q": "3" } }));
     }
 }

@@ -42,7 +42,10 @@ impl Hooks for RequestBody {
         let mut doc: serde_json::Value = serde_json::from_slice(&msg.body)
             .map_err(|_| GatewayError::new(ErrorKind::BadRequest("request body is not valid JSON")))?;
         let req = json_edit::Request { headers: Some(msg.headers), query: msg.query };
-        self.0.apply(&mut doc, ctx, req);
+        self.0.apply(&mut doc, ctx, req).map_err(|e| {
+            tracing::debug!(error = %e, "request body transform failed");
+            GatewayError::new(ErrorKind::BadRequest("request body could not be transformed"))
+        })?;
         msg.body = doc.to_string().into();
         Ok(())
     }

@@ -42,7 +42,10 @@ impl Hooks for ResponseBody {
     fn response_body(&self, msg: &mut Whole<'_>, ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
         let mut doc: serde_json::Value =
             serde_json::from_slice(&msg.body).map_err(|_| GatewayError::new(ErrorKind::BadResponse))?;
-        self.0.apply(&mut doc, ctx, json_edit::Request::default());
+        self.0.apply(&mut doc, ctx, json_edit::Request::default()).map_err(|e| {
+            tracing::debug!(error = %e, "response body transform failed");
+            GatewayError::new(ErrorKind::BadResponse)
+        })?;
         msg.body = doc.to_string().into();
         Ok(())
     }
