@@ -26,14 +26,10 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Opti
     }
 }
 
-#[tokio::test]
-async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout() {
-    let up = TestUpstream::start("u").await;
-    let gw = Gateway::start(&limited(&up, "header_timeout: 500ms, idle_timeout: 2s"));
-
-    // A client that trickles its request head is closed after header_timeout.
-    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+/// With `header_timeout: 500ms, idle_timeout: 2s`: a trickled head on `s` is cut off
+/// after header_timeout.
+async fn slow_head_is_cut_off(mut s: TcpStream) {
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let _ = s.write_all(b"X-Slow: 1\r\n").await;
@@ -41,23 +37,38 @@ async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout(
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     let closed = closed.expect("slow head must be cut off");
     assert!(closed < Duration::from_millis(1500), "{closed:?}");
+}
 
-    // A keep-alive connection idle for longer than header_timeout but less than
-    // idle_timeout still serves the next request.
-    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+/// With the same limits: `s`, after an answered request, idle for longer than
+/// header_timeout but less than idle_timeout still serves the next request, and is closed
+/// once idle past idle_timeout.
+async fn idle_lives_until_idle_timeout(mut s: TcpStream) {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "served after 1s idle");
-
-    // ...and is closed once idle past idle_timeout.
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(6)).await;
     let closed = closed.expect("idle connection must be closed");
     assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(4), "{closed:?}");
+}
+
+/// A connection whose first request `first` was answered 200.
+async fn answered(gw: &Gateway, first: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
+#[tokio::test]
+async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&limited(&up, "header_timeout: 500ms, idle_timeout: 2s"));
+    slow_head_is_cut_off(TcpStream::connect(gw.addr()).await.unwrap()).await;
+    idle_lives_until_idle_timeout(answered(&gw, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await).await;
 }
 
 /// The same timeouts on a connection the lean loop handed to hyper (its first request has
@@ -67,36 +78,9 @@ async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout(
 async fn the_same_timeouts_hold_on_a_connection_handed_to_hyper() {
     let up = TestUpstream::start("u").await;
     let gw = Gateway::start(&limited(&up, "header_timeout: 500ms, idle_timeout: 2s"));
-    let handed = || async {
-        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-        s.write_all(b"GET http://x/first HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        s
-    };
-
-    // A trickled head on it is cut off after header_timeout.
-    let mut s = handed().await;
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = s.write_all(b"X-Slow: 1\r\n").await;
-    }
-    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
-    let closed = closed.expect("slow head must be cut off");
-    assert!(closed < Duration::from_millis(1500), "{closed:?}");
-
-    // Idle past header_timeout but not idle_timeout: still served; then closed.
-    let mut s = handed().await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "served after 1s idle");
-    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(6)).await;
-    let closed = closed.expect("idle connection must be closed");
-    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(4), "{closed:?}");
+    let first = b"GET http://x/first HTTP/1.1\r\nHost: x\r\n\r\n";
+    slow_head_is_cut_off(answered(&gw, first).await).await;
+    idle_lives_until_idle_timeout(answered(&gw, first).await).await;
 }
 
 #[tokio::test]
