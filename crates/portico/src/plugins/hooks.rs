@@ -734,6 +734,34 @@ mod tests {
         assert_eq!(orders, Order::ALL, "one kind per config variant");
     }
 
+    /// A `jwt` plugin whose provider is not there (the compile stage could not build it)
+    /// leaves the route closed: the default `authorize` still requires a caller, and no
+    /// plugin can name one.
+    #[tokio::test]
+    async fn an_authentication_plugin_that_did_not_build_fails_closed() {
+        let f = Fixture::new();
+        let jwt: P = serde_saphyr::from_str("jwt: { provider: gone }").unwrap();
+        let built = Built { providers: &HashMap::new(), rate_limit: None, concurrency_limit: None };
+        let chain = super::super::Chain::compile(&[&jwt], &built);
+        assert!(chain.plugins().iter().any(|p| matches!(p, Instance::Authorize(_))), "{chain:?}");
+        let req = f.request();
+        let params = Params::new();
+        let view = RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            host: "api.test",
+            params: &params,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            tls: None,
+            route: "r",
+            flag_upstreams: false,
+        };
+        let tenants = crate::identity::tenants::Tenants::default();
+        let refused = chain.request(&view, &f.consumers, &tenants).await;
+        assert!(matches!(refused, Err(ref r) if r.error.status() == 401), "{refused:?}");
+    }
+
     /// The order tables in the docs (the module doc of `plugins/mod.rs`, docs/plugins.md)
     /// list the kinds in the registry's order.
     #[test]

@@ -185,8 +185,12 @@ impl Chain {
         let mut list: Vec<Instance> = plugins.iter().filter_map(|p| hooks::compile(p, built)).collect();
         // A route that authenticates requires a caller: without an `authorize` of its own
         // it gets the default one (any authenticated caller), so that a request without a
-        // credential is refused rather than let through.
-        if list.iter().any(Instance::authenticates) && !list.iter().any(|p| matches!(p, Instance::Authorize(_))) {
+        // credential is refused rather than let through. Decided from the config, not from
+        // what compiled: an authentication plugin that could not be built (a JWT provider
+        // missing) leaves the route refusing everyone, never open.
+        let authenticates = plugins.iter().any(|p| matches!(p, Plugin::Jwt(_) | Plugin::ApiKey(_) | Plugin::Mtls(_)))
+            || list.iter().any(Instance::authenticates);
+        if authenticates && !list.iter().any(|p| matches!(p, Instance::Authorize(_))) {
             list.push(Instance::Authorize(authorize::Authorize::default()));
         }
         // Stable: two plugins of one kind (which validation refuses) keep the file's order.
