@@ -294,3 +294,61 @@ routes:
     assert_eq!(status, 400, "{body}");
     assert_eq!(json(&body)["error"], "request body could not be transformed");
 }
+
+#[tokio::test]
+async fn xml_and_json_convert_both_ways() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: json-service
+    match: {{ prefix: /json-service }}
+    upstream: u
+    rewrite: {{ path: /echo-body }}
+    plugins:
+      - xml: {{ request: to_json, response: by_accept, root: echo }}
+      - request_body: {{ set: {{ added: 1 }} }}
+  - name: xml-service
+    match: {{ prefix: /xml-service }}
+    upstream: u
+    rewrite: {{ path: /echo-body }}
+    plugins:
+      - xml: {{ response: to_json }}
+"#,
+        up.url()
+    )));
+    let post = |path: &str, body: &'static str, accept: &'static str| {
+        let req = http::Request::post(gw.url(path))
+            .header("content-type", "application/xml")
+            .header("accept", accept)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        send(req)
+    };
+    let order = r#"<?xml version="1.0"?><order id="7"><item>a &amp; b</item><item>c</item></order>"#;
+    // XML up as JSON (edited as JSON on the way), JSON back to a JSON client.
+    let (status, headers, body) = post("/json-service", order, "application/json").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(json(&body), serde_json::json!({ "order": { "@id": "7", "item": ["a & b", "c"] }, "added": 1 }));
+    // The same, written as XML for a client whose Accept prefers it.
+    let (status, headers, body) = post("/json-service", order, "application/xml, application/json;q=0.5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/xml; charset=utf-8");
+    assert_eq!(
+        body,
+        r#"<?xml version="1.0" encoding="UTF-8"?><echo><order id="7"><item>a &amp; b</item><item>c</item></order><added>1</added></echo>"#
+    );
+    // Not XML, or XML with a DOCTYPE (entities, XXE): the client's error.
+    for bad in ["<order><item></order>", r#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#] {
+        let (status, _, body) = post("/json-service", bad, "application/json").await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(json(&body)["error"], "request body is not valid XML");
+    }
+    // An XML service's answer as JSON.
+    let (status, headers, body) = post("/xml-service", order, "*/*").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(json(&body), serde_json::json!({ "order": { "@id": "7", "item": ["a & b", "c"] } }));
+}

@@ -51,6 +51,9 @@ pub enum Plugin {
     ResponseBody(crate::transform::BodyTransform),
     /// Compress response bodies (gzip) for clients that accept it, as they stream.
     Compression(Compression),
+    /// XML request bodies to JSON going up; JSON answers to XML (always, or when the
+    /// client's `Accept` prefers it), or XML answers to JSON, coming down.
+    Xml(Xml),
 }
 
 impl Plugin {
@@ -72,6 +75,7 @@ impl Plugin {
             Plugin::RequestBody(_) => "request_body",
             Plugin::ResponseBody(_) => "response_body",
             Plugin::Compression(_) => "compression",
+            Plugin::Xml(_) => "xml",
         }
     }
 }
@@ -208,6 +212,49 @@ pub enum TenantFrom {
     Subdomain,
     /// A request header.
     Header(String),
+}
+
+/// JSON and XML, converted by the mapping of docs/plugins.md#xml.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Xml {
+    /// `to_json`: an XML request body (`application/xml`, `text/xml`, `+xml`) goes up as
+    /// JSON. Not given: request bodies go as they are.
+    pub request: Option<XmlRequest>,
+    /// `to_xml`: every JSON answer becomes XML; `by_accept`: only for a client whose
+    /// `Accept` prefers `application/xml` or `text/xml` to `application/json`; `to_json`:
+    /// an XML answer becomes JSON. Not given: answers go as they are.
+    pub response: Option<XmlResponse>,
+    /// The root element a JSON answer is written under.
+    pub root: String,
+    /// The largest body read to be converted (a larger request: 413; answer: 502).
+    pub max_size: ByteSize,
+}
+
+impl Default for Xml {
+    fn default() -> Self {
+        Self { request: None, response: None, root: "response".into(), max_size: ByteSize::mib(1) }
+    }
+}
+
+/// What `xml` does to request bodies.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XmlRequest {
+    /// XML bodies go up as JSON.
+    ToJson,
+}
+
+/// What `xml` does to answers.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XmlResponse {
+    /// JSON answers become XML.
+    ToXml,
+    /// JSON answers become XML for clients whose `Accept` prefers XML.
+    ByAccept,
+    /// XML answers become JSON.
+    ToJson,
 }
 
 /// Response compression: a handler's answer is gzip-compressed as it streams when the
@@ -828,6 +875,20 @@ fn check_list(
             Plugin::RequestBody(t) => crate::transform::check_body(&pp, t, route, true, err),
             Plugin::ResponseBody(t) => crate::transform::check_body(&pp, t, route, false, err),
             Plugin::Compression(c) => check_compression(&pp, c, err),
+            Plugin::Xml(x) => {
+                if x.request.is_none() && x.response.is_none() {
+                    err(pp.clone(), "give request or response".into());
+                }
+                let mut chars = x.root.chars();
+                let name = chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !name {
+                    err(format!("{pp}.root"), format!("{:?} is not an XML element name", x.root));
+                }
+                if x.max_size.get() == 0 {
+                    err(format!("{pp}.max_size"), "must be more than 0".into());
+                }
+            }
             Plugin::RateLimit(r) => crate::ratelimit::check_rate_limit(&pp, r, config, err),
             Plugin::ConcurrencyLimit(c) => crate::ratelimit::check_concurrency(&pp, c, err),
             Plugin::Authorize(a) => {

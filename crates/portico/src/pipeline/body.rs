@@ -15,17 +15,55 @@ use crate::plugins::hooks::{HookCtx, Instance, Whole};
 
 /// The smallest limit of the plugins that want a body with these fields, for the request
 /// (`request`) or the response body phase; `None` when none wants it.
-fn limit(chain: &Chain, headers: &HeaderMap, request: bool) -> Option<u64> {
-    chain.plugins().iter().filter(|p| wants(p, headers, request)).map(Instance::body_limit).min()
+fn limit(chain: &Chain, headers: &HeaderMap, request: bool, ctx: &HookCtx<'_>) -> Option<u64> {
+    chain.plugins().iter().filter(|p| wants(p, headers, request, ctx)).map(Instance::body_limit).min()
 }
 
-fn wants(p: &Instance, headers: &HeaderMap, request: bool) -> bool {
+fn wants(p: &Instance, headers: &HeaderMap, request: bool, ctx: &HookCtx<'_>) -> bool {
     let phases = p.phases();
-    (if request { phases.request_body } else { phases.response_body }) && p.wants_body(headers)
+    (if request { phases.request_body } else { phases.response_body }) && p.wants_body(headers, request, ctx)
 }
 
-/// The message's new body and its length.
-fn replace(headers: &mut HeaderMap, body: Bytes) -> Body {
+/// Runs the body hooks of `plugins` that want the message, in the given order, on its
+/// whole body; returns the new body and, when a hook changed its format, its new type. A
+/// hook after one that changed the type sees the new one (an XML request made JSON is
+/// then changed by the JSON plugins).
+fn run_hooks<'p>(
+    plugins: impl Iterator<Item = &'p Instance>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    mut body: Bytes,
+    request: bool,
+    ctx: &HookCtx<'_>,
+) -> Result<(Bytes, Option<HeaderValue>), GatewayError> {
+    let mut retyped: Option<HeaderMap> = None;
+    let mut content_type = None;
+    for p in plugins {
+        let headers = retyped.as_ref().unwrap_or(headers);
+        if !wants(p, headers, request, ctx) {
+            continue;
+        }
+        let mut msg = Whole { headers, query, body, content_type: None };
+        match request {
+            true => p.request_body(&mut msg, ctx)?,
+            false => p.response_body(&mut msg, ctx)?,
+        }
+        body = msg.body;
+        if let Some(ct) = msg.content_type {
+            let mut h = headers.clone();
+            h.insert(header::CONTENT_TYPE, ct.clone());
+            retyped = Some(h);
+            content_type = Some(ct);
+        }
+    }
+    Ok((body, content_type))
+}
+
+/// The message's new body and its length (and its new type, when a hook changed it).
+fn replace(headers: &mut HeaderMap, body: Bytes, content_type: Option<HeaderValue>) -> Body {
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if body.is_empty() { Body::Empty } else { Body::full(body) }
@@ -44,7 +82,7 @@ pub(super) async fn request(
     if http_body::Body::is_end_stream(req.body()) {
         return Ok(());
     }
-    let Some(limit) = limit(chain, req.headers(), true) else { return Ok(()) };
+    let Some(limit) = limit(chain, req.headers(), true, ctx) else { return Ok(()) };
     let limit = limit.min(max_body);
     let body = std::mem::take(req.body_mut());
     let bytes = match ClientBody::new(body, limit) {
@@ -55,12 +93,8 @@ pub(super) async fn request(
     if bytes.len() as u64 > limit {
         return Err(GatewayError::new(ErrorKind::PayloadTooLarge));
     }
-    let mut msg = Whole { headers: req.headers(), query: req.uri().query(), body: bytes };
-    for p in chain.plugins().iter().filter(|p| wants(p, msg.headers, true)) {
-        p.request_body(&mut msg, ctx)?;
-    }
-    let body = msg.body;
-    *req.body_mut() = replace(req.headers_mut(), body);
+    let (body, ct) = run_hooks(chain.plugins().iter(), req.headers(), req.uri().query(), bytes, true, ctx)?;
+    *req.body_mut() = replace(req.headers_mut(), body, ct);
     Ok(())
 }
 
@@ -79,7 +113,7 @@ pub(super) async fn response(
     if head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(());
     }
-    let Some(limit) = limit(chain, res.headers(), false) else { return Ok(()) };
+    let Some(limit) = limit(chain, res.headers(), false, ctx) else { return Ok(()) };
     let bad = || GatewayError::new(ErrorKind::BadResponse);
     if http_body::Body::size_hint(res.body()).lower() > limit {
         return Err(bad());
@@ -95,13 +129,9 @@ pub(super) async fn response(
             bytes.extend_from_slice(&data);
         }
     }
-    let mut msg = Whole { headers: res.headers(), query: None, body: bytes.freeze() };
-    for p in chain.plugins().iter().rev().filter(|p| wants(p, msg.headers, false)) {
-        p.response_body(&mut msg, ctx)?;
-    }
-    let body = msg.body;
+    let (body, ct) = run_hooks(chain.plugins().iter().rev(), res.headers(), None, bytes.freeze(), false, ctx)?;
     res.headers_mut().remove(header::ETAG);
-    *res.body_mut() = replace(res.headers_mut(), body);
+    *res.body_mut() = replace(res.headers_mut(), body, ct);
     Ok(())
 }
 

@@ -123,6 +123,7 @@ pub(crate) async fn handle_unsent_id(
     // gateway's own errors outside any route (404, 405, 400).
     let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
     let mut accept_encoding = None;
+    let mut accept = None;
     let checked = match check_request(&req, &conn.listener) {
         Ok(seen) if seen.escaped_slash => slash_policy(&mut req, &snap, &conn.listener).map(|r| (seen, r)),
         other => other.map(|seen| (seen, None)),
@@ -188,6 +189,9 @@ pub(crate) async fn handle_unsent_id(
                     }
                     if route.plugins.has_response_stream_hooks() {
                         accept_encoding = headers.get(header::ACCEPT_ENCODING).cloned();
+                    }
+                    if route.plugins.has_response_body_hooks() {
+                        accept = headers.get(header::ACCEPT).cloned();
                     }
                     let view = RequestView {
                         method: &log.method,
@@ -255,6 +259,7 @@ pub(crate) async fn handle_unsent_id(
                                     preflight: false,
                                     rate: rate.as_ref(),
                                     accept_encoding: None,
+                                    accept: None,
                                 };
                                 if route.plugins.has_request_hooks() {
                                     route.plugins.request_hooks(&mut req, &ctx);
@@ -370,6 +375,7 @@ pub(crate) async fn handle_unsent_id(
         preflight: preflight_answered,
         rate: rate.as_ref(),
         accept_encoding: accept_encoding.as_ref(),
+        accept: accept.as_ref(),
     };
     let head = log.method == Method::HEAD;
     let mut from_handler = from_handler;

@@ -80,6 +80,8 @@ pub struct HookCtx<'a> {
     pub rate: Option<&'a RateInfo>,
     /// The request's `Accept-Encoding`, when a plugin has a response stream hook.
     pub accept_encoding: Option<&'a HeaderValue>,
+    /// The request's `Accept`, in the response body phase.
+    pub accept: Option<&'a HeaderValue>,
 }
 
 impl<'a> HookCtx<'a> {
@@ -95,6 +97,7 @@ impl<'a> HookCtx<'a> {
             preflight: false,
             rate: None,
             accept_encoding: None,
+            accept: None,
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct Whole<'a> {
     pub query: Option<&'a str>,
     /// The body; a hook changes it by replacing it.
     pub body: bytes::Bytes,
+    /// The message's new `Content-Type`, when a hook changes the body's format.
+    pub content_type: Option<HeaderValue>,
 }
 
 /// Whether a message's body is JSON, as its fields say (`application/json`, or any
@@ -214,8 +219,9 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     }
 
     /// Whether the body hooks read a message with these fields (a JSON plugin: a JSON
-    /// body). A message no plugin wants streams through untouched.
-    fn wants_body(&self, _headers: &HeaderMap) -> bool {
+    /// body), in the request body phase (`request`) or the response body phase. A message
+    /// no plugin wants streams through untouched.
+    fn wants_body(&self, _headers: &HeaderMap, _request: bool, _ctx: &HookCtx<'_>) -> bool {
         false
     }
 
@@ -338,8 +344,8 @@ macro_rules! registry {
             }
 
             /// See [`Hooks::wants_body`].
-            pub fn wants_body(&self, headers: &HeaderMap) -> bool {
-                match self { $(Self::$kind(p) => p.wants_body(headers),)+ }
+            pub fn wants_body(&self, headers: &HeaderMap, request: bool, ctx: &HookCtx<'_>) -> bool {
+                match self { $(Self::$kind(p) => p.wants_body(headers, request, ctx),)+ }
             }
 
             /// See [`Hooks::request_body`].
@@ -388,7 +394,10 @@ registry! {
     Query(super::query::Query),
     /// `request_headers`: changes the request's headers.
     RequestHeaders(super::request_headers::RequestHeaders),
-    /// `request_body`: changes a JSON request body.
+    /// `xml`: XML request bodies to JSON going up; JSON answers to XML (or XML answers to
+    /// JSON) coming down, after `response_body` changed them.
+    Xml(super::xml::Xml),
+    /// `request_body`: changes a JSON request body (after `xml` made it JSON).
     RequestBody(super::request_body::RequestBody),
     /// `response_body`: changes a JSON response body.
     ResponseBody(super::response_body::ResponseBody),
@@ -438,6 +447,7 @@ pub fn compile(p: &portico_config::Plugin, built: &Built<'_>) -> Option<Instance
         P::RequestHeaders(c) => Instance::RequestHeaders(super::request_headers::RequestHeaders::new(c)),
         P::ResponseHeaders(c) => Instance::ResponseHeaders(super::response_headers::ResponseHeaders::new(c)),
         P::RequestBody(c) => Instance::RequestBody(super::request_body::RequestBody::new(c)),
+        P::Xml(c) => Instance::Xml(super::xml::Xml::new(c)),
         P::ResponseBody(c) => Instance::ResponseBody(super::response_body::ResponseBody::new(c)),
         P::Compression(c) => Instance::Compression(super::compression::Compression::new(c)),
         P::SecurityHeaders(c) => Instance::SecurityHeaders(super::security_headers::SecurityHeaders::new(c)),
@@ -537,6 +547,7 @@ mod tests {
         "request_body: { set: { a: 1 } }",
         "response_body: { set: { b: 2 } }",
         "compression: { min_size: 0B }",
+        "xml: { response: to_xml }",
     ];
 
     /// The config variant's place: a variant added to `portico_config::Plugin` does not
@@ -559,9 +570,10 @@ mod tests {
             P::RequestBody(_) => 12,
             P::ResponseBody(_) => 13,
             P::Compression(_) => 14,
+            P::Xml(_) => 15,
         }
     }
-    const VARIANTS: usize = 15;
+    const VARIANTS: usize = 16;
 
     const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
     const API_KEY: &str = "k-1";
@@ -697,13 +709,15 @@ mod tests {
             // The body hooks, on a JSON body of each message.
             let mut json = HeaderMap::new();
             json.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            let mut msg = Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}") };
-            if h.wants_body(&json) {
+            let mut msg =
+                Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}"), content_type: None };
+            if h.wants_body(&json, true, &ctx) {
                 h.request_body(&mut msg, &ctx).unwrap();
             }
             assert_eq!(&msg.body[..] != b"{}", h.phases().request_body, "{}: request body hook", h.kind());
-            let mut msg = Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}") };
-            if h.wants_body(&json) {
+            let mut msg =
+                Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}"), content_type: None };
+            if h.wants_body(&json, false, &ctx) {
                 h.response_body(&mut msg, &ctx).unwrap();
             }
             assert_eq!(&msg.body[..] != b"{}", h.phases().response_body, "{}: response body hook", h.kind());

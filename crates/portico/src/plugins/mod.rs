@@ -19,11 +19,12 @@
 //! | 8     | `concurrency_limit` | 429 or 503 | | |
 //! | 9     | `query`             | | the query | |
 //! | 10    | `request_headers`   | | headers | |
-//! | 11    | `request_body`      | | the JSON body (413, 400) | |
-//! | 12    | `response_body`     | | | the JSON body (502) |
-//! | 13    | `compression`       | | | the body, compressed as it streams |
-//! | 14    | `response_headers`  | | | headers |
-//! | 15    | `security_headers`  | | | headers |
+//! | 11    | `xml`               | | an XML body as JSON (400) | a JSON answer as XML, an XML one as JSON (502) |
+//! | 12    | `request_body`      | | the JSON body (413, 400) | |
+//! | 13    | `response_body`     | | | the JSON body (502) |
+//! | 14    | `compression`       | | | the body, compressed as it streams |
+//! | 15    | `response_headers`  | | | headers |
+//! | 16    | `security_headers`  | | | headers |
 //!
 //! So the response phase writes `security_headers`, then `response_headers` (which can
 //! adjust a security header), then the rate-limit and CORS headers (which it cannot remove
@@ -53,6 +54,7 @@ pub mod request_headers;
 pub mod response_body;
 pub mod response_headers;
 pub mod security_headers;
+pub mod xml;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -34,7 +34,7 @@ impl Hooks for RequestBody {
         self.0.max_size
     }
 
-    fn wants_body(&self, headers: &http::HeaderMap) -> bool {
+    fn wants_body(&self, headers: &http::HeaderMap, _request: bool, _ctx: &HookCtx<'_>) -> bool {
         is_json(headers)
     }
 
