@@ -90,7 +90,7 @@ fuzz_target!(|input: Input| {
     let headers = HeaderMap::new();
     let method = if input.post { Method::POST } else { Method::GET };
     let req =
-        RequestParts { host: &input.host, path, query: input.query.as_deref(), method: &method, headers: &headers };
+        RequestParts { host: &input.host, path, query: input.query.as_deref(), method: &method, headers: &headers, listener: "public" };
     let Lookup::Found { index, params } = router.lookup(&req) else { return };
     let (route, kind) = routes.get(index).expect("a route of the table");
     if *kind == 0 {

@@ -374,3 +374,34 @@ routes:
     assert!(errors.contains("routes[0].aggregate.jq: jq expression does not parse"), "{errors}");
     assert!(errors.contains("routes[1].plugins[0].response_body.jq: jq expression does not compile"), "{errors}");
 }
+
+/// Client types by listener: partners on their own port get their own route for the path.
+#[tokio::test]
+async fn a_route_can_belong_to_one_listener() {
+    let up = TestUpstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        r#"version: 1
+listeners:
+  - {{ name: public, bind: 127.0.0.1:0 }}
+  - {{ name: partners, bind: 127.0.0.1:0 }}
+admin: {{ bind: 127.0.0.1:0 }}
+upstreams:
+  u: {{ targets: [{{ url: "{}" }}] }}
+routes:
+  - name: home-partners
+    match: {{ path: /home, listeners: [partners] }}
+    aggregate:
+      calls: [{{ name: profile, upstream: u, path: /users/1, shape: {{ allow: [path] }} }}]
+  - {{ name: home, match: {{ path: /home }}, upstream: u }}
+"#,
+        up.url()
+    ));
+    let (_, _, body) = get(&format!("http://{}/home", gw.addrs["partners"])).await;
+    assert_eq!(json(&body), serde_json::json!({ "profile": { "path": "/users/1" } }));
+    let (_, _, body) = get(&gw.url("/home")).await;
+    assert_eq!(json(&body)["path"], "/home", "the public listener's route: {body}");
+    let errors = validation_errors(&config(
+        "upstreams:\n  u: { targets: [{ url: \"http://127.0.0.1:1\" }] }\nroutes:\n  - { name: r, match: { path: /x, listeners: [nope] }, upstream: u }\n",
+    ));
+    assert!(errors.contains("routes[0].match.listeners[0]: unknown listener \"nope\" (defined: public)"), "{errors}");
+}

@@ -922,6 +922,8 @@ pub struct RouteMatch {
     pub query: Vec<ValueMatch>,
     /// Cookie conditions (`canary=1`).
     pub cookies: Vec<ValueMatch>,
+    /// Listeners (by name) whose requests the route takes. Empty: every listener's.
+    pub listeners: Vec<String>,
 }
 
 impl RouteMatch {

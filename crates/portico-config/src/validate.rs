@@ -156,6 +156,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 err(format!("{p}.mirror.max_in_flight"), "must be at least 1".into());
             }
         }
+        for (j, l) in r.matcher.listeners.iter().enumerate() {
+            if !config.listeners.iter().any(|x| x.name == *l) {
+                let known: Vec<&str> = config.listeners.iter().map(|x| x.name.as_str()).collect();
+                err(
+                    format!("{p}.match.listeners[{j}]"),
+                    format!("unknown listener {l:?} (defined: {})", known.join(", ")),
+                );
+            }
+        }
         check_route(&p, r, &mut err);
     }
     crate::plugins::check(config, &mut err);

@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
                         query: parts.uri.query(),
                         method: &parts.method,
                         headers: &parts.headers,
+                        listener: "public",
                     };
                     match router.lookup(&rp) {
                         Lookup::Found { params, .. } => {

@@ -43,7 +43,14 @@ fn bench(c: &mut Criterion) {
         for (name, host, path) in cases {
             group.bench_with_input(BenchmarkId::new(name, n), &(host, path), |b, &(host, path)| {
                 b.iter(|| {
-                    let parts = RequestParts { host, path, query: None, method: &Method::GET, headers: &headers };
+                    let parts = RequestParts {
+                        host,
+                        path,
+                        query: None,
+                        method: &Method::GET,
+                        headers: &headers,
+                        listener: "public",
+                    };
                     matches!(router.lookup(std::hint::black_box(&parts)), Lookup::Found { .. })
                 })
             });
@@ -81,6 +88,7 @@ fn bench_regex(c: &mut Criterion) {
                         query: None,
                         method: &Method::GET,
                         headers: &headers,
+                        listener: "public",
                     };
                     matches!(router.lookup(std::hint::black_box(&parts)), Lookup::Found { .. })
                 })

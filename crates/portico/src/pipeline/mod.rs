@@ -153,13 +153,14 @@ pub(crate) async fn handle_unsent_id(
             let path = req.uri().path();
             let query = req.uri().query();
             let headers = req.headers();
-            let plain = RequestParts { host, path, query, method: &log.method, headers };
+            let listener = &*conn.listener.name;
+            let plain = RequestParts { host, path, query, method: &log.method, headers, listener };
             // A CORS preflight is routed as the request it announces, so that route's
             // CORS settings answer it.
             let announced = preflight_method(&log.method, headers);
             let lookup = match &announced {
                 Some(announced) => {
-                    let parts = RequestParts { host, path, query, method: announced, headers };
+                    let parts = RequestParts { host, path, query, method: announced, headers, listener };
                     match snap.router.lookup(&parts) {
                         Lookup::Found { index, params } if snap.routes[index].plugins.has_cors() => {
                             Lookup::Found { index, params }
@@ -449,6 +450,7 @@ fn slash_policy(
         query: req.uri().query(),
         method: req.method(),
         headers: req.headers(),
+        listener: &listener.name,
     };
     let policy = match snap.router.lookup(&parts) {
         Lookup::Found { index, .. } => snap.routes[index].escaped_slashes,

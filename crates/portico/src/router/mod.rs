@@ -113,6 +113,8 @@ pub struct RequestParts<'a> {
     pub method: &'a Method,
     /// The headers.
     pub headers: &'a HeaderMap,
+    /// The name of the listener the request came in on.
+    pub listener: &'a str,
 }
 
 #[derive(Debug)]
@@ -149,15 +151,21 @@ struct Conditions {
     headers: Vec<(HeaderName, ValueCond)>,
     query: Vec<(Box<str>, ValueCond)>,
     cookies: Vec<(Box<str>, ValueCond)>,
+    listeners: Box<[Box<str>]>,
 }
 
 impl Conditions {
     fn specificity(&self) -> (bool, usize) {
-        (!self.methods.is_empty(), self.headers.len() + self.query.len() + self.cookies.len())
+        let listeners = usize::from(!self.listeners.is_empty());
+        (!self.methods.is_empty(), self.headers.len() + self.query.len() + self.cookies.len() + listeners)
     }
 
     fn matches_except_method(&self, req: &RequestParts<'_>) -> bool {
-        self.headers.iter().all(|(name, cond)| cond.test(req.headers.get_all(name).iter().map(HeaderValue::as_bytes)))
+        (self.listeners.is_empty() || self.listeners.iter().any(|l| **l == *req.listener))
+            && self
+                .headers
+                .iter()
+                .all(|(name, cond)| cond.test(req.headers.get_all(name).iter().map(HeaderValue::as_bytes)))
             && self.cookies.iter().all(|(name, cond)| cond.test(cookie_values(req.headers, name)))
             && (self.query.is_empty() || {
                 let q = req.query.unwrap_or("");
@@ -285,6 +293,7 @@ impl Router {
                     .collect(),
                 query: m.query.iter().map(|q| (q.name.as_str().into(), ValueCond::from_config(q))).collect(),
                 cookies: m.cookies.iter().map(|c| (c.name.as_str().into(), ValueCond::from_config(c))).collect(),
+                listeners: m.listeners.iter().map(|l| l.as_str().into()).collect(),
             });
             let groups: Vec<usize> = if m.hosts.is_empty() {
                 vec![r.group_for_any()]

@@ -29,7 +29,14 @@ impl Req {
 
 /// The name of the matched route, "404" or "405 <allow>".
 fn find(router: &Router, names: &[&str], r: &Req) -> String {
-    let parts = RequestParts { host: r.host, path: r.path, query: r.query, method: &r.method, headers: &r.headers };
+    let parts = RequestParts {
+        host: r.host,
+        path: r.path,
+        query: r.query,
+        method: &r.method,
+        headers: &r.headers,
+        listener: "public",
+    };
     match router.lookup(&parts) {
         Lookup::Found { index, .. } => names[index].to_owned(),
         Lookup::MethodNotAllowed(allow) => format!("405 {allow}"),
@@ -140,7 +147,14 @@ fn cookie_conditions() {
 fn captured_params_are_returned() {
     let (r, _) = table(&[("t", "path: '/users/{id}/files/{*rest}'")]);
     let h = HeaderMap::new();
-    let parts = RequestParts { host: "h", path: "/users/7/files/a/b", query: None, method: &Method::GET, headers: &h };
+    let parts = RequestParts {
+        host: "h",
+        path: "/users/7/files/a/b",
+        query: None,
+        method: &Method::GET,
+        headers: &h,
+        listener: "public",
+    };
     let Lookup::Found { params, .. } = r.lookup(&parts) else { panic!("no match") };
     assert_eq!(params.get("id"), Some("7"));
     assert_eq!(params.get("rest"), Some("a/b"));
@@ -158,7 +172,14 @@ fn many_routes_still_match() {
     let matches: Vec<RouteMatch> = (0..10_000).map(|i| m(&format!("path: '/svc{i}/items/{{id}}'"))).collect();
     let r = Router::new(&matches).unwrap();
     let h = HeaderMap::new();
-    let parts = RequestParts { host: "h", path: "/svc9876/items/5", query: None, method: &Method::GET, headers: &h };
+    let parts = RequestParts {
+        host: "h",
+        path: "/svc9876/items/5",
+        query: None,
+        method: &Method::GET,
+        headers: &h,
+        listener: "public",
+    };
     assert!(matches!(r.lookup(&parts), Lookup::Found { index: 9876, .. }));
 }
 
@@ -236,7 +257,9 @@ fn regex_captures_are_params() {
         ("unnamed", "regex: '^/plain/([0-9]+)$'"),
     ]);
     let h = HeaderMap::new();
-    let lookup = |path| r.lookup(&RequestParts { host: "h", path, query: None, method: &Method::GET, headers: &h });
+    let lookup = |path| {
+        r.lookup(&RequestParts { host: "h", path, query: None, method: &Method::GET, headers: &h, listener: "public" })
+    };
     let Lookup::Found { params, .. } = lookup("/v2/users/42") else { panic!("no match") };
     assert_eq!((params.get("version"), params.get("id")), (Some("2"), Some("42")));
     // A group that took no part in the match is not a parameter.
@@ -256,7 +279,9 @@ fn many_regexes_still_match_in_file_order() {
     matches.push(m("regex: '^/re999/items/(?<id>.+)$'"));
     let r = Router::new(&matches).unwrap();
     let h = HeaderMap::new();
-    let lookup = |path| r.lookup(&RequestParts { host: "h", path, query: None, method: &Method::GET, headers: &h });
+    let lookup = |path| {
+        r.lookup(&RequestParts { host: "h", path, query: None, method: &Method::GET, headers: &h, listener: "public" })
+    };
     let Lookup::Found { index: 999, params } = lookup("/re999/items/5") else { panic!("wrong route") };
     assert_eq!(params.get("id"), Some("5"));
     assert!(matches!(lookup("/re999/items/x"), Lookup::Found { index: 1_000, .. }));
