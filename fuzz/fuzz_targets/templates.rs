@@ -44,7 +44,13 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn value_template(text: &str) {
-    let Ok(t) = ValueTemplate::parse(text) else { return };
+    // Without call names (a plugin's template), no piece names a call.
+    if let Ok(t) = ValueTemplate::parse(text) {
+        assert!(!t.pieces.iter().any(|p| matches!(p, Piece::Call(..))), "{text:?}: a call without calls");
+    }
+    // With them (an aggregate call's template), every piece writes back as it was read.
+    const CALLS: &[&str] = &["profile", "orders"];
+    let Ok(t) = ValueTemplate::parse_with_calls(text, CALLS) else { return };
     let mut back = String::new();
     for p in &t.pieces {
         match p {
@@ -59,7 +65,14 @@ fn value_template(text: &str) {
             Piece::Consumer => back.push_str("{consumer}"),
             Piece::Tenant => back.push_str("{tenant}"),
             Piece::RequestId => back.push_str("{request_id}"),
+            Piece::Call(c, path) => {
+                assert!(CALLS.contains(&c.as_str()), "{text:?}: an unknown call {c:?}");
+                match path.is_empty() {
+                    true => back.push_str(&format!("{{{c}}}")),
+                    false => back.push_str(&format!("{{{c}.{path}}}")),
+                }
+            }
         }
     }
-    assert_eq!(ValueTemplate::parse(&back).as_ref(), Ok(&t), "{text:?} written back as {back:?}");
+    assert_eq!(ValueTemplate::parse_with_calls(&back, CALLS).as_ref(), Ok(&t), "{text:?} written back as {back:?}");
 }

@@ -187,10 +187,19 @@ pub fn to_json(xml: &[u8]) -> Result<Value, String> {
         let mut fields = Map::new();
         for a in e.attributes() {
             let a = a.map_err(|e| e.to_string())?;
+            let key = a.key.into_inner();
+            if !read_name(key) {
+                return Err(format!("{key:?} is not an XML name"));
+            }
             let v = a.normalized_value(quick_xml::XmlVersion::default()).map_err(|e| e.to_string())?;
-            fields.insert(format!("@{}", a.key.into_inner()), Value::String(v.into_owned()));
+            chars_ok(&v)?;
+            fields.insert(format!("@{key}"), Value::String(v.into_owned()));
         }
-        Ok(Open { name: e.name().into_inner().to_owned(), fields, text: String::new(), children: false })
+        let name = e.name().into_inner();
+        if !read_name(name) {
+            return Err(format!("{name:?} is not an XML name"));
+        }
+        Ok(Open { name: name.to_owned(), fields, text: String::new(), children: false })
     };
     loop {
         let event = reader.read_event_into(&mut buf).map_err(|e| e.to_string())?;
@@ -239,8 +248,25 @@ pub fn to_json(xml: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(m))
 }
 
+/// Whether a name read from XML is one: a letter, `_` or `:` first, then letters, digits,
+/// `_`, `-`, `.` and `:` (the reader itself is lenient about names).
+fn read_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+/// Text holds only characters XML 1.0 allows: no control characters but tab, LF and CR.
+fn chars_ok(t: &str) -> Result<(), String> {
+    match t.chars().find(|&c| c < ' ' && !matches!(c, '\t' | '\n' | '\r')) {
+        Some(c) => Err(format!("the character {c:?} is not allowed in XML")),
+        None => Ok(()),
+    }
+}
+
 /// Text read inside the open element (outside any, only whitespace is allowed).
 fn text(stack: &mut [Open], t: &str) -> Result<(), String> {
+    chars_ok(t)?;
     match stack.last_mut() {
         Some(open) => open.text.push_str(t),
         None if t.trim().is_empty() => {}
@@ -300,6 +326,7 @@ fn element(out: &mut String, name: &str, v: &Value, depth: usize) -> Result<(), 
         match v {
             Value::Null => out.push_str("/>"),
             Value::String(s) => {
+                chars_ok(s)?;
                 out.push('>');
                 out.push_str(&quick_xml::escape::escape(s.as_str()));
                 close_tag(out, name);
@@ -322,10 +349,13 @@ fn element(out: &mut String, name: &str, v: &Value, depth: usize) -> Result<(), 
                 Value::Null => String::new(),
                 other => other.to_string(),
             };
+            chars_ok(&text)?;
             out.push(' ');
             out.push_str(attr);
             out.push_str("=\"");
-            out.push_str(&quick_xml::escape::escape(text.as_str()));
+            // Tabs and line ends as references: a reader would make them spaces.
+            let escaped = quick_xml::escape::escape(text.as_str());
+            out.push_str(&escaped.replace('\t', "&#9;").replace('\n', "&#10;").replace('\r', "&#13;"));
             out.push('"');
         }
     }
@@ -340,6 +370,7 @@ fn element(out: &mut String, name: &str, v: &Value, depth: usize) -> Result<(), 
                 Value::Null => String::new(),
                 other => other.to_string(),
             };
+            chars_ok(&text)?;
             out.push_str(&quick_xml::escape::escape(text.as_str()));
         } else {
             element(out, k, child, depth + 1)?;
@@ -392,6 +423,9 @@ mod tests {
             b"<a></a><b></b>",
             b"text",
             b"<a>",
+            b"<a><@d/></a>",
+            b"<a>\x00</a>",
+            b"<a b=\"\x01\"/>",
             deep.as_bytes(),
         ] {
             assert!(to_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
@@ -420,6 +454,10 @@ mod tests {
         assert!(to_xml(&json!({ "1st": 1 }), "r").is_err());
         assert!(to_xml(&json!({ "a b": 1 }), "r").is_err());
         assert!(to_xml(&json!({ "@x y": 1 }), "r").is_err());
+        assert!(to_xml(&json!({ "a": "nul \u{0}" }), "r").is_err());
+        // Line ends in an attribute survive the trip (a reader makes raw ones spaces).
+        let doc = json!({ "a": { "@t": "one\ntwo\tthree" } });
+        assert_eq!(to_json(to_xml(&doc, "r").unwrap().as_bytes()).unwrap(), json!({ "r": doc }));
     }
 
     #[test]
