@@ -201,6 +201,21 @@ impl GatewayError {
         }
     }
 
+    /// Whether this error counts in `gateway_backend_errors_total` for the upstream the
+    /// request went to: not the client's doing, and not the gateway's own state (a full
+    /// route limit, missing token keys, an unreadable revocation list, an unreachable
+    /// rate-limit store). The one rule for proxied requests and aggregate calls alike.
+    pub fn counts_against_upstream(&self) -> bool {
+        self.side() != Side::Downstream
+            && !matches!(
+                self.kind,
+                ErrorKind::RouteMaxInFlight
+                    | ErrorKind::KeysUnavailable
+                    | ErrorKind::RevocationUnavailable
+                    | ErrorKind::RateLimitUnavailable
+            )
+    }
+
     /// The `kind` label of `gateway_backend_errors_total`, for upstream-side errors.
     pub fn metric_kind(&self) -> &'static str {
         match self.kind {

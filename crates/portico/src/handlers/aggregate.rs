@@ -498,7 +498,7 @@ impl Aggregate {
         let res = match proxy::forward(req, &call.upstream, ctx, &mut outcome).await {
             Ok(res) => res,
             Err(e) => {
-                if e.side() != Side::Downstream {
+                if e.counts_against_upstream() {
                     cx.shared.metrics.backend_error(&call.upstream.name, e.metric_kind());
                 }
                 let failure = match e.kind {

@@ -339,19 +339,9 @@ pub(crate) async fn handle_unsent_id(
             if let (ErrorKind::ClientAborted, Some(r)) = (&e.kind, route) {
                 shared.metrics.client_aborted(&r.name);
             }
-            // A full route limit, missing token keys, an unreadable revocation list and an
-            // unreachable rate-limit store are the gateway's own state, not an upstream
-            // failure.
             if let Some(r) = route
                 && let Some(upstream) = log.outcome.upstream.as_ref().or(r.upstream().map(|u| &u.name))
-                && e.side() != crate::error::Side::Downstream
-                && !matches!(
-                    e.kind,
-                    ErrorKind::RouteMaxInFlight
-                        | ErrorKind::KeysUnavailable
-                        | ErrorKind::RevocationUnavailable
-                        | ErrorKind::RateLimitUnavailable
-                )
+                && e.counts_against_upstream()
             {
                 shared.metrics.backend_error(upstream, e.metric_kind());
                 tracing::debug!(route = %r.name, upstream = %upstream, error = %e, "upstream request failed");
