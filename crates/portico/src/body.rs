@@ -110,6 +110,35 @@ impl http_body::Body for Body {
     }
 }
 
+/// Why [`collect_bounded`] gave no body.
+#[derive(Debug)]
+pub enum Bounded {
+    /// More than the limit.
+    TooLarge,
+    /// The body broke off or was malformed (whose fault it is, the caller knows).
+    Failed(BoxError),
+}
+
+/// A body read whole, refused as soon as it passes `limit` bytes (nothing past the limit is
+/// held). For the gateway's own reads of an upstream's answer: the response body phase,
+/// an aggregate call's result.
+pub async fn collect_bounded(mut body: Body, limit: u64) -> Result<Bytes, Bounded> {
+    use http_body_util::BodyExt as _;
+    if http_body::Body::size_hint(&body).lower() > limit {
+        return Err(Bounded::TooLarge);
+    }
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(Bounded::Failed)?.into_data() {
+            if (bytes.len() + data.len()) as u64 > limit {
+                return Err(Bounded::TooLarge);
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
+}
+
 /// A change made to a body piece by piece as it streams, without holding it whole (a
 /// response body hook that compresses). It keeps what it has made until asked for it.
 pub trait StreamTransform: Send + Sync + std::fmt::Debug {

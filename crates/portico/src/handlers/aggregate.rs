@@ -19,14 +19,13 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use portico_config::transform::{Piece, ValueTemplate};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::proxy::{self, ProxyCtx};
-use crate::body::Body;
+use crate::body::{Body, Bounded, collect_bounded};
 use crate::compile::CompiledRoute;
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::observe::access_log::CallLog;
@@ -522,17 +521,11 @@ impl Aggregate {
 }
 
 /// The response body as JSON, read up to `max` bytes.
-async fn read_json(mut body: Body, max: u64) -> Result<Value, Failure> {
-    let mut bytes = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return Err(Failure::Unavailable) };
-        if let Ok(data) = frame.into_data() {
-            if (bytes.len() + data.len()) as u64 > max {
-                return Err(Failure::TooLarge);
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
+async fn read_json(body: Body, max: u64) -> Result<Value, Failure> {
+    let bytes = collect_bounded(body, max).await.map_err(|e| match e {
+        Bounded::TooLarge => Failure::TooLarge,
+        Bounded::Failed(_) => Failure::Unavailable,
+    })?;
     serde_json::from_slice(&bytes).map_err(|_| Failure::InvalidJson)
 }
 

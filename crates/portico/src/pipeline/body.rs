@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, ClientBody, Transformed};
+use crate::body::{Body, ClientBody, Transformed, collect_bounded};
 use crate::error::{ErrorKind, GatewayError};
 use crate::plugins::Chain;
 use crate::plugins::hooks::{HookCtx, Instance, Whole};
@@ -114,22 +114,11 @@ pub(super) async fn response(
         return Ok(());
     }
     let Some(limit) = limit(chain, res.headers(), false, ctx) else { return Ok(()) };
-    let bad = || GatewayError::new(ErrorKind::BadResponse);
-    if http_body::Body::size_hint(res.body()).lower() > limit {
-        return Err(bad());
-    }
-    let mut body = std::mem::take(res.body_mut());
-    let mut bytes = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| bad())?;
-        if let Ok(data) = frame.into_data() {
-            if (bytes.len() + data.len()) as u64 > limit {
-                return Err(bad());
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
-    let (body, ct) = run_hooks(chain.plugins().iter().rev(), res.headers(), None, bytes.freeze(), false, ctx)?;
+    // Too large or broken off: the upstream's answer cannot be shaped (502).
+    let bytes = collect_bounded(std::mem::take(res.body_mut()), limit)
+        .await
+        .map_err(|_| GatewayError::new(ErrorKind::BadResponse))?;
+    let (body, ct) = run_hooks(chain.plugins().iter().rev(), res.headers(), None, bytes, false, ctx)?;
     res.headers_mut().remove(header::ETAG);
     *res.body_mut() = replace(res.headers_mut(), body, ct);
     Ok(())
