@@ -401,11 +401,7 @@ impl Aggregate {
         let value = |name: &str, path: &str| -> Option<&Value> {
             let i = self.calls.iter().position(|c| &*c.name == name)?;
             let Some(Ok(v)) = &results[i] else { return None };
-            path.split('.').filter(|s| !s.is_empty()).try_fold(v, |v, seg| match v {
-                Value::Object(o) => o.get(seg),
-                Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
-                _ => None,
-            })
+            json_edit::get_by(v, path.split('.').filter(|s| !s.is_empty()))
         };
         let render = |pieces: &[Piece], encode: bool| -> Option<String> {
             let mut out = String::new();

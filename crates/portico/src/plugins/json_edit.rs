@@ -138,8 +138,13 @@ impl JsonEdit {
 
 /// The value at `path`.
 pub(crate) fn get<'v>(doc: &'v Value, path: &[Box<str>]) -> Option<&'v Value> {
-    path.iter().try_fold(doc, |v, seg| match v {
-        Value::Object(o) => o.get(&**seg),
+    get_by(doc, path.iter().map(|s| &**s))
+}
+
+/// The value at the path these segments make (a segment of digits also indexes an array).
+pub(crate) fn get_by<'v, 's>(doc: &'v Value, segments: impl IntoIterator<Item = &'s str>) -> Option<&'v Value> {
+    segments.into_iter().try_fold(doc, |v, seg| match v {
+        Value::Object(o) => o.get(seg),
         Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
         _ => None,
     })
