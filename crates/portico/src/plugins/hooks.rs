@@ -648,6 +648,21 @@ mod tests {
         }
     }
 
+    /// The access phase's view of a sample request, from a denied address.
+    fn view<'a>(req: &'a Request<Body>, params: &'a Params, tls: Option<&'a TlsInfo>) -> RequestView<'a> {
+        RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            host: "api.test",
+            params,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            tls,
+            route: "r",
+            flag_upstreams: false,
+        }
+    }
+
     fn response() -> Response<Body> {
         Response::builder().header("x-out", "1").body(Body::Empty).unwrap()
     }
@@ -677,17 +692,7 @@ mod tests {
 
             let req = f.request();
             let params = Params::new();
-            let view = RequestView {
-                method: req.method(),
-                uri: req.uri(),
-                headers: req.headers(),
-                host: "api.test",
-                params: &params,
-                client_ip: "192.0.2.1".parse().unwrap(),
-                tls: Some(&tls),
-                route: "r",
-                flag_upstreams: false,
-            };
+            let view = view(&req, &params, Some(&tls));
             let mut state = Passed::default();
             let verdict = h.access(&view, &cx, &mut state).await;
             let wrote = state.identity.is_some() || state.rate.is_some() || state.slot.is_some();
@@ -760,17 +765,7 @@ mod tests {
         assert!(chain.plugins().iter().any(|p| matches!(p, Instance::Authorize(_))), "{chain:?}");
         let req = f.request();
         let params = Params::new();
-        let view = RequestView {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            host: "api.test",
-            params: &params,
-            client_ip: "192.0.2.1".parse().unwrap(),
-            tls: None,
-            route: "r",
-            flag_upstreams: false,
-        };
+        let view = view(&req, &params, None);
         let tenants = crate::identity::tenants::Tenants::default();
         let refused = chain.request(&view, &f.consumers, &tenants).await;
         assert!(matches!(refused, Err(ref r) if r.error.status() == 401), "{refused:?}");
