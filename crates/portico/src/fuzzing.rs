@@ -137,13 +137,13 @@ pub fn h1_response(
     };
     let kept_as_sent = p.raw.is_some();
     if let Some(head) = p.raw.take()
-        && !fill_header_map(&mut p.headers, &head, &fields, 0, &mut names.0)
+        && !fill_header_map(&mut spare, &head, &fields, 0, &mut names.0)
     {
         return Err("fields kept as sent do not fit a header map");
     }
     Ok(Some(ResponseHead {
         status: p.status.as_u16(),
-        headers: p.headers,
+        headers: spare,
         kept_as_sent,
         framing: p.framing,
         reusable: p.reusable,

@@ -245,7 +245,7 @@ pub async fn forward(
             last_target = Some(target.clone());
         }
         let can_retry = policy.is_some_and(|p| tries <= p.attempts) && replayable;
-        let h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
+        let mut h = if can_retry { headers.clone() } else { std::mem::take(&mut headers) };
         let host = match (&original_host, ctx.route.preserve_host) {
             (Some(host), true) => host,
             _ => &target.host_header,
@@ -270,7 +270,7 @@ pub async fn forward(
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
         let flight = upstream.start_at(&target, sent);
-        let x = Exchange { method: &method, pq: &pq, host, headers: h, added: Some(&added), upgrade };
+        let x = Exchange { method: &method, pq: &pq, host, headers: &mut h, added: Some(&added), upgrade };
         let res = upstream.send(&target, x, &mut attempt_body, sent, sent + try_timeout).await;
         let waited = sent.elapsed();
         upstream.latency.observe(waited);
@@ -399,8 +399,14 @@ fn send_mirror(
         let _slot = slot;
         let now = Instant::now();
         let flight = up.start_at(&target, now);
-        let x =
-            Exchange { method: &method, pq: &pq, host: &target.host_header, headers: h, added: None, upgrade: false };
+        let x = Exchange {
+            method: &method,
+            pq: &pq,
+            host: &target.host_header,
+            headers: &mut h,
+            added: None,
+            upgrade: false,
+        };
         match up.send(&target, x, &mut body, now, now + up.request_timeout).await {
             Ok(res) => {
                 flight.finish(res.status().is_server_error());

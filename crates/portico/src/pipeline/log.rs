@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
 use super::{ConnInfo, Outcome};
@@ -115,9 +115,8 @@ impl LogPhase {
         })
     }
 
-    /// The response head of `status` is ready: counts the request and its durations, and
-    /// gives back the request ID for the response.
-    pub(super) fn head(&mut self, status: StatusCode) -> HeaderValue {
+    /// The response head of `status` is ready: counts the request and its durations.
+    pub(super) fn head(&mut self, status: StatusCode) {
         let elapsed = self.start.elapsed();
         let status = status.as_u16();
         self.head = Some((status, elapsed));
@@ -127,11 +126,21 @@ impl LogPhase {
         if let Some(b) = self.outcome.backend_latency {
             self.shared.metrics.overhead.observe(elapsed.saturating_sub(b));
         }
-        self.request_id.clone()
+    }
+
+    /// The request ID field to answer with: the configured name and this request's ID.
+    pub fn request_id_field(&self) -> (&HeaderName, &HeaderValue) {
+        (&self.snap.request_id_header, &self.request_id)
     }
 
     /// The response body ended, after `bytes` bytes: writes the access-log line.
+    #[inline]
     pub fn end(mut self: Box<Self>, bytes: u64, how: Completion) {
+        if self.wall_start.is_none() {
+            // No access log: the metrics were written with the head.
+            self.written = true;
+            return;
+        }
         self.write(bytes, how);
     }
 

@@ -89,14 +89,15 @@ pub struct Outcome {
 /// hyper's stream or, from the lean HTTP/1.1 server loop, empty. The returned record's
 /// [`LogPhase::end`] is for whoever writes the response body, when it ends.
 pub async fn handle(req: Request<Body>, conn: &Arc<ConnInfo>, shared: &Arc<Shared>) -> (Response<Body>, Box<LogPhase>) {
-    let (mut res, (name, value), log) = handle_unsent_id(req, conn, shared, false).await;
-    res.headers_mut().insert(name, value);
+    let (mut res, log) = handle_unsent_id(req, conn, shared, false).await;
+    let (name, value) = log.request_id_field();
+    res.headers_mut().insert(name.clone(), value.clone());
     (res, log)
 }
 
-/// [`handle`], but the response's request ID field is returned rather than put into its
-/// map, for the lean HTTP/1.1 loop to write with the head (an insertion hashes the name
-/// byte by byte). It replaces any field of that name in the map. With `raw_ok`, an
+/// [`handle`], but the response's request ID field is left out of its map, for the lean
+/// HTTP/1.1 loop to write with the head from [`LogPhase::request_id_field`] (an insertion
+/// hashes the name byte by byte). It replaces any field of that name in the map. With `raw_ok`, an
 /// upstream response's fields may still be only as the upstream sent them
 /// ([`crate::upstream::h1::ResponseBody::raw_fields`]) when nothing here needed them.
 pub(crate) async fn handle_unsent_id(
@@ -104,7 +105,7 @@ pub(crate) async fn handle_unsent_id(
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
     raw_ok: bool,
-) -> (Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>) {
+) -> (Response<Body>, Box<LogPhase>) {
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
 
@@ -385,9 +386,8 @@ pub(crate) async fn handle_unsent_id(
         res = res.map(|b| b.holding(slot));
     }
     log.rate_remaining = rate.map(|r| r.remaining);
-    let id_name = snap.request_id_header.clone();
-    let request_id = log.head(res.status());
-    (res, (id_name, request_id), log)
+    log.head(res.status());
+    (res, log)
 }
 
 /// The answer to a request refused before there is a request to route (a head too large,
@@ -399,15 +399,15 @@ pub(crate) fn refuse(
     method: Method,
     conn: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
-) -> (Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>) {
+) -> (Response<Body>, Box<LogPhase>) {
     let snap = shared.snapshot.load_full();
     let mut req = Request::new(Body::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = Uri::from_static("*");
     let mut log = LogPhase::new(shared, &snap, conn, Instant::now(), &req, new_request_id(), conn.peer.ip());
     let res = error.to_response(&log.request_id);
-    let id = log.head(res.status());
-    (res, (snap.request_id_header.clone(), id), log)
+    log.head(res.status());
+    (res, log)
 }
 
 /// Puts an upstream response's fields that are kept as sent into its map; `false` when one

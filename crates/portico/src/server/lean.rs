@@ -225,10 +225,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             *req.uri_mut() = head.uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = head.headers;
-            let Some((res, id, log)) = self.handle(req, info, shared, pump).await else { return End::Closed };
+            let Some((res, log)) = self.handle(req, info, shared, pump).await else { return End::Closed };
             // A body not read to its end leaves no way to find the next request.
             let close = *shutdown.borrow() || self.unread_body;
-            let written = self.respond(res, &id, method_head, close).await;
+            let written = self.respond(res, log.request_id_field(), method_head, close).await;
             log.end(self.sent, self.completion(&written));
             if written.is_err() || close {
                 let _ = self.io.shutdown().await;
@@ -276,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         info: &Arc<ConnInfo>,
         shared: &Arc<Shared>,
         pump: Option<Box<Pump>>,
-    ) -> Option<(http::Response<Body>, (HeaderName, HeaderValue), Box<LogPhase>)> {
+    ) -> Option<(http::Response<Body>, Box<LogPhase>)> {
         // Pinned where it is made: a `let` and then `tokio::pin!` moved the whole future
         // (4.8 KB) once more per request.
         let mut handling = std::pin::pin!(pipeline::handle_unsent_id(req, info, shared, true));
@@ -363,8 +363,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             .filter(|m| m.len() <= 16)
             .and_then(|m| Method::from_bytes(m).ok())
             .unwrap_or_else(|| Method::from_bytes(b"-").unwrap_or_default());
-        let (res, id, log) = pipeline::refuse(&error, method, info, shared);
-        let written = self.respond(res, &id, false, true).await;
+        let (res, log) = pipeline::refuse(&error, method, info, shared);
+        let written = self.respond(res, log.request_id_field(), false, true).await;
         log.end(self.sent, self.completion(&written));
         if written.is_ok() {
             let _ = self.io.shutdown().await;
@@ -403,7 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
     async fn respond(
         &mut self,
         res: http::Response<Body>,
-        id: &(HeaderName, HeaderValue),
+        id: (&HeaderName, &HeaderValue),
         method_head: bool,
         close: bool,
     ) -> io::Result<()> {

@@ -585,11 +585,11 @@ impl Pool {
                     r.headers.clear();
                 }
             }
-            let res = conn.exchange_by(method_head, deadline, &mut r.headers, &mut payload).await;
+            let res = conn.exchange_by(method_head, deadline, r.headers, &mut payload).await;
             // A body that streamed cannot go again; one in memory can.
             let replayable = !matches!(&payload, Payload::Stream(st) if st.touched);
             match res {
-                Ok(parsed) => return Ok(self.response(conn, parsed)),
+                Ok(parsed) => return Ok(self.response(conn, parsed, std::mem::take(r.headers))),
                 Err(Failure::Stale { unwritten, .. }) if reused && (unwritten || (idempotent && replayable)) => {
                     written = Some(std::mem::take(&mut conn.out));
                     stale += 1;
@@ -600,7 +600,8 @@ impl Pool {
         }
     }
 
-    fn response(&self, mut conn: Box<Conn>, p: Parsed) -> Response<Body> {
+    /// The response of `p`, with its fields in `headers` (empty when kept as sent).
+    fn response(&self, mut conn: Box<Conn>, p: Parsed, headers: HeaderMap) -> Response<Body> {
         let body = match p.framing {
             Framing::Length(0) => {
                 if p.reusable {
@@ -626,7 +627,7 @@ impl Pool {
         let mut res = Response::new(body);
         *res.status_mut() = p.status;
         *res.version_mut() = Version::HTTP_11;
-        *res.headers_mut() = p.headers;
+        *res.headers_mut() = headers;
         res
     }
 }

@@ -86,6 +86,7 @@ async fn probe(
 ) -> Result<(), String> {
     let mut headers = http::HeaderMap::new();
     headers.insert(header::USER_AGENT, http::HeaderValue::from_static("portico-health-check"));
+    let headers = &mut headers;
     let x =
         Exchange { method: &Method::GET, pq: path, host: &target.host_header, headers, added: None, upgrade: false };
     let now = Instant::now();

@@ -483,8 +483,10 @@ pub struct Exchange<'a> {
     pub pq: &'a http::uri::PathAndQuery,
     /// The `Host` to send; any in `headers` is left out.
     pub host: &'a HeaderValue,
-    /// The client's fields that go on (hop-by-hop ones removed).
-    pub headers: http::HeaderMap,
+    /// The client's fields that go on (hop-by-hop ones removed). Taken: the response's
+    /// fields come back in a map of their own. By reference, so that the futures that
+    /// carry an exchange stay small to move.
+    pub headers: &'a mut http::HeaderMap,
     /// The gateway's fields (forwarding, request ID), sent after the client's; `None`
     /// for the gateway's own requests (health checks) and copies that carry them already.
     pub added: Option<&'a crate::forwarded::Added<'a>>,
@@ -549,7 +551,7 @@ impl Upstream {
             .path_and_query(x.pq.clone())
             .build()
             .map_err(|_| Error::Invalid("invalid request target"))?;
-        let mut headers = x.headers;
+        let mut headers = std::mem::take(x.headers);
         headers.insert(http::header::HOST, x.host.clone());
         if let Some(added) = x.added {
             added.insert_into(&mut headers);

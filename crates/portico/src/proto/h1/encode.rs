@@ -26,7 +26,8 @@ pub struct Outgoing<'a> {
     /// The `Host` to send; any in `headers` is left out.
     pub host: &'a HeaderValue,
     /// The client's fields that go on. The response's header map reuses the allocation.
-    pub headers: HeaderMap,
+    /// By reference: the future that carries the request stays small to move.
+    pub headers: &'a mut HeaderMap,
     /// The gateway's fields, written after the client's (none for the gateway's own
     /// requests, such as health checks, or fields already in `headers`).
     pub added: Option<&'a Added<'a>>,
@@ -48,7 +49,7 @@ pub fn encode_head(out: &mut Vec<u8>, r: &Outgoing<'_>) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_field(out, b"host", r.host.as_bytes());
     let framed = r.framing.is_some();
-    for (name, value) in &r.headers {
+    for (name, value) in r.headers.iter() {
         if name == header::HOST || name == header::TE || (framed && name == header::CONTENT_LENGTH) {
             continue;
         }
@@ -175,7 +176,7 @@ mod tests {
             method: &Method::DELETE,
             target: "/p?q=1",
             host: &host,
-            headers: h,
+            headers: &mut h,
             added: Some(&added),
             framing: None,
         };

@@ -16,9 +16,7 @@ const FEW_HEADERS: usize = 24;
 /// A response head, parsed.
 pub(crate) struct Parsed {
     pub(crate) status: StatusCode,
-    /// Empty when the fields are kept as sent (`raw`).
-    pub(crate) headers: HeaderMap,
-    /// The head, when its fields are kept as sent rather than put into `headers`: a
+    /// The head, when its fields are kept as sent rather than put into the map: a
     /// response whose body streams and whose fields include no hop-by-hop field and
     /// nothing the framing needs a map for. Their spans are in the connection's `fields`.
     /// Writing them out as sent (the lean server loop) costs no map; whoever needs them
@@ -29,8 +27,9 @@ pub(crate) struct Parsed {
 }
 
 /// Parses a final response head from the start of `buf` and removes it from there
-/// (informational 1xx heads before it too). `None` when more bytes are needed. The header
-/// map is `spare`'s allocation, taken once the head is complete.
+/// (informational 1xx heads before it too). `None` when more bytes are needed. The fields
+/// go into `spare` (emptied first), or stay as sent ([`Parsed::raw`]) and leave it empty:
+/// the result stays small, as it is moved through several futures.
 pub(crate) fn parse(
     buf: &mut BytesMut,
     method_head: bool,
@@ -121,24 +120,27 @@ fn parse_head<const N: usize>(
         kept.push(span_of(buf.as_ptr(), name, h.value));
     }
     let head = buf.split_to(len).freeze();
-    // Room for the request ID the gateway sets on every response.
-    let mut headers = std::mem::take(spare);
+    let headers = spare;
+    if !headers.is_empty() {
+        // Clearing walks the whole index table even when there is nothing to clear.
+        headers.clear();
+    }
     let quick = quick_framing(seen, status, method_head);
     if plain_fields && let Some((framing @ (Framing::Length(1..) | Framing::Close), must_close)) = quick {
         // A body streams and nothing needs the map: the fields stay as sent.
-        headers.clear();
         let reusable = http11 && !must_close && !close;
-        return Ok(Step::Final(Parsed { status, headers, raw: Some(head), framing, reusable }));
+        return Ok(Step::Final(Parsed { status, raw: Some(head), framing, reusable }));
     }
-    if !fill_header_map(&mut headers, &head, kept, 2, names) {
+    // Room for the request ID the gateway sets on every response.
+    if !fill_header_map(headers, &head, kept, 2, names) {
         return Err("invalid header field");
     }
     let (framing, must_close) = match quick {
         Some(q) => q,
-        None => framing(&mut headers, http11)?,
+        None => framing(headers, http11)?,
     };
     let reusable = http11 && !must_close && framing != Framing::Close && !close;
-    Ok(Step::Final(Parsed { status, headers, raw: None, framing, reusable }))
+    Ok(Step::Final(Parsed { status, raw: None, framing, reusable }))
 }
 
 /// What a head's fields said about its framing, noted while its fields were read.
@@ -199,7 +201,20 @@ mod tests {
     use super::*;
     use crate::proto::h1::fields::{NAMES_KEPT, SPARE_MAX, recycle};
 
-    fn parsed(head: &str, method_head: bool) -> Result<Option<Parsed>, &'static str> {
+    /// A parsed head with its fields.
+    struct Head {
+        p: Parsed,
+        headers: HeaderMap,
+    }
+
+    impl std::ops::Deref for Head {
+        type Target = Parsed;
+        fn deref(&self) -> &Parsed {
+            &self.p
+        }
+    }
+
+    fn parsed(head: &str, method_head: bool) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(head.as_bytes());
         parse_in_map(&mut buf, method_head, &mut NameCache::default())
     }
@@ -209,14 +224,15 @@ mod tests {
         buf: &mut BytesMut,
         method_head: bool,
         names: &mut NameCache,
-    ) -> Result<Option<Parsed>, &'static str> {
-        let mut fields = Vec::new();
-        let p = parse(buf, method_head, names, &mut HeaderMap::new(), &mut fields)?;
+    ) -> Result<Option<Head>, &'static str> {
+        let (mut fields, mut headers) = (Vec::new(), HeaderMap::new());
+        let p = parse(buf, method_head, names, &mut headers, &mut fields)?;
         Ok(p.map(|mut p| {
             if let Some(head) = p.raw.take() {
-                assert!(fill_header_map(&mut p.headers, &head, &fields, 0, names));
+                assert!(headers.is_empty());
+                assert!(fill_header_map(&mut headers, &head, &fields, 0, names));
             }
-            p
+            Head { p, headers }
         }))
     }
 
@@ -260,9 +276,9 @@ mod tests {
             assert!(raw(head).is_none(), "{head:?}");
         }
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..]);
-        let p =
-            parse(&mut buf, true, &mut NameCache::default(), &mut HeaderMap::new(), &mut Vec::new()).unwrap().unwrap();
-        assert!(p.raw.is_none() && p.headers["content-length"] == "5", "HEAD: no body to carry the fields");
+        let mut headers = HeaderMap::new();
+        let p = parse(&mut buf, true, &mut NameCache::default(), &mut headers, &mut Vec::new()).unwrap().unwrap();
+        assert!(p.raw.is_none() && headers["content-length"] == "5", "HEAD: no body to carry the fields");
     }
 
     #[test]
@@ -332,16 +348,17 @@ mod tests {
         spare.insert("x-request-field", HeaderValue::from_static("stale"));
         let room = spare.capacity();
         let mut buf = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nServer: a\r\nX-B: 2\r\n\r\n"[..]);
-        let p = parse(&mut buf, false, &mut NameCache::default(), &mut spare, &mut Vec::new()).unwrap().unwrap();
-        assert_eq!(p.headers.len(), 2);
-        assert!(p.headers.get("x-request-field").is_none());
-        assert_eq!(p.headers.capacity(), room, "the same allocation");
+        parse(&mut buf, false, &mut NameCache::default(), &mut spare, &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(spare.len(), 2);
+        assert!(spare.get("x-request-field").is_none());
+        assert_eq!(spare.capacity(), room, "the same allocation");
+        let filled = std::mem::take(&mut spare);
         // Fields kept as sent: the map is the spare one, emptied, for later.
         let mut spare2 = HeaderMap::with_capacity(40);
         spare2.insert("x-request-field", HeaderValue::from_static("stale"));
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 2\r\n\r\nok"[..]);
         let q = parse(&mut buf, false, &mut NameCache::default(), &mut spare2, &mut Vec::new()).unwrap().unwrap();
-        assert!(q.raw.is_some() && q.headers.is_empty() && q.headers.capacity() == room);
+        assert!(q.raw.is_some() && spare2.is_empty() && spare2.capacity() == room);
         // A partial head leaves the spare map where it was.
         let mut spare = HeaderMap::with_capacity(40);
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: a\r\n"[..]);
@@ -349,7 +366,7 @@ mod tests {
         assert_eq!(spare.capacity(), room);
         // Kept for reuse only up to a size.
         let mut kept = HeaderMap::new();
-        recycle(&mut kept, p.headers);
+        recycle(&mut kept, filled);
         assert!(kept.is_empty() && kept.capacity() == room);
         let mut kept = HeaderMap::new();
         recycle(&mut kept, HeaderMap::with_capacity(SPARE_MAX * 2));
