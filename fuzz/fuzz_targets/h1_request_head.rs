@@ -5,9 +5,11 @@
 //! Checked, differentially against httparse's own parse of the same bytes (with room for
 //! any number of fields): a head the loop takes is one httparse takes, of the same length,
 //! with the same method, target and fields in the same order per name; its framing is the
-//! one RFC 9112 section 6.3 gives, and it is nothing the loop must leave to hyper. A head
-//! left to hyper (or partial) stays in the buffer untouched; one refused as malformed is one
-//! httparse refuses; one refused for its framing has broken framing.
+//! one RFC 9112 section 6.3 gives, its version, `close` and `100-continue` flags are what
+//! its fields say, and it is nothing the loop must leave to hyper (a tunnel, a target that
+//! is not a path). A head left to hyper (or partial) stays in the buffer untouched; one
+//! refused as malformed is one httparse or the `http` types refuse; one refused for its
+//! framing has broken framing.
 #![no_main]
 
 use bytes::BytesMut;
@@ -24,9 +26,10 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..4 {
         let before = buf.clone();
         match fuzzing::h1_request(&mut buf, &mut names, MAX_FIELDS) {
-            RequestHead::Complete { method, uri, headers, body } => {
+            RequestHead::Complete { method, uri, headers, body, http10, close, expect_continue } => {
                 let consumed = before.len() - buf.len();
                 check_taken(&before, consumed, &method, &uri, &headers, body);
+                check_flags(&before, http10, close, expect_continue, body.is_some());
                 if let Some(framing) = body
                     && !skip_body(&mut buf, framing)
                 {
@@ -37,18 +40,14 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(buf, before, "a partial head took bytes");
                 let mut fields = vec![httparse::EMPTY_HEADER; 1024];
                 let complete = httparse::Request::new(&mut fields).parse(&before).is_ok_and(|s| s.is_complete());
-                // More fields than the loop parses are counted by their lines only; httparse
-                // may then take the head, which is hyper's business once complete.
+                // More fields than fit on the stack are counted by their lines only, until
+                // the head is complete.
                 let many = before.iter().filter(|&&b| b == b'\n').count() > fuzzing::H1_REQUEST_FIELDS;
                 assert!(!complete || many, "partial here, complete for httparse");
                 return;
             }
             RequestHead::Other => {
                 assert_eq!(buf, before, "a head left to hyper must stay in the buffer");
-                return;
-            }
-            RequestHead::Rejected(head) => {
-                assert_eq!(&head[..], &before[..head.len()], "the rejected head is not the one sent");
                 return;
             }
             RequestHead::Refused(status, message) => {
@@ -71,7 +70,7 @@ fn check_taken(
     let mut req = httparse::Request::new(&mut fields);
     let status = req.parse(sent).expect("taken here, refused by httparse");
     assert_eq!(status, httparse::Status::Complete(consumed), "a different head length");
-    assert_eq!(req.version, Some(1), "only HTTP/1.1 is taken");
+    assert!(matches!(req.version, Some(0 | 1)), "HTTP/1.0 and 1.1 only");
     assert_eq!(Some(method.as_str()), req.method, "a different method");
     assert_ne!(*method, http::Method::CONNECT, "CONNECT is hyper's");
     let target = req.path.expect("a target");
@@ -84,7 +83,7 @@ fn check_taken(
 
     // The same fields, in the same order per name.
     assert_eq!(headers.len(), req.headers.len(), "a different number of fields");
-    assert!(req.headers.len() <= fuzzing::H1_REQUEST_FIELDS);
+    assert!(req.headers.len() <= MAX_FIELDS);
     for h in req.headers.iter() {
         let want: Vec<&[u8]> =
             req.headers.iter().filter(|o| o.name.eq_ignore_ascii_case(h.name)).map(|o| o.value).collect();
@@ -92,16 +91,14 @@ fn check_taken(
         assert_eq!(got, want, "field {:?}", h.name);
     }
 
-    // Nothing hyper must see: 100-continue, upgrades, close, several Host fields.
+    // Nothing hyper must see: upgrades.
     let named = |n: &str| values(req.headers, n);
-    assert_eq!(named("expect").count(), 0);
     assert_eq!(named("upgrade").count(), 0);
-    assert!(named("host").count() <= 1);
-    for c in named("connection") {
-        for t in c.split(|&b| b == b',') {
-            let t = String::from_utf8_lossy(t).trim_matches([' ', '\t']).to_ascii_lowercase();
-            assert!(t != "close" && t != "upgrade", "Connection: {t} taken");
-        }
+    for t in tokens(req.headers, "connection") {
+        assert!(t != "upgrade", "Connection: {t} taken");
+    }
+    if req.version == Some(0) {
+        assert_eq!(named("transfer-encoding").count(), 0, "HTTP/1.0 with Transfer-Encoding taken");
     }
 
     // The framing, by RFC 9112 section 6.3, from the fields as httparse saw them.
@@ -144,7 +141,20 @@ fn check_refused(sent: &[u8], status: u16, message: &str) {
             }
         }
         (400, "malformed request") => {
-            assert!(parsed.is_err(), "refused as malformed, taken by httparse: {parsed:?}");
+            // httparse refuses it, or the `http` types refuse its target or a field.
+            if let Ok(httparse::Status::Complete(_)) = parsed {
+                let target_ok = req.path.is_some_and(|p| http::Uri::try_from(p).is_ok());
+                let fields_ok = req.headers.iter().all(|h| {
+                    http::HeaderName::from_bytes(h.name.as_bytes()).is_ok()
+                        && http::HeaderValue::from_bytes(h.value).is_ok()
+                });
+                assert!(!target_ok || !fields_ok, "refused as malformed, taken by httparse and http");
+            }
+        }
+        (400, "transfer-encoding in an HTTP/1.0 request") => {
+            let Ok(httparse::Status::Complete(_)) = parsed else { panic!("refused a head httparse refuses") };
+            assert_eq!(req.version, Some(0));
+            assert!(values(req.headers, "transfer-encoding").count() > 0);
         }
         (400, framing) => {
             let Ok(httparse::Status::Complete(_)) = parsed else { panic!("{framing} for a head httparse refuses") };
@@ -164,6 +174,28 @@ fn check_refused(sent: &[u8], status: u16, message: &str) {
         }
         other => panic!("refused with {other:?}"),
     }
+}
+
+/// Checks the version, `close` and `100-continue` flags of a taken head against its fields.
+fn check_flags(sent: &[u8], http10: bool, close: bool, expect_continue: bool, has_body: bool) {
+    let mut fields = vec![httparse::EMPTY_HEADER; 1024];
+    let mut req = httparse::Request::new(&mut fields);
+    req.parse(sent).expect("taken here, refused by httparse");
+    assert_eq!(http10, req.version == Some(0), "the version");
+    let conn: Vec<String> = tokens(req.headers, "connection").collect();
+    let keep_alive = conn.iter().any(|t| t == "keep-alive");
+    let asks_close = conn.iter().any(|t| t == "close");
+    assert_eq!(close, asks_close || (http10 && !keep_alive), "close: {conn:?}");
+    let continues = values(req.headers, "expect")
+        .any(|v| String::from_utf8_lossy(v).trim_matches([' ', '\t']).eq_ignore_ascii_case("100-continue"));
+    assert_eq!(expect_continue, continues && has_body, "100-continue");
+}
+
+/// The comma-separated tokens of the fields named `n`, trimmed and lowercased.
+fn tokens<'a>(fields: &'a [httparse::Header<'a>], n: &str) -> impl Iterator<Item = String> + use<'a> {
+    values(fields, n).flat_map(|v| {
+        v.split(|&b| b == b',').map(|t| String::from_utf8_lossy(t).trim_matches([' ', '\t']).to_ascii_lowercase())
+    })
 }
 
 /// The values of the fields named `n` (any case), in order.

@@ -71,14 +71,14 @@ async fn slowloris_head_is_cut_off_but_idle_keep_alive_lives_until_idle_timeout(
     idle_lives_until_idle_timeout(answered(&gw, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await).await;
 }
 
-/// The same timeouts on a connection the lean loop handed to hyper (its first request has
-/// an absolute-form target, which the lean loop leaves to hyper; hyper keeps the
-/// connection): the server's two loops keep one set of rules.
+/// The same timeouts on a connection the lean loop handed to hyper (its first request asks
+/// for an upgrade the upstream does not make: hyper keeps the connection, as it would have
+/// tunnelled it): the server's two loops keep one set of rules.
 #[tokio::test]
 async fn the_same_timeouts_hold_on_a_connection_handed_to_hyper() {
     let up = TestUpstream::start("u").await;
     let gw = Gateway::start(&limited(&up, "header_timeout: 500ms, idle_timeout: 2s"));
-    let first = b"GET http://x/first HTTP/1.1\r\nHost: x\r\n\r\n";
+    let first = b"GET /first HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: nothing\r\n\r\n";
     slow_head_is_cut_off(answered(&gw, first).await).await;
     idle_lives_until_idle_timeout(answered(&gw, first).await).await;
 }

@@ -288,3 +288,109 @@ async fn the_header_field_limit_is_the_same_on_every_protocol() {
         assert_eq!(out, "200", "{proto}: under the limit");
     }
 }
+
+/// Reads from `s` until `needle` has arrived (or 3 s); returns all read.
+async fn read_until(s: &mut Box<dyn RawStream>, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads from `s` until the gateway closes it (or 3 s).
+async fn read_to_close(s: &mut Box<dyn RawStream>) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every answer on an HTTP/1 connection is the gateway's own, in the error contract, also
+/// after the requests that used to move the connection to hyper (HTTP/1.0, `Expect:
+/// 100-continue`, more than 32 fields, a target the `http` crate refuses): a later head
+/// too large still gets the JSON 431 with a request ID, counted and logged, where hyper
+/// answered a bare 431. What still goes to hyper (an absolute-form target) is answered
+/// and the connection closes after it. Plain and TLS listeners.
+#[tokio::test]
+async fn every_answer_on_an_http1_connection_is_in_the_error_contract() {
+    let up = TestUpstream::start("u").await;
+    let big = format!("GET /big HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
+    for tls in [false, true] {
+        let l = Listener::start(&up, tls);
+        let none_431 = "gateway_requests_total{route=\"none\",method=\"GET\",status=\"431\"}";
+        let before = l.0.gw.metric(none_431).await;
+
+        // HTTP/1.0 with keep-alive, then a request with 40 fields, then a head too large.
+        let fields: String = (0..40).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let raw = format!(
+            "GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /many HTTP/1.1\r\nHost: localhost\r\n{fields}\r\n{big}"
+        );
+        let answer = l.send(raw.as_bytes()).await;
+        assert_eq!(statuses(&answer), [200, 200, 431], "tls {tls}: {answer:.300}");
+        let first = answer.split("\r\n\r\n").next().unwrap_or("").to_ascii_lowercase();
+        assert!(first.contains("connection: keep-alive"), "tls {tls}: {first}");
+        let (error, id) = json_error(answer.rsplit_once("HTTP/1.1 431").map(|(_, r)| r).unwrap_or(""));
+        assert_eq!(error, "request headers too large", "tls {tls}");
+        assert!(!id.is_empty(), "tls {tls}: a request ID");
+
+        // Expect: 100-continue: the interim answer when the body is wanted, then the
+        // final one; a head too large after it is still the JSON 431.
+        let mut s = l.0.connect().await;
+        s.write_all(format!("{HEAD}Content-Length: 5\r\nExpect: 100-continue\r\n\r\n").as_bytes()).await.unwrap();
+        let interim = read_until(&mut s, "100 Continue\r\n\r\n").await;
+        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n", "tls {tls}");
+        s.write_all(format!("hello{big}").as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut s).await;
+        assert_eq!(statuses(&answer), [200, 431], "tls {tls}: {answer:.300}");
+        assert_eq!(echo(answer.split("HTTP/1.1 431").next().unwrap_or(""))["bodyBytes"], 5, "tls {tls}");
+
+        // Refused before the body is read (over `max_body`): no 100, and the client,
+        // which waits for one, never sends its body.
+        up.reset_hits();
+        let mut s = l.0.connect().await;
+        s.write_all(format!("{HEAD}Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n").as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut s).await;
+        assert_eq!(statuses(&answer), [413], "tls {tls}: {answer}");
+        assert_eq!(up.hits(), 0, "tls {tls}");
+
+        // An HTTP/1.0 client gets a body of unknown length delimited by the close, never
+        // chunked.
+        let answer = l.send(b"GET /drip?chunks=3&ms=10 HTTP/1.0\r\n\r\n").await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_default();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200") && head.contains("connection: close"), "tls {tls}: {head}");
+        assert!(!head.contains("transfer-encoding") && !head.contains("content-length"), "tls {tls}: {head}");
+        assert_eq!(body.matches("chunk").count(), 3, "tls {tls}: {body:?}");
+
+        // A target the `http` crate refuses: the contract's 400.
+        let answer = l.send(b"GET /a`b HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        assert_eq!(statuses(&answer), [400], "tls {tls}: {answer}");
+        assert_eq!(json_error(&answer).0, "malformed request", "tls {tls}");
+        let refused = || async {
+            l.0.gw.access_log().iter().any(|e| e["statusCode"] == 400 && e["method"] == "GET" && e["path"] == "*")
+        };
+        assert!(Gateway::eventually(Duration::from_secs(3), refused).await, "tls {tls}: logged with its method");
+
+        // An absolute-form target is hyper's: answered, then the connection closes, so no
+        // later request on it meets hyper's own answers.
+        up.reset_hits();
+        let raw = "GET http://localhost/abs HTTP/1.1\r\nHost: localhost\r\n\r\nGET /after HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let answer = l.send(raw.as_bytes()).await;
+        assert_eq!(statuses(&answer), [200], "tls {tls}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "tls {tls}: {answer}");
+        assert_eq!(up.hits(), 1, "tls {tls}");
+
+        // The two 431s were counted and logged with `route="none"`.
+        assert_eq!(l.0.gw.metric(none_431).await - before, 2.0, "tls {tls}");
+        let logged =
+            || async { l.0.gw.access_log().iter().filter(|e| e["statusCode"] == 431 && e["path"] == "*").count() };
+        let ok = Gateway::eventually(Duration::from_secs(3), || async { logged().await == 2 }).await;
+        let odd: Vec<_> = l.0.gw.access_log().into_iter().filter(|e| e["statusCode"] != 200).collect();
+        assert!(ok, "tls {tls}: {odd:?}");
+    }
+}

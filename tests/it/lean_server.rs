@@ -1,6 +1,6 @@
 //! The lean HTTP/1.1 server loop of cleartext listeners, seen from a raw TCP client:
-//! pipelining, response framing, the hand-over to hyper for what the loop does not take
-//! (bodies, HTTP/1.0, `Connection: close`, `Expect`, h2c), and its timeouts.
+//! pipelining, response framing, bodies, HTTP/1.0, `Connection: close`, `Expect`, the
+//! hand-over to hyper for what the loop does not take (h2c, tunnels), and its timeouts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -172,19 +172,19 @@ async fn upstream_framing_is_rewritten_for_the_client() {
 }
 
 #[tokio::test]
-async fn what_the_lean_loop_does_not_take_goes_to_hyper_on_the_same_connection() {
+async fn bodies_expect_http10_and_close_on_the_lean_loop_and_h2c_on_hyper() {
     let up = TestUpstream::start("u").await;
     let gw = gateway_for(&up, "");
     let mut c = Raw::connect(&gw).await;
     c.send("GET /first HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(json(&c.answer(false).await.unwrap().body)["path"], "/first");
-    // A body: hyper from here on, the bytes already read included.
+    // A body, and a request pipelined behind it.
     c.send("POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /third HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     let second = c.answer(false).await.unwrap();
     assert_eq!(json(&second.body)["bodyBytes"], 5, "{second:?}");
     assert_eq!(json(&c.answer(false).await.unwrap().body)["path"], "/third");
-    // Chunked request bodies and Expect: 100-continue work as hyper does them.
+    // Expect: 100-continue: the interim answer once the body is wanted.
     c.send("PUT /fourth HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").await;
     let cont = c.answer(false).await.unwrap();
     assert_eq!(cont.status_line, "HTTP/1.1 100 Continue");
@@ -212,15 +212,19 @@ async fn what_the_lean_loop_does_not_take_goes_to_hyper_on_the_same_connection()
     .await;
     assert!(ok, "{out}");
     assert_eq!(out, "2 200");
-    // Malformed requests get hyper's 400, also after lean ones on the same connection and
-    // when only the `http` types refuse the head (a backtick in the target).
+    // Malformed requests get the contract's 400, also after lean ones on the same
+    // connection and when only the `http` types refuse the head (a backtick in the target).
     let mut c = Raw::connect(&gw).await;
     c.send("GET /x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await;
-    assert!(c.answer(false).await.unwrap().status_line.starts_with("HTTP/1.1 400"));
+    let bad = c.answer(false).await.unwrap();
+    assert!(bad.status_line.starts_with("HTTP/1.1 400"));
+    assert_eq!(json(&bad.body)["error"], "malformed request", "{bad:?}");
     let mut c = Raw::connect(&gw).await;
     c.send("GET /ok HTTP/1.1\r\nHost: x\r\n\r\nGET /a`b HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(json(&c.answer(false).await.unwrap().body)["path"], "/ok");
-    assert!(c.answer(false).await.unwrap().status_line.starts_with("HTTP/1.1 400"));
+    let bad = c.answer(false).await.unwrap();
+    assert!(bad.status_line.starts_with("HTTP/1.1 400"));
+    assert_eq!(json(&bad.body)["error"], "malformed request", "{bad:?}");
 }
 
 #[tokio::test]

@@ -437,15 +437,26 @@ pub struct Streamed {
     /// The bytes still to come, when the length was declared.
     left: Option<u64>,
     done: bool,
+    /// Told when the body is first read (the lean loop's `100 Continue`).
+    on_first_read: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Streamed {
     /// A body fed through `rx`, of `length` bytes when that is declared.
     pub fn new(rx: tokio::sync::mpsc::Receiver<Piece>, length: Option<u64>) -> Self {
-        Self { rx, left: length, done: false }
+        Self { rx, left: length, done: false, on_first_read: None }
+    }
+
+    /// The same body, telling `tx` when it is first read.
+    pub fn on_first_read(mut self, tx: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.on_first_read = Some(tx);
+        self
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if let Some(tx) = self.on_first_read.take() {
+            let _ = tx.send(());
+        }
         if self.done {
             return Poll::Ready(None);
         }

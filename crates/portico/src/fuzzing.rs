@@ -31,13 +31,17 @@ pub enum RequestHead {
         headers: HeaderMap,
         /// The body's framing, `None` without a body.
         body: Option<Framing>,
+        /// HTTP/1.0 (else 1.1).
+        http10: bool,
+        /// The connection ends after this exchange.
+        close: bool,
+        /// `Expect: 100-continue` with a body.
+        expect_continue: bool,
     },
     /// More bytes are needed.
     Partial,
     /// Left to hyper, the buffer untouched.
     Other,
-    /// Left to hyper after the head was taken out: these are its bytes.
-    Rejected(Bytes),
     /// Refused with this status and public message.
     Refused(u16, &'static str),
 }
@@ -46,12 +50,17 @@ pub enum RequestHead {
 pub fn h1_request(buf: &mut BytesMut, names: &mut Names, max_fields: usize) -> RequestHead {
     let (mut spare, mut spans) = (HeaderMap::new(), Vec::new());
     match request::parse(buf, &mut names.0, &mut spare, &mut spans, max_fields) {
-        request::Parse::Complete(h) => {
-            RequestHead::Complete { method: h.method, uri: h.uri, headers: h.headers, body: h.body }
-        }
+        request::Parse::Complete(h) => RequestHead::Complete {
+            method: h.method,
+            uri: h.uri,
+            headers: h.headers,
+            body: h.body,
+            http10: h.http10,
+            close: h.close,
+            expect_continue: h.expect_continue,
+        },
         request::Parse::Partial => RequestHead::Partial,
-        request::Parse::Other => RequestHead::Other,
-        request::Parse::Rejected(head) => RequestHead::Rejected(head),
+        request::Parse::Other { .. } => RequestHead::Other,
         request::Parse::Refused(e) => RequestHead::Refused(e.status().as_u16(), e.public_message()),
     }
 }

@@ -205,6 +205,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
+/// The least header list size an HTTP/2 connection accepts before h2 answers by itself.
+const H2_HEADER_LIST_FLOOR: usize = 64 * 1024;
+
 /// Builds the protocol settings of a listener, for both protocols: the caller restricts
 /// it to one (`http1_only`, `http2_only`; hyper-util allows only one such call).
 pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
@@ -222,10 +225,15 @@ pub(crate) fn builder(info: &ConnInfo) -> auto::Builder<TokioExecutor> {
     if l.max_header_fields > 100 {
         b.http1().max_headers(l.max_header_fields + 1);
     }
+    // h2 answers a bare 431 itself past its header list limit. Set well above the
+    // listener's, so that the pipeline's check answers the usual oversized head with the
+    // contract's JSON 431 (counted and logged); the h2 limit stays as the bound on what one
+    // stream may make the connection hold while its header block is decoded.
+    let h2_list = (l.max_header_bytes.saturating_mul(4)).max(H2_HEADER_LIST_FLOOR);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     b

@@ -8,16 +8,22 @@
 //! body channels, encoders) costs more than the proxying itself; measured in
 //! docs/benchmarks.md. Parsing is httparse, hyper's own parser.
 //!
-//! What it takes is decided in one place, `proto::h1::request::parse`: `HTTP/1.1`
-//! requests in origin form (`/path?query`) whose body, if any, is framed by one plain
-//! `Content-Length` or by `Transfer-Encoding: chunked` alone, with no `Expect`, no
-//! `Upgrade`, no `Connection: close` or `upgrade`, and header names and values the `http`
-//! crate accepts. Everything else — HTTP/1.0, upgrades, `100-continue`, h2c prior
-//! knowledge, lists of lengths, anything malformed that hyper answers as well as this
-//! loop would — goes to hyper. Broken framing and heads over the listener's limits are
-//! refused here with the contract's JSON answer. A body arrives whole with its head (the
-//! usual small upload: handed over in memory) or streams through a one-piece channel as
-//! the handler reads it; a body left unread closes the connection after the answer.
+//! What it takes is decided in one place, `proto::h1::request::parse`: HTTP/1.1 and
+//! HTTP/1.0 requests in origin form (`/path?query`) whose body, if any, is framed by one
+//! plain `Content-Length` or by `Transfer-Encoding: chunked` alone, with no `Upgrade` and
+//! no `Connection: upgrade`. `Expect: 100-continue` is answered here when the handler
+//! first reads the body; `Connection: close` and HTTP/1.0 (keep-alive only when asked)
+//! end the connection after the answer, and an HTTP/1.0 answer of unknown length is
+//! delimited by the close, never chunked. Every head that does not parse, that the `http`
+//! types refuse, with broken framing or over the listener's limits is refused here with
+//! the contract's JSON answer. What is left goes to hyper for that one request, after
+//! which the connection closes (so no later request meets hyper's bare error answers):
+//! tunnels (`CONNECT`, upgrades), targets that are not a path (absolute and asterisk
+//! form), sound framing this loop does not forward (a list of equal lengths, codings before
+//! `chunked`); and h2c prior knowledge, for the connection's life. A body arrives whole
+//! with its head (the usual small upload: handed over in memory) or streams through a
+//! one-piece channel as the handler reads it; a body left unread closes the connection
+//! after the answer.
 //!
 //! Timeouts match the hyper path: the first request must start within `header_timeout`
 //! of the accept, a head must complete within `header_timeout` of its first byte (else
@@ -37,7 +43,7 @@ use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::Shared;
@@ -64,7 +70,7 @@ const LINGER_BYTES: usize = 1024 * 1024;
 pub(crate) async fn serve<S>(
     io: S,
     info: Arc<ConnInfo>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    (builder, http1_once): (Arc<auto::Builder<TokioExecutor>>, Arc<auto::Builder<TokioExecutor>>),
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -80,9 +86,11 @@ pub(crate) async fn serve<S>(
         sent: 0,
         upstream_failed: false,
         unread_body: false,
+        must_close: false,
     };
-    if let End::HandOver(head_started) = conn.run(&info, &shared, shutdown.clone()).await {
+    if let End::HandOver(head_started, once) = conn.run(&info, &shared, shutdown.clone()).await {
         let start = super::conn::Start { head_started, prefix: conn.buf.freeze() };
+        let builder = if once { http1_once } else { builder };
         super::conn::serve(conn.io, info, builder, shared, shutdown, start).await;
     }
 }
@@ -92,8 +100,9 @@ pub(crate) async fn serve<S>(
 enum End {
     /// The connection is finished (closed, timed out, failed).
     Closed,
-    /// The next request (whose bytes are in the buffer, begun at this time) is for hyper.
-    HandOver(Instant),
+    /// The next request (whose bytes are in the buffer, begun at this time) is for hyper:
+    /// that one HTTP/1 request only (`true`), or the connection (h2c prior knowledge).
+    HandOver(Instant, bool),
 }
 
 struct Lean<S> {
@@ -115,6 +124,8 @@ struct Lean<S> {
     /// Whether the current request's body was not read to its end (the handler answered
     /// without it, or it was broken): the connection closes after the response.
     unread_body: bool,
+    /// The response just written is delimited by the connection's close (HTTP/1.0).
+    must_close: bool,
 }
 
 /// The lean loop's side of a request body it streams to the handler: the decoder that
@@ -124,6 +135,21 @@ struct Pump {
     tx: Option<mpsc::Sender<Piece>>,
     /// A piece decoded and waiting for room in the channel.
     pending: Option<Piece>,
+    /// `Expect: 100-continue` not answered yet: fires when the handler first reads the
+    /// body (a sender dropped: the body was let go unread, and no `100` is due).
+    wanted: Option<oneshot::Receiver<()>>,
+}
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Waits until the handler first reads the body: `true`, or `false` when it let go of the
+/// body unread.
+async fn wanted(w: &mut Option<oneshot::Receiver<()>>) -> bool {
+    match w {
+        Some(w) => w.await.is_ok(),
+        None => false,
+    }
 }
 
 /// Sends a piece of a body once the channel has room; whether the body goes on (not
@@ -179,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             if self.buf.starts_with(b"PRI") {
                 if first {
                     // HTTP/2 with prior knowledge (or junk): hyper's protocol detection decides.
-                    return End::HandOver(head_started());
+                    return End::HandOver(head_started(), false);
                 }
                 // Not a protocol switch in the middle of an HTTP/1.1 connection.
                 return End::Closed;
@@ -189,16 +215,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                 match parse(&mut self.buf, &mut self.names, &mut self.spare, &mut self.spans, limits.max_header_fields)
                 {
                     Parse::Complete(head) => break head,
-                    Parse::Other => return End::HandOver(head_started()),
+                    // A tunnel keeps hyper's connection; anything else is one request.
+                    Parse::Other { tunnel } => return End::HandOver(head_started(), !tunnel),
                     Parse::Refused(error) => return self.refuse(error, info, shared).await,
-                    Parse::Rejected(head) => {
-                        // Put the head back in front of what follows it, for hyper.
-                        let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
-                        all.extend_from_slice(&head);
-                        all.extend_from_slice(&self.buf);
-                        self.buf = all;
-                        return End::HandOver(head_started());
-                    }
                     Parse::Partial if self.buf.len() > limits.max_header_bytes => {
                         // Over the limit before its end: 414 while the request line is not
                         // even complete, else 431.
@@ -219,18 +238,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
                 }
             };
             let method_head = head.method == Method::HEAD;
-            let (body, pump) = self.request_body(head.body);
+            let (http10, asks_close) = (head.http10, head.close);
+            let (body, pump) = self.request_body(head.body, head.expect_continue);
             let mut req = Request::new(body);
             *req.method_mut() = head.method;
             *req.uri_mut() = head.uri;
-            *req.version_mut() = Version::HTTP_11;
+            *req.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
             *req.headers_mut() = head.headers;
             let Some((res, log)) = self.handle(req, info, shared, pump).await else { return End::Closed };
             // A body not read to its end leaves no way to find the next request.
-            let close = *shutdown.borrow() || self.unread_body;
-            let written = self.respond(res, log.request_id_field(), method_head, close).await;
+            let close = asks_close || *shutdown.borrow() || self.unread_body;
+            let written = self.respond(res, log.request_id_field(), method_head, close, http10).await;
             log.end(self.sent, self.completion(&written));
-            if written.is_err() || close {
+            if written.is_err() || close || self.must_close {
                 let _ = self.io.shutdown().await;
                 if written.is_ok() && self.unread_body {
                     self.linger().await;
@@ -247,7 +267,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
     /// The request's body: none; the whole of it when it came with the head (the usual
     /// small upload: no channel, no task wake-ups); else a stream that [`Lean::handle`]
     /// feeds from the connection as the handler reads it.
-    fn request_body(&mut self, framing: Option<Framing>) -> (Body, Option<Box<Pump>>) {
+    /// With `expect_continue`, `100 Continue` is sent when the handler first reads the body,
+    /// unless some of it has arrived already (RFC 9110 section 10.1.1): a request refused
+    /// before its body is read (401, 413) never makes the client send it.
+    fn request_body(&mut self, framing: Option<Framing>, expect_continue: bool) -> (Body, Option<Box<Pump>>) {
         let Some(framing) = framing else { return (Body::Empty, None) };
         if let Framing::Length(n) = framing
             && let Ok(n) = usize::try_from(n)
@@ -260,8 +283,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let pump = Box::new(Pump { decoder: Decoder::new(framing), tx: Some(tx), pending: None });
-        (Body::Streamed(Box::new(Streamed::new(rx, length))), Some(pump))
+        let mut body = Streamed::new(rx, length);
+        let mut wanted = None;
+        if expect_continue && self.buf.is_empty() {
+            let (on_read, read) = oneshot::channel();
+            body = body.on_first_read(on_read);
+            wanted = Some(read);
+        }
+        let pump = Box::new(Pump { decoder: Decoder::new(framing), tx: Some(tx), pending: None, wanted });
+        (Body::Streamed(Box::new(body)), Some(pump))
     }
 
     /// Runs the pipeline for a request, feeding its body (`pump`) from the connection as
@@ -318,9 +348,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             }
             let sending = pump.pending.is_some();
             let reading = pump.tx.is_some() && !sending;
+            let waiting_read = pump.wanted.is_some();
             tokio::select! {
                 biased;
                 res = &mut handling => return Some(res),
+                read = wanted(&mut pump.wanted), if waiting_read => {
+                    pump.wanted = None;
+                    if read && self.buf.is_empty() && self.io.write_all(CONTINUE).await.is_err() {
+                        pump.pending = Some(Err(ClientBodyError::Aborted));
+                    }
+                },
                 // The piece moves into the send: only a return drops this future unfinished.
                 more = send(&pump.tx, pump.pending.take()), if sending => if !more {
                     pump.tx = None;
@@ -364,7 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             .and_then(|m| Method::from_bytes(m).ok())
             .unwrap_or_else(|| Method::from_bytes(b"-").unwrap_or_default());
         let (res, log) = pipeline::refuse(&error, method, info, shared);
-        let written = self.respond(res, log.request_id_field(), false, true).await;
+        let written = self.respond(res, log.request_id_field(), false, true, false).await;
         log.end(self.sent, self.completion(&written));
         if written.is_ok() {
             let _ = self.io.shutdown().await;
@@ -406,9 +443,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         id: (&HeaderName, &HeaderValue),
         method_head: bool,
         close: bool,
+        http10: bool,
     ) -> io::Result<()> {
         self.sent = 0;
         self.upstream_failed = false;
+        self.must_close = false;
         let (parts, mut body) = res.into_parts();
         let status = parts.status;
         let out = &mut self.out;
@@ -441,9 +480,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
         if !dated {
             write_field(out, b"date", &http_date());
         }
-        if close {
-            write_field(out, b"connection", b"close");
-        }
         // One length, written here: a value that does not parse as one is dropped and
         // the body framed by what it is.
         let length = match (lengths, length) {
@@ -462,10 +498,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lean<S> {
             OutFraming::None
         } else if let Some(n) = declared {
             OutFraming::Length(n)
+        } else if http10 {
+            // An HTTP/1.0 client reads no chunked coding: the close ends the body.
+            self.must_close = true;
+            OutFraming::Close
         } else {
             write_field(out, b"transfer-encoding", b"chunked");
             OutFraming::Chunked
         };
+        if close || self.must_close {
+            write_field(out, b"connection", b"close");
+        } else if http10 {
+            write_field(out, b"connection", b"keep-alive");
+        }
         out.extend_from_slice(b"\r\n");
         if framing == OutFraming::None {
             return self.io.write_all(&self.out).await;
@@ -583,4 +628,6 @@ enum OutFraming {
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, a body of unknown length).
+    Close,
 }

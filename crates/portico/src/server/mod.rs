@@ -201,13 +201,24 @@ struct Builders {
     auto: Arc<Builder>,
     http1: Arc<Builder>,
     http2: Arc<Builder>,
+    /// HTTP/1.1 for one request, then the connection closes: for the requests the lean
+    /// loop hands to hyper (server/lean.rs), so that no later request on the connection is
+    /// answered by hyper's own error paths.
+    http1_once: Arc<Builder>,
 }
 
 impl Builders {
     fn new(info: &ConnInfo) -> Self {
         let b = conn::builder(info);
         let auto = if info.listener.http2 { b.clone() } else { b.clone().http1_only() };
-        Self { auto: Arc::new(auto), http1: Arc::new(b.clone().http1_only()), http2: Arc::new(b.http2_only()) }
+        let mut once = b.clone();
+        once.http1().keep_alive(false);
+        Self {
+            auto: Arc::new(auto),
+            http1: Arc::new(b.clone().http1_only()),
+            http2: Arc::new(b.http2_only()),
+            http1_once: Arc::new(once.http1_only()),
+        }
     }
 }
 
@@ -219,7 +230,7 @@ async fn serve_tls(
     peer: SocketAddr,
     settings: Arc<ListenerSettings>,
     tls: Arc<ListenerTls>,
-    (http1, http2): (Arc<Builder>, Arc<Builder>),
+    (http1, http2, http1_once): (Arc<Builder>, Arc<Builder>, Arc<Builder>),
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -247,7 +258,7 @@ async fn serve_tls(
     if h2 {
         conn::serve(stream, info, http2, shared, shutdown, conn::Start::now()).await;
     } else {
-        lean::serve(stream, info, http1, shared, shutdown).await;
+        lean::serve(stream, info, (http1, http1_once), shared, shutdown).await;
     }
 }
 
@@ -290,7 +301,7 @@ async fn accept_loop(
         let shutdown = conn_shutdown.clone();
         match s.tls.clone() {
             None => {
-                let builder = builders.auto.clone();
+                let builder = (builders.auto.clone(), builders.http1_once.clone());
                 let info = Arc::new(ConnInfo::new(peer, "http", s));
                 tokio::spawn(async move {
                     shared.metrics.active_connections.inc();
@@ -301,7 +312,7 @@ async fn accept_loop(
                 });
             }
             Some(tls) => {
-                let builders = (builders.http1.clone(), builders.http2.clone());
+                let builders = (builders.http1.clone(), builders.http2.clone(), builders.http1_once.clone());
                 tokio::spawn(async move {
                     shared.metrics.active_connections.inc();
                     serve_tls(stream, peer, s, tls, builders, shared.clone(), shutdown).await;

@@ -1,7 +1,8 @@
 //! Request heads from clients: parsed with httparse, checked for broken framing, and
-//! sorted into what the lean loop takes and what it leaves to hyper.
+//! sorted into what the lean loop takes and what it leaves to hyper (tunnels, and targets
+//! that are not a path).
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, Method, Uri};
 
 use super::body::Framing;
@@ -9,7 +10,8 @@ use super::fields::{Known, NameCache, Span, fill_header_map, span_of};
 use super::length::{length_of_values, parse_length};
 use crate::error::{ErrorKind, GatewayError};
 
-/// The most header fields the lean loop parses; a request with more goes to hyper.
+/// The header fields parsed on the stack; a request with more (up to the listener's
+/// `max_header_fields`) is parsed again with room for them all.
 pub(crate) const MAX_HEADERS: usize = 32;
 
 /// A request head the lean loop takes.
@@ -19,6 +21,14 @@ pub(crate) struct Head {
     pub(crate) headers: HeaderMap,
     /// How its body is framed; `None` without one (no framing field, or a length of 0).
     pub(crate) body: Option<Framing>,
+    /// An HTTP/1.0 request (else HTTP/1.1).
+    pub(crate) http10: bool,
+    /// The connection ends after this exchange: `Connection: close`, or HTTP/1.0 without
+    /// `Connection: keep-alive`.
+    pub(crate) close: bool,
+    /// `Expect: 100-continue` with a body: the client waits for `100 Continue` (or a
+    /// final answer) before it sends the body.
+    pub(crate) expect_continue: bool,
 }
 
 /// What parsing the buffer gave.
@@ -26,10 +36,13 @@ pub(crate) struct Head {
 pub(crate) enum Parse {
     Complete(Head),
     Partial,
-    /// For hyper: not something this loop takes, or not valid at all.
-    Other,
-    /// For hyper too, found only once the head was taken out of the buffer: here it is.
-    Rejected(Bytes),
+    /// For hyper: a tunnel (`CONNECT`, `Upgrade`), a target that is not a path
+    /// (absolute or asterisk form), or sound framing this loop does not forward (a list of
+    /// equal lengths, codings before `chunked`). The buffer is untouched. `tunnel`: the
+    /// connection may become one, so hyper keeps it after this request.
+    Other {
+        tunnel: bool,
+    },
     /// Refused here, with the contract's answer: a head that does not parse (400), or one
     /// with more fields than the listener allows (431).
     Refused(GatewayError),
@@ -44,28 +57,66 @@ pub(crate) fn parse(
     spans: &mut Vec<Span>,
     max_fields: usize,
 ) -> Parse {
-    // Left uninitialised for httparse to fill: no 32 fields written first.
-    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parse::Partial,
-        // More than this loop parses: hyper's if within the listener's limit.
-        Err(httparse::Error::TooManyHeaders) => {
-            return match field_lines(buf) {
-                None => Parse::Partial,
-                Some(n) if n > max_fields => Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
-                Some(_) => Parse::Other,
-            };
-        }
-        // hyper parses with httparse and the same settings, and would refuse it too.
-        Err(_) => return Parse::Refused(GatewayError::new(ErrorKind::BadRequest("malformed request"))),
-    };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else { return Parse::Other };
-    if !path.starts_with('/') {
-        return Parse::Other;
+    match parse_with(buf, names, spare, spans, MAX_HEADERS) {
+        // More than fit on the stack: once complete, counted against the listener's limit
+        // and parsed again with room for them all.
+        Err(httparse::Error::TooManyHeaders) => match field_lines(buf) {
+            None => Parse::Partial,
+            Some(n) if n > max_fields => Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
+            Some(n) => parse_with(buf, names, spare, spans, n).unwrap_or_else(|_| malformed()),
+        },
+        Err(_) => malformed(),
+        Ok(p) => p,
     }
-    let (mut hosts, mut lengths, mut codings) = (0, 0, 0);
+}
+
+/// The answer to a head that does not parse, or that the `http` types refuse (a target or
+/// a field value they do not take): hyper would refuse it too, without the contract's body.
+fn malformed() -> Parse {
+    Parse::Refused(GatewayError::new(ErrorKind::BadRequest("malformed request")))
+}
+
+/// A head the `http` types refuse, found once it was taken out of `buf`: put back in front
+/// of what follows it (the refusal reads its method from there), and refused as malformed.
+fn put_back(buf: &mut BytesMut, head: &[u8]) -> Parse {
+    let mut all = BytesMut::with_capacity(head.len() + buf.len());
+    all.extend_from_slice(head);
+    all.extend_from_slice(buf);
+    *buf = all;
+    malformed()
+}
+
+/// [`parse`] with room for `room` fields: on the stack up to [`MAX_HEADERS`].
+fn parse_with(
+    buf: &mut BytesMut,
+    names: &mut NameCache,
+    spare: &mut HeaderMap,
+    spans: &mut Vec<Span>,
+    room: usize,
+) -> Result<Parse, httparse::Error> {
+    // Left uninitialised for httparse to fill: no 32 fields written first.
+    let mut stack = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut heap = Vec::new();
+    let fields = match room <= MAX_HEADERS {
+        true => &mut stack[..],
+        false => {
+            heap.resize_with(room, std::mem::MaybeUninit::uninit);
+            &mut heap[..]
+        }
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, fields)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(Parse::Partial),
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else { return Ok(malformed()) };
+    if !path.starts_with('/') {
+        return Ok(Parse::Other { tunnel: false });
+    }
+    let http10 = version == 0;
+    // Several `Host` fields are taken: the request head checks refuse them with the rest.
+    let (mut lengths, mut codings) = (0, 0);
+    let (mut close, mut keep_alive, mut expect_continue, mut tunnel) = (false, false, false, false);
     let mut body = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -77,47 +128,61 @@ pub(crate) fn parse(
                 body = parse_length(h.value).map(Framing::Length);
                 lengths == 1 && body.is_some()
             }
+            Some(Known::TransferEncoding) if http10 => {
+                // RFC 9112 section 6.1: faulty framing, whatever else the head says.
+                let e = GatewayError::new(ErrorKind::BadRequest("transfer-encoding in an HTTP/1.0 request"));
+                return Ok(Parse::Refused(e));
+            }
             Some(Known::TransferEncoding) => {
                 codings += 1;
                 body = Some(Framing::Chunked);
                 codings == 1 && h.value.eq_ignore_ascii_case(b"chunked")
             }
-            // `100-continue` is answered by hyper, upgrades are tunnelled by it.
-            Some(Known::Expect | Known::Upgrade) => false,
-            Some(Known::Connection) => !h.value.split(|&b| b == b',').any(|t| {
-                let t = t.trim_ascii();
-                t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"upgrade")
-            }),
-            Some(Known::Host) => {
-                hosts += 1;
-                hosts == 1
+            // Other expectations are ignored, as RFC 9110 section 10.1.1 allows.
+            Some(Known::Expect) => {
+                expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+                true
             }
+            // Upgrades are tunnelled by hyper.
+            Some(Known::Upgrade) => {
+                tunnel = true;
+                false
+            }
+            Some(Known::Connection) => h.value.split(|&b| b == b',').all(|t| {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                let upgrade = t.eq_ignore_ascii_case(b"upgrade");
+                tunnel |= upgrade;
+                !upgrade
+            }),
             _ => true,
         };
         if !takes || (lengths > 0 && codings > 0) {
             // hyper's, unless its framing is broken: then the contract's 400 from here.
-            return framing_error(req.headers).map_or(Parse::Other, Parse::Refused);
+            return Ok(framing_error(req.headers).map_or(Parse::Other { tunnel }, Parse::Refused));
         }
     }
     let body = body.filter(|&f| f != Framing::Length(0));
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::Other };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Ok(malformed()) };
     if method == Method::CONNECT {
         // A tunnel: hyper's.
-        return Parse::Other;
+        return Ok(Parse::Other { tunnel: true });
     }
     // Where each piece lies, so the head's bytes can be shared by the values.
     let (p0, p1, ..) = span_of(buf.as_ptr(), path.as_bytes(), path.as_bytes());
     spans.clear();
     spans.extend(req.headers.iter().map(|h| span_of(buf.as_ptr(), h.name.as_bytes(), h.value)));
-    // A head that does not convert goes back.
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Parse::Rejected(head) };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Ok(put_back(buf, &head)) };
     // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
     let mut headers = std::mem::take(spare);
     if !fill_header_map(&mut headers, &head, spans, 8, names) {
-        return Parse::Rejected(head);
+        return Ok(put_back(buf, &head));
     }
-    Parse::Complete(Head { method, uri, headers, body })
+    let close = close || (http10 && !keep_alive);
+    let expect_continue = expect_continue && body.is_some();
+    Ok(Parse::Complete(Head { method, uri, headers, body, http10, close, expect_continue }))
 }
 
 /// What is wrong with an HTTP/1.1 request's body framing (RFC 9112 section 6), if anything:
@@ -186,21 +251,33 @@ mod tests {
             assert_eq!(head.body, body, "{text:?}");
             assert_eq!(rest.len(), text.len() - text.find("\r\n\r\n").unwrap() - 4, "the body stays: {text:?}");
         }
+        // HTTP/1.0, `Connection: close`, `Expect: 100-continue`, several `Host` fields.
+        for (text, http10, close, expect_continue) in [
+            ("GET /a HTTP/1.0\r\n\r\n", true, true, false),
+            ("GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true, false, false),
+            ("POST /a HTTP/1.0\r\nContent-Length: 1\r\n\r\nx", true, true, false),
+            ("GET /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n", false, true, false),
+            ("GET /a HTTP/1.1\r\nConnection: x-a\r\n\r\n", false, false, false),
+            ("PUT /a HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n", false, false, true),
+            ("PUT /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", false, false, false),
+            ("PUT /a HTTP/1.1\r\nExpect: later\r\nContent-Length: 3\r\n\r\n", false, false, false),
+            ("GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false, false, false),
+        ] {
+            let Parse::Complete(head) = parsed(text).0 else { panic!("{text:?}: not taken") };
+            assert_eq!((head.http10, head.close, head.expect_continue), (http10, close, expect_continue), "{text:?}");
+        }
         for text in [
-            "GET /a HTTP/1.0\r\n\r\n",
             "POST /a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             "POST /a HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nab",
             "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            "PUT /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET /a HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
-            "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET http://x/a HTTP/1.1\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\n\r\n",
             "CONNECT /a HTTP/1.1\r\n\r\n",
         ] {
             let (p, rest) = parsed(text);
-            assert!(matches!(p, Parse::Other), "{text:?}");
+            let tunnel = text.contains("Upgrade") || text.starts_with("CONNECT");
+            assert!(matches!(p, Parse::Other { tunnel: t } if t == tunnel), "{text:?}");
             assert_eq!(&rest[..], text.as_bytes(), "left for hyper untouched: {text:?}");
         }
         // Names as long as the ones that send a request to hyper, in any case, are taken.
@@ -215,15 +292,22 @@ mod tests {
         assert_eq!(names, expected);
         let (p, _) = parsed("GET /a HTTP/1.1\r\nHost: x\r\n");
         assert!(matches!(p, Parse::Partial));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(MAX_HEADERS + 1));
-        assert!(matches!(parsed(&many).0, Parse::Other), "more than this loop parses, within the limit: hyper's");
+        // More fields than fit on the stack, within the limit: parsed again with room.
+        let many = format!("GET / HTTP/1.1\r\n{}x-b: 2\r\n\r\n", "x-a: 1\r\n".repeat(99));
+        let Parse::Complete(head) = parsed(&many).0 else { panic!("100 fields not taken") };
+        assert_eq!((head.headers.len(), head.headers.get_all("x-a").iter().count()), (100, 99));
+        assert_eq!(head.headers["x-b"], "2");
         let too_many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(101));
         let Parse::Refused(e) = parsed(&too_many).0 else { panic!("over the limit") };
         assert_eq!(e.status(), 431);
         assert!(matches!(parsed(&too_many[..too_many.len() - 2]).0, Parse::Partial), "counted once complete");
-        for text in
-            ["GET /a HTTP/1.1\r\nBad Header\r\n\r\n", "GET /a HTTP/9.9\r\n\r\n", "GET /a HTTP/1.1\r\nx: a\0b\r\n\r\n"]
-        {
+        for text in [
+            "GET /a HTTP/1.1\r\nBad Header\r\n\r\n",
+            "GET /a HTTP/9.9\r\n\r\n",
+            "GET /a HTTP/1.1\r\nx: a\0b\r\n\r\n",
+            "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /a HTTP/1.0\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
             let Parse::Refused(e) = parsed(text).0 else { panic!("{text:?}: refused") };
             assert_eq!(e.status(), 400, "{text:?}");
         }
@@ -249,7 +333,7 @@ mod tests {
             "POST /a HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
             "POST /a HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
         ] {
-            assert!(matches!(parsed(text).0, Parse::Other), "{text:?}: hyper's");
+            assert!(matches!(parsed(text).0, Parse::Other { tunnel: false }), "{text:?}: hyper's");
         }
     }
 
@@ -262,12 +346,12 @@ mod tests {
     }
 
     #[test]
-    fn a_head_the_http_types_refuse_comes_back_whole() {
-        // httparse takes a backtick in the target; `http::Uri` does not.
-        let text = "GET /a`b HTTP/1.1\r\nHost: x\r\n\r\n";
+    fn a_head_the_http_types_refuse_is_malformed() {
+        // httparse takes a backtick in the target; `http::Uri` does not (nor does hyper).
+        let text = "GET /a`b HTTP/1.1\r\nHost: x\r\n\r\nGET /next";
         let (p, rest) = parsed(text);
-        let Parse::Rejected(head) = p else { panic!("not rejected") };
-        assert_eq!(&head[..], text.as_bytes());
-        assert!(rest.is_empty());
+        let Parse::Refused(e) = p else { panic!("not refused") };
+        assert_eq!((e.status().as_u16(), e.public_message()), (400, "malformed request"));
+        assert_eq!(&rest[..], text.as_bytes(), "the head is back where it was, for the refusal");
     }
 }
