@@ -57,16 +57,24 @@ pub(crate) fn parse(
     spans: &mut Vec<Span>,
     max_fields: usize,
 ) -> Parse {
-    match parse_with(buf, names, spare, spans, MAX_HEADERS) {
-        // More than fit on the stack: once complete, counted against the listener's limit
-        // and parsed again with room for them all.
-        Err(httparse::Error::TooManyHeaders) => match field_lines(buf) {
-            None => Parse::Partial,
-            Some(n) if n > max_fields => Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
-            Some(n) => parse_with(buf, names, spare, spans, n).unwrap_or_else(|_| malformed()),
-        },
-        Err(_) => malformed(),
-        Ok(p) => p,
+    parse_with(buf, names, spare, spans, MAX_HEADERS, max_fields)
+}
+
+/// [`parse`] for a head with more fields than fit on the stack: once complete, counted
+/// against the listener's limit and parsed again with room for them all. Out of line, so
+/// that the usual parse stays small.
+#[inline(never)]
+fn parse_many(
+    buf: &mut BytesMut,
+    names: &mut NameCache,
+    spare: &mut HeaderMap,
+    spans: &mut Vec<Span>,
+    max_fields: usize,
+) -> Parse {
+    match field_lines(buf) {
+        None => Parse::Partial,
+        Some(n) if n > max_fields => Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
+        Some(n) => parse_with(buf, names, spare, spans, n.max(MAX_HEADERS + 1), max_fields),
     }
 }
 
@@ -86,14 +94,17 @@ fn put_back(buf: &mut BytesMut, head: &[u8]) -> Parse {
     malformed()
 }
 
-/// [`parse`] with room for `room` fields: on the stack up to [`MAX_HEADERS`].
+/// [`parse`] with room for `room` fields: on the stack up to [`MAX_HEADERS`]. Inlined:
+/// as a call, its large result was copied once more per request.
+#[inline(always)]
 fn parse_with(
     buf: &mut BytesMut,
     names: &mut NameCache,
     spare: &mut HeaderMap,
     spans: &mut Vec<Span>,
     room: usize,
-) -> Result<Parse, httparse::Error> {
+    max_fields: usize,
+) -> Parse {
     // Left uninitialised for httparse to fill: no 32 fields written first.
     let mut stack = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut heap = Vec::new();
@@ -105,13 +116,18 @@ fn parse_with(
         }
     };
     let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, fields)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial => return Ok(Parse::Partial),
+    let len = match req.parse_with_uninit_headers(buf, fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(httparse::Error::TooManyHeaders) if room <= MAX_HEADERS => {
+            return parse_many(buf, names, spare, spans, max_fields);
+        }
+        // hyper parses with httparse and the same settings, and would refuse it too.
+        Err(_) => return malformed(),
     };
-    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else { return Ok(malformed()) };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else { return malformed() };
     if !path.starts_with('/') {
-        return Ok(Parse::Other { tunnel: false });
+        return Parse::Other { tunnel: false };
     }
     let http10 = version == 0;
     // Several `Host` fields are taken: the request head checks refuse them with the rest.
@@ -131,7 +147,7 @@ fn parse_with(
             Some(Known::TransferEncoding) if http10 => {
                 // RFC 9112 section 6.1: faulty framing, whatever else the head says.
                 let e = GatewayError::new(ErrorKind::BadRequest("transfer-encoding in an HTTP/1.0 request"));
-                return Ok(Parse::Refused(e));
+                return Parse::Refused(e);
             }
             Some(Known::TransferEncoding) => {
                 codings += 1;
@@ -160,29 +176,29 @@ fn parse_with(
         };
         if !takes || (lengths > 0 && codings > 0) {
             // hyper's, unless its framing is broken: then the contract's 400 from here.
-            return Ok(framing_error(req.headers).map_or(Parse::Other { tunnel }, Parse::Refused));
+            return framing_error(req.headers).map_or(Parse::Other { tunnel }, Parse::Refused);
         }
     }
     let body = body.filter(|&f| f != Framing::Length(0));
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Ok(malformed()) };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return malformed() };
     if method == Method::CONNECT {
         // A tunnel: hyper's.
-        return Ok(Parse::Other { tunnel: true });
+        return Parse::Other { tunnel: true };
     }
     // Where each piece lies, so the head's bytes can be shared by the values.
     let (p0, p1, ..) = span_of(buf.as_ptr(), path.as_bytes(), path.as_bytes());
     spans.clear();
     spans.extend(req.headers.iter().map(|h| span_of(buf.as_ptr(), h.name.as_bytes(), h.value)));
     let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return Ok(put_back(buf, &head)) };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p1)) else { return put_back(buf, &head) };
     // Room for what the proxy adds (forwarding headers, request ID, Host) without growing.
     let mut headers = std::mem::take(spare);
     if !fill_header_map(&mut headers, &head, spans, 8, names) {
-        return Ok(put_back(buf, &head));
+        return put_back(buf, &head);
     }
     let close = close || (http10 && !keep_alive);
     let expect_continue = expect_continue && body.is_some();
-    Ok(Parse::Complete(Head { method, uri, headers, body, http10, close, expect_continue }))
+    Parse::Complete(Head { method, uri, headers, body, http10, close, expect_continue })
 }
 
 /// What is wrong with an HTTP/1.1 request's body framing (RFC 9112 section 6), if anything:
