@@ -78,6 +78,18 @@ fn refused() -> Vec<(&'static str, String)> {
         ("unknown transfer coding", format!("{HEAD}Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")),
         ("two Host fields", "GET /p HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned()),
         ("no Host on HTTP/1.1", "GET /p HTTP/1.1\r\n\r\n".to_owned()),
+        // RFC 9112 section 6.1: faulty framing, even with a Content-Length beside it.
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            "POST /p HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_owned(),
+        ),
+        (
+            "Transfer-Encoding and Content-Length on HTTP/1.0",
+            "POST /p HTTP/1.0\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello"
+                .to_owned(),
+        ),
+        ("a target the http types refuse", "GET /a`b HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned()),
     ]
 }
 
