@@ -12,6 +12,7 @@ mod compression;
 mod connections;
 mod cors;
 mod demo;
+mod deprecation;
 mod discovery;
 mod docs;
 mod errors;

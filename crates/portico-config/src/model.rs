@@ -829,6 +829,10 @@ pub struct Route {
     /// received, before any decoding).
     #[serde(default)]
     pub escaped_slashes: Option<EscapedSlashes>,
+    /// The route is deprecated: `Deprecation`, `Sunset` and `Link` on every response, and
+    /// from its `sunset` on the gateway answers 410 itself (docs/lifecycle.md).
+    #[serde(default)]
+    pub deprecated: Option<crate::lifecycle::Deprecated>,
     /// The route's plugins (authentication, authorization, CORS, ...). They run in the
     /// fixed order of docs/plugins.md, whatever their order here.
     #[serde(default)]

@@ -112,6 +112,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if let Some(respond) = &r.respond {
             check_respond(&p, r, respond, &mut err);
         }
+        if let Some(d) = &r.deprecated {
+            crate::lifecycle::check(&format!("{p}.deprecated"), d, &mut err);
+        }
         if let Some(a) = &r.aggregate {
             let known = |u: &str| config.upstreams.contains_key(u);
             crate::aggregate::check(&format!("{p}.aggregate"), a, &known, r, &mut err);

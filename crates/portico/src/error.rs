@@ -34,6 +34,8 @@ pub enum ErrorKind {
     NotFound,
     /// A route matches the path but not the method (405); carries the `Allow` value.
     MethodNotAllowed(String),
+    /// The route's sunset has passed (410); carries what to call instead, when configured.
+    Retired(Option<std::sync::Arc<str>>),
     /// Body over the listener's limit (413).
     PayloadTooLarge,
     /// Request head over the listener's limit, in bytes or fields (431).
@@ -117,6 +119,7 @@ impl GatewayError {
         match self.kind {
             ErrorKind::BadRequest(_)
             | ErrorKind::NotFound
+            | ErrorKind::Retired(_)
             | ErrorKind::MethodNotAllowed(_)
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
@@ -152,6 +155,7 @@ impl GatewayError {
         match self.kind {
             ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Retired(_) => StatusCode::GONE,
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -179,6 +183,7 @@ impl GatewayError {
         match self.kind {
             ErrorKind::BadRequest(m) => m,
             ErrorKind::NotFound => "no route matches this request",
+            ErrorKind::Retired(_) => "this API version is retired",
             ErrorKind::MethodNotAllowed(_) => "method not allowed for this route",
             ErrorKind::PayloadTooLarge => "request body too large",
             ErrorKind::HeadersTooLarge => "request headers too large",
@@ -233,6 +238,18 @@ impl GatewayError {
 
     /// The response for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
+        if let ErrorKind::Retired(Some(replacement)) = &self.kind {
+            // The contract's body, with what to call instead.
+            let body = serde_json::json!({
+                "error": self.public_message(),
+                "status": 410,
+                "requestId": request_id.to_str().unwrap_or(""),
+                "replacement": &**replacement,
+            });
+            let mut res = error_response(self.status(), self.public_message(), request_id);
+            *res.body_mut() = Body::full(body.to_string());
+            return res;
+        }
         let mut res = error_response(self.status(), self.public_message(), request_id);
         if let ErrorKind::MethodNotAllowed(allow) = &self.kind
             && let Ok(v) = HeaderValue::from_str(allow)
@@ -354,6 +371,7 @@ mod tests {
         let table = [
             (ErrorKind::BadRequest("bad"), 400),
             (ErrorKind::NotFound, 404),
+            (ErrorKind::Retired(None), 410),
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::HeadersTooLarge, 431),

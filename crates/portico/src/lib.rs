@@ -31,6 +31,7 @@ pub mod forwarded;
 pub mod fuzzing;
 pub mod handlers;
 pub mod identity;
+pub mod lifecycle;
 pub mod observe;
 pub mod pipeline;
 pub mod plugins;

@@ -110,6 +110,8 @@ pub struct CompiledRoute {
     pub plugins: Chain,
     /// Feature flag to upstream (`flag_upstreams`).
     pub flag_upstreams: Vec<(Box<str>, Arc<Upstream>)>,
+    /// The route's `deprecated`: lifecycle fields on its responses, 410 after its sunset.
+    pub lifecycle: Option<Box<crate::lifecycle::Lifecycle>>,
 }
 
 /// A compiled `split`.
@@ -468,6 +470,10 @@ impl Snapshot {
                 rewrite: Rewrite::compile(r),
                 preserve_host: r.preserve_host,
                 escaped_slashes: r.escaped_slashes,
+                lifecycle: r.deprecated.as_ref().map(|d| {
+                    metrics.deprecated_init(&r.name);
+                    Box::new(crate::lifecycle::Lifecycle::new(d))
+                }),
                 timeout_override: r.timeout.map(|t| t.get()),
                 try_timeout_override: r.try_timeout.map(|t| t.get()),
                 limit: (r.max_in_flight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(r.max_in_flight as usize))),

@@ -32,6 +32,12 @@ struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeprecatedLabels {
+    route: Arc<str>,
+    consumer: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
     upstream: Arc<str>,
 }
@@ -146,6 +152,9 @@ impl MetricConstructor<Histogram> for Buckets {
 }
 
 /// Request durations: 100 µs to 60 s.
+/// The `consumer` label of a caller without a user ID.
+static ANONYMOUS: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("anonymous"));
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -181,6 +190,7 @@ pub struct Metrics {
     auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<RouteLabel, Counter>,
     client_aborts: Family<RouteLabel, Counter>,
+    deprecated_requests: Family<DeprecatedLabels, Counter>,
     aggregate_calls: Family<AggregateCallLabels, Counter>,
     aggregate_call_duration: Family<CallLabels, Histogram, Buckets>,
     rate_limit_store_errors: Family<RouteLabel, Counter>,
@@ -306,6 +316,12 @@ impl Metrics {
             "Requests whose client closed the connection or reset the stream before its request body ended (logged with status 499), by route; never counted against an upstream",
             client_aborts.clone(),
         );
+        let deprecated_requests = Family::<DeprecatedLabels, Counter>::default();
+        registry.register(
+            "gateway_deprecated_requests",
+            "Requests to routes with `deprecated`, by route and consumer (the caller's user ID, or `anonymous`), the 410s after the sunset included: who still calls an old version",
+            deprecated_requests.clone(),
+        );
         let aggregate_calls = Family::<AggregateCallLabels, Counter>::default();
         registry.register(
             "gateway_aggregate_calls",
@@ -404,6 +420,7 @@ impl Metrics {
             auth_failures,
             rate_limited,
             client_aborts,
+            deprecated_requests,
             aggregate_calls,
             aggregate_call_duration,
             rate_limit_store_errors,
@@ -497,6 +514,19 @@ impl Metrics {
     /// Counts a request refused by a rate or concurrency limit.
     pub fn rate_limited(&self, route: &Arc<str>) {
         self.rate_limited.get_or_create(&RouteLabel { route: route.clone() }).inc();
+    }
+
+    /// Counts a request to a deprecated route by its caller's user ID (`anonymous`
+    /// without one).
+    pub fn deprecated_request(&self, route: &Arc<str>, user_id: Option<&Arc<str>>) {
+        let consumer = user_id.unwrap_or(&ANONYMOUS).clone();
+        self.deprecated_requests.get_or_create(&DeprecatedLabels { route: route.clone(), consumer }).inc();
+    }
+
+    /// Shows a deprecated route's anonymous series at 0 from the start.
+    pub fn deprecated_init(&self, route: &str) {
+        let labels = DeprecatedLabels { route: route.into(), consumer: ANONYMOUS.clone() };
+        let _ = self.deprecated_requests.get_or_create(&labels);
     }
 
     /// Counts a request whose client left before its request body ended.

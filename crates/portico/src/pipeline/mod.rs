@@ -173,6 +173,14 @@ pub(crate) async fn handle_unsent_id(
             };
             match lookup {
                 Lookup::NotFound => Err(GatewayError::new(ErrorKind::NotFound)),
+                // Retired at its sunset: the gateway's 410, before any plugin or handler.
+                Lookup::Found { index, .. }
+                    if let Some(e) =
+                        snap.routes[index].lifecycle.as_ref().and_then(|l| l.retired(SystemTime::now())) =>
+                {
+                    log.route = Some(index);
+                    Err(e)
+                }
                 Lookup::MethodNotAllowed(allow) => Err(GatewayError::new(ErrorKind::MethodNotAllowed(allow))),
                 Lookup::Found { index, params } => {
                     log.route = Some(index);
@@ -351,8 +359,9 @@ pub(crate) async fn handle_unsent_id(
         }
     };
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
+    let lifecycle = route.and_then(|r| r.lifecycle.as_deref());
     // The lean loop writes fields kept as sent itself; everyone else reads the map.
-    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response();
+    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response() && lifecycle.is_none();
     if !keep_raw && !materialise(&mut res) {
         res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
     }
@@ -382,6 +391,10 @@ pub(crate) async fn handle_unsent_id(
         body::stream(&mut res, chain, &ctx, head);
     }
     chain.response(&mut res, &ctx);
+    if let (Some(l), Some(r)) = (lifecycle, route) {
+        l.annotate(res.headers_mut());
+        shared.metrics.deprecated_request(&r.name, log.user_id.as_ref());
+    }
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));
     }
