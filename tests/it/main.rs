@@ -16,6 +16,7 @@ mod deprecation;
 mod discovery;
 mod docs;
 mod errors;
+mod events;
 mod framing;
 mod gaps;
 mod lean_server;

@@ -78,7 +78,7 @@ fn respond_routes_are_checked_with_paths() {
         "routes[0].respond.headers: \"content-length\" is the gateway's to write",
         "routes[0].respond: a route that responds itself takes no upstream",
         "routes[0].respond: a route that responds itself takes no rewrite",
-        "routes[1].upstream: a route needs upstream, split, respond or aggregate",
+        "routes[1].upstream: a route needs upstream, split, respond, aggregate or publish",
     ] {
         assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
     }

@@ -706,6 +706,9 @@ pub struct RedisServer {
     /// A Redis Cluster node (its cluster bus on `port` + 10000, or the TLS port + 10000
     /// in a TLS cluster).
     cluster: bool,
+    /// Every write in the append-only file, synced before the reply (`appendfsync
+    /// always`): what was acknowledged survives a kill and a restart.
+    durable: bool,
     dir: tempfile::TempDir,
 }
 
@@ -739,6 +742,21 @@ impl RedisServer {
             port: free_port(),
             tls: None,
             cluster: false,
+            durable: false,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        r
+    }
+
+    /// A server whose acknowledged writes survive [`RedisServer::stop`] and a restart.
+    pub fn start_durable() -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            tls: None,
+            cluster: false,
+            durable: true,
             dir: tempfile::tempdir().unwrap(),
         };
         r.restart();
@@ -749,8 +767,14 @@ impl RedisServer {
     /// clients with a certificate from `pki`'s CA.
     pub fn start_tls(pki: &Pki, client_auth: bool) -> RedisServer {
         let tls = Some(RedisTlsFiles::new(free_port(), pki, client_auth));
-        let mut r =
-            RedisServer { child: None, port: free_port(), tls, cluster: false, dir: tempfile::tempdir().unwrap() };
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            tls,
+            cluster: false,
+            durable: false,
+            dir: tempfile::tempdir().unwrap(),
+        };
         r.restart();
         r
     }
@@ -768,7 +792,11 @@ impl RedisServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is running");
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(match self.durable {
+                true => ["--appendonly", "yes", "--appendfsync", "always"].as_slice(),
+                false => ["--appendonly", "no"].as_slice(),
+            })
             .arg("--dir")
             .arg(self.dir.path());
         if let Some(t) = &self.tls {
@@ -910,7 +938,7 @@ impl RedisCluster {
                     None => (bus_port(), None),
                     Some(pki) => (free_port(), Some(RedisTlsFiles::new(bus_port(), pki, false))),
                 };
-                RedisServer { child: None, port, tls, cluster: true, dir: tempfile::tempdir().unwrap() }
+                RedisServer { child: None, port, tls, cluster: true, durable: false, dir: tempfile::tempdir().unwrap() }
             })
             .collect();
         RedisCluster { nodes }

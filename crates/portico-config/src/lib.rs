@@ -22,6 +22,7 @@
 
 pub mod aggregate;
 pub mod env;
+pub mod events;
 pub mod jq;
 pub mod lifecycle;
 pub mod locate;

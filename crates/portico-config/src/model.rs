@@ -825,6 +825,10 @@ pub struct Route {
     /// one names another's result). Give this, `upstream`, `split` or `respond`.
     #[serde(default)]
     pub aggregate: Option<crate::aggregate::Aggregate>,
+    /// Publish the request as an event on a Redis stream and answer 202 once Redis has it
+    /// (docs/events.md). Give this, `upstream`, `split`, `respond` or `aggregate`.
+    #[serde(default)]
+    pub publish: Option<crate::events::Publish>,
     /// Overrides the listener's `escaped_slashes` for requests this route matches (as
     /// received, before any decoding).
     #[serde(default)]

@@ -123,10 +123,19 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             }
             check_not_forwarding(&format!("{p}.aggregate"), r, "aggregates", &mut err);
         }
+        if let Some(publish) = &r.publish {
+            crate::events::check(&format!("{p}.publish"), publish, config.redis.is_some(), &mut err);
+            if r.respond.is_some() || r.aggregate.is_some() {
+                err(format!("{p}.publish"), "give one of respond, aggregate and publish".into());
+            }
+            check_not_forwarding(&format!("{p}.publish"), r, "publishes", &mut err);
+        }
         match (&r.upstream, r.split.is_empty()) {
-            _ if r.respond.is_some() || r.aggregate.is_some() => {}
+            _ if r.respond.is_some() || r.aggregate.is_some() || r.publish.is_some() => {}
             (Some(_), false) => err(format!("{p}.split"), "give either upstream or split, not both".into()),
-            (None, true) => err(format!("{p}.upstream"), "a route needs upstream, split, respond or aggregate".into()),
+            (None, true) => {
+                err(format!("{p}.upstream"), "a route needs upstream, split, respond, aggregate or publish".into())
+            }
             (Some(u), true) if !config.upstreams.contains_key(u) => {
                 err(format!("{p}.upstream"), format!("unknown upstream {u:?} ({})", known()));
             }

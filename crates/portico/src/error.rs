@@ -88,6 +88,8 @@ pub enum ErrorKind {
     /// A `store: redis` rate limit cannot reach Redis in time and has `on_store_error:
     /// deny` (503).
     RateLimitUnavailable,
+    /// A `publish` route's event was not acknowledged by Redis in time (503).
+    BrokerUnavailable,
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
@@ -140,7 +142,8 @@ impl GatewayError {
             | ErrorKind::CircuitOpen(_)
             | ErrorKind::KeysUnavailable
             | ErrorKind::RevocationUnavailable
-            | ErrorKind::RateLimitUnavailable => Side::Internal,
+            | ErrorKind::RateLimitUnavailable
+            | ErrorKind::BrokerUnavailable => Side::Internal,
         }
     }
 
@@ -174,7 +177,8 @@ impl GatewayError {
             | ErrorKind::CircuitOpen(_)
             | ErrorKind::KeysUnavailable
             | ErrorKind::RevocationUnavailable
-            | ErrorKind::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::RateLimitUnavailable
+            | ErrorKind::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -203,6 +207,7 @@ impl GatewayError {
             ErrorKind::ConcurrencyLimited(_) => "too many requests in flight",
             ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable => "credentials cannot be checked right now",
             ErrorKind::RateLimitUnavailable => "rate limit store unavailable",
+            ErrorKind::BrokerUnavailable => "event broker unavailable",
         }
     }
 
@@ -372,6 +377,7 @@ mod tests {
             (ErrorKind::BadRequest("bad"), 400),
             (ErrorKind::NotFound, 404),
             (ErrorKind::Retired(None), 410),
+            (ErrorKind::BrokerUnavailable, 503),
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::HeadersTooLarge, 431),

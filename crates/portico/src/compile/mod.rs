@@ -417,6 +417,10 @@ impl Snapshot {
         );
         for (i, r) in config.routes.iter().enumerate() {
             let handler = match (&r.respond, &r.aggregate) {
+                _ if let Some(p) = &r.publish => {
+                    let store = services.and_then(|s| s.redis.clone());
+                    Handler::Publish(Box::new(crate::handlers::publish::Publish::new(p, store)))
+                }
                 (Some(respond), _) => Handler::Respond(crate::handlers::respond::Respond::new(respond)),
                 (None, Some(a)) => {
                     let find = |name: &str| upstreams.get(name).cloned();

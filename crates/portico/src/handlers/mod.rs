@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod proxy;
+pub mod publish;
 pub mod respond;
 
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub enum Handler {
     Respond(respond::Respond),
     /// Answer with one JSON document from several upstream calls.
     Aggregate(Box<aggregate::Aggregate>),
+    /// Publish the request as an event on a Redis stream; 202 once Redis has it.
+    Publish(Box<publish::Publish>),
 }
 
 impl Handler {
@@ -28,7 +31,7 @@ impl Handler {
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         match self {
             Handler::Proxy(up) => Some(up),
-            Handler::Respond(_) | Handler::Aggregate(_) => None,
+            Handler::Respond(_) | Handler::Aggregate(_) | Handler::Publish(_) => None,
         }
     }
 }

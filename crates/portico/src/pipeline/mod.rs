@@ -290,6 +290,16 @@ pub(crate) async fn handle_unsent_id(
                             match (&route.handler, body_phase) {
                                 (_, Err(e)) => Err(e),
                                 (Handler::Respond(r), Ok(())) => Ok(r.response()),
+                                (Handler::Publish(p), Ok(())) => {
+                                    let cx = crate::handlers::publish::Ctx {
+                                        request_id: &log.request_id,
+                                        identity: identity.as_ref(),
+                                        tenant: tenant.as_deref(),
+                                        max_body: conn.listener.max_body,
+                                    };
+                                    // Boxed: only publish routes pay for its room.
+                                    Box::pin(p.answer(req, cx)).await
+                                }
                                 (Handler::Aggregate(a), Ok(())) => {
                                     let cx = crate::handlers::aggregate::Ctx {
                                         route,
