@@ -49,10 +49,31 @@ impl Lifecycle {
         Self { deprecation, sunset, link, replacement: d.replacement.as_deref().map(Arc::from) }
     }
 
+    /// The 410 for a request now, once the sunset has passed. Out of line: the pipeline's
+    /// code stays small for the routes without a lifecycle.
+    #[inline(never)]
+    pub fn retired_now(&self) -> Option<GatewayError> {
+        self.retired(SystemTime::now())
+    }
+
     /// The 410 for a request at `now`, once the sunset has passed.
     pub fn retired(&self, now: SystemTime) -> Option<GatewayError> {
         let (sunset, _) = self.sunset.as_ref()?;
         (now >= *sunset).then(|| GatewayError::new(ErrorKind::Retired(self.replacement.clone())))
+    }
+
+    /// A response of route `route` to `user_id` (none: anonymous) is ready: adds the
+    /// lifecycle's fields and counts the caller in `gateway_deprecated_requests_total`.
+    #[inline(never)]
+    pub fn answered(
+        &self,
+        headers: &mut HeaderMap,
+        metrics: &crate::observe::metrics::Metrics,
+        route: &Arc<str>,
+        user_id: Option<&Arc<str>>,
+    ) {
+        self.annotate(headers);
+        metrics.deprecated_request(route, user_id);
     }
 
     /// Adds the lifecycle's fields to a response of the route (the upstream's own `Link`

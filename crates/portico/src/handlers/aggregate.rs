@@ -266,6 +266,17 @@ impl Aggregate {
         })
     }
 
+    /// [`Aggregate::answer`], boxed: only aggregate routes pay for its room in the
+    /// request's future, and out of line, so the pipeline's own code stays small.
+    #[inline(never)]
+    pub fn answer_boxed<'a>(
+        &'a self,
+        cx: Ctx<'a>,
+        outcome: &'a mut Outcome,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send + 'a>> {
+        Box::pin(self.answer(cx, outcome))
+    }
+
     /// Answers one request.
     pub async fn answer(&self, cx: Ctx<'_>, outcome: &mut Outcome) -> Result<Response<Body>, GatewayError> {
         let deadline = Instant::now() + self.deadline;

@@ -69,6 +69,17 @@ impl Publish {
         }
     }
 
+    /// [`Publish::answer`], boxed: only publish routes pay for its room in the request's
+    /// future, and out of line, so the pipeline's own code stays small.
+    #[inline(never)]
+    pub fn answer_boxed<'a>(
+        &'a self,
+        req: Request<Body>,
+        cx: Ctx<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send + 'a>> {
+        Box::pin(self.answer(req, cx))
+    }
+
     /// Publishes the request and answers 202, or fails with the contract's error: 413 for a
     /// body over the limit, 400 for a bad `Idempotency-Key`, 503 when Redis did not
     /// acknowledge in time.

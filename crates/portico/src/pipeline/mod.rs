@@ -175,8 +175,8 @@ pub(crate) async fn handle_unsent_id(
                 Lookup::NotFound => Err(GatewayError::new(ErrorKind::NotFound)),
                 // Retired at its sunset: the gateway's 410, before any plugin or handler.
                 Lookup::Found { index, .. }
-                    if let Some(e) =
-                        snap.routes[index].lifecycle.as_ref().and_then(|l| l.retired(SystemTime::now())) =>
+                    if let Some(l) = &snap.routes[index].lifecycle
+                        && let Some(e) = l.retired_now() =>
                 {
                     log.route = Some(index);
                     Err(e)
@@ -297,8 +297,7 @@ pub(crate) async fn handle_unsent_id(
                                         tenant: tenant.as_deref(),
                                         max_body: conn.listener.max_body,
                                     };
-                                    // Boxed: only publish routes pay for its room.
-                                    Box::pin(p.answer(req, cx)).await
+                                    p.answer_boxed(req, cx).await
                                 }
                                 (Handler::Aggregate(a), Ok(())) => {
                                     let cx = crate::handlers::aggregate::Ctx {
@@ -319,8 +318,7 @@ pub(crate) async fn handle_unsent_id(
                                         request_id: (&snap.request_id_header, &log.request_id),
                                         identity: &snap.identity,
                                     };
-                                    // Boxed: only aggregate routes pay for its room.
-                                    Box::pin(a.answer(cx, &mut log.outcome)).await
+                                    a.answer_boxed(cx, &mut log.outcome).await
                                 }
                                 (Handler::Proxy(up), Ok(())) => {
                                     let ctx = proxy::ProxyCtx {
@@ -402,8 +400,7 @@ pub(crate) async fn handle_unsent_id(
     }
     chain.response(&mut res, &ctx);
     if let (Some(l), Some(r)) = (lifecycle, route) {
-        l.annotate(res.headers_mut());
-        shared.metrics.deprecated_request(&r.name, log.user_id.as_ref());
+        l.answered(res.headers_mut(), &shared.metrics, &r.name, log.user_id.as_ref());
     }
     if let Some(slot) = slot {
         res = res.map(|b| b.holding(slot));

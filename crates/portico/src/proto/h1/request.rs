@@ -122,6 +122,8 @@ fn parse_with(
         Err(httparse::Error::TooManyHeaders) if room <= MAX_HEADERS => {
             return parse_many(buf, names, spare, spans, max_fields);
         }
+        // More than the lines counted: never, as both count one field per line.
+        Err(httparse::Error::TooManyHeaders) => return Parse::Refused(GatewayError::new(ErrorKind::HeadersTooLarge)),
         // hyper parses with httparse and the same settings, and would refuse it too.
         Err(_) => return malformed(),
     };
@@ -224,10 +226,11 @@ pub(crate) fn framing_error(fields: &[httparse::Header<'_>]) -> Option<GatewayEr
 }
 
 /// The number of field lines of the complete head at the start of `buf` (`None`: the head
-/// is not complete yet).
+/// is not complete yet). Empty lines before the request line are skipped, as httparse
+/// skips them (RFC 9112 section 2.2).
 pub(crate) fn field_lines(buf: &[u8]) -> Option<usize> {
     let mut lines = 0usize;
-    let mut at = 0;
+    let mut at = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
     while let Some(i) = buf[at..].iter().position(|&b| b == b'\n') {
         let line = &buf[at..at + i];
         if line.is_empty() || line == b"\r" {
@@ -311,6 +314,10 @@ mod tests {
         // More fields than fit on the stack, within the limit: parsed again with room.
         let many = format!("GET / HTTP/1.1\r\n{}x-b: 2\r\n\r\n", "x-a: 1\r\n".repeat(99));
         let Parse::Complete(head) = parsed(&many).0 else { panic!("100 fields not taken") };
+        // Also behind empty lines before the request line, which httparse skips (found by
+        // the h1_request_head fuzz target: the lines were miscounted and the head refused).
+        let behind = format!("\r\n\r\nGET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(40));
+        assert!(matches!(parsed(&behind).0, Parse::Complete(_)), "40 fields after empty lines");
         assert_eq!((head.headers.len(), head.headers.get_all("x-a").iter().count()), (100, 99));
         assert_eq!(head.headers["x-b"], "2");
         let too_many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-a: 1\r\n".repeat(101));
@@ -359,6 +366,7 @@ mod tests {
         assert_eq!(field_lines(b"GET / HTTP/1.1\r\n\r\n"), Some(0));
         assert_eq!(field_lines(b"GET / HTTP/1.1\na: 1\n\n"), Some(1));
         assert_eq!(field_lines(b"GET / HTTP/1.1\r\na: 1\r\n"), None);
+        assert_eq!(field_lines(b"\r\n\nGET / HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\n"), Some(2), "leading empty lines");
     }
 
     #[test]
