@@ -74,7 +74,9 @@ impl Timestamp {
         } else {
             t.checked_add(std::time::Duration::from_secs(offset.unsigned_abs()))
         };
-        t.map(Timestamp).ok_or_else(bad)
+        // Within what an RFC 3339 time in UTC can say (and what prints back): 1970 to 9999.
+        let latest = UNIX_EPOCH + std::time::Duration::from_secs(LATEST);
+        t.filter(|t| *t >= UNIX_EPOCH && *t <= latest).map(Timestamp).ok_or_else(bad)
     }
 
     /// Seconds since the Unix epoch (0 before it).
@@ -82,6 +84,9 @@ impl Timestamp {
         self.0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 }
+
+/// 9999-12-31T23:59:59Z, in seconds since the epoch.
+const LATEST: u64 = 253_402_300_799;
 
 /// `+HH:MM` or `-HH:MM` as seconds east of UTC.
 fn parse_offset(off: &str) -> Option<i64> {
@@ -101,7 +106,9 @@ fn parse_offset(off: &str) -> Option<i64> {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_seconds(self.0))
+        // Clamped to what humantime prints (it panics before 1970); `parse` gives no other.
+        let t = self.0.clamp(UNIX_EPOCH, UNIX_EPOCH + std::time::Duration::from_secs(LATEST));
+        write!(f, "{}", humantime::format_rfc3339_seconds(t))
     }
 }
 
@@ -153,7 +160,19 @@ mod tests {
         assert_eq!(secs("2027-01-31T01:30:00+01:30"), Ok(1_801_353_600));
         assert_eq!(secs("2027-01-30T22:00:00-02:00"), Ok(1_801_353_600));
         assert_eq!(secs("2027-01-31T00:00:00.250Z"), Ok(1_801_353_600));
-        for bad in ["soon", "2027-13-01", "2027-01-31T25:00:00Z", "2027-01-31T00:00:00+24:00", "31/01/2027", ""] {
+        // Only what prints back as an RFC 3339 time in UTC: from 1970 to 9999.
+        assert_eq!(secs("9999-12-31T23:59:59Z"), Ok(LATEST));
+        assert_eq!(secs("1970-01-01T01:00:00+01:00"), Ok(0));
+        for bad in [
+            "soon",
+            "2027-13-01",
+            "2027-01-31T25:00:00Z",
+            "2027-01-31T00:00:00+24:00",
+            "31/01/2027",
+            "",
+            "1970-01-01T00:00:00+01:00",
+            "9999-12-31T23:00:00-02:00",
+        ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Timestamp::parse("2027-01-31").unwrap().to_string(), "2027-01-31T00:00:00Z");

@@ -207,3 +207,13 @@ pub fn unescape_slashes(path: &str) -> String {
 pub fn rewrite(route: &portico_config::Route) -> crate::compile::Rewrite {
     crate::compile::Rewrite::compile(route)
 }
+
+/// `plugins::compression::accepts_gzip`: whether an `Accept-Encoding` value takes gzip.
+pub fn accepts_gzip(value: &http::HeaderValue) -> bool {
+    crate::plugins::compression::accepts_gzip(value)
+}
+
+/// `plugins::xml::prefers_xml`: whether an `Accept` value weighs XML above JSON.
+pub fn prefers_xml(value: &http::HeaderValue) -> bool {
+    crate::plugins::xml::prefers_xml(value)
+}

@@ -133,7 +133,7 @@ fn add_vary(headers: &mut HeaderMap) {
 
 /// Whether an `Accept-Encoding` value accepts gzip (RFC 9110 section 12.5.3): `gzip` (or
 /// its old name `x-gzip`) with a weight above 0, or else `*` with one.
-fn accepts_gzip(value: &HeaderValue) -> bool {
+pub(crate) fn accepts_gzip(value: &HeaderValue) -> bool {
     let Ok(value) = value.to_str() else { return false };
     let mut star = false;
     for item in value.split(',') {

@@ -66,14 +66,19 @@ pub fn is_xml(headers: &http::HeaderMap) -> bool {
 /// Whether an `Accept` value prefers XML to JSON: the highest weight given to
 /// `application/xml` or `text/xml` is above the one given to `application/json` (ranges
 /// like `*/*` count for neither).
-fn prefers_xml(accept: &HeaderValue) -> bool {
+pub(crate) fn prefers_xml(accept: &HeaderValue) -> bool {
     let Ok(accept) = accept.to_str() else { return false };
     let (mut xml, mut json) = (0.0f32, 0.0f32);
     for item in accept.split(',') {
         let mut parts = item.split(';');
         let ty = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let q =
-            parts.find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok())).unwrap_or(1.0);
+        // Parameter names are case-insensitive (RFC 9110 section 5.6.6): `q=` or `Q=`.
+        let q = parts
+            .find_map(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")).and_then(|q| q.trim().parse::<f32>().ok())
+            })
+            .unwrap_or(1.0);
         match ty.as_str() {
             "application/xml" | "text/xml" => xml = xml.max(q),
             "application/json" => json = json.max(q),
@@ -469,5 +474,6 @@ mod tests {
         assert!(!p("application/json"));
         assert!(!p("*/*"));
         assert!(!p("application/xml;q=0.2, application/json;q=0.9"));
+        assert!(!p("application/xml;Q=0.2, application/json;q=0.9"), "parameter names in any case");
     }
 }
