@@ -42,5 +42,5 @@ for persist in none always; do
         done
     done
     kill $REDIS; wait $REDIS 2>/dev/null || true
-    rm -f "$DIR"/*
+    rm -rf "${DIR:?}"/*
 done
