@@ -287,7 +287,7 @@ async fn the_header_field_limit_is_the_same_on_every_protocol() {
         args.extend([proto, url.as_str()]);
         let (_, out) = curl(&args).await;
         assert_eq!(out, "431", "{proto}");
-        // With a POST body an HTTP/1.1 request goes through hyper's path. (Not over h2c:
+        // With a POST body: the lean loop's body path. (Not over h2c:
         // refused before its body is read, the stream is reset after the answer, and curl
         // then sometimes reports the reset rather than the 431 it received.)
         if proto == "--http1.1" {
