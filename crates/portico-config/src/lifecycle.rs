@@ -57,6 +57,11 @@ impl Timestamp {
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let bad = || format!("{s:?} is not a date (2027-01-31) or an RFC 3339 time (2027-01-31T12:00:00Z)");
+        // ASCII only: the offset and `Z` are found by byte position below (a multi-byte
+        // character there panicked the slicing: found by the `negotiation` fuzz target).
+        if !s.is_ascii() {
+            return Err(bad());
+        }
         // A date alone, or a time with an offset other than `Z`: humantime reads UTC `Z`
         // times only, so the offset is applied here.
         let (text, offset) = match s.len() {
@@ -172,6 +177,9 @@ mod tests {
             "",
             "1970-01-01T00:00:00+01:00",
             "9999-12-31T23:00:00-02:00",
+            "2027-01-31T00:00:00.1\u{194}",
+            "2027-01-31T00:00:00\u{194}01:00",
+            "2027-01-31\u{194}",
         ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad:?}");
         }
