@@ -223,6 +223,7 @@ impl GatewayError {
                     | ErrorKind::KeysUnavailable
                     | ErrorKind::RevocationUnavailable
                     | ErrorKind::RateLimitUnavailable
+                    | ErrorKind::BrokerUnavailable
             )
     }
 
@@ -251,9 +252,7 @@ impl GatewayError {
                 "requestId": request_id.to_str().unwrap_or(""),
                 "replacement": &**replacement,
             });
-            let mut res = error_response(self.status(), self.public_message(), request_id);
-            *res.body_mut() = Body::full(body.to_string());
-            return res;
+            return json_response(self.status(), body.to_string());
         }
         let mut res = error_response(self.status(), self.public_message(), request_id);
         if let ErrorKind::MethodNotAllowed(allow) = &self.kind
@@ -359,6 +358,11 @@ impl GatewayError {
 pub fn error_response(status: StatusCode, message: &'static str, request_id: &HeaderValue) -> Response<Body> {
     let id = request_id.to_str().unwrap_or("");
     let body = format!(r#"{{"error":"{message}","status":{},"requestId":"{id}"}}"#, status.as_u16());
+    json_response(status, body)
+}
+
+/// An answer the gateway makes itself: `status` with the JSON `body`, not to be cached.
+pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut res = Response::new(Body::full(body));
     *res.status_mut() = status;
     let h = res.headers_mut();

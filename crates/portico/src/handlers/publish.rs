@@ -137,11 +137,6 @@ impl Publish {
             "stream": &*self.stream,
             "requestId": cx.request_id.to_str().unwrap_or(""),
         });
-        let mut res = Response::new(Body::full(answer.to_string()));
-        *res.status_mut() = StatusCode::ACCEPTED;
-        let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Ok(res)
+        Ok(crate::error::json_response(StatusCode::ACCEPTED, answer.to_string()))
     }
 }
