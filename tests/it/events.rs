@@ -145,7 +145,7 @@ async fn redis_down_is_a_503_in_bounded_time_and_every_202_survives_an_outage() 
             (accepted, refused)
         }));
     }
-    let published = || async { redis_len(&gw).await };
+    let published = || async { accepted_events(&gw).await };
     assert!(Gateway::eventually(Duration::from_secs(10), || async { published().await >= 200.0 }).await);
     redis.stop();
     // While it is down, every answer is a 503.
@@ -171,7 +171,7 @@ async fn redis_down_is_a_503_in_bounded_time_and_every_202_survives_an_outage() 
 }
 
 /// Events published so far, by the gateway's count of 202 answers on the route.
-async fn redis_len(gw: &Gateway) -> f64 {
+async fn accepted_events(gw: &Gateway) -> f64 {
     gw.metric("gateway_requests_total{route=\"orders-created\",method=\"POST\",status=\"202\"}").await
 }
 

@@ -866,7 +866,9 @@ impl RedisServer {
         let (kind, rest) = line.split_at(1);
         match kind {
             "+" | ":" => Ok(rest.to_owned()),
-            "-" => panic!("redis error reply to {args:?}: {rest}"),
+            // An error reply (`-LOADING` while a restarted server reads its append-only
+            // file, too): `restart` waits it out, `cmd` panics with it.
+            "-" => Err(std::io::Error::other(format!("redis error reply to {args:?}: {rest}"))),
             "$" if rest == "-1" => Ok(String::new()),
             "$" => {
                 let n: usize = rest.parse().unwrap();
