@@ -416,13 +416,14 @@ impl Snapshot {
             &mut errors,
         );
         for (i, r) in config.routes.iter().enumerate() {
-            let handler = match (&r.respond, &r.aggregate) {
-                _ if let Some(p) = &r.publish => {
+            // Validation allows one of publish, respond, aggregate and forwarding.
+            let handler = match (&r.publish, &r.respond, &r.aggregate) {
+                (Some(p), ..) => {
                     let store = services.and_then(|s| s.redis.clone());
                     Handler::Publish(Box::new(crate::handlers::publish::Publish::new(p, store)))
                 }
-                (Some(respond), _) => Handler::Respond(crate::handlers::respond::Respond::new(respond)),
-                (None, Some(a)) => {
+                (None, Some(respond), _) => Handler::Respond(crate::handlers::respond::Respond::new(respond)),
+                (None, None, Some(a)) => {
                     let find = |name: &str| upstreams.get(name).cloned();
                     match crate::handlers::aggregate::Aggregate::new(a, &find) {
                         Some(a) => Handler::Aggregate(Box::new(a)),
@@ -432,7 +433,7 @@ impl Snapshot {
                         }
                     }
                 }
-                (None, None) => {
+                (None, None, None) => {
                     let primary = r
                         .upstream
                         .clone()
