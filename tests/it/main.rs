@@ -19,6 +19,7 @@ mod errors;
 mod events;
 mod framing;
 mod gaps;
+mod hedging;
 mod lean_server;
 mod lifecycle;
 mod matrix;

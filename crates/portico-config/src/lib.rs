@@ -23,6 +23,7 @@
 pub mod aggregate;
 pub mod env;
 pub mod events;
+pub mod hedge;
 pub mod jq;
 pub mod lifecycle;
 pub mod locate;

@@ -792,6 +792,10 @@ pub struct Route {
     /// and never delay the client.
     #[serde(default)]
     pub mirror: Option<Mirror>,
+    /// Hedged reads: a second try to another target when the first has not answered
+    /// within a delay; the first answer wins and the other try is cancelled.
+    #[serde(default)]
+    pub hedge: Option<crate::hedge::Hedge>,
     /// Path rewriting before the request is sent upstream.
     #[serde(default)]
     pub rewrite: Option<Rewrite>,

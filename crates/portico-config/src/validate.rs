@@ -112,6 +112,21 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if let Some(respond) = &r.respond {
             check_respond(&p, r, respond, &mut err);
         }
+        if let Some(h) = &r.hedge {
+            crate::hedge::check(&format!("{p}.hedge"), h, &mut err);
+            // Hedges are taken from the retry budget of every upstream the route sends to.
+            let targets = r.upstream.iter().chain(r.split.iter().map(|s| &s.upstream)).chain(r.flag_upstreams.values());
+            for u in targets {
+                if config.upstreams.get(u).is_some_and(|up| up.retries.is_none()) {
+                    err(
+                        format!("{p}.hedge"),
+                        format!(
+                            "hedges are taken from the retry budget: upstream {u:?} needs retries (attempts: 0 hedges without retrying)"
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(d) = &r.deprecated {
             crate::lifecycle::check(&format!("{p}.deprecated"), d, &mut err);
         }
@@ -222,6 +237,7 @@ fn check_not_forwarding(p: &str, r: &crate::model::Route, what: &str, err: &mut 
         ("split", !r.split.is_empty()),
         ("sticky", r.sticky.is_some()),
         ("mirror", r.mirror.is_some()),
+        ("hedge", r.hedge.is_some()),
         ("rewrite", r.rewrite.is_some()),
         ("preserve_host", r.preserve_host),
         ("timeout", r.timeout.is_some()),

@@ -85,6 +85,8 @@ pub struct CompiledRoute {
     pub split: Option<Split>,
     /// Traffic copied to a shadow upstream.
     pub mirror: Option<MirrorTo>,
+    /// Hedged reads.
+    pub hedge: Option<Box<crate::upstream::hedge::Hedging>>,
     /// Path rewriting.
     pub rewrite: Rewrite,
     /// Send the client's `Host` upstream.
@@ -472,6 +474,7 @@ impl Snapshot {
                 handler,
                 split,
                 mirror,
+                hedge: r.hedge.as_ref().map(|h| Box::new(crate::upstream::hedge::Hedging::new(h))),
                 rewrite: Rewrite::compile(r),
                 preserve_host: r.preserve_host,
                 escaped_slashes: r.escaped_slashes,

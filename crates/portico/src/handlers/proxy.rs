@@ -228,6 +228,9 @@ pub async fn forward(
         budget.record_request();
     }
 
+    // Hedged: a replayable request whose method the route hedges (the upstream's retry
+    // budget pays for the hedges).
+    let hedge = route.hedge.as_deref().filter(|h| replayable && upstream.budget.is_some() && h.covers(&method));
     let may_have_waited = route.limit.is_some() || upstream.limit.is_some() || keep.is_some();
     // Whether the client's body failed on its way: then a failed exchange is the client's.
     let mut watch: Option<ClientBodyWatch> = None;
@@ -269,17 +272,30 @@ pub async fn forward(
         let sent = if tries == 1 && !may_have_waited { started } else { Instant::now() };
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
-        let flight = upstream.start_at(&target, sent);
-        let x = Exchange { method: &method, pq: &pq, host, headers: &mut h, added: Some(&added), upgrade };
-        let res = upstream.send(&target, x, &mut attempt_body, sent, sent + try_timeout).await;
+        // A hedged request's tries record their own outcomes: no flight here then.
+        let mut flight = None;
+        let res = match (hedge, &replay) {
+            (Some(hedge), Some(body)) => {
+                let preserve = original_host.as_ref().filter(|_| ctx.route.preserve_host);
+                let r = HedgedRequest { method: &method, pq: &pq, headers: &h, added: &added, preserve, body };
+                let key = PickKey { headers: &h, added: Some(&added), client_ip: ctx.client_ip, path: pq.path() };
+                race(upstream, hedge, target.clone(), &key, r, sent, (per_try, deadline)).await
+            }
+            _ => {
+                flight = Some(upstream.start_at(&target, sent));
+                let x = Exchange { method: &method, pq: &pq, host, headers: &mut h, added: Some(&added), upgrade };
+                upstream.send(&target, x, &mut attempt_body, sent, sent + try_timeout).await
+            }
+        };
         let waited = sent.elapsed();
         upstream.latency.observe(waited);
         outcome.backend_latency = Some(outcome.backend_latency.unwrap_or_default() + waited);
 
         let (err, sent_upstream) = match res {
             Ok(res) => {
-                let failed = res.status().is_server_error();
-                flight.finish(failed);
+                if let Some(flight) = flight {
+                    flight.finish(res.status().is_server_error());
+                }
                 let retry_status = policy.is_some_and(|p| p.statuses.contains(&res.status().as_u16()));
                 if !(retry_status && repeatable && can_retry && retry_allowed(upstream, policy, tries, deadline).await)
                 {
@@ -295,7 +311,9 @@ pub async fn forward(
                 (GatewayError::new(ErrorKind::RequestTimeout), true)
             }
             Err(upstream::Error::Timeout) => {
-                flight.finish(true);
+                if let Some(flight) = flight {
+                    flight.finish(true);
+                }
                 let total_left = deadline.saturating_duration_since(Instant::now());
                 let e = if total_left.is_zero() {
                     GatewayError::new(ErrorKind::UpstreamTimeout(timeout))
@@ -313,7 +331,9 @@ pub async fn forward(
                     None => GatewayError::upstream(&e, upstream.connect_timeout, try_timeout),
                 };
                 if e.side() == Side::Upstream {
-                    flight.finish(true);
+                    if let Some(flight) = flight {
+                        flight.finish(true);
+                    }
                 } else {
                     // Neither a success nor a failure of the target: not recorded.
                     drop(flight);
@@ -371,6 +391,117 @@ pub async fn forward(
     let (mut parts, body) = res.into_parts();
     forwarded::remove_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, body))
+}
+
+/// What each try of a hedged request sends.
+#[derive(Clone, Copy)]
+struct HedgedRequest<'a> {
+    method: &'a http::Method,
+    pq: &'a PathAndQuery,
+    headers: &'a HeaderMap,
+    added: &'a forwarded::Added<'a>,
+    /// The client's `Host`, when the route preserves it; else each target's own.
+    preserve: Option<&'a HeaderValue>,
+    body: &'a Bytes,
+}
+
+/// Sends `r` to `first`, then to another target each time the tries so far have gone
+/// unanswered for the hedge's delay (while the retry budget and the deadline allow), and
+/// answers with the first good answer; the other tries are cancelled. A failed try (an
+/// error, or a status the upstream retries) waits for the others; when none is left, the
+/// last failure is the answer, for the retry policy to judge.
+///
+/// Each try records its own outcome on its target; a cancelled one records none. Boxed and
+/// out of line: only hedged routes pay for its future.
+#[inline(never)]
+fn race<'a>(
+    upstream: &'a Upstream,
+    hedge: &'a crate::upstream::hedge::Hedging,
+    first: Arc<upstream::Target>,
+    key: &'a PickKey<'a>,
+    r: HedgedRequest<'a>,
+    sent: Instant,
+    (per_try, deadline): (Duration, Instant),
+) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, upstream::Error>> + Send + 'a>> {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
+    let statuses: &[u16] = upstream.definition.retries.as_ref().map_or(&[], |p| &p.statuses);
+    let one = move |i: usize, t: Arc<upstream::Target>, at: Instant| {
+        let mut h = r.headers.clone();
+        let mut body = if r.body.is_empty() { Body::Empty } else { Body::full(r.body.clone()) };
+        let left = deadline.saturating_duration_since(at);
+        let until = at + if per_try.is_zero() { left } else { per_try.min(left) };
+        async move {
+            let host = r.preserve.unwrap_or(&t.host_header);
+            let flight = upstream.start_at(&t, at);
+            let x =
+                Exchange { method: r.method, pq: r.pq, host, headers: &mut h, added: Some(r.added), upgrade: false };
+            let res = upstream.send(&t, x, &mut body, at, until).await;
+            match &res {
+                Ok(res) => flight.finish(res.status().is_server_error()),
+                // The request itself, not the target: nothing to record.
+                Err(upstream::Error::Invalid(_) | upstream::Error::Body(_)) => drop(flight),
+                Err(_) => flight.finish(true),
+            }
+            hedge.observe(at.elapsed());
+            (i, res)
+        }
+    };
+    Box::pin(async move {
+        let mut tries = FuturesUnordered::new();
+        tries.push(one(0, first.clone(), sent));
+        // When each try went out; `None` once it answered.
+        let mut pending = vec![Some(sent)];
+        let mut last = first;
+        let mut next = sent + hedge.delay();
+        let mut hedging = true;
+        let mut failed = None;
+        loop {
+            let more = hedging && pending.len() <= hedge.max_hedges as usize && next < deadline;
+            tokio::select! {
+                biased;
+                Some((i, res)) = tries.next() => {
+                    if let Some(p) = pending.get_mut(i) {
+                        *p = None;
+                    }
+                    let retry_status = matches!(&res, Ok(r) if statuses.contains(&r.status().as_u16()));
+                    if res.is_ok() && !retry_status {
+                        if i > 0 {
+                            upstream.hedge_wins.inc();
+                        }
+                        // The others are cancelled as `tries` drops. How long they had
+                        // waited is a time they would have taken at least: recorded, or a
+                        // percentile delay would only ever see the fast answers.
+                        pending.iter().flatten().for_each(|at| hedge.observe(at.elapsed()));
+                        return res;
+                    }
+                    if tries.is_empty() {
+                        return res;
+                    }
+                    failed = Some(res);
+                }
+                () = tokio::time::sleep_until(next), if more => {
+                    let budget = upstream.budget.as_ref().is_some_and(|b| b.try_retry());
+                    let target = if budget { upstream.pick(key, Some(&last)) } else { None };
+                    let Some(target) = target else {
+                        if !budget {
+                            upstream.retries_exhausted.inc();
+                        }
+                        hedging = false;
+                        continue;
+                    };
+                    upstream.hedges_total.inc();
+                    let at = Instant::now();
+                    tries.push(one(pending.len(), target.clone(), at));
+                    pending.push(Some(at));
+                    last = target;
+                    next = at + hedge.delay();
+                }
+                else => return failed.unwrap_or(Err(upstream::Error::Timeout)),
+            }
+        }
+    })
 }
 
 /// Sends a copy of the request to the mirror upstream in a task of its own; the answer

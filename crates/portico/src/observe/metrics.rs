@@ -186,6 +186,8 @@ pub struct Metrics {
     queue_wait: Family<QueueLabels, Histogram, Buckets>,
     retries: Family<UpstreamLabel, Counter>,
     retries_exhausted: Family<UpstreamLabel, Counter>,
+    hedges: Family<UpstreamLabel, Counter>,
+    hedge_wins: Family<UpstreamLabel, Counter>,
     mirror_skipped: Family<RouteLabel, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<RouteLabel, Counter>,
@@ -291,6 +293,18 @@ impl Metrics {
             "gateway_upstream_retry_budget_exhausted",
             "Retries not sent because the retry budget was spent, by upstream",
             retries_exhausted.clone(),
+        );
+        let hedges = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_hedges",
+            "Hedged tries sent (a read sent again while the first try had not answered), by upstream",
+            hedges.clone(),
+        );
+        let hedge_wins = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_hedge_wins",
+            "Answers that came from a hedged try rather than the first, by upstream",
+            hedge_wins.clone(),
         );
         let mirror_skipped = Family::<RouteLabel, Counter>::default();
         registry.register(
@@ -416,6 +430,8 @@ impl Metrics {
             queue_wait,
             retries,
             retries_exhausted,
+            hedges,
+            hedge_wins,
             mirror_skipped,
             auth_failures,
             rate_limited,
@@ -578,6 +594,16 @@ impl Metrics {
     /// The counter of retries refused by the budget, of an upstream.
     pub fn retries_exhausted(&self, upstream: &str) -> Counter {
         self.retries_exhausted.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// The counter of hedged tries, of an upstream.
+    pub fn hedges(&self, upstream: &str) -> Counter {
+        self.hedges.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// The counter of answers won by a hedged try, of an upstream.
+    pub fn hedge_wins(&self, upstream: &str) -> Counter {
+        self.hedge_wins.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
     }
 
     /// The health gauge of a target (fetched once per config load).

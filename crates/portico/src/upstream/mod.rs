@@ -17,6 +17,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod h1;
 pub mod health;
+pub mod hedge;
 pub mod retry;
 pub mod tls;
 
@@ -203,6 +204,10 @@ pub struct Upstream {
     pub retries_total: Counter,
     /// `gateway_upstream_retry_budget_exhausted_total{upstream}`.
     pub retries_exhausted: Counter,
+    /// `gateway_upstream_hedges_total{upstream}`.
+    pub hedges_total: Counter,
+    /// `gateway_upstream_hedge_wins_total{upstream}`.
+    pub hedge_wins: Counter,
     /// What the TLS files held when they were loaded.
     pub tls_files: Vec<Vec<u8>>,
 }
@@ -282,6 +287,8 @@ impl Upstream {
             queue_wait: metrics.queue_wait("upstream", name),
             retries_total: metrics.retries(name),
             retries_exhausted: metrics.retries_exhausted(name),
+            hedges_total: metrics.hedges(name),
+            hedge_wins: metrics.hedge_wins(name),
             tls_files: tls::files_fingerprint(def),
         })
     }
