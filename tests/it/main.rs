@@ -39,3 +39,4 @@ mod tls_listener;
 mod tls_upstream;
 mod transforms;
 mod upstream_h1;
+mod validation;

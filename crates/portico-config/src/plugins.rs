@@ -29,6 +29,10 @@ pub enum Plugin {
     Mtls(MtlsAuth),
     /// Allow or deny by consumer, group, role, scope or tenant (403).
     Authorize(Authorize),
+    /// Check requests against an API contract (an OpenAPI document or JSON Schemas): 400
+    /// with every problem found, 404/405 for unknown operations, 415 for a body type the
+    /// contract does not take.
+    Validate(crate::contract::Validate),
     /// Rate limits per client, consumer, tenant, route... (429).
     RateLimit(crate::ratelimit::RateLimit),
     /// Most requests in flight at once per client, consumer or tenant (429 or 503).
@@ -76,6 +80,7 @@ impl Plugin {
             Plugin::ResponseBody(_) => "response_body",
             Plugin::Compression(_) => "compression",
             Plugin::Xml(_) => "xml",
+            Plugin::Validate(_) => "validate",
         }
     }
 }
@@ -869,6 +874,7 @@ fn check_list(
                 }
             }
             Plugin::Mtls(_) => {}
+            Plugin::Validate(v) => crate::contract::check(&pp, v, err),
             Plugin::RequestHeaders(t) => crate::transform::check_headers(&pp, t, route, true, err),
             Plugin::ResponseHeaders(t) => crate::transform::check_headers(&pp, t, route, false, err),
             Plugin::Query(q) => crate::transform::check_query(&pp, q, route, err),

@@ -36,6 +36,12 @@ pub enum ErrorKind {
     MethodNotAllowed(String),
     /// The route's sunset has passed (410); carries what to call instead, when configured.
     Retired(Option<std::sync::Arc<str>>),
+    /// The request breaks its route's API contract (400); carries every problem found.
+    ContractViolation(std::sync::Arc<[crate::contract::Problem]>),
+    /// No operation of the route's API contract matches the request's path (404).
+    UnknownOperation,
+    /// The request's body has a media type its operation does not take (415).
+    UnsupportedMediaType,
     /// Body over the listener's limit (413).
     PayloadTooLarge,
     /// Request head over the listener's limit, in bytes or fields (431).
@@ -122,6 +128,9 @@ impl GatewayError {
             ErrorKind::BadRequest(_)
             | ErrorKind::NotFound
             | ErrorKind::Retired(_)
+            | ErrorKind::ContractViolation(_)
+            | ErrorKind::UnknownOperation
+            | ErrorKind::UnsupportedMediaType
             | ErrorKind::MethodNotAllowed(_)
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge
@@ -159,6 +168,9 @@ impl GatewayError {
             ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Retired(_) => StatusCode::GONE,
+            ErrorKind::ContractViolation(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::UnknownOperation => StatusCode::NOT_FOUND,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -188,6 +200,9 @@ impl GatewayError {
             ErrorKind::BadRequest(m) => m,
             ErrorKind::NotFound => "no route matches this request",
             ErrorKind::Retired(_) => "this API version is retired",
+            ErrorKind::ContractViolation(_) => "request does not match the API contract",
+            ErrorKind::UnknownOperation => "no operation of the API contract matches this request",
+            ErrorKind::UnsupportedMediaType => "content type not accepted by the API contract",
             ErrorKind::MethodNotAllowed(_) => "method not allowed for this route",
             ErrorKind::PayloadTooLarge => "request body too large",
             ErrorKind::HeadersTooLarge => "request headers too large",
@@ -251,6 +266,20 @@ impl GatewayError {
                 "status": 410,
                 "requestId": request_id.to_str().unwrap_or(""),
                 "replacement": &**replacement,
+            });
+            return json_response(self.status(), body.to_string());
+        }
+        if let ErrorKind::ContractViolation(problems) = &self.kind {
+            // The contract's body, with each problem: where, which rule, what is wrong.
+            let list: Vec<serde_json::Value> = problems
+                .iter()
+                .map(|p| serde_json::json!({"pointer": p.pointer, "rule": p.rule, "message": p.message}))
+                .collect();
+            let body = serde_json::json!({
+                "error": self.public_message(),
+                "status": 400,
+                "requestId": request_id.to_str().unwrap_or(""),
+                "problems": list,
             });
             return json_response(self.status(), body.to_string());
         }
@@ -381,6 +410,9 @@ mod tests {
             (ErrorKind::BadRequest("bad"), 400),
             (ErrorKind::NotFound, 404),
             (ErrorKind::Retired(None), 410),
+            (ErrorKind::ContractViolation(std::sync::Arc::from([])), 400),
+            (ErrorKind::UnknownOperation, 404),
+            (ErrorKind::UnsupportedMediaType, 415),
             (ErrorKind::BrokerUnavailable, 503),
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),

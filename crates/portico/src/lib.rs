@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod body;
 pub mod compile;
+pub mod contract;
 pub mod demo;
 pub mod error;
 pub mod forwarded;

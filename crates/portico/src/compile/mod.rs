@@ -417,6 +417,8 @@ impl Snapshot {
             prev_global.and_then(|g| g.1.as_deref()),
             &mut errors,
         );
+        // The global `validate` contract once, shared by every route without its own.
+        let global_contract = compile_contract("plugins", &config.plugins, &mut errors);
         for (i, r) in config.routes.iter().enumerate() {
             // Validation allows one of publish, respond, aggregate and forwarding.
             let handler = match (&r.publish, &r.respond, &r.aggregate) {
@@ -523,10 +525,15 @@ impl Snapshot {
                             metrics.rate_limit_store_errors_init(&r.name);
                         }
                     }
+                    let contract = match has("validate") {
+                        true => compile_contract(&format!("routes[{i}].plugins"), &r.plugins, &mut errors),
+                        false => global_contract.clone(),
+                    };
                     let built = crate::plugins::hooks::Built {
                         providers: &jwt_providers,
                         rate_limit: rate.as_ref(),
                         concurrency_limit: conc.as_ref(),
+                        contract: contract.as_ref(),
                     };
                     Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &built)
                 },
@@ -546,8 +553,12 @@ impl Snapshot {
         let no_route: Arc<str> = "none".into();
         // Without limits: this chain answers outside any route, where nothing is counted (a
         // global limit counts on the routes, in their chains).
-        let built =
-            crate::plugins::hooks::Built { providers: &jwt_providers, rate_limit: None, concurrency_limit: None };
+        let built = crate::plugins::hooks::Built {
+            providers: &jwt_providers,
+            rate_limit: None,
+            concurrency_limit: None,
+            contract: None,
+        };
         let global_plugins = Chain::compile(&config.plugins.iter().collect::<Vec<_>>(), &built);
         Ok(Snapshot {
             jwt_providers,
@@ -571,6 +582,28 @@ impl Snapshot {
             listener_tls,
             config: Arc::new(config),
         })
+    }
+}
+
+/// Loads the contract of a plugin list's `validate` (`path` names the list for errors).
+fn compile_contract(
+    path: &str,
+    plugins: &[portico_config::Plugin],
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<crate::plugins::validate::Contract>> {
+    let (i, v) = plugins.iter().enumerate().find_map(|(i, p)| match p {
+        portico_config::Plugin::Validate(v) => Some((i, v)),
+        _ => None,
+    })?;
+    match crate::plugins::validate::Contract::compile(v) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(problems) => {
+            for (at, e) in problems {
+                let field = if at.is_empty() { String::new() } else { format!(".{at}") };
+                errors.push(ConfigError::new(format!("{path}[{i}].validate{field}"), e));
+            }
+            None
+        }
     }
 }
 

@@ -270,6 +270,7 @@ pub(crate) async fn handle_unsent_id(
                                     rate: rate.as_ref(),
                                     accept_encoding: None,
                                     accept: None,
+                                    operation: passed.operation.as_deref(),
                                 };
                                 if route.plugins.has_request_hooks() {
                                     route.plugins.request_hooks(&mut req, &ctx);
@@ -385,6 +386,7 @@ pub(crate) async fn handle_unsent_id(
         rate: rate.as_ref(),
         accept_encoding: accept_encoding.as_ref(),
         accept: accept.as_ref(),
+        operation: None,
     };
     let head = log.method == Method::HEAD;
     let mut from_handler = from_handler;

@@ -82,6 +82,8 @@ pub struct HookCtx<'a> {
     pub accept_encoding: Option<&'a HeaderValue>,
     /// The request's `Accept`, in the response body phase.
     pub accept: Option<&'a HeaderValue>,
+    /// The API contract's operation the access phase found (`validate`).
+    pub operation: Option<&'a crate::contract::Operation>,
 }
 
 impl<'a> HookCtx<'a> {
@@ -98,6 +100,7 @@ impl<'a> HookCtx<'a> {
             rate: None,
             accept_encoding: None,
             accept: None,
+            operation: None,
         }
     }
 }
@@ -390,6 +393,9 @@ registry! {
     RateLimit(Arc<RateLimit>),
     /// `concurrency_limit`: 429 or 503; the slot is held until the response ends.
     ConcurrencyLimit(Arc<ConcurrencyLimit>),
+    /// `validate`: the request against its API contract, as the client sent it, once the
+    /// caller is known and within its limits.
+    Validate(super::validate::Validate),
     /// `query`: changes the request's query.
     Query(super::query::Query),
     /// `request_headers`: changes the request's headers.
@@ -426,6 +432,9 @@ pub struct Built<'a> {
     pub rate_limit: Option<&'a Arc<RateLimit>>,
     /// The list's `concurrency_limit`, compiled likewise.
     pub concurrency_limit: Option<&'a Arc<ConcurrencyLimit>>,
+    /// The list's `validate` contract, loaded by the compile stage (which reports a bad
+    /// document).
+    pub contract: Option<&'a Arc<crate::plugins::validate::Contract>>,
 }
 
 /// Compiles one plugin of a validated config. `None` when what it names is not there: a
@@ -443,6 +452,7 @@ pub fn compile(p: &portico_config::Plugin, built: &Built<'_>) -> Option<Instance
         P::Authorize(c) => Instance::Authorize(super::authorize::Authorize::new(c)),
         P::RateLimit(_) => Instance::RateLimit(built.rate_limit?.clone()),
         P::ConcurrencyLimit(_) => Instance::ConcurrencyLimit(built.concurrency_limit?.clone()),
+        P::Validate(_) => Instance::Validate(super::validate::Validate::new(built.contract?.clone())),
         P::Query(c) => Instance::Query(super::query::Query::new(c)),
         P::RequestHeaders(c) => Instance::RequestHeaders(super::request_headers::RequestHeaders::new(c)),
         P::ResponseHeaders(c) => Instance::ResponseHeaders(super::response_headers::ResponseHeaders::new(c)),
@@ -548,6 +558,7 @@ mod tests {
         "response_body: { set: { b: 2 } }",
         "compression: { min_size: 0B }",
         "xml: { response: to_xml }",
+        "validate: { schemas: { query: { properties: { q: { type: integer } } }, body: { type: array } } }",
     ];
 
     /// The config variant's place: a variant added to `portico_config::Plugin` does not
@@ -571,9 +582,10 @@ mod tests {
             P::ResponseBody(_) => 13,
             P::Compression(_) => 14,
             P::Xml(_) => 15,
+            P::Validate(_) => 16,
         }
     }
-    const VARIANTS: usize = 16;
+    const VARIANTS: usize = 17;
 
     const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
     const API_KEY: &str = "k-1";
@@ -624,10 +636,15 @@ mod tests {
                 P::ConcurrencyLimit(def) => Some(Arc::new(ConcurrencyLimit::new("t", def, None).unwrap())),
                 _ => None,
             };
+            let contract = match p {
+                P::Validate(def) => Some(Arc::new(super::super::validate::Contract::compile(def).unwrap())),
+                _ => None,
+            };
             let built = Built {
                 providers: &self.providers,
                 rate_limit: rate.as_ref(),
                 concurrency_limit: concurrency.as_ref(),
+                contract: contract.as_ref(),
             };
             compile(p, &built)
         }
@@ -695,7 +712,8 @@ mod tests {
             let view = view(&req, &params, Some(&tls));
             let mut state = Passed::default();
             let verdict = h.access(&view, &cx, &mut state).await;
-            let wrote = state.identity.is_some() || state.rate.is_some() || state.slot.is_some();
+            let wrote =
+                state.identity.is_some() || state.rate.is_some() || state.slot.is_some() || state.operation.is_some();
             let acted = wrote || !matches!(verdict, Ok(Verdict::Continue));
             if h.authenticates() {
                 assert!(state.identity.is_some(), "{}: the sample's credential is valid", h.kind());
@@ -714,12 +732,14 @@ mod tests {
             // The body hooks, on a JSON body of each message.
             let mut json = HeaderMap::new();
             json.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // What the access hook found (the API contract's operation) reaches the body hook.
+            let body_ctx = HookCtx { operation: state.operation.as_deref(), ..ctx };
             let mut msg =
                 Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}"), content_type: None };
-            if h.wants_body(&json, true, &ctx) {
-                h.request_body(&mut msg, &ctx).unwrap();
-            }
-            assert_eq!(&msg.body[..] != b"{}", h.phases().request_body, "{}: request body hook", h.kind());
+            // A body hook acts by changing the body, or by refusing it (a contract check).
+            let refused = h.wants_body(&json, true, &body_ctx) && h.request_body(&mut msg, &body_ctx).is_err();
+            let acted = refused || &msg.body[..] != b"{}";
+            assert_eq!(acted, h.phases().request_body, "{}: request body hook", h.kind());
             let mut msg =
                 Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}"), content_type: None };
             if h.wants_body(&json, false, &ctx) {
@@ -760,7 +780,7 @@ mod tests {
     async fn an_authentication_plugin_that_did_not_build_fails_closed() {
         let f = Fixture::new();
         let jwt: P = serde_saphyr::from_str("jwt: { provider: gone }").unwrap();
-        let built = Built { providers: &HashMap::new(), rate_limit: None, concurrency_limit: None };
+        let built = Built { providers: &HashMap::new(), rate_limit: None, concurrency_limit: None, contract: None };
         let chain = super::super::Chain::compile(&[&jwt], &built);
         assert!(chain.plugins().iter().any(|p| matches!(p, Instance::Authorize(_))), "{chain:?}");
         let req = f.request();

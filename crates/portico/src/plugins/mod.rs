@@ -17,14 +17,15 @@
 //! | 6     | `authorize`         | 401 (no credentials), 403 | | |
 //! | 7     | `rate_limit`        | 429 (a leaky bucket may delay instead); 503 with `store: redis` down and `on_store_error: deny` | | `RateLimit-*` headers |
 //! | 8     | `concurrency_limit` | 429 or 503 | | |
-//! | 9     | `query`             | | the query | |
-//! | 10    | `request_headers`   | | headers | |
-//! | 11    | `xml`               | | an XML body as JSON (400) | a JSON answer as XML, an XML one as JSON (502) |
-//! | 12    | `request_body`      | | the JSON body (413, 400) | |
-//! | 13    | `response_body`     | | | the JSON body (502) |
-//! | 14    | `compression`       | | | the body, compressed as it streams |
-//! | 15    | `response_headers`  | | | headers |
-//! | 16    | `security_headers`  | | | headers |
+//! | 9     | `validate`          | 404, 405, 415, 400 (path, query, headers) | the JSON body (400, 413) | |
+//! | 10    | `query`             | | the query | |
+//! | 11    | `request_headers`   | | headers | |
+//! | 12    | `xml`               | | an XML body as JSON (400) | a JSON answer as XML, an XML one as JSON (502) |
+//! | 13    | `request_body`      | | the JSON body (413, 400) | |
+//! | 14    | `response_body`     | | | the JSON body (502) |
+//! | 15    | `compression`       | | | the body, compressed as it streams |
+//! | 16    | `response_headers`  | | | headers |
+//! | 17    | `security_headers`  | | | headers |
 //!
 //! So the response phase writes `security_headers`, then `response_headers` (which can
 //! adjust a security header), then the rate-limit and CORS headers (which it cannot remove
@@ -54,6 +55,7 @@ pub mod request_headers;
 pub mod response_body;
 pub mod response_headers;
 pub mod security_headers;
+pub mod validate;
 pub mod xml;
 
 use std::net::IpAddr;
@@ -124,6 +126,9 @@ pub struct Passed {
     pub slot: Option<crate::ratelimit::ConcurrencyGuard>,
     /// The request's tenant.
     pub tenant: Option<crate::identity::tenants::Tenant>,
+    /// The API contract's operation the request was found to be (`validate`), whose body
+    /// the request body phase checks.
+    pub operation: Option<std::sync::Arc<crate::contract::Operation>>,
 }
 
 impl Passed {

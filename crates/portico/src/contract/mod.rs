@@ -1,0 +1,492 @@
+//! API contracts: what the `validate` plugin checks a request against. A contract is an
+//! OpenAPI 3.0/3.1 document's operations ([`openapi`]) or one set of JSON Schemas for
+//! every request of a route (`schemas`), compiled once per config load with the
+//! `jsonschema` crate.
+//!
+//! A request's path, query and header parameters arrive as text; each is turned into the
+//! JSON its schema expects (a number, a boolean, an array of values) before it is checked,
+//! as OpenAPI's parameter serialization says (`form` for the query, `simple` for paths and
+//! headers). Every problem found is reported, each with a JSON pointer into the request
+//! (`/body/items/0/qty`, `/query/limit`, `/headers/x-trace-id`, `/path/id`) and the rule it
+//! broke.
+
+pub mod openapi;
+
+use std::sync::Arc;
+
+use http::Method;
+use jsonschema::Validator;
+use serde_json::Value;
+
+/// Most problems listed in one answer.
+pub const MAX_PROBLEMS: usize = 20;
+/// Longest problem message, in bytes (a message may quote the client's value).
+const MAX_MESSAGE: usize = 200;
+
+/// One way a request breaks its contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a JSON pointer into the request (`/body/...`, `/query/<name>`, ...).
+    pub pointer: String,
+    /// The rule broken: the JSON Schema keyword (`type`, `required`, `minimum`...), or
+    /// `required` for a missing parameter or body, `json` for a body that is not JSON.
+    pub rule: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(pointer: String, rule: &str, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        Self { pointer, rule: rule.to_owned(), message }
+    }
+}
+
+/// Where a parameter is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum In {
+    /// A segment of the path.
+    Path,
+    /// The query.
+    Query,
+    /// A header.
+    Header,
+}
+
+impl In {
+    fn pointer(self) -> &'static str {
+        match self {
+            In::Path => "/path/",
+            In::Query => "/query/",
+            In::Header => "/headers/",
+        }
+    }
+}
+
+/// The JSON a parameter's text becomes, read from its schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Left as a string.
+    String,
+    /// A number when it reads as one (else left as text, for the schema to refuse).
+    Number,
+    /// An integer when it reads as one.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// Several values: repeated (`explode`) or comma-separated; each of `Shape`.
+    Array(Scalar),
+}
+
+/// The items of an array parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scalar {
+    /// Left as a string.
+    String,
+    /// A number.
+    Number,
+    /// An integer.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl Scalar {
+    fn of(schema: &Value) -> Self {
+        match type_of(schema) {
+            Some("integer") => Scalar::Integer,
+            Some("number") => Scalar::Number,
+            Some("boolean") => Scalar::Boolean,
+            _ => Scalar::String,
+        }
+    }
+
+    fn value(self, text: &str) -> Value {
+        let parsed = match self {
+            Scalar::String => None,
+            Scalar::Integer => text.parse::<i64>().ok().map(Value::from),
+            Scalar::Number => text
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .and_then(serde_json::Number::from_f64)
+                .map(|n| text.parse::<i64>().map_or(Value::Number(n), Value::from)),
+            Scalar::Boolean => match text {
+                "true" => Some(Value::Bool(true)),
+                "false" => Some(Value::Bool(false)),
+                _ => None,
+            },
+        };
+        parsed.unwrap_or_else(|| Value::String(text.to_owned()))
+    }
+}
+
+impl Shape {
+    /// The shape a schema gives its parameter's text.
+    pub fn of(schema: &Value) -> Self {
+        match type_of(schema) {
+            Some("array") => Shape::Array(schema.get("items").map_or(Scalar::String, Scalar::of)),
+            Some("integer") => Shape::Integer,
+            Some("number") => Shape::Number,
+            Some("boolean") => Shape::Boolean,
+            _ => Shape::String,
+        }
+    }
+
+    /// The JSON of a parameter's values (several for a repeated query parameter).
+    fn value(self, values: &[&str], explode: bool) -> Value {
+        let scalar = |s: Scalar| s.value(values.first().copied().unwrap_or_default());
+        match self {
+            Shape::String => scalar(Scalar::String),
+            Shape::Number => scalar(Scalar::Number),
+            Shape::Integer => scalar(Scalar::Integer),
+            Shape::Boolean => scalar(Scalar::Boolean),
+            Shape::Array(item) if explode => Value::Array(values.iter().map(|v| item.value(v)).collect()),
+            Shape::Array(item) => {
+                Value::Array(values.first().map_or(Vec::new(), |v| v.split(',').map(|part| item.value(part)).collect()))
+            }
+        }
+    }
+}
+
+/// The `type` a schema names (the first non-null one of a list).
+fn type_of(schema: &Value) -> Option<&str> {
+    match schema.get("type")? {
+        Value::String(s) => Some(s),
+        Value::Array(list) => list.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+        _ => None,
+    }
+}
+
+/// A parameter of an operation.
+#[derive(Debug)]
+pub struct Param {
+    /// Its name (lower-case for a header).
+    pub name: String,
+    /// Where it is.
+    pub location: In,
+    /// Whether a request must carry it.
+    pub required: bool,
+    /// The JSON its text becomes.
+    pub shape: Shape,
+    /// Whether an array is sent as repeated parameters (`form`, `explode: true`, the
+    /// query's default) rather than one comma-separated value.
+    pub explode: bool,
+    /// Its schema.
+    pub schema: Option<Arc<Validator>>,
+}
+
+/// A request body an operation takes.
+#[derive(Debug)]
+pub struct BodySpec {
+    /// Whether a request must carry one.
+    pub required: bool,
+    /// The media types it may have (lower-case; `*/*`, `type/*`, and `+json` suffixes match
+    /// as OpenAPI says), with the schema of each JSON one.
+    pub media: Vec<(String, Option<Arc<Validator>>)>,
+}
+
+impl BodySpec {
+    /// The schema for a body of this `Content-Type`: `None` when the type is not taken,
+    /// `Some(None)` when it is, unchecked.
+    pub fn for_type(&self, content_type: Option<&str>) -> Option<Option<&Arc<Validator>>> {
+        let essence = content_type.and_then(|c| c.split(';').next()).unwrap_or_default().trim().to_ascii_lowercase();
+        let matches = |range: &str| {
+            range == essence
+                || range == "*/*"
+                || range.strip_suffix("/*").is_some_and(|ty| essence.split('/').next() == Some(ty))
+        };
+        // The most specific range first: an exact type, then `type/*`, then `*/*`.
+        let rank = |range: &str| {
+            if range == "*/*" {
+                2
+            } else if range.ends_with("/*") {
+                1
+            } else {
+                0
+            }
+        };
+        self.media
+            .iter()
+            .filter(|(range, _)| matches(range))
+            .min_by_key(|(range, _)| rank(range))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// One operation: what a request of one method on one path must look like.
+#[derive(Debug)]
+pub struct Operation {
+    /// `operationId`, or `METHOD /path`.
+    pub id: String,
+    /// Its parameters.
+    pub params: Vec<Param>,
+    /// Its body, when it takes one.
+    pub body: Option<BodySpec>,
+    /// The schemas of its JSON answers by status (`200`, `2XX`, `default`).
+    pub responses: Vec<(String, Arc<Validator>)>,
+}
+
+/// The parts of a request a contract reads (before any of the route's plugins changed it).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// The path's parameters, by name, percent-decoded.
+    pub path_params: &'a [(String, String)],
+    /// The raw query, when there is one.
+    pub query: Option<&'a str>,
+    /// The headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+impl Operation {
+    /// Checks a request's parameters; `problems` gets each one found.
+    pub fn check_params(&self, req: RequestParts<'_>, problems: &mut Vec<Problem>) {
+        let query: Vec<(String, String)> = req
+            .query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+            .unwrap_or_default();
+        for p in &self.params {
+            let values: Vec<&str> = match p.location {
+                In::Path => req.path_params.iter().filter(|(k, _)| *k == p.name).map(|(_, v)| v.as_str()).collect(),
+                In::Query => query.iter().filter(|(k, _)| *k == p.name).map(|(_, v)| v.as_str()).collect(),
+                In::Header => req.headers.get_all(p.name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect(),
+            };
+            let pointer = format!("{}{}", p.location.pointer(), escape_pointer(&p.name));
+            if values.is_empty() {
+                if p.required {
+                    problems.push(Problem::new(
+                        pointer,
+                        "required",
+                        format!("required parameter {:?} is missing", p.name),
+                    ));
+                }
+                continue;
+            }
+            if let Some(schema) = &p.schema {
+                let value = p.shape.value(&values, p.explode);
+                collect(schema, &value, &pointer, problems);
+            }
+        }
+    }
+
+    /// Checks a JSON answer's body of status `status`; `None` when the operation has no
+    /// schema for it.
+    pub fn response_schema(&self, status: u16) -> Option<&Arc<Validator>> {
+        let exact = status.to_string();
+        let class = format!("{}XX", status / 100);
+        let find = |key: &str| self.responses.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v);
+        find(&exact).or_else(|| find(&class)).or_else(|| find("default"))
+    }
+}
+
+/// Validates `value` with `schema`, adding each error under `base` (a pointer prefix).
+pub fn collect(schema: &Validator, value: &Value, base: &str, problems: &mut Vec<Problem>) {
+    for e in schema.iter_errors(value) {
+        if problems.len() >= MAX_PROBLEMS {
+            return;
+        }
+        let at = e.instance_path().to_string();
+        problems.push(Problem::new(format!("{base}{at}"), e.kind().keyword(), e.to_string()));
+    }
+}
+
+/// Checks a JSON body against `schema`: parse errors and schema errors as problems.
+pub fn check_json_body(schema: Option<&Validator>, body: &[u8], problems: &mut Vec<Problem>) {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(Problem::new("/body".into(), "json", format!("the body is not JSON: {e}")));
+            return;
+        }
+    };
+    if let Some(schema) = schema {
+        collect(schema, &value, "/body", problems);
+    }
+}
+
+/// A name as one JSON pointer segment (`~` and `/` escaped, RFC 6901).
+pub fn escape_pointer(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+/// Compiles a schema, `Err` with the crate's message.
+pub fn compile_schema(schema: &Value, draft: jsonschema::Draft) -> Result<Arc<Validator>, String> {
+    jsonschema::options()
+        .with_draft(draft)
+        .should_validate_formats(true)
+        .build(schema)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// A schema for name-value pairs (the query, headers or path parameters), with the shape
+/// each named property gives its value.
+pub type PairsSchema = (Arc<Validator>, Vec<(String, Shape)>);
+
+/// A contract made of JSON Schemas for every request (`schemas`).
+#[derive(Debug)]
+pub struct Inline {
+    /// The body's schema; a body is then required.
+    pub body: Option<Arc<Validator>>,
+    /// The query's, with the shapes its properties give.
+    pub query: Option<PairsSchema>,
+    /// The headers'.
+    pub headers: Option<PairsSchema>,
+    /// The path parameters'.
+    pub path: Option<PairsSchema>,
+}
+
+impl Inline {
+    /// Compiles the `schemas` of a `validate` plugin; `Err` lists each bad one with its
+    /// field path (relative to `schemas`).
+    pub fn compile(s: &portico_config::contract::Schemas) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut one = |field: &str, src: &Option<portico_config::contract::SchemaSource>| {
+            let src = src.as_ref()?;
+            let doc = match src {
+                portico_config::contract::SchemaSource::File { file } => {
+                    match portico_config::contract::read_document(file) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            errors.push((format!("{field}.file"), e));
+                            return None;
+                        }
+                    }
+                }
+                portico_config::contract::SchemaSource::Inline(v) => v.clone(),
+            };
+            match compile_schema(&doc, jsonschema::Draft::Draft202012) {
+                Ok(v) => Some((v, doc)),
+                Err(e) => {
+                    errors.push((field.to_owned(), format!("not a valid JSON Schema: {e}")));
+                    None
+                }
+            }
+        };
+        let shapes = |doc: &Value| -> Vec<(String, Shape)> {
+            doc.get("properties")
+                .and_then(Value::as_object)
+                .map(|props| props.iter().map(|(k, v)| (k.clone(), Shape::of(v))).collect())
+                .unwrap_or_default()
+        };
+        let body = one("body", &s.body).map(|(v, _)| v);
+        let query = one("query", &s.query).map(|(v, d)| (v, shapes(&d)));
+        let headers = one("headers", &s.headers).map(|(v, d)| {
+            let lower = shapes(&d).into_iter().map(|(k, s)| (k.to_ascii_lowercase(), s)).collect();
+            (v, lower)
+        });
+        let path = one("path", &s.path).map(|(v, d)| (v, shapes(&d)));
+        if errors.is_empty() { Ok(Self { body, query, headers, path }) } else { Err(errors) }
+    }
+
+    /// Checks a request's parameters against the query, header and path schemas.
+    pub fn check_params(&self, req: RequestParts<'_>, problems: &mut Vec<Problem>) {
+        if let Some((schema, shapes)) = &self.query {
+            let mut pairs: Vec<(String, String)> = Vec::new();
+            if let Some(q) = req.query {
+                pairs = form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            }
+            let object = as_object(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), shapes);
+            collect(schema, &object, "/query", problems);
+        }
+        if let Some((schema, shapes)) = &self.headers {
+            let pairs = req.headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+            collect(schema, &as_object(pairs, shapes), "/headers", problems);
+        }
+        if let Some((schema, shapes)) = &self.path {
+            let pairs = req.path_params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            collect(schema, &as_object(pairs, shapes), "/path", problems);
+        }
+    }
+}
+
+/// Name-value pairs as an object, each value shaped as its property says (an array takes
+/// every value of its name, anything else the first).
+fn as_object<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, shapes: &[(String, Shape)]) -> Value {
+    let mut grouped: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (k, v) in pairs {
+        match grouped.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, values)) => values.push(v),
+            None => grouped.push((k, vec![v])),
+        }
+    }
+    let object = grouped
+        .into_iter()
+        .map(|(k, values)| {
+            let shape = shapes.iter().find(|(name, _)| name == k).map_or(Shape::String, |(_, s)| *s);
+            (k.to_owned(), shape.value(&values, true))
+        })
+        .collect();
+    Value::Object(object)
+}
+
+/// The methods an OpenAPI path item may define operations for.
+pub const METHODS: [(&str, Method); 8] = [
+    ("get", Method::GET),
+    ("put", Method::PUT),
+    ("post", Method::POST),
+    ("delete", Method::DELETE),
+    ("options", Method::OPTIONS),
+    ("head", Method::HEAD),
+    ("patch", Method::PATCH),
+    ("trace", Method::TRACE),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parameter_text_becomes_the_json_its_schema_expects() {
+        let int = Shape::of(&json!({"type": "integer"}));
+        assert_eq!(int.value(&["42"], true), json!(42));
+        assert_eq!(int.value(&["4x"], true), json!("4x"), "left as text for the schema to refuse");
+        assert_eq!(Shape::of(&json!({"type": "number"})).value(&["2.5"], true), json!(2.5));
+        assert_eq!(Shape::of(&json!({"type": ["boolean", "null"]})).value(&["true"], true), json!(true));
+        let tags = Shape::of(&json!({"type": "array", "items": {"type": "integer"}}));
+        assert_eq!(tags.value(&["1", "2"], true), json!([1, 2]));
+        assert_eq!(tags.value(&["1,2,x"], false), json!([1, 2, "x"]));
+    }
+
+    #[test]
+    fn problems_carry_a_pointer_and_the_rule_broken() {
+        let schema = compile_schema(
+            &json!({"type": "object", "required": ["name"], "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {"qty": {"type": "integer", "minimum": 1}}}}}}),
+            jsonschema::Draft::Draft202012,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut problems = Vec::new();
+        check_json_body(Some(&schema), br#"{"items": [{"qty": 0}]}"#, &mut problems);
+        let mut found: Vec<(&str, &str)> = problems.iter().map(|p| (p.pointer.as_str(), p.rule.as_str())).collect();
+        found.sort_unstable();
+        assert_eq!(found, [("/body", "required"), ("/body/items/0/qty", "minimum")]);
+        let mut problems = Vec::new();
+        check_json_body(Some(&schema), b"{not json", &mut problems);
+        assert_eq!(problems[0].rule, "json");
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        let p = Problem::new("/body".into(), "type", "é".repeat(300));
+        assert!(p.message.len() <= MAX_MESSAGE + '…'.len_utf8());
+        assert!(p.message.ends_with('…'));
+    }
+
+    #[test]
+    fn body_types_match_the_most_specific_range() {
+        let spec = BodySpec { required: true, media: vec![("application/json".into(), None), ("text/*".into(), None)] };
+        assert!(spec.for_type(Some("application/json; charset=utf-8")).is_some());
+        assert!(spec.for_type(Some("text/plain")).is_some());
+        assert!(spec.for_type(Some("application/xml")).is_none());
+        assert!(spec.for_type(None).is_none());
+    }
+}

@@ -1,0 +1,414 @@
+//! An OpenAPI 3.0 or 3.1 document, compiled: its paths as templates to match, each
+//! operation's parameters, body and answers with their schemas compiled.
+//!
+//! Schemas are compiled with the document's `components` beside them, so that the usual
+//! `$ref: '#/components/schemas/Order'` resolves. 3.0 documents are read as JSON Schema
+//! draft 4 (their `exclusiveMinimum: true` is draft 4's) with `nullable: true` turned
+//! into a `null` type; 3.1 documents are JSON Schema 2020-12. References outside the
+//! document (other files, URLs) are not fetched: a contract is what the file says.
+
+use std::sync::Arc;
+
+use http::Method;
+use serde_json::{Map, Value};
+
+use super::{BodySpec, In, METHODS, Operation, Param, Shape, compile_schema};
+
+/// A compiled document.
+#[derive(Debug)]
+pub struct Document {
+    paths: Vec<PathItem>,
+}
+
+#[derive(Debug)]
+struct PathItem {
+    template: String,
+    segments: Vec<Seg>,
+    ops: Vec<(Method, Arc<Operation>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    /// A parameter with text around it in its segment (`{id}`, `{name}.json`).
+    Param {
+        name: String,
+        prefix: String,
+        suffix: String,
+    },
+}
+
+/// What a request's method and path find in a document.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// The operation, with the path's parameters (percent-decoded).
+    Found(&'a Arc<Operation>, Vec<(String, String)>),
+    /// No path of the document matches.
+    NoPath,
+    /// A path matches, not the method; the methods it has, for `Allow`.
+    NoMethod(String),
+}
+
+/// Everything wrong with a document: (field path inside it, message).
+pub type Errors = Vec<(String, String)>;
+
+impl Document {
+    /// Loads and compiles a document file.
+    pub fn load(file: &str) -> Result<Self, Errors> {
+        let doc = portico_config::contract::read_document(file).map_err(|e| vec![(String::new(), e)])?;
+        Self::compile(doc)
+    }
+
+    /// Compiles a document already read.
+    pub fn compile(mut doc: Value) -> Result<Self, Errors> {
+        let version = doc.get("openapi").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let draft = if version.starts_with("3.0") {
+            nullable_to_type(&mut doc);
+            jsonschema::Draft::Draft4
+        } else if version.starts_with("3.1") {
+            jsonschema::Draft::Draft202012
+        } else {
+            let found = doc.get("swagger").map_or_else(|| format!("openapi: {version:?}"), |v| format!("swagger: {v}"));
+            return Err(vec![("openapi".into(), format!("not an OpenAPI 3.0 or 3.1 document ({found})"))]);
+        };
+        let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+            return Err(vec![("paths".into(), "the document has no paths".into())]);
+        };
+        let c = Compiler { doc: &doc, draft, components: doc.get("components").cloned() };
+        let mut errors = Vec::new();
+        let mut items = Vec::new();
+        for (template, item) in paths {
+            let at = format!("paths.{template}");
+            let segments = match parse_template(template) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push((at, e));
+                    continue;
+                }
+            };
+            let item = c.resolve(item);
+            let shared = item.get("parameters").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            let mut ops = Vec::new();
+            for (key, method) in &METHODS {
+                let Some(op) = item.get(*key) else { continue };
+                let op = c.resolve(op);
+                match c.operation(&format!("{at}.{key}"), template, method, shared, op) {
+                    Ok(o) => ops.push((method.clone(), Arc::new(o))),
+                    Err(e) => errors.extend(e),
+                }
+            }
+            items.push(PathItem { template: template.clone(), segments, ops });
+        }
+        if errors.is_empty() { Ok(Self { paths: items }) } else { Err(errors) }
+    }
+
+    /// Finds the operation of a request's method and path (`HEAD` falls back to `GET`).
+    /// A concrete segment wins over a template one, from the left (OpenAPI: `/users/me`
+    /// before `/users/{id}`).
+    pub fn find(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut best: Option<(&PathItem, Match)> = None;
+        for item in &self.paths {
+            let Some(m) = matches(&item.segments, &segs) else { continue };
+            if best.as_ref().is_none_or(|(_, (rank, _))| m.0 > *rank) {
+                best = Some((item, m));
+            }
+        }
+        let Some((item, (_, params))) = best else { return Lookup::NoPath };
+        let op =
+            item.ops.iter().find(|(m, _)| m == method).or_else(|| {
+                (*method == Method::HEAD).then(|| item.ops.iter().find(|(m, _)| *m == Method::GET)).flatten()
+            });
+        match op {
+            Some((_, op)) => Lookup::Found(op, params),
+            None => Lookup::NoMethod(item.ops.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// Each path template with its operations: `(template, [(method, operationId)])`.
+    pub fn operations(&self) -> impl Iterator<Item = (&str, Vec<(&Method, &str)>)> {
+        self.paths.iter().map(|p| (p.template.as_str(), p.ops.iter().map(|(m, o)| (m, o.id.as_str())).collect()))
+    }
+}
+
+/// How well a path matched a template (see [`matches`]), and its parameters.
+type Match = (Vec<u8>, Vec<(String, String)>);
+
+/// A path's segments against a template's: a rank (2 per literal, 1 per parameter with
+/// text around it, 0 per bare parameter) and the parameters, when it matches.
+fn matches(template: &[Seg], segs: &[&str]) -> Option<Match> {
+    if template.len() != segs.len() {
+        return None;
+    }
+    let mut rank = Vec::with_capacity(segs.len());
+    let mut params = Vec::new();
+    for (t, s) in template.iter().zip(segs) {
+        match t {
+            Seg::Lit(l) if l == s => rank.push(2),
+            Seg::Lit(_) => return None,
+            Seg::Param { name, prefix, suffix } => {
+                let value = s.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                if value.is_empty() {
+                    return None;
+                }
+                let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+                params.push((name.clone(), decoded));
+                rank.push(u8::from(!prefix.is_empty() || !suffix.is_empty()));
+            }
+        }
+    }
+    Some((rank, params))
+}
+
+fn parse_template(t: &str) -> Result<Vec<Seg>, String> {
+    if !t.starts_with('/') {
+        return Err("a path must start with /".into());
+    }
+    t.trim_start_matches('/')
+        .split('/')
+        .map(|s| {
+            let Some(open) = s.find('{') else {
+                return if s.contains('}') {
+                    Err(format!("unbalanced }} in {s:?}"))
+                } else {
+                    Ok(Seg::Lit(s.to_owned()))
+                };
+            };
+            let close = s[open..].find('}').map(|c| c + open).ok_or_else(|| format!("unclosed {{ in {s:?}"))?;
+            let (prefix, name, suffix) = (&s[..open], &s[open + 1..close], &s[close + 1..]);
+            if name.is_empty() || suffix.contains(['{', '}']) || prefix.contains('}') {
+                return Err(format!("{s:?}: one {{name}} per segment"));
+            }
+            Ok(Seg::Param { name: name.to_owned(), prefix: prefix.to_owned(), suffix: suffix.to_owned() })
+        })
+        .collect()
+}
+
+/// 3.0's `nullable: true` as a `null` type (and a `null` in an `enum`), everywhere.
+fn nullable_to_type(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.remove("nullable") == Some(Value::Bool(true)) {
+                match map.get_mut("type") {
+                    Some(Value::String(t)) => {
+                        let t = std::mem::take(t);
+                        map.insert("type".into(), Value::Array(vec![Value::String(t), Value::from("null")]));
+                    }
+                    Some(Value::Array(list)) if !list.contains(&Value::from("null")) => list.push(Value::from("null")),
+                    _ => {}
+                }
+                if let Some(Value::Array(list)) = map.get_mut("enum")
+                    && !list.contains(&Value::Null)
+                {
+                    list.push(Value::Null);
+                }
+            }
+            map.values_mut().for_each(nullable_to_type);
+        }
+        Value::Array(list) => list.iter_mut().for_each(nullable_to_type),
+        _ => {}
+    }
+}
+
+struct Compiler<'a> {
+    doc: &'a Value,
+    draft: jsonschema::Draft,
+    components: Option<Value>,
+}
+
+impl Compiler<'_> {
+    /// Follows local `$ref`s (`#/components/...`) of a parameter, body, answer or path
+    /// item, at most 16 deep; an unresolvable one is left as it is.
+    fn resolve<'v>(&'v self, mut v: &'v Value) -> &'v Value {
+        for _ in 0..16 {
+            let Some(r) = v.get("$ref").and_then(Value::as_str) else { return v };
+            let Some(pointer) = r.strip_prefix('#') else { return v };
+            let pointer = percent_encoding::percent_decode_str(pointer).decode_utf8_lossy();
+            match self.doc.pointer(&pointer) {
+                Some(target) => v = target,
+                None => return v,
+            }
+        }
+        v
+    }
+
+    /// Compiles a schema with the document's `components` beside it.
+    fn schema(&self, at: &str, schema: &Value) -> Result<Arc<jsonschema::Validator>, (String, String)> {
+        let mut root = match schema {
+            Value::Object(m) => m.clone(),
+            other => Map::from_iter([("allOf".to_owned(), Value::Array(vec![other.clone()]))]),
+        };
+        if let Some(c) = &self.components {
+            root.entry("components").or_insert_with(|| c.clone());
+        }
+        compile_schema(&Value::Object(root), self.draft).map_err(|e| (at.to_owned(), format!("bad schema: {e}")))
+    }
+
+    fn operation(
+        &self,
+        at: &str,
+        template: &str,
+        method: &Method,
+        shared: &[Value],
+        op: &Value,
+    ) -> Result<Operation, Errors> {
+        let mut errors = Vec::new();
+        let id =
+            op.get("operationId").and_then(Value::as_str).map_or_else(|| format!("{method} {template}"), str::to_owned);
+        // The operation's parameters override the path item's of the same name and place.
+        let own = op.get("parameters").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let mut params: Vec<Param> = Vec::new();
+        let listed = shared.iter().enumerate().map(|(i, p)| (format!("{}.parameters[{i}]", parent(at)), p));
+        let listed = listed.chain(own.iter().enumerate().map(|(i, p)| (format!("{at}.parameters[{i}]"), p)));
+        for (pat, p) in listed {
+            match self.param(&pat, self.resolve(p)) {
+                Ok(Some(p)) => {
+                    params.retain(|q| !(q.name == p.name && q.location == p.location));
+                    params.push(p);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        for seg in parse_template(template).unwrap_or_default() {
+            if let Seg::Param { name, .. } = seg
+                && !params.iter().any(|p| p.location == In::Path && p.name == name)
+            {
+                // Undeclared: still a required segment, of any text.
+                params.push(Param {
+                    name,
+                    location: In::Path,
+                    required: true,
+                    shape: Shape::String,
+                    explode: false,
+                    schema: None,
+                });
+            }
+        }
+        let body = match op.get("requestBody").map(|b| self.resolve(b)) {
+            None => None,
+            Some(b) => {
+                let mut media = Vec::new();
+                for (ty, m) in b.get("content").and_then(Value::as_object).into_iter().flatten() {
+                    let schema = match m.get("schema") {
+                        Some(s) if is_json_type(ty) => {
+                            match self.schema(&format!("{at}.requestBody.content.{ty}.schema"), s) {
+                                Ok(v) => Some(v),
+                                Err(e) => {
+                                    errors.push(e);
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    media.push((ty.to_ascii_lowercase(), schema));
+                }
+                let required = b.get("required").and_then(Value::as_bool).unwrap_or(false);
+                Some(BodySpec { required, media })
+            }
+        };
+        let mut responses = Vec::new();
+        for (status, r) in op.get("responses").and_then(Value::as_object).into_iter().flatten() {
+            let r = self.resolve(r);
+            let json =
+                r.get("content").and_then(Value::as_object).and_then(|c| c.iter().find(|(t, _)| is_json_type(t)));
+            if let Some((ty, m)) = json
+                && let Some(s) = m.get("schema")
+            {
+                match self.schema(&format!("{at}.responses.{status}.content.{ty}.schema"), s) {
+                    Ok(v) => responses.push((status.clone(), v)),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if errors.is_empty() { Ok(Operation { id, params, body, responses }) } else { Err(errors) }
+    }
+
+    /// A parameter; `None` for one this contract does not check (a cookie).
+    fn param(&self, at: &str, p: &Value) -> Result<Option<Param>, (String, String)> {
+        let name = p.get("name").and_then(Value::as_str).ok_or_else(|| (at.to_owned(), "no name".to_owned()))?;
+        let location = match p.get("in").and_then(Value::as_str) {
+            Some("path") => In::Path,
+            Some("query") => In::Query,
+            Some("header") => In::Header,
+            Some("cookie") => return Ok(None),
+            other => return Err((format!("{at}.in"), format!("{other:?} is not path, query, header or cookie"))),
+        };
+        let required = location == In::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
+        let (shape, schema) = match p.get("schema") {
+            Some(s) => (Shape::of(self.resolve(s)), Some(self.schema(&format!("{at}.schema"), s)?)),
+            None => (Shape::String, None),
+        };
+        let style_form = location == In::Query && p.get("style").and_then(Value::as_str).is_none_or(|s| s == "form");
+        let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(style_form);
+        let name = if location == In::Header { name.to_ascii_lowercase() } else { name.to_owned() };
+        Ok(Some(Param { name, location, required, shape, explode, schema }))
+    }
+}
+
+/// `paths./a.get` → `paths./a`.
+fn parent(at: &str) -> &str {
+    at.rsplit_once('.').map_or(at, |(p, _)| p)
+}
+
+/// Whether a media type (or range) is JSON: `application/json` or a `+json` type.
+fn is_json_type(t: &str) -> bool {
+    let t = t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    t == "application/json" || t.ends_with("+json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Document {
+        let d = json!({
+            "openapi": "3.0.3",
+            "paths": {
+                "/users/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                                "get": {"operationId": "getUser"}, "delete": {}},
+                "/users/me": {"get": {"operationId": "me"}},
+                "/files/{name}.json": {"get": {}}
+            },
+            "components": {"schemas": {"N": {"type": "string", "nullable": true}}}
+        });
+        Document::compile(d).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn a_concrete_path_wins_over_a_template() {
+        let d = doc();
+        let Lookup::Found(op, params) = d.find(&Method::GET, "/users/me") else { panic!("no match") };
+        assert_eq!((op.id.as_str(), params.len()), ("me", 0));
+        let Lookup::Found(op, params) = d.find(&Method::GET, "/users/7") else { panic!("no match") };
+        assert_eq!(op.id, "getUser");
+        assert_eq!(params, [("id".to_owned(), "7".to_owned())]);
+        let Lookup::Found(_, params) = d.find(&Method::HEAD, "/files/a%20b.json") else { panic!("no match") };
+        assert_eq!(params, [("name".to_owned(), "a b".to_owned())]);
+        assert!(matches!(d.find(&Method::GET, "/users"), Lookup::NoPath));
+        assert!(matches!(d.find(&Method::POST, "/users/7"), Lookup::NoMethod(allow) if allow == "GET, DELETE"));
+    }
+
+    #[test]
+    fn nullable_becomes_a_null_type() {
+        let mut v = json!({"type": "string", "nullable": true, "enum": ["a"], "properties": {"x": {"type": "integer", "nullable": true}}});
+        nullable_to_type(&mut v);
+        assert_eq!(v["type"], json!(["string", "null"]));
+        assert_eq!(v["enum"], json!(["a", null]));
+        assert_eq!(v["properties"]["x"]["type"], json!(["integer", "null"]));
+    }
+
+    #[test]
+    fn bad_documents_name_the_place() {
+        let e = Document::compile(json!({"swagger": "2.0", "paths": {}})).err().unwrap_or_default();
+        assert_eq!(e[0].0, "openapi");
+        let e = Document::compile(json!({"openapi": "3.1.0", "paths": {"/a": {"post": {"requestBody": {"content": {"application/json": {"schema": {"type": "objekt"}}}}}}}}))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(e[0].0, "paths./a.post.requestBody.content.application/json.schema");
+        let e = Document::compile(json!({"openapi": "3.1.0", "paths": {"/a/{x}{y}": {}}})).err().unwrap_or_default();
+        assert_eq!(e[0].0, "paths./a/{x}{y}");
+    }
+}

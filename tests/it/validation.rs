@@ -1,0 +1,211 @@
+//! The `validate` plugin against a real upstream: requests checked against an OpenAPI
+//! document (examples/contracts/orders.yaml, 3.0; a 3.1 one written here) or inline JSON
+//! Schemas. A refused request never reaches the upstream; a valid one arrives unchanged.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+fn orders_doc() -> String {
+    format!("{}/examples/contracts/orders.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A gateway whose `/api` route validates against the orders document.
+fn gateway(up: &TestUpstream, validate: &str) -> Gateway {
+    Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ prefix: /api }}\n    upstream: u\n    plugins:\n      - validate: {validate}\n",
+        up.url()
+    )))
+}
+
+fn post(gw: &Gateway, path: &str, content_type: &str, tenant: Option<&str>, body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::post(gw.url(path)).header("content-type", content_type);
+    if let Some(t) = tenant {
+        b = b.header("x-tenant", t);
+    }
+    b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+/// The problems of a 400, as (pointer, rule), sorted.
+fn problems(body: &str) -> Vec<(String, String)> {
+    let v = json(body);
+    assert_eq!(v["status"], 400, "{body}");
+    assert_eq!(v["error"], "request does not match the API contract");
+    assert!(v["requestId"].as_str().is_some_and(|s| !s.is_empty()));
+    let mut list: Vec<(String, String)> = v["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems: {body}"))
+        .iter()
+        .map(|p| {
+            assert!(p["message"].as_str().is_some_and(|m| !m.is_empty()), "{p}");
+            (p["pointer"].as_str().unwrap_or("").to_owned(), p["rule"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn parameters_and_bodies_are_checked_against_an_openapi_document() {
+    let up = TestUpstream::start("orders").await;
+    let gw = gateway(&up, &format!("{{ openapi: \"{}\", base_path: /api }}", orders_doc()));
+
+    // Valid requests go through, the query and body as sent.
+    let (s, _, body) = get(&gw.url("/api/orders?limit=5&status=open&status=shipped")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["query"], "limit=5&status=open&status=shipped");
+    let order = r#"{"note":null,"items":[{"sku":"a-1","qty":2}]}"#;
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", Some("acme"), order)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["bodyBytes"], order.len());
+    assert_eq!(get(&gw.url("/api/orders/12")).await.0, 200);
+    let reached = up.hits();
+    assert_eq!(reached, 3);
+
+    // Parameters: every problem, with a pointer and the rule.
+    let (s, _, body) = get(&gw.url("/api/orders?limit=500&status=open&status=lost")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/query/limit", "maximum"), ("/query/status/1", "enum")]));
+    let (s, _, body) = get(&gw.url("/api/orders/abc")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/path/id", "type")]));
+
+    // Bodies: a schema reached through $ref, nullable (3.0), additionalProperties.
+    // Parameters are checked first: a request with a bad one is refused before its body
+    // is read.
+    let bad = r#"{"items":[{"sku":"a-1","qty":0},{"qty":1}],"coupon":"x"}"#;
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", Some("Acme"), bad)).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/headers/x-tenant", "pattern")]));
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", Some("acme"), bad)).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        problems(&body),
+        pairs(&[("/body", "additionalProperties"), ("/body/items/0/qty", "minimum"), ("/body/items/1", "required")])
+    );
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", None, "{not json")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/headers/x-tenant", "required")]));
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", Some("acme"), "{not json")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/body", "json")]));
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", Some("acme"), "")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/body", "required")]));
+
+    // A body type the operation does not take; unknown operations.
+    let (s, _, body) = send(post(&gw, "/api/orders", "text/plain", Some("acme"), "hello")).await;
+    assert_eq!(s, 415, "{body}");
+    assert_eq!(json(&body)["error"], "content type not accepted by the API contract");
+    let req = Request::patch(gw.url("/api/orders/3")).body(Full::new(Bytes::new())).unwrap();
+    let (s, h, _) = send(req).await;
+    assert_eq!((s.as_u16(), h["allow"].to_str().unwrap()), (405, "GET, DELETE"));
+    let (s, _, body) = get(&gw.url("/api/customers")).await;
+    assert_eq!(s, 404);
+    assert_eq!(json(&body)["error"], "no operation of the API contract matches this request");
+
+    // A body past max_body is the client's error, before it is parsed.
+    let big = format!(r#"{{"note":"{}","items":[{{"sku":"a","qty":1}}]}}"#, "x".repeat(2048));
+    let gw2 = gateway(&up, &format!("{{ openapi: \"{}\", base_path: /api, max_body: 1KiB }}", orders_doc()));
+    assert_eq!(send(post(&gw2, "/api/orders", "application/json", Some("acme"), &big)).await.0, 413);
+
+    assert_eq!(up.hits(), reached, "no refused request reached the upstream");
+}
+
+#[tokio::test]
+async fn an_openapi_3_1_document_and_unknown_operations_passed_on() {
+    let up = TestUpstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let doc = write_temp(
+        dir.path(),
+        "api.json",
+        r##"{"openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+            "paths": {"/things/{id}": {"put": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Thing"}}}}}}},
+            "components": {"schemas": {"Thing": {"type": "object", "properties": {"size": {"type": ["integer", "null"], "exclusiveMinimum": 0}}}}}}"##,
+    );
+    let gw = gateway(&up, &format!("{{ openapi: \"{}\", unknown_operations: pass }}", doc.display()));
+    let put = |gw: &Gateway, path: &str, body: &str| {
+        Request::put(gw.url(path))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    let id = "/api/things/0b7c52a4-6f0e-4b8e-9f5a-2f1c8e0d9a11";
+    // Paths are matched without a base path here: /api/things/... is not in the document.
+    assert_eq!(send(put(&gw, id, r#"{"size": 0}"#)).await.0, 200, "unknown: passed unchecked");
+    let gw = gateway(&up, &format!("{{ openapi: \"{}\", base_path: /api }}", doc.display()));
+    assert_eq!(send(put(&gw, id, r#"{"size": 3}"#)).await.0, 200);
+    assert_eq!(send(put(&gw, id, r#"{"size": null}"#)).await.0, 200);
+    let (s, _, body) = send(put(&gw, "/api/things/not-a-uuid", r#"{"size": 0}"#)).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/path/id", "format")]), "parameters first: the body is not read");
+    let (s, _, body) = send(put(&gw, id, r#"{"size": 0}"#)).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/body/size", "exclusiveMinimum")]));
+}
+
+#[tokio::test]
+async fn inline_and_file_schemas_check_every_request_of_a_route() {
+    let up = TestUpstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let body_schema = write_temp(
+        dir.path(),
+        "event.yaml",
+        "type: object\nrequired: [kind]\nproperties:\n  kind: { enum: [click, view] }\n",
+    );
+    let validate = format!(
+        "{{ schemas: {{ body: {{ file: \"{}\" }}, query: {{ type: object, properties: {{ page: {{ type: integer, minimum: 1 }}, tag: {{ type: array, maxItems: 2 }} }}, additionalProperties: false }} }} }}",
+        body_schema.display()
+    );
+    let gw = gateway(&up, &validate);
+    assert_eq!(get(&gw.url("/api/events?page=2&tag=a&tag=b")).await.0, 200);
+    let (s, _, body) = get(&gw.url("/api/events?page=0&tag=a&tag=b&tag=c&debug=1")).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        problems(&body),
+        pairs(&[("/query", "additionalProperties"), ("/query/page", "minimum"), ("/query/tag", "maxItems")])
+    );
+    let ok = post(&gw, "/api/events", "application/json", None, r#"{"kind":"click"}"#);
+    assert_eq!(send(ok).await.0, 200);
+    let (s, _, body) = send(post(&gw, "/api/events", "application/json", None, r#"{"kind":"scroll"}"#)).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/body/kind", "enum")]));
+    let empty = Request::post(gw.url("/api/events")).body(Full::new(Bytes::new())).unwrap();
+    let (s, _, body) = send(empty).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/body", "required")]));
+}
+
+#[test]
+fn validate_reports_a_bad_or_missing_contract_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = write_temp(
+        dir.path(),
+        "bad.yaml",
+        "openapi: 3.1.0\npaths:\n  /a:\n    post:\n      requestBody:\n        content:\n          application/json:\n            schema: { type: objekt }\n",
+    );
+    let yaml = |validate: &str| {
+        config(&format!(
+            "upstreams:\n  u: {{ targets: [{{ url: \"http://127.0.0.1:1\" }}] }}\nroutes:\n  - name: r\n    match: {{ prefix: / }}\n    upstream: u\n    plugins:\n      - validate: {validate}\n"
+        ))
+    };
+    let e = validation_errors(&yaml(&format!("{{ openapi: \"{}\" }}", doc.display())));
+    assert!(e.contains("routes[0].plugins[0].validate.openapi"), "{e}");
+    assert!(e.contains("paths./a.post.requestBody.content.application/json.schema"), "{e}");
+    let e = validation_errors(&yaml("{ openapi: /nonexistent/api.yaml }"));
+    assert!(e.contains("routes[0].plugins[0].validate.openapi") && e.contains("cannot read"), "{e}");
+    let e = validation_errors(&yaml("{ schemas: { query: { type: 12 } } }"));
+    assert!(e.contains("routes[0].plugins[0].validate.schemas.query"), "{e}");
+    let e = validation_errors(&yaml("{ openapi: x.yaml, schemas: { query: {} } }"));
+    assert!(e.contains("either openapi or schemas"), "{e}");
+    let e = validation_errors(&yaml(&format!("{{ openapi: \"{}\", base_path: api/ }}", doc.display())));
+    assert!(e.contains("routes[0].plugins[0].validate.base_path"), "{e}");
+}
