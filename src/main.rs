@@ -32,6 +32,19 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Print routes for the operations of an OpenAPI 3.0/3.1 document: one per path, with
+    /// its methods, validated against the document.
+    RoutesFromOpenapi {
+        /// The OpenAPI document (YAML or JSON).
+        file: PathBuf,
+        /// The upstream the routes send to.
+        #[arg(long, default_value = "api")]
+        upstream: String,
+        /// A path prefix clients call the API under (`/api`): routes match under it, and
+        /// validation strips it (`base_path`).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Read an API key from standard input (one line) and print its SHA-256, as
     /// `consumers[].api_keys[].sha256` wants it. The key itself never goes in the config.
     HashKey,
@@ -57,6 +70,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { port, admin_port } => demo(port, admin_port),
+        Command::RoutesFromOpenapi { file, upstream, prefix } => {
+            routes_from_openapi(&file, &upstream, prefix.as_deref())
+        }
         Command::HashKey => hash_key(),
     };
     match result {
@@ -66,6 +82,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn routes_from_openapi(file: &Path, upstream: &str, prefix: Option<&str>) -> anyhow::Result<()> {
+    let prefix = prefix.map(|p| p.trim_end_matches('/')).filter(|p| !p.is_empty());
+    if let Some(p) = prefix {
+        anyhow::ensure!(p.starts_with('/'), "--prefix {p:?} must start with /");
+    }
+    let path = file.to_str().context("the file's path is not UTF-8")?;
+    let doc = portico::contract::openapi::Document::load(path).map_err(|errors| {
+        let list: Vec<String> =
+            errors.iter().map(|(at, e)| if at.is_empty() { e.clone() } else { format!("{at}: {e}") }).collect();
+        anyhow::anyhow!("{path}: {}", list.join("\n"))
+    })?;
+    print!("{}", portico::contract::openapi::routes_yaml(&doc, path, upstream, prefix));
+    Ok(())
 }
 
 fn hash_key() -> anyhow::Result<()> {

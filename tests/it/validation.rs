@@ -209,3 +209,62 @@ fn validate_reports_a_bad_or_missing_contract_with_its_place() {
     let e = validation_errors(&yaml(&format!("{{ openapi: \"{}\", base_path: api/ }}", doc.display())));
     assert!(e.contains("routes[0].plugins[0].validate.base_path"), "{e}");
 }
+
+#[tokio::test]
+async fn answers_are_checked_in_log_only_mode_and_never_changed() {
+    let up = TestUpstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let doc = write_temp(
+        dir.path(),
+        "echo.yaml",
+        "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /echo-body:\n    post:\n      operationId: echo\n      requestBody: { content: { application/json: { schema: {} } } }\n      responses:\n        '200':\n          description: ok\n          content: { application/json: { schema: { type: object, required: [ok], properties: { ok: { type: boolean } } } } }\n",
+    );
+    // The document describes the public paths (/api/...): the route strips /api on the way
+    // up, after the check.
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: api\n    match: {{ prefix: /api }}\n    upstream: u\n    rewrite: {{ strip_prefix: /api }}\n    plugins:\n      - validate: {{ openapi: \"{}\", base_path: /api, responses: log }}\n",
+        up.url(),
+        doc.display()
+    )));
+    let series = "gateway_response_contract_violations_total{operation=\"echo\"}";
+    let good = r#"{"ok":true}"#;
+    let (s, h, body) = send(post(&gw, "/api/echo-body", "application/json", None, good)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, good));
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(gw.metric(series).await, 0.0);
+    // An answer that breaks the schema goes to the client as the upstream sent it; the
+    // mismatch is counted and logged with the request's ID.
+    let drifted = r#"{"ok":"yes","extra":[1,2,3]}"#;
+    let (s, h, body) = send(post(&gw, "/api/echo-body", "application/json", None, drifted)).await;
+    assert_eq!((s.as_u16(), body.as_str()), (200, drifted));
+    assert_eq!(gw.metric(series).await, 1.0);
+    let id = h["x-request-id"].to_str().unwrap().to_owned();
+    assert!(gw.logged("upstream answer breaks the API contract").await, "{}", gw.stderr_text());
+    let log = gw.stderr_text();
+    assert!(log.contains(&id) && log.contains("/body/ok (type)"), "{log}");
+}
+
+#[tokio::test]
+async fn routes_from_openapi_prints_routes_that_serve_the_document() {
+    let up = TestUpstream::start("orders").await;
+    let out = portico()
+        .args(["routes-from-openapi", &orders_doc(), "--upstream", "orders", "--prefix", "/api"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let routes = String::from_utf8(out.stdout).unwrap();
+    assert!(routes.contains("name: \"listOrders\"") && routes.contains("methods: [GET, POST]"), "{routes}");
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  orders: {{ targets: [{{ url: \"{}\" }}] }}\n{routes}",
+        up.url()
+    )));
+    assert_eq!(get(&gw.url("/api/orders/12")).await.0, 200);
+    assert_eq!(get(&gw.url("/api/orders/x")).await.0, 400);
+    let req = Request::delete(gw.url("/api/orders")).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send(req).await.0, 405, "the routes match only the document's methods");
+    assert_eq!(up.hits(), 1);
+
+    let bad = portico().args(["routes-from-openapi", "/nonexistent.yaml"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read"));
+}

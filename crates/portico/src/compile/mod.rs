@@ -418,7 +418,10 @@ impl Snapshot {
             &mut errors,
         );
         // The global `validate` contract once, shared by every route without its own.
-        let global_contract = compile_contract("plugins", &config.plugins, &mut errors);
+        // Contracts by their settings: routes made by `routes-from-openapi` name one
+        // document each, which is compiled once.
+        let mut contracts = HashMap::new();
+        let global_contract = compile_contract("plugins", &config.plugins, metrics, &mut contracts, &mut errors);
         for (i, r) in config.routes.iter().enumerate() {
             // Validation allows one of publish, respond, aggregate and forwarding.
             let handler = match (&r.publish, &r.respond, &r.aggregate) {
@@ -526,7 +529,10 @@ impl Snapshot {
                         }
                     }
                     let contract = match has("validate") {
-                        true => compile_contract(&format!("routes[{i}].plugins"), &r.plugins, &mut errors),
+                        true => {
+                            let path = format!("routes[{i}].plugins");
+                            compile_contract(&path, &r.plugins, metrics, &mut contracts, &mut errors)
+                        }
                         false => global_contract.clone(),
                     };
                     let built = crate::plugins::hooks::Built {
@@ -589,14 +595,24 @@ impl Snapshot {
 fn compile_contract(
     path: &str,
     plugins: &[portico_config::Plugin],
+    metrics: &Arc<Metrics>,
+    compiled: &mut HashMap<String, Arc<crate::plugins::validate::Contract>>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Arc<crate::plugins::validate::Contract>> {
     let (i, v) = plugins.iter().enumerate().find_map(|(i, p)| match p {
         portico_config::Plugin::Validate(v) => Some((i, v)),
         _ => None,
     })?;
-    match crate::plugins::validate::Contract::compile(v) {
-        Ok(c) => Some(Arc::new(c)),
+    let key = serde_json::to_string(v).unwrap_or_default();
+    if let Some(c) = compiled.get(&key) {
+        return Some(c.clone());
+    }
+    match crate::plugins::validate::Contract::compile(v, metrics) {
+        Ok(c) => {
+            let c = Arc::new(c);
+            compiled.insert(key, c.clone());
+            Some(c)
+        }
         Err(problems) => {
             for (at, e) in problems {
                 let field = if at.is_empty() { String::new() } else { format!(".{at}") };

@@ -358,6 +358,73 @@ fn is_json_type(t: &str) -> bool {
     t == "application/json" || t.ends_with("+json")
 }
 
+/// Routes for a document's operations, as config YAML (`portico routes-from-openapi`):
+/// one per path, matching its methods, sending to `upstream`, validated against the
+/// document at `file`. With `prefix`, routes match under it and validation strips it.
+pub fn routes_yaml(doc: &Document, file: &str, upstream: &str, prefix: Option<&str>) -> String {
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let mut names = std::collections::HashSet::new();
+    let mut out = format!("# Routes for the operations of {file}, validated against it.\nroutes:\n");
+    let base = prefix.map(|p| format!(", base_path: {}", quote(p))).unwrap_or_default();
+    for item in &doc.paths {
+        if item.ops.is_empty() {
+            continue;
+        }
+        let full = format!("{}{}", prefix.unwrap_or(""), item.template);
+        // A route's name: the first operation's ID, else one made of the path; unique.
+        let stem = item.ops.first().map(|(_, o)| o.id.as_str()).filter(|id| !id.contains(' ')).map_or_else(
+            || {
+                let words: Vec<String> = item
+                    .template
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                if words.is_empty() { "root".to_owned() } else { words.join("-") }
+            },
+            str::to_owned,
+        );
+        let mut name = stem.clone();
+        let mut n = 2;
+        while !names.insert(name.clone()) {
+            name = format!("{stem}-{n}");
+            n += 1;
+        }
+        let methods: Vec<&str> = item.ops.iter().map(|(m, _)| m.as_str()).collect();
+        let ids: Vec<&str> = item.ops.iter().map(|(_, o)| o.id.as_str()).collect();
+        // A parameter with text around it in its segment is not a route template: a regex.
+        let partial = item
+            .segments
+            .iter()
+            .any(|s| matches!(s, Seg::Param { prefix, suffix, .. } if !prefix.is_empty() || !suffix.is_empty()));
+        let matcher = if partial {
+            let mut re = format!("^{}", regex::escape(prefix.unwrap_or("")));
+            for seg in &item.segments {
+                re.push('/');
+                match seg {
+                    Seg::Lit(l) => re.push_str(&regex::escape(l)),
+                    Seg::Param { name, prefix, suffix } => {
+                        re.push_str(&format!("{}(?P<{}>[^/]+){}", regex::escape(prefix), name, regex::escape(suffix)))
+                    }
+                }
+            }
+            re.push('$');
+            format!("regex: {}", quote(&re))
+        } else {
+            format!("path: {}", quote(&full))
+        };
+        out.push_str(&format!(
+            "  - name: {}\n    # {}\n    match: {{ {matcher}, methods: [{}] }}\n    upstream: {}\n    plugins:\n      - validate: {{ openapi: {}{base} }}\n",
+            quote(&name),
+            ids.join(", "),
+            methods.join(", "),
+            quote(upstream),
+            quote(file),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +456,19 @@ mod tests {
         assert_eq!(params, [("name".to_owned(), "a b".to_owned())]);
         assert!(matches!(d.find(&Method::GET, "/users"), Lookup::NoPath));
         assert!(matches!(d.find(&Method::POST, "/users/7"), Lookup::NoMethod(allow) if allow == "GET, DELETE"));
+    }
+
+    #[test]
+    fn routes_are_printed_per_path_with_a_regex_for_partial_segments() {
+        let yaml = routes_yaml(&doc(), "api.yaml", "users", Some("/v1"));
+        assert!(yaml.contains(r#"match: { path: "/v1/users/{id}", methods: [GET, DELETE] }"#), "{yaml}");
+        assert!(yaml.contains(r#"name: "me""#), "{yaml}");
+        let line = yaml.lines().find(|l| l.contains("regex:")).unwrap_or_else(|| panic!("{yaml}"));
+        let re: String =
+            serde_json::from_str(line.split("regex: ").nth(1).and_then(|r| r.split(", methods").next()).unwrap_or(""))
+                .unwrap_or_default();
+        let re = regex::Regex::new(&re).unwrap_or_else(|e| panic!("{e}"));
+        assert!(re.is_match("/v1/files/a.json") && !re.is_match("/v1/files/a_json"));
     }
 
     #[test]

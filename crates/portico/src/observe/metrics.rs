@@ -43,6 +43,11 @@ struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendErrorLabels {
     upstream: Arc<str>,
     kind: &'static str,
@@ -187,6 +192,7 @@ pub struct Metrics {
     retries: Family<UpstreamLabel, Counter>,
     retries_exhausted: Family<UpstreamLabel, Counter>,
     hedges: Family<UpstreamLabel, Counter>,
+    response_contract_violations: Family<OperationLabel, Counter>,
     hedge_wins: Family<UpstreamLabel, Counter>,
     mirror_skipped: Family<RouteLabel, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
@@ -305,6 +311,12 @@ impl Metrics {
             "gateway_upstream_hedge_wins",
             "Answers that came from a hedged try rather than the first, by upstream",
             hedge_wins.clone(),
+        );
+        let response_contract_violations = Family::<OperationLabel, Counter>::default();
+        registry.register(
+            "gateway_response_contract_violations",
+            "Upstream answers that broke the API contract's response schema (validate with responses: log), by operation",
+            response_contract_violations.clone(),
         );
         let mirror_skipped = Family::<RouteLabel, Counter>::default();
         registry.register(
@@ -432,6 +444,7 @@ impl Metrics {
             retries_exhausted,
             hedges,
             hedge_wins,
+            response_contract_violations,
             mirror_skipped,
             auth_failures,
             rate_limited,
@@ -594,6 +607,11 @@ impl Metrics {
     /// The counter of retries refused by the budget, of an upstream.
     pub fn retries_exhausted(&self, upstream: &str) -> Counter {
         self.retries_exhausted.get_or_create_owned(&UpstreamLabel { upstream: upstream.into() })
+    }
+
+    /// Counts an upstream answer that broke its operation's response schema.
+    pub fn response_contract_violation(&self, operation: &str) {
+        self.response_contract_violations.get_or_create(&OperationLabel { operation: operation.into() }).inc();
     }
 
     /// The counter of hedged tries, of an upstream.

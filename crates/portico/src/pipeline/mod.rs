@@ -118,6 +118,8 @@ pub(crate) async fn handle_unsent_id(
     let mut slot = None;
     // Kept to the response phase, whose hooks may read them.
     let mut identity = None;
+    // The API contract's operation the request was found to be (`validate`).
+    let mut operation = None;
     let mut tenant: Option<Arc<str>> = None;
     let mut preflight_answered = false;
     // Read now: the request is gone by the response phase. Global CORS also answers the
@@ -235,6 +237,7 @@ pub(crate) async fn handle_unsent_id(
                         }
                         Ok(Flow::Continue(mut passed)) => {
                             identity = passed.identity.take();
+                            operation = passed.operation.take();
                             rate = passed.rate;
                             slot = passed.slot.take();
                             if let Some(uri) = route.plugins.hide_query(req.uri()) {
@@ -270,7 +273,7 @@ pub(crate) async fn handle_unsent_id(
                                     rate: rate.as_ref(),
                                     accept_encoding: None,
                                     accept: None,
-                                    operation: passed.operation.as_deref(),
+                                    operation: operation.as_ref(),
                                 };
                                 if route.plugins.has_request_hooks() {
                                     route.plugins.request_hooks(&mut req, &ctx);
@@ -386,7 +389,7 @@ pub(crate) async fn handle_unsent_id(
         rate: rate.as_ref(),
         accept_encoding: accept_encoding.as_ref(),
         accept: accept.as_ref(),
-        operation: None,
+        operation: operation.as_ref(),
     };
     let head = log.method == Method::HEAD;
     let mut from_handler = from_handler;

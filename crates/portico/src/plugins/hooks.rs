@@ -83,7 +83,7 @@ pub struct HookCtx<'a> {
     /// The request's `Accept`, in the response body phase.
     pub accept: Option<&'a HeaderValue>,
     /// The API contract's operation the access phase found (`validate`).
-    pub operation: Option<&'a crate::contract::Operation>,
+    pub operation: Option<&'a Arc<crate::contract::Operation>>,
 }
 
 impl<'a> HookCtx<'a> {
@@ -637,7 +637,7 @@ mod tests {
                 _ => None,
             };
             let contract = match p {
-                P::Validate(def) => Some(Arc::new(super::super::validate::Contract::compile(def).unwrap())),
+                P::Validate(def) => Some(Arc::new(super::super::validate::Contract::compile(def, &metrics).unwrap())),
                 _ => None,
             };
             let built = Built {
@@ -733,7 +733,7 @@ mod tests {
             let mut json = HeaderMap::new();
             json.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             // What the access hook found (the API contract's operation) reaches the body hook.
-            let body_ctx = HookCtx { operation: state.operation.as_deref(), ..ctx };
+            let body_ctx = HookCtx { operation: state.operation.as_ref(), ..ctx };
             let mut msg =
                 Whole { headers: &json, query: None, body: bytes::Bytes::from_static(b"{}"), content_type: None };
             // A body hook acts by changing the body, or by refusing it (a contract check).

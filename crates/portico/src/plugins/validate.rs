@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
-use portico_config::contract::{UnknownOperations, Validate as Config};
+use bytes::Bytes;
+use portico_config::contract::{ResponseCheck, UnknownOperations, Validate as Config};
 
-use super::hooks::{AccessCtx, HookCtx, Hooks, Phases, Verdict, Whole};
+use super::hooks::{AccessCtx, HookCtx, Hooks, Phases, StreamTransform, Verdict, Whole, is_json};
 use super::{Passed, Refusal, RequestView};
 use crate::contract::openapi::{Document, Lookup};
 use crate::contract::{BodySpec, Inline, Operation, Problem, RequestParts, check_json_body};
@@ -22,6 +23,8 @@ pub struct Contract {
     base_path: Option<Box<str>>,
     unknown: UnknownOperations,
     max_body: u64,
+    /// Answers are checked (log only): where mismatches are counted.
+    responses: Option<Arc<crate::observe::Metrics>>,
 }
 
 #[derive(Debug)]
@@ -34,7 +37,8 @@ enum Source {
 impl Contract {
     /// Loads and compiles a `validate` plugin's contract; `Err` lists each problem with
     /// its field path under the plugin (`openapi`, `openapi: paths./a.get...`, `schemas.body`).
-    pub fn compile(c: &Config) -> Result<Self, Vec<(String, String)>> {
+    /// `metrics` counts answers that break it, when they are checked.
+    pub fn compile(c: &Config, metrics: &Arc<crate::observe::Metrics>) -> Result<Self, Vec<(String, String)>> {
         let source = match (&c.openapi, &c.schemas) {
             (Some(file), _) => Source::OpenApi(Document::load(file).map_err(|errors| {
                 errors
@@ -61,6 +65,7 @@ impl Contract {
             base_path: c.base_path.as_deref().map(Box::from),
             unknown: c.unknown_operations,
             max_body: c.max_body.get(),
+            responses: (c.responses == ResponseCheck::Log).then(|| metrics.clone()),
         })
     }
 
@@ -163,7 +168,7 @@ impl Hooks for Validate {
     }
 
     fn phases(&self) -> Phases {
-        Phases { access: true, request_body: true, ..Phases::default() }
+        Phases { access: true, request_body: true, response_stream: self.0.responses.is_some(), ..Phases::default() }
     }
 
     fn body_limit(&self) -> u64 {
@@ -198,6 +203,29 @@ impl Hooks for Validate {
         std::future::ready(result)
     }
 
+    fn response_stream(
+        &self,
+        status: http::StatusCode,
+        headers: &mut http::HeaderMap,
+        ctx: &HookCtx<'_>,
+    ) -> Option<Box<dyn StreamTransform>> {
+        let metrics = self.0.responses.as_ref()?;
+        let op = ctx.operation?;
+        if !is_json(headers) || op.response_schema(status.as_u16()).is_none() {
+            return None;
+        }
+        Some(Box::new(Tee {
+            op: op.clone(),
+            status: status.as_u16(),
+            metrics: metrics.clone(),
+            request_id: ctx.request_id.to_str().unwrap_or("").into(),
+            seen: Vec::new(),
+            over: false,
+            max: self.0.max_body,
+            ready: Bytes::new(),
+        }))
+    }
+
     fn request_body(&self, msg: &mut Whole<'_>, ctx: &HookCtx<'_>) -> Result<(), GatewayError> {
         let Some(spec) = ctx.operation.and_then(|op| op.body.as_ref()) else { return Ok(()) };
         let mut problems = Vec::new();
@@ -215,5 +243,77 @@ impl Hooks for Validate {
             check_json_body(schema.map(|s| &**s), &msg.body, &mut problems);
         }
         if problems.is_empty() { Ok(()) } else { Err(violation(problems)) }
+    }
+}
+
+/// Passes an answer through unchanged while keeping a copy (up to `max` bytes), checked
+/// against the operation's response schema when the answer ends: a mismatch is logged and
+/// counted, never answered. An answer past `max` is not checked.
+#[derive(Debug)]
+struct Tee {
+    op: Arc<Operation>,
+    status: u16,
+    metrics: Arc<crate::observe::Metrics>,
+    request_id: Box<str>,
+    seen: Vec<u8>,
+    over: bool,
+    max: u64,
+    ready: Bytes,
+}
+
+impl StreamTransform for Tee {
+    fn data(&mut self, piece: &[u8]) -> Result<(), crate::body::BoxError> {
+        if !self.over {
+            if (self.seen.len() + piece.len()) as u64 > self.max {
+                self.over = true;
+                self.seen = Vec::new();
+            } else {
+                self.seen.extend_from_slice(piece);
+            }
+        }
+        // The piece goes on as it came: one copy, into the bytes ready to go.
+        self.ready = if self.ready.is_empty() {
+            Bytes::copy_from_slice(piece)
+        } else {
+            let mut joined = Vec::with_capacity(self.ready.len() + piece.len());
+            joined.extend_from_slice(&self.ready);
+            joined.extend_from_slice(piece);
+            joined.into()
+        };
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), crate::body::BoxError> {
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), crate::body::BoxError> {
+        if self.over {
+            return Ok(());
+        }
+        let Some(schema) = self.op.response_schema(self.status) else { return Ok(()) };
+        let mut problems = Vec::new();
+        check_json_body(Some(schema), &self.seen, &mut problems);
+        if !problems.is_empty() {
+            self.metrics.response_contract_violation(&self.op.id);
+            let list: Vec<String> =
+                problems.iter().map(|p| format!("{} ({}): {}", p.pointer, p.rule, p.message)).collect();
+            tracing::warn!(
+                operation = %self.op.id,
+                status = self.status,
+                request_id = %self.request_id,
+                problems = %list.join("; "),
+                "upstream answer breaks the API contract"
+            );
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    fn take(&mut self) -> Bytes {
+        std::mem::take(&mut self.ready)
     }
 }
