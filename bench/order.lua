@@ -1,0 +1,6 @@
+-- A POST of a valid 1 KiB order (examples/contracts/orders.yaml's NewOrder), for
+-- bench/validate.sh.
+wrk.method = "POST"
+wrk.body = '{"note":"leave at the door, please","items":[{"sku":"sku-000000-blue-large","qty":1},{"sku":"sku-000001-blue-large","qty":2},{"sku":"sku-000002-blue-large","qty":3},{"sku":"sku-000003-blue-large","qty":4},{"sku":"sku-000004-blue-large","qty":5},{"sku":"sku-000005-blue-large","qty":6},{"sku":"sku-000006-blue-large","qty":7},{"sku":"sku-000007-blue-large","qty":8},{"sku":"sku-000008-blue-large","qty":9},{"sku":"sku-000009-blue-large","qty":1},{"sku":"sku-000010-blue-large","qty":2},{"sku":"sku-000011-blue-large","qty":3},{"sku":"sku-000012-blue-large","qty":4},{"sku":"sku-000013-blue-large","qty":5},{"sku":"sku-000014-blue-large","qty":6},{"sku":"sku-000015-blue-large","qty":7},{"sku":"sku-000016-blue-large","qty":8},{"sku":"sku-000017-blue-large","qty":9},{"sku":"sku-000018-blue-large","qty":1},{"sku":"sku-000019-blue-large","qty":2},{"sku":"sku-000020-blue-large","qty":3},{"sku":"sku-000021-blue-large","qty":4},{"sku":"sku-000022-blue-large","qty":5},{"sku":"sku-000023-blue-large","qty":6},{"sku":"sku-000024-blue-large","qty":7}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Tenant"] = "acme"
