@@ -178,6 +178,16 @@ async fn inline_and_file_schemas_check_every_request_of_a_route() {
     let (s, _, body) = send(post(&gw, "/api/events", "application/json", None, r#"{"kind":"scroll"}"#)).await;
     assert_eq!(s, 400);
     assert_eq!(problems(&body), pairs(&[("/body/kind", "enum")]));
+    // Header names in a headers schema match whatever their case there.
+    let gw2 =
+        gateway(&up, "{ schemas: { headers: { properties: { X-Count: { type: integer } }, required: [X-Count] } } }");
+    assert_eq!(get_with(&gw2.url("/api/x"), &[("x-count", "3")]).await.0, 200);
+    let (s, _, body) = get_with(&gw2.url("/api/x"), &[("X-Count", "three")]).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/headers/x-count", "type")]));
+    let (s, _, body) = get(&gw2.url("/api/x")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/headers", "required")]));
     let empty = Request::post(gw.url("/api/events")).body(Full::new(Bytes::new())).unwrap();
     let (s, _, body) = send(empty).await;
     assert_eq!(s, 400);
@@ -208,6 +218,12 @@ fn validate_reports_a_bad_or_missing_contract_with_its_place() {
     assert!(e.contains("either openapi or schemas"), "{e}");
     let e = validation_errors(&yaml(&format!("{{ openapi: \"{}\", base_path: api/ }}", doc.display())));
     assert!(e.contains("routes[0].plugins[0].validate.base_path"), "{e}");
+    // Answers are checked as the upstream sent them: not with a plugin that changes them.
+    let e = validation_errors(&yaml(&format!(
+        "{{ openapi: \"{}\", responses: log }}\n      - compression: {{}}",
+        doc.display()
+    )));
+    assert!(e.contains("routes[0].plugins") && e.contains("compression changes first"), "{e}");
 }
 
 #[tokio::test]
@@ -267,4 +283,59 @@ async fn routes_from_openapi_prints_routes_that_serve_the_document() {
     let bad = portico().args(["routes-from-openapi", "/nonexistent.yaml"]).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read"));
+}
+
+/// `curl --http2-prior-knowledge` posting `body` from its standard input: an HTTP/2
+/// request without `Content-Length`. Returns the status and the body.
+fn h2_post_from_stdin(url: &str, content_type: &str, body: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-X", "POST", "--data-binary", "@-", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("content-type: {content_type}"), "-H", "x-tenant: acme", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
+#[tokio::test]
+async fn what_services_read_differently_is_refused_not_passed() {
+    let up = TestUpstream::start("orders").await;
+    let gw = gateway(&up, &format!("{{ openapi: \"{}\", base_path: /api }}", orders_doc()));
+    // A parameter given twice: one value would be checked, another used.
+    let (s, _, body) = get(&gw.url("/api/orders?limit=5&limit=abc")).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/query/limit", "repeated")]));
+    // A key given twice: parsers disagree on which one counts.
+    let twice = r#"{"items":[{"sku":"a","qty":1,"qty":-5}]}"#;
+    let (s, _, body) = send(post(&gw, "/api/orders", "application/json", Some("acme"), twice)).await;
+    assert_eq!(s, 400);
+    assert_eq!(problems(&body), pairs(&[("/body", "json")]));
+    // HTTP/2 bodies need no Content-Length: still checked, and their type still refused.
+    let url = gw.url("/api/orders");
+    let (status, body) =
+        tokio::task::spawn_blocking(move || h2_post_from_stdin(&url, "application/xml", "<a/>")).await.unwrap();
+    assert_eq!(status, 415, "{body}");
+    let url = gw.url("/api/orders");
+    let (status, body) =
+        tokio::task::spawn_blocking(move || h2_post_from_stdin(&url, "application/json", r#"{"items":[]}"#))
+            .await
+            .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(problems(&body), pairs(&[("/body/items", "minItems")]));
+    assert_eq!(up.hits(), 0);
+
+    // With unknown operations passed on, the spellings a lenient service folds into a known
+    // path are checked as that path, not passed.
+    let gw = gateway(&up, &format!("{{ openapi: \"{}\", base_path: /api, unknown_operations: pass }}", orders_doc()));
+    for spelling in ["/api/orders/x/", "/api/Orders/x", "/api/orders//x", "/api/%6Frders/x"] {
+        let (s, _, body) = get(&gw.url(spelling)).await;
+        assert_eq!(s, 400, "{spelling}: {body}");
+        assert_eq!(problems(&body), pairs(&[("/path/id", "type")]), "{spelling}");
+    }
+    assert_eq!(get(&gw.url("/api/customers/1")).await.0, 200, "a path the document does not have passes");
 }

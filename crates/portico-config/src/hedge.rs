@@ -50,8 +50,10 @@ fn default_methods() -> Vec<String> {
     ["GET", "HEAD"].map(String::from).to_vec()
 }
 
-/// Methods that may be hedged at all: a hedge repeats the request.
-const SAFE: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "QUERY"];
+/// Methods that may be hedged at all: safe ones (RFC 9110 section 9.2.1). Idempotent is
+/// not enough: a hedge sends copies at the same time, and a slow copy of `PUT A` could land
+/// after the client's next `PUT B` and undo it; a retry only repeats a try that failed.
+const SAFE: [&str; 4] = ["GET", "HEAD", "OPTIONS", "QUERY"];
 
 /// Checks a route's `hedge` (at `path`): a delay in range, a sane hedge count, methods
 /// that are safe to repeat.

@@ -711,6 +711,22 @@ pub(crate) fn check(config: &crate::Config, err: &mut impl FnMut(String, String)
         let p = format!("routes[{i}].plugins");
         check_list(&p, &r.plugins, config, Some(r), err);
         let all = effective(&config.plugins, &r.plugins);
+        // Answers are checked as the upstream sent them; these change them before.
+        let checks_answers =
+            all.iter().any(|p| matches!(p, Plugin::Validate(v) if v.responses == crate::contract::ResponseCheck::Log));
+        let reshapes = all.iter().find_map(|p| match p {
+            Plugin::ResponseBody(_) | Plugin::Compression(_) => Some(p.kind()),
+            Plugin::Xml(x) if x.response.is_some() => Some(p.kind()),
+            _ => None,
+        });
+        if let (true, Some(kind)) = (checks_answers, reshapes) {
+            err(
+                p.clone(),
+                format!(
+                    "validate with responses: log checks the upstream's answers, which {kind} changes first: not both on one route"
+                ),
+            );
+        }
         let authenticates = all.iter().any(|p| matches!(p, Plugin::Jwt(_) | Plugin::ApiKey(_) | Plugin::Mtls(_)));
         if let Some(j) = r.plugins.iter().position(|p| matches!(p, Plugin::Authorize(_)))
             && !authenticates

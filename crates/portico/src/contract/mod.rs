@@ -132,8 +132,15 @@ impl Scalar {
 impl Shape {
     /// The shape a schema gives its parameter's text.
     pub fn of(schema: &Value) -> Self {
+        Self::of_resolved(schema, &|v| v)
+    }
+
+    /// As [`Shape::of`], following `$ref`s (of the schema and of its `items`) with
+    /// `resolve`.
+    pub fn of_resolved<'v>(schema: &'v Value, resolve: &dyn Fn(&'v Value) -> &'v Value) -> Self {
+        let schema = resolve(schema);
         match type_of(schema) {
-            Some("array") => Shape::Array(schema.get("items").map_or(Scalar::String, Scalar::of)),
+            Some("array") => Shape::Array(schema.get("items").map_or(Scalar::String, |i| Scalar::of(resolve(i)))),
             Some("integer") => Shape::Integer,
             Some("number") => Shape::Number,
             Some("boolean") => Shape::Boolean,
@@ -141,18 +148,20 @@ impl Shape {
         }
     }
 
-    /// The JSON of a parameter's values (several for a repeated query parameter).
-    fn value(self, values: &[&str], explode: bool) -> Value {
+    /// The JSON of a parameter's values. An array takes every value, each split on
+    /// `split` when given (`simple`, `form` without `explode`, `spaceDelimited`,
+    /// `pipeDelimited`); anything else is one value (the caller refuses more).
+    fn value(self, values: &[&str], split: Option<char>) -> Value {
         let scalar = |s: Scalar| s.value(values.first().copied().unwrap_or_default());
         match self {
             Shape::String => scalar(Scalar::String),
             Shape::Number => scalar(Scalar::Number),
             Shape::Integer => scalar(Scalar::Integer),
             Shape::Boolean => scalar(Scalar::Boolean),
-            Shape::Array(item) if explode => Value::Array(values.iter().map(|v| item.value(v)).collect()),
-            Shape::Array(item) => {
-                Value::Array(values.first().map_or(Vec::new(), |v| v.split(',').map(|part| item.value(part)).collect()))
-            }
+            Shape::Array(item) => Value::Array(match split {
+                None => values.iter().map(|v| item.value(v)).collect(),
+                Some(d) => values.iter().flat_map(|v| v.split(d)).map(|part| item.value(part.trim())).collect(),
+            }),
         }
     }
 }
@@ -177,9 +186,11 @@ pub struct Param {
     pub required: bool,
     /// The JSON its text becomes.
     pub shape: Shape,
-    /// Whether an array is sent as repeated parameters (`form`, `explode: true`, the
-    /// query's default) rather than one comma-separated value.
-    pub explode: bool,
+    /// What an array's items are separated by in one value: `None` when each item is a
+    /// value of its own (`form` with `explode`, the query's default); `,` for `simple` (paths
+    /// and headers) and `form` without `explode`; ` ` and `|` for `spaceDelimited` and
+    /// `pipeDelimited`.
+    pub split: Option<char>,
     /// Its schema.
     pub schema: Option<Arc<Validator>>,
 }
@@ -249,30 +260,56 @@ pub struct RequestParts<'a> {
 impl Operation {
     /// Checks a request's parameters; `problems` gets each one found.
     pub fn check_params(&self, req: RequestParts<'_>, problems: &mut Vec<Problem>) {
-        let query: Vec<(String, String)> = req
-            .query
-            .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-            .unwrap_or_default();
+        // The query is decoded once, and only when a parameter is in it.
+        let query: Vec<(String, String)> = match (req.query, self.params.iter().any(|p| p.location == In::Query)) {
+            (Some(q), true) => {
+                form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+            }
+            _ => Vec::new(),
+        };
         for p in &self.params {
-            let values: Vec<&str> = match p.location {
-                In::Path => req.path_params.iter().filter(|(k, _)| *k == p.name).map(|(_, v)| v.as_str()).collect(),
-                In::Query => query.iter().filter(|(k, _)| *k == p.name).map(|(_, v)| v.as_str()).collect(),
-                In::Header => req.headers.get_all(p.name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect(),
+            let values: Vec<std::borrow::Cow<'_, str>> = match p.location {
+                In::Path => {
+                    req.path_params.iter().filter(|(k, _)| *k == p.name).map(|(_, v)| v.as_str().into()).collect()
+                }
+                In::Query => query.iter().filter(|(k, _)| *k == p.name).map(|(_, v)| v.as_str().into()).collect(),
+                // Every line of the field, bytes that are not text included (as the service
+                // will see them, lossily), as one list value (RFC 9110 section 5.3).
+                In::Header => {
+                    let lines: Vec<std::borrow::Cow<'_, str>> = req
+                        .headers
+                        .get_all(p.name.as_str())
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                        .collect();
+                    match lines.len() {
+                        0 | 1 => lines,
+                        _ => vec![lines.join(",").into()],
+                    }
+                }
             };
-            let pointer = format!("{}{}", p.location.pointer(), escape_pointer(&p.name));
+            let pointer = || format!("{}{}", p.location.pointer(), escape_pointer(&p.name));
             if values.is_empty() {
                 if p.required {
                     problems.push(Problem::new(
-                        pointer,
+                        pointer(),
                         "required",
                         format!("required parameter {:?} is missing", p.name),
                     ));
                 }
                 continue;
             }
+            if values.len() > 1 && !matches!(p.shape, Shape::Array(_)) {
+                // Services disagree on which of several values counts: the first, the last,
+                // all of them joined. One value was checked, another could be used.
+                let message = format!("parameter {:?} is given {} times; it takes one value", p.name, values.len());
+                problems.push(Problem::new(pointer(), "repeated", message));
+                continue;
+            }
             if let Some(schema) = &p.schema {
-                let value = p.shape.value(&values, p.explode);
-                collect(schema, &value, &pointer, problems);
+                let texts: Vec<&str> = values.iter().map(|v| &**v).collect();
+                let value = p.shape.value(&texts, p.split);
+                collect(schema, &value, &pointer(), true, problems);
             }
         }
     }
@@ -287,20 +324,41 @@ impl Operation {
     }
 }
 
-/// Validates `value` with `schema`, adding each error under `base` (a pointer prefix).
-pub fn collect(schema: &Validator, value: &Value, base: &str, problems: &mut Vec<Problem>) {
-    for e in schema.iter_errors(value) {
-        if problems.len() >= MAX_PROBLEMS {
-            return;
-        }
+/// Bodies up to this size get every problem listed; a larger one that breaks its schema
+/// gets the first. jsonschema builds every error before it hands out the first, so listing
+/// them for a megabyte of `[0,0,...]` against `items: {type: string}` would make half a
+/// million errors for one request.
+const LIST_ALL_UP_TO: usize = 64 * 1024;
+
+/// Validates `value` with `schema`, adding each error under `base` (a pointer prefix): all
+/// of them (up to [`MAX_PROBLEMS`]) when `all`, else the first.
+pub fn collect(schema: &Validator, value: &Value, base: &str, all: bool, problems: &mut Vec<Problem>) {
+    // Valid is the common case, and the check that allocates nothing.
+    if schema.is_valid(value) {
+        return;
+    }
+    let mut push = |e: jsonschema::ValidationError<'_>| {
         let at = e.instance_path().to_string();
         problems.push(Problem::new(format!("{base}{at}"), e.kind().keyword(), e.to_string()));
+    };
+    if !all {
+        if let Err(e) = schema.validate(value) {
+            push(e);
+        }
+        return;
     }
+    for e in schema.iter_errors(value).take(MAX_PROBLEMS) {
+        push(e);
+    }
+    problems.truncate(MAX_PROBLEMS);
 }
 
-/// Checks a JSON body against `schema`: parse errors and schema errors as problems.
+/// Checks a JSON body against `schema`: parse errors and schema errors as problems. An
+/// object with the same key twice is not JSON here: parsers disagree on which one counts
+/// (serde_json keeps the last, others the first), so a body checked with one value could
+/// reach the service with the other.
 pub fn check_json_body(schema: Option<&Validator>, body: &[u8], problems: &mut Vec<Problem>) {
-    let value: Value = match serde_json::from_slice(body) {
+    let value = match parse_strict(body) {
         Ok(v) => v,
         Err(e) => {
             problems.push(Problem::new("/body".into(), "json", format!("the body is not JSON: {e}")));
@@ -308,7 +366,75 @@ pub fn check_json_body(schema: Option<&Validator>, body: &[u8], problems: &mut V
         }
     };
     if let Some(schema) = schema {
-        collect(schema, &value, "/body", problems);
+        collect(schema, &value, "/body", body.len() <= LIST_ALL_UP_TO, problems);
+    }
+}
+
+/// Parses JSON, refusing an object that names a key twice.
+pub fn parse_strict(body: &[u8]) -> Result<Value, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A JSON value without duplicate keys (serde_json's depth limit still applies).
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} is given twice")));
+            }
+            let value = map.next_value_seed(Strict)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -350,6 +476,7 @@ impl Inline {
     pub fn compile(s: &portico_config::contract::Schemas) -> Result<Self, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let mut one = |field: &str, src: &Option<portico_config::contract::SchemaSource>| {
+            let lower = field == "headers";
             let src = src.as_ref()?;
             let doc = match src {
                 portico_config::contract::SchemaSource::File { file } => {
@@ -363,6 +490,8 @@ impl Inline {
                 }
                 portico_config::contract::SchemaSource::Inline(v) => v.clone(),
             };
+            // Header names are matched in lower case: so are the schema's.
+            let doc = if lower { lowercase_properties(doc) } else { doc };
             match compile_schema(&doc, jsonschema::Draft::Draft202012) {
                 Ok(v) => Some((v, doc)),
                 Err(e) => {
@@ -395,34 +524,53 @@ impl Inline {
                 pairs = form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
             }
             let object = as_object(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), shapes);
-            collect(schema, &object, "/query", problems);
+            collect(schema, &object, "/query", true, problems);
         }
         if let Some((schema, shapes)) = &self.headers {
             let pairs = req.headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-            collect(schema, &as_object(pairs, shapes), "/headers", problems);
+            collect(schema, &as_object(pairs, shapes), "/headers", true, problems);
         }
         if let Some((schema, shapes)) = &self.path {
             let pairs = req.path_params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            collect(schema, &as_object(pairs, shapes), "/path", problems);
+            collect(schema, &as_object(pairs, shapes), "/path", true, problems);
         }
     }
 }
 
-/// Name-value pairs as an object, each value shaped as its property says (an array takes
-/// every value of its name, anything else the first).
-fn as_object<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, shapes: &[(String, Shape)]) -> Value {
-    let mut grouped: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (k, v) in pairs {
-        match grouped.iter_mut().find(|(name, _)| *name == k) {
-            Some((_, values)) => values.push(v),
-            None => grouped.push((k, vec![v])),
+/// A schema's `properties` names and `required` entries in lower case (a headers schema).
+fn lowercase_properties(mut doc: Value) -> Value {
+    if let Some(Value::Object(props)) = doc.get_mut("properties") {
+        let lowered = std::mem::take(props).into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        *props = lowered;
+    }
+    if let Some(Value::Array(required)) = doc.get_mut("required") {
+        for r in required.iter_mut() {
+            if let Value::String(name) = r {
+                *name = name.to_ascii_lowercase();
+            }
         }
+    }
+    doc
+}
+
+/// Name-value pairs as an object, each value shaped as its property says: an array takes
+/// every value of its name; anything else given more than once becomes the array of its
+/// values, for the schema to refuse (one value checked, another used, is not checked).
+fn as_object<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, shapes: &[(String, Shape)]) -> Value {
+    let mut grouped: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (k, v) in pairs {
+        grouped.entry(k).or_default().push(v);
     }
     let object = grouped
         .into_iter()
         .map(|(k, values)| {
             let shape = shapes.iter().find(|(name, _)| name == k).map_or(Shape::String, |(_, s)| *s);
-            (k.to_owned(), shape.value(&values, true))
+            let value = match shape {
+                Shape::Array(_) => shape.value(&values, None),
+                _ if values.len() > 1 => Value::Array(values.iter().map(|v| shape.value(&[v], None)).collect()),
+                _ => shape.value(&values, None),
+            };
+            (k.to_owned(), value)
         })
         .collect();
     Value::Object(object)
@@ -448,13 +596,14 @@ mod tests {
     #[test]
     fn parameter_text_becomes_the_json_its_schema_expects() {
         let int = Shape::of(&json!({"type": "integer"}));
-        assert_eq!(int.value(&["42"], true), json!(42));
-        assert_eq!(int.value(&["4x"], true), json!("4x"), "left as text for the schema to refuse");
-        assert_eq!(Shape::of(&json!({"type": "number"})).value(&["2.5"], true), json!(2.5));
-        assert_eq!(Shape::of(&json!({"type": ["boolean", "null"]})).value(&["true"], true), json!(true));
+        assert_eq!(int.value(&["42"], None), json!(42));
+        assert_eq!(int.value(&["4x"], None), json!("4x"), "left as text for the schema to refuse");
+        assert_eq!(Shape::of(&json!({"type": "number"})).value(&["2.5"], None), json!(2.5));
+        assert_eq!(Shape::of(&json!({"type": ["boolean", "null"]})).value(&["true"], None), json!(true));
         let tags = Shape::of(&json!({"type": "array", "items": {"type": "integer"}}));
-        assert_eq!(tags.value(&["1", "2"], true), json!([1, 2]));
-        assert_eq!(tags.value(&["1,2,x"], false), json!([1, 2, "x"]));
+        assert_eq!(tags.value(&["1", "2"], None), json!([1, 2]));
+        assert_eq!(tags.value(&["1,2,x", "3"], Some(',')), json!([1, 2, "x", 3]));
+        assert_eq!(tags.value(&["1| 2"], Some('|')), json!([1, 2]));
     }
 
     #[test]
@@ -472,6 +621,25 @@ mod tests {
         let mut problems = Vec::new();
         check_json_body(Some(&schema), b"{not json", &mut problems);
         assert_eq!(problems[0].rule, "json");
+        let mut problems = Vec::new();
+        check_json_body(Some(&schema), br#"{"name": "a", "items": [{"qty": 1, "qty": -5}]}"#, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].rule == "json" && problems[0].message.contains("twice"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_large_body_that_breaks_its_schema_everywhere_gets_its_first_problem() {
+        let schema =
+            compile_schema(&json!({"type": "array", "items": {"type": "string"}}), jsonschema::Draft::Draft202012)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let big = format!("[{}0]", "0,".repeat(100_000));
+        let mut problems = Vec::new();
+        check_json_body(Some(&schema), big.as_bytes(), &mut problems);
+        assert_eq!(problems.len(), 1);
+        let small = format!("[{}0]", "0,".repeat(100));
+        let mut problems = Vec::new();
+        check_json_body(Some(&schema), small.as_bytes(), &mut problems);
+        assert_eq!(problems.len(), MAX_PROBLEMS);
     }
 
     #[test]

@@ -104,12 +104,28 @@ impl Document {
 
     /// Finds the operation of a request's method and path (`HEAD` falls back to `GET`).
     /// A concrete segment wins over a template one, from the left (OpenAPI: `/users/me`
-    /// before `/users/{id}`).
+    /// before `/users/{id}`). Escapes of unreserved characters are decoded before literal
+    /// segments are compared (`/users/%6De` is `/users/me`, as a service that decodes it
+    /// sees it).
     pub fn find(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.find_with(method, path, false)
+    }
+
+    /// As [`Document::find`], also taking the spellings a lenient service folds into a
+    /// path: empty segments (`//`, a trailing `/`) dropped, literal segments compared
+    /// without case. For unknown operations that pass unchecked: a path that a lenient
+    /// service reads as a known operation is checked as that operation.
+    pub fn find_loose(&self, method: &Method, path: &str) -> Lookup<'_> {
+        self.find_with(method, path, true)
+    }
+
+    fn find_with(&self, method: &Method, path: &str, loose: bool) -> Lookup<'_> {
+        let normal = decode_unreserved(path);
+        let segs: Vec<&str> = normal.strip_prefix('/').unwrap_or(&normal).split('/').collect();
+        let segs: Vec<&str> = if loose { segs.into_iter().filter(|s| !s.is_empty()).collect() } else { segs };
         let mut best: Option<(&PathItem, Match)> = None;
         for item in &self.paths {
-            let Some(m) = matches(&item.segments, &segs) else { continue };
+            let Some(m) = matches(&item.segments, &segs, loose) else { continue };
             if best.as_ref().is_none_or(|(_, (rank, _))| m.0 > *rank) {
                 best = Some((item, m));
             }
@@ -136,7 +152,7 @@ type Match = (Vec<u8>, Vec<(String, String)>);
 
 /// A path's segments against a template's: a rank (2 per literal, 1 per parameter with
 /// text around it, 0 per bare parameter) and the parameters, when it matches.
-fn matches(template: &[Seg], segs: &[&str]) -> Option<Match> {
+fn matches(template: &[Seg], segs: &[&str], loose: bool) -> Option<Match> {
     if template.len() != segs.len() {
         return None;
     }
@@ -144,7 +160,7 @@ fn matches(template: &[Seg], segs: &[&str]) -> Option<Match> {
     let mut params = Vec::new();
     for (t, s) in template.iter().zip(segs) {
         match t {
-            Seg::Lit(l) if l == s => rank.push(2),
+            Seg::Lit(l) if l == s || (loose && l.eq_ignore_ascii_case(s)) => rank.push(2),
             Seg::Lit(_) => return None,
             Seg::Param { name, prefix, suffix } => {
                 let value = s.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
@@ -158,6 +174,39 @@ fn matches(template: &[Seg], segs: &[&str]) -> Option<Match> {
         }
     }
     Some((rank, params))
+}
+
+/// A path with `%XX` escapes of unreserved characters (letters, digits, `-._~`) decoded:
+/// RFC 3986 section 6.2.2.2 makes them the same path. Other escapes stay.
+fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = (b[i] == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|c| c.is_ascii_alphanumeric() || b"-._~".contains(c));
+        match decoded {
+            Some(c) => {
+                out.push(char::from(c));
+                i += 3;
+            }
+            None => {
+                // `path` is a str: the byte starts a character here unless it continues one,
+                // which the loop never stops in (escapes are ASCII).
+                let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    out.into()
 }
 
 fn parse_template(t: &str) -> Result<Vec<Seg>, String> {
@@ -280,7 +329,7 @@ impl Compiler<'_> {
                     location: In::Path,
                     required: true,
                     shape: Shape::String,
-                    explode: false,
+                    split: Some(','),
                     schema: None,
                 });
             }
@@ -337,13 +386,23 @@ impl Compiler<'_> {
         };
         let required = location == In::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
         let (shape, schema) = match p.get("schema") {
-            Some(s) => (Shape::of(self.resolve(s)), Some(self.schema(&format!("{at}.schema"), s)?)),
+            Some(s) => (Shape::of_resolved(s, &|v| self.resolve(v)), Some(self.schema(&format!("{at}.schema"), s)?)),
             None => (Shape::String, None),
         };
-        let style_form = location == In::Query && p.get("style").and_then(Value::as_str).is_none_or(|s| s == "form");
-        let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(style_form);
+        // `explode` only matters to the query's `form` style (its default there): each
+        // item a parameter of its own. Every other style separates items in one value.
+        let style = p.get("style").and_then(Value::as_str);
+        let split = match (location, style) {
+            (In::Query, None | Some("form")) => {
+                let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(true);
+                (!explode).then_some(',')
+            }
+            (In::Query, Some("spaceDelimited")) => Some(' '),
+            (In::Query, Some("pipeDelimited")) => Some('|'),
+            _ => Some(','),
+        };
         let name = if location == In::Header { name.to_ascii_lowercase() } else { name.to_owned() };
-        Ok(Some(Param { name, location, required, shape, explode, schema }))
+        Ok(Some(Param { name, location, required, shape, split, schema }))
     }
 }
 
@@ -455,6 +514,16 @@ mod tests {
         let Lookup::Found(_, params) = d.find(&Method::HEAD, "/files/a%20b.json") else { panic!("no match") };
         assert_eq!(params, [("name".to_owned(), "a b".to_owned())]);
         assert!(matches!(d.find(&Method::GET, "/users"), Lookup::NoPath));
+        // An escaped unreserved character is the character: `/users/%6De` is `/users/me`.
+        let Lookup::Found(op, _) = d.find(&Method::GET, "/users/%6De") else { panic!("no match") };
+        assert_eq!(op.id, "me");
+        // Lenient spellings: only the loose lookup takes them.
+        assert!(matches!(d.find(&Method::GET, "/users/me/"), Lookup::NoPath));
+        assert!(matches!(d.find(&Method::GET, "//users/me"), Lookup::NoPath));
+        for spelling in ["/users/me/", "//users//me", "/Users/ME"] {
+            let Lookup::Found(op, _) = d.find_loose(&Method::GET, spelling) else { panic!("{spelling}") };
+            assert_eq!(op.id, "me", "{spelling}");
+        }
         assert!(matches!(d.find(&Method::POST, "/users/7"), Lookup::NoMethod(allow) if allow == "GET, DELETE"));
     }
 

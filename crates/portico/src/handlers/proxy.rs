@@ -434,17 +434,23 @@ fn race<'a>(
         let until = at + if per_try.is_zero() { left } else { per_try.min(left) };
         async move {
             let host = r.preserve.unwrap_or(&t.host_header);
-            let flight = upstream.start_at(&t, at);
+            // Cancelled (another try won) while in flight: the guard records the wait.
+            let mut flight = CancelGuard(Some(upstream.start_at(&t, at)));
             let x =
                 Exchange { method: r.method, pq: r.pq, host, headers: &mut h, added: Some(r.added), upgrade: false };
             let res = upstream.send(&t, x, &mut body, at, until).await;
-            match &res {
-                Ok(res) => flight.finish(res.status().is_server_error()),
+            match (&res, flight.0.take()) {
+                (_, None) => {}
+                (Ok(res), Some(f)) => {
+                    f.finish(res.status().is_server_error());
+                    // Answers only: a fast failure (a refused connection) says nothing of
+                    // how long an answer takes, and would pull the delay down.
+                    hedge.observe(at.elapsed());
+                }
                 // The request itself, not the target: nothing to record.
-                Err(upstream::Error::Invalid(_) | upstream::Error::Body(_)) => drop(flight),
-                Err(_) => flight.finish(true),
+                (Err(upstream::Error::Invalid(_) | upstream::Error::Body(_)), Some(f)) => drop(f),
+                (Err(_), Some(f)) => f.finish(true),
             }
-            hedge.observe(at.elapsed());
             (i, res)
         }
     };
@@ -477,17 +483,26 @@ fn race<'a>(
                         return res;
                     }
                     if tries.is_empty() {
-                        return res;
+                        // The upstream's own answer (a 503) over a try's error.
+                        return match (res, failed) {
+                            (Err(_), Some(Ok(kept))) => Ok(kept),
+                            (res, _) => res,
+                        };
                     }
-                    failed = Some(res);
+                    if res.is_ok() || !matches!(failed, Some(Ok(_))) {
+                        failed = Some(res);
+                    }
                 }
                 () = tokio::time::sleep_until(next), if more => {
-                    let budget = upstream.budget.as_ref().is_some_and(|b| b.try_retry());
-                    let target = if budget { upstream.pick(key, Some(&last)) } else { None };
-                    let Some(target) = target else {
-                        if !budget {
-                            upstream.retries_exhausted.inc();
-                        }
+                    // The budget first: a pick moves the balancer (round robin's turn), which a
+                    // hedge that is not sent must not do. A budget token is lost only when no
+                    // target is available at all.
+                    if !upstream.budget.as_ref().is_some_and(|b| b.try_retry()) {
+                        upstream.retries_exhausted.inc();
+                        hedging = false;
+                        continue;
+                    }
+                    let Some(target) = upstream.pick(key, Some(&last)) else {
                         hedging = false;
                         continue;
                     };
@@ -502,6 +517,18 @@ fn race<'a>(
             }
         }
     })
+}
+
+/// A hedged try's flight until it answers; dropped before (the try was cancelled), it
+/// records the time waited as a latency ([`upstream::InFlight::cancelled`]).
+struct CancelGuard<'a>(Option<upstream::InFlight<'a>>);
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.cancelled();
+        }
+    }
 }
 
 /// Sends a copy of the request to the mirror upstream in a task of its own; the answer

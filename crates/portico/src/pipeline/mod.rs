@@ -215,6 +215,7 @@ pub(crate) async fn handle_unsent_id(
                         tls: conn.tls.as_deref(),
                         route: &route.name,
                         flag_upstreams: !route.flag_upstreams.is_empty(),
+                        body: req.body(),
                     };
                     // A route without request plugins skips the phase's machinery.
                     let skipped = route.plugins.passes_all(&snap.tenants);

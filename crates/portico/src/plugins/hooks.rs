@@ -677,6 +677,7 @@ mod tests {
             tls,
             route: "r",
             flag_upstreams: false,
+            body: req.body(),
         }
     }
 

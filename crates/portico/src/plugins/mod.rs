@@ -112,6 +112,8 @@ pub struct RequestView<'a> {
     pub route: &'a str,
     /// Whether the route has `flag_upstreams` (so tenant settings are needed).
     pub flag_upstreams: bool,
+    /// The request's body, not yet read (whether there is one).
+    pub body: &'a Body,
 }
 
 /// The request's state: what the access hooks write, for later hooks, the handler and the

@@ -81,7 +81,7 @@ impl Contract {
                 // The body schema applies to any request that sends a body, and requires
                 // one of the methods that send one.
                 let sends = matches!(*req.method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
-                if op.body.is_some() && sends && !has_body(req.headers) {
+                if op.body.is_some() && sends && !sends_body(req) {
                     problems.push(Problem {
                         pointer: "/body".into(),
                         rule: "required".into(),
@@ -97,7 +97,16 @@ impl Contract {
                     Some(base) => path.strip_prefix(&**base).filter(|rest| rest.is_empty() || rest.starts_with('/')),
                 };
                 let lookup = match path {
-                    Some(p) => doc.find(req.method, if p.is_empty() { "/" } else { p }),
+                    Some(p) => {
+                        let p = if p.is_empty() { "/" } else { p };
+                        match (doc.find(req.method, p), self.unknown) {
+                            // Passed unchecked only when no lenient reading of the path is an
+                            // operation either: `/orders/` or `/Orders` would reach the
+                            // service's `/orders` unchecked otherwise.
+                            (Lookup::NoPath, UnknownOperations::Pass) => doc.find_loose(req.method, p),
+                            (found, _) => found,
+                        }
+                    }
                     None => Lookup::NoPath,
                 };
                 match (lookup, self.unknown) {
@@ -118,7 +127,7 @@ impl Contract {
         };
         if let Some(spec) = op.as_ref().and_then(|o| o.body.as_ref()) {
             let content_type = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            let sent = has_body(req.headers);
+            let sent = sends_body(req);
             if !sent && spec.required {
                 problems.push(Problem {
                     pointer: "/body".into(),
@@ -137,14 +146,10 @@ fn violation(problems: Vec<Problem>) -> GatewayError {
     GatewayError::new(ErrorKind::ContractViolation(problems.into()))
 }
 
-/// Whether the request says it has a body: a `Content-Length` above 0 or a
-/// `Transfer-Encoding` (an HTTP/2 request without either is taken at its word).
-fn has_body(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::TRANSFER_ENCODING)
-        || headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
+/// Whether the request has a body: its framing says so (HTTP/1.1), or its stream has not
+/// ended with its head (HTTP/2, where `Content-Length` is optional).
+fn sends_body(req: &RequestView<'_>) -> bool {
+    !http_body::Body::is_end_stream(req.body)
 }
 
 fn decode(v: &str) -> String {
@@ -222,7 +227,7 @@ impl Hooks for Validate {
             seen: Vec::new(),
             over: false,
             max: self.0.max_body,
-            ready: Bytes::new(),
+            ready: bytes::BytesMut::new(),
         }))
     }
 
@@ -258,7 +263,7 @@ struct Tee {
     seen: Vec<u8>,
     over: bool,
     max: u64,
-    ready: Bytes,
+    ready: bytes::BytesMut,
 }
 
 impl StreamTransform for Tee {
@@ -272,14 +277,7 @@ impl StreamTransform for Tee {
             }
         }
         // The piece goes on as it came: one copy, into the bytes ready to go.
-        self.ready = if self.ready.is_empty() {
-            Bytes::copy_from_slice(piece)
-        } else {
-            let mut joined = Vec::with_capacity(self.ready.len() + piece.len());
-            joined.extend_from_slice(&self.ready);
-            joined.extend_from_slice(piece);
-            joined.into()
-        };
+        self.ready.extend_from_slice(piece);
         Ok(())
     }
 
@@ -314,6 +312,6 @@ impl StreamTransform for Tee {
     }
 
     fn take(&mut self) -> Bytes {
-        std::mem::take(&mut self.ready)
+        self.ready.split().freeze()
     }
 }

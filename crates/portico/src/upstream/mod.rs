@@ -605,6 +605,17 @@ impl InFlight<'_> {
     }
 }
 
+impl InFlight<'_> {
+    /// A try given up on before it answered (a hedge won): neither a success nor a
+    /// failure of the target, but the time it had taken at least feeds the latency
+    /// estimate, so that `peak_ewma` sees a target that stalls.
+    pub fn cancelled(self) {
+        if self.upstream.definition.balance == portico_config::Balance::PeakEwma {
+            balance::update_ewma(self.target, self.started.elapsed(), LazyMs::new(self.upstream.epoch).get());
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
