@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
     if !path.contains('%') {
         let template = match params.as_slice() {
             [] => None,
-            [(name, value)] => Some(path.replacen(&format!("/{value}"), &format!("/{{{name}}}"), 1)),
+            [(name, value)] => path.strip_suffix(&format!("/{value}")).map(|p| format!("{p}/{{{name}}}")),
             _ => None,
         };
         if let Some(t) = template {

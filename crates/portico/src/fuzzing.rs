@@ -217,3 +217,19 @@ pub fn accepts_gzip(value: &http::HeaderValue) -> bool {
 pub fn prefers_xml(value: &http::HeaderValue) -> bool {
     crate::plugins::xml::prefers_xml(value)
 }
+
+/// `plugins::jwt::keys_of_set`: the usable keys of a JWKS document, with a provider that
+/// takes every asymmetric algorithm; each as its `kid` and the algorithms it verifies.
+pub fn jwks(body: &[u8]) -> Result<Vec<(Option<String>, Vec<jsonwebtoken::Algorithm>)>, String> {
+    use jsonwebtoken::Algorithm as A;
+    let algorithms = [A::RS256, A::RS384, A::RS512, A::PS256, A::PS384, A::PS512, A::ES256, A::ES384, A::EdDSA];
+    let base = jsonwebtoken::Validation::new(A::RS256);
+    let keys = crate::plugins::jwt::keys_of_set(body, &algorithms, &base)?;
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let (kid, algs) = k.describe();
+            (kid.map(str::to_owned), algs.to_vec())
+        })
+        .collect())
+}

@@ -121,7 +121,9 @@ impl Document {
 
     fn find_with(&self, method: &Method, path: &str, loose: bool) -> Lookup<'_> {
         let normal = decode_unreserved(path);
-        let segs: Vec<&str> = normal.strip_prefix('/').unwrap_or(&normal).split('/').collect();
+        // An origin-form path starts with `/`; anything else names no operation.
+        let Some(rest) = normal.strip_prefix('/') else { return Lookup::NoPath };
+        let segs: Vec<&str> = rest.split('/').collect();
         let segs: Vec<&str> = if loose { segs.into_iter().filter(|s| !s.is_empty()).collect() } else { segs };
         let mut best: Option<(&PathItem, Match)> = None;
         for item in &self.paths {
@@ -514,6 +516,9 @@ mod tests {
         let Lookup::Found(_, params) = d.find(&Method::HEAD, "/files/a%20b.json") else { panic!("no match") };
         assert_eq!(params, [("name".to_owned(), "a b".to_owned())]);
         assert!(matches!(d.find(&Method::GET, "/users"), Lookup::NoPath));
+        // Found by the contract fuzz target: a path without its leading `/` matched.
+        assert!(matches!(d.find(&Method::GET, "users/7"), Lookup::NoPath));
+        assert!(matches!(d.find_loose(&Method::GET, "users/7"), Lookup::NoPath));
         // An escaped unreserved character is the character: `/users/%6De` is `/users/me`.
         let Lookup::Found(op, _) = d.find(&Method::GET, "/users/%6De") else { panic!("no match") };
         assert_eq!(op.id, "me");

@@ -46,12 +46,20 @@ use crate::identity::{Consumers, Identity, TokenFacts};
 const MAX_KEYS_TRIED: usize = 8;
 
 /// A key and the validation rules that go with it.
-struct Key {
+pub(crate) struct Key {
     /// Whether it came from the JWKS (rather than the config).
     jwks: bool,
     kid: Option<Box<str>>,
     key: DecodingKey,
     validation: Validation,
+}
+
+impl Key {
+    /// The key's ID and the algorithms it verifies (for the fuzz targets).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn describe(&self) -> (Option<&str>, &[Algorithm]) {
+        (self.kid.as_deref(), &self.validation.algorithms)
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -634,40 +642,43 @@ impl Jwks {
             .map_err(|_| "body too slow".to_owned())?
             .map_err(|e| format!("body: {e}"))?
             .to_bytes();
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            if let Some(k) = self.key_of(jwk) {
-                keys.push(k);
-            }
-        }
-        if keys.is_empty() {
-            return Err("no usable signing key in the set".into());
-        }
+        let keys = keys_of_set(&body, &self.algorithms, &self.base)?;
         Ok(KeySet { keys, fetched: Instant::now(), digest: crate::identity::sha256(&body) })
     }
+}
 
-    /// A usable key from a JWK, or `None` (encryption keys, symmetric keys, unknown types).
-    fn key_of(&self, jwk: &Jwk) -> Option<Key> {
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-            return None;
-        }
-        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
-            return None;
-        }
-        let key = DecodingKey::from_jwk(jwk).ok()?;
-        let algorithms: Vec<Algorithm> = match jwk.common.key_algorithm.map(Algorithm::try_from) {
-            Some(Ok(a)) if a.family() == key.family() => vec![a],
-            Some(_) => return None,
-            None => self.algorithms.iter().copied().filter(|a| a.family() == key.family()).collect(),
-        };
-        if algorithms.is_empty() {
-            return None;
-        }
-        let mut validation = self.base.clone();
-        validation.algorithms = algorithms;
-        Some(Key { jwks: true, kid: jwk.common.key_id.as_deref().map(Into::into), key, validation })
+/// The usable signing keys of a JWKS document (what an identity provider serves): each
+/// taking the provider's `algorithms` of its family, or its own `alg`. `Err` when the
+/// document is not a JWK set or has no usable key.
+pub(crate) fn keys_of_set(body: &[u8], algorithms: &[Algorithm], base: &Validation) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+    let keys: Vec<Key> = set.keys.iter().filter_map(|jwk| key_of(jwk, algorithms, base)).collect();
+    if keys.is_empty() {
+        return Err("no usable signing key in the set".into());
     }
+    Ok(keys)
+}
+
+/// A usable key from a JWK, or `None` (encryption keys, symmetric keys, unknown types).
+fn key_of(jwk: &Jwk, algorithms: &[Algorithm], base: &Validation) -> Option<Key> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    let algorithms: Vec<Algorithm> = match jwk.common.key_algorithm.map(Algorithm::try_from) {
+        Some(Ok(a)) if a.family() == key.family() => vec![a],
+        Some(_) => return None,
+        None => algorithms.iter().copied().filter(|a| a.family() == key.family()).collect(),
+    };
+    if algorithms.is_empty() {
+        return None;
+    }
+    let mut validation = base.clone();
+    validation.algorithms = algorithms;
+    Some(Key { jwks: true, kid: jwk.common.key_id.as_deref().map(Into::into), key, validation })
 }
 
 /// A compiled `jwt` plugin: the provider it names (shared with every route that names it,
