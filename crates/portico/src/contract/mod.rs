@@ -243,7 +243,7 @@ pub struct Operation {
     /// Its body, when it takes one.
     pub body: Option<BodySpec>,
     /// The schemas of its JSON answers by status (`200`, `2XX`, `default`).
-    pub responses: Vec<(String, Arc<Validator>)>,
+    pub responses: Vec<(StatusKey, Arc<Validator>)>,
 }
 
 /// The parts of a request a contract reads (before any of the route's plugins changed it).
@@ -314,13 +314,40 @@ impl Operation {
         }
     }
 
-    /// Checks a JSON answer's body of status `status`; `None` when the operation has no
-    /// schema for it.
+    /// The schema of a JSON answer of status `status`: the exact code's, else its class's
+    /// (`2XX`), else `default`'s; `None` when the operation has none.
     pub fn response_schema(&self, status: u16) -> Option<&Arc<Validator>> {
-        let exact = status.to_string();
-        let class = format!("{}XX", status / 100);
-        let find = |key: &str| self.responses.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v);
-        find(&exact).or_else(|| find(&class)).or_else(|| find("default"))
+        let find = |key: StatusKey| self.responses.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+        find(StatusKey::Exact(status))
+            .or_else(|| find(StatusKey::Class(status / 100)))
+            .or_else(|| find(StatusKey::Default))
+    }
+}
+
+/// A key of an operation's `responses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusKey {
+    /// `200`.
+    Exact(u16),
+    /// `2XX`.
+    Class(u16),
+    /// `default`.
+    Default,
+}
+
+impl StatusKey {
+    /// Reads `200`, `2XX` (any case) or `default`; `None` for anything else.
+    pub fn parse(key: &str) -> Option<Self> {
+        let b = key.as_bytes();
+        match b {
+            _ if key == "default" => Some(Self::Default),
+            [d, x1, x2]
+                if (b'1'..=b'5').contains(d) && x1.eq_ignore_ascii_case(&b'x') && x2.eq_ignore_ascii_case(&b'x') =>
+            {
+                Some(Self::Class(u16::from(d - b'0')))
+            }
+            _ => key.parse::<u16>().ok().filter(|s| (100..600).contains(s)).map(Self::Exact),
+        }
     }
 }
 
@@ -640,6 +667,34 @@ mod tests {
         let mut problems = Vec::new();
         check_json_body(Some(&schema), small.as_bytes(), &mut problems);
         assert_eq!(problems.len(), MAX_PROBLEMS);
+    }
+
+    #[test]
+    fn an_answer_takes_the_exact_status_then_its_class_then_default() {
+        assert_eq!(StatusKey::parse("201"), Some(StatusKey::Exact(201)));
+        assert_eq!(StatusKey::parse("4xx"), Some(StatusKey::Class(4)));
+        assert_eq!(StatusKey::parse("default"), Some(StatusKey::Default));
+        for bad in ["6XX", "20", "2X", "OK", "700"] {
+            assert_eq!(StatusKey::parse(bad), None, "{bad}");
+        }
+        let v = |t: &str| {
+            compile_schema(&json!({"const": t}), jsonschema::Draft::Draft202012).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let op = Operation {
+            id: "x".into(),
+            params: Vec::new(),
+            body: None,
+            responses: vec![
+                (StatusKey::Default, v("default")),
+                (StatusKey::Class(2), v("2XX")),
+                (StatusKey::Exact(201), v("201")),
+            ],
+        };
+        let which = |status| op.response_schema(status).map(|s| s.is_valid(&json!("201")));
+        assert_eq!(which(201), Some(true));
+        assert_eq!(which(200), Some(false));
+        assert!(op.response_schema(200).is_some_and(|s| s.is_valid(&json!("2XX"))));
+        assert!(op.response_schema(500).is_some_and(|s| s.is_valid(&json!("default"))));
     }
 
     #[test]

@@ -367,8 +367,12 @@ impl Compiler<'_> {
             if let Some((ty, m)) = json
                 && let Some(s) = m.get("schema")
             {
+                let Some(key) = super::StatusKey::parse(status) else {
+                    errors.push((format!("{at}.responses.{status}"), "not a status, a class (2XX) or default".into()));
+                    continue;
+                };
                 match self.schema(&format!("{at}.responses.{status}.content.{ty}.schema"), s) {
-                    Ok(v) => responses.push((status.clone(), v)),
+                    Ok(v) => responses.push((key, v)),
                     Err(e) => errors.push(e),
                 }
             }
