@@ -36,6 +36,11 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A required body that is not there.
+    pub fn body_required() -> Self {
+        Self::new("/body".into(), "required", "a request body is required")
+    }
+
     fn new(pointer: String, rule: &str, message: impl Into<String>) -> Self {
         let mut message = message.into();
         if message.len() > MAX_MESSAGE {
@@ -209,11 +214,14 @@ impl BodySpec {
     /// The schema for a body of this `Content-Type`: `None` when the type is not taken,
     /// `Some(None)` when it is, unchecked.
     pub fn for_type(&self, content_type: Option<&str>) -> Option<Option<&Arc<Validator>>> {
-        let essence = content_type.and_then(|c| c.split(';').next()).unwrap_or_default().trim().to_ascii_lowercase();
+        // Ranges are stored in lower case; the type is compared without case, unallocated.
+        let essence = content_type.and_then(|c| c.split(';').next()).unwrap_or_default().trim();
         let matches = |range: &str| {
-            range == essence
+            range.eq_ignore_ascii_case(essence)
                 || range == "*/*"
-                || range.strip_suffix("/*").is_some_and(|ty| essence.split('/').next() == Some(ty))
+                || range
+                    .strip_suffix("/*")
+                    .is_some_and(|ty| essence.split('/').next().is_some_and(|t| t.eq_ignore_ascii_case(ty)))
         };
         // The most specific range first: an exact type, then `type/*`, then `*/*`.
         let rank = |range: &str| {
@@ -463,6 +471,11 @@ impl<'de> serde::de::Visitor<'de> for Strict {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// A percent-encoded path segment as text (bytes that are not UTF-8 become U+FFFD).
+pub fn decode_component(v: &str) -> String {
+    percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()
 }
 
 /// A name as one JSON pointer segment (`~` and `/` escaped, RFC 6901).

@@ -169,7 +169,7 @@ fn matches(template: &[Seg], segs: &[&str], loose: bool) -> Option<Match> {
                 if value.is_empty() {
                     return None;
                 }
-                let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+                let decoded = super::decode_component(value);
                 params.push((name.clone(), decoded));
                 rank.push(u8::from(!prefix.is_empty() || !suffix.is_empty()));
             }
@@ -342,7 +342,7 @@ impl Compiler<'_> {
                 let mut media = Vec::new();
                 for (ty, m) in b.get("content").and_then(Value::as_object).into_iter().flatten() {
                     let schema = match m.get("schema") {
-                        Some(s) if is_json_type(ty) => {
+                        Some(s) if crate::plugins::hooks::is_json_media(ty) => {
                             match self.schema(&format!("{at}.requestBody.content.{ty}.schema"), s) {
                                 Ok(v) => Some(v),
                                 Err(e) => {
@@ -362,8 +362,10 @@ impl Compiler<'_> {
         let mut responses = Vec::new();
         for (status, r) in op.get("responses").and_then(Value::as_object).into_iter().flatten() {
             let r = self.resolve(r);
-            let json =
-                r.get("content").and_then(Value::as_object).and_then(|c| c.iter().find(|(t, _)| is_json_type(t)));
+            let json = r
+                .get("content")
+                .and_then(Value::as_object)
+                .and_then(|c| c.iter().find(|(t, _)| crate::plugins::hooks::is_json_media(t)));
             if let Some((ty, m)) = json
                 && let Some(s) = m.get("schema")
             {
@@ -415,12 +417,6 @@ impl Compiler<'_> {
 /// `paths./a.get` → `paths./a`.
 fn parent(at: &str) -> &str {
     at.rsplit_once('.').map_or(at, |(p, _)| p)
-}
-
-/// Whether a media type (or range) is JSON: `application/json` or a `+json` type.
-fn is_json_type(t: &str) -> bool {
-    let t = t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    t == "application/json" || t.ends_with("+json")
 }
 
 /// Routes for a document's operations, as config YAML (`portico routes-from-openapi`):

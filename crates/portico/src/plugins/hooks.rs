@@ -124,10 +124,15 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     let encoded =
         headers.get(http::header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     let Some(ct) = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
-    let essence = ct.split(';').next().unwrap_or_default().trim();
-    let json = essence.eq_ignore_ascii_case("application/json")
-        || essence.rsplit_once('+').is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"));
-    json && !encoded
+    is_json_media(ct) && !encoded
+}
+
+/// Whether a media type (parameters allowed) is JSON: `application/json` or any `+json`
+/// type, in any case.
+pub fn is_json_media(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.rsplit_once('+').is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
 }
 
 /// What the access phase reads besides the request: the same for every request of a route.

@@ -75,18 +75,20 @@ impl Contract {
         let mut problems = Vec::new();
         let op = match &self.source {
             Source::Inline(inline, op) => {
-                let params: Vec<(String, String)> = req.params.iter().map(|(k, v)| (k.to_owned(), decode(v))).collect();
+                // Decoded only for a path schema to read.
+                let params: Vec<(String, String)> = match inline.path {
+                    Some(_) => {
+                        req.params.iter().map(|(k, v)| (k.to_owned(), crate::contract::decode_component(v))).collect()
+                    }
+                    None => Vec::new(),
+                };
                 let parts = RequestParts { path_params: &params, query: req.uri.query(), headers: req.headers };
                 inline.check_params(parts, &mut problems);
                 // The body schema applies to any request that sends a body, and requires
                 // one of the methods that send one.
                 let sends = matches!(*req.method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
                 if op.body.is_some() && sends && !sends_body(req) {
-                    problems.push(Problem {
-                        pointer: "/body".into(),
-                        rule: "required".into(),
-                        message: "a request body is required".into(),
-                    });
+                    problems.push(Problem::body_required());
                 }
                 Some(op.clone())
             }
@@ -129,11 +131,7 @@ impl Contract {
             let content_type = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             let sent = sends_body(req);
             if !sent && spec.required {
-                problems.push(Problem {
-                    pointer: "/body".into(),
-                    rule: "required".into(),
-                    message: "a request body is required".into(),
-                });
+                problems.push(Problem::body_required());
             } else if sent && spec.for_type(content_type).is_none() && problems.is_empty() {
                 return Err(GatewayError::new(ErrorKind::UnsupportedMediaType));
             }
@@ -150,10 +148,6 @@ fn violation(problems: Vec<Problem>) -> GatewayError {
 /// ended with its head (HTTP/2, where `Content-Length` is optional).
 fn sends_body(req: &RequestView<'_>) -> bool {
     !http_body::Body::is_end_stream(req.body)
-}
-
-fn decode(v: &str) -> String {
-    percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()
 }
 
 /// The `validate` plugin.
@@ -236,11 +230,7 @@ impl Hooks for Validate {
         let mut problems = Vec::new();
         if msg.body.is_empty() {
             if spec.required {
-                problems.push(Problem {
-                    pointer: "/body".into(),
-                    rule: "required".into(),
-                    message: "a request body is required".into(),
-                });
+                problems.push(Problem::body_required());
             }
         } else {
             let content_type = msg.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
