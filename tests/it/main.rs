@@ -6,6 +6,7 @@ mod access;
 mod aggregate;
 mod auth;
 mod bodies;
+mod caching;
 mod cli;
 mod client_side;
 mod compression;

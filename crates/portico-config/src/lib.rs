@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod cache;
 pub mod contract;
 pub mod env;
 pub mod events;

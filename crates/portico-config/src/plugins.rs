@@ -55,6 +55,9 @@ pub enum Plugin {
     ResponseBody(crate::transform::BodyTransform),
     /// Compress response bodies (gzip) for clients that accept it, as they stream.
     Compression(Compression),
+    /// Answer `GET` and `HEAD` from stored upstream responses (RFC 9111), one upstream
+    /// request for many concurrent misses, stale answers when the upstream fails.
+    Cache(crate::cache::Cache),
     /// XML request bodies to JSON going up; JSON answers to XML (always, or when the
     /// client's `Accept` prefers it), or XML answers to JSON, coming down.
     Xml(Xml),
@@ -81,6 +84,7 @@ impl Plugin {
             Plugin::Compression(_) => "compression",
             Plugin::Xml(_) => "xml",
             Plugin::Validate(_) => "validate",
+            Plugin::Cache(_) => "cache",
         }
     }
 }
@@ -891,6 +895,17 @@ fn check_list(
             }
             Plugin::Mtls(_) => {}
             Plugin::Validate(v) => crate::contract::check(&pp, v, err),
+            Plugin::Cache(c) => {
+                crate::cache::check(&pp, c, err);
+                if let Some(r) = route
+                    && (r.respond.is_some() || r.publish.is_some())
+                {
+                    err(
+                        pp.clone(),
+                        "cache needs a route that proxies or aggregates (respond and publish answer themselves)".into(),
+                    );
+                }
+            }
             Plugin::RequestHeaders(t) => crate::transform::check_headers(&pp, t, route, true, err),
             Plugin::ResponseHeaders(t) => crate::transform::check_headers(&pp, t, route, false, err),
             Plugin::Query(q) => crate::transform::check_query(&pp, q, route, err),

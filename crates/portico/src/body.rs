@@ -40,6 +40,8 @@ pub enum Body {
     Holding(Box<Body>, Option<Box<dyn std::fmt::Debug + Send + Sync>>),
     /// A body changed piece by piece as it streams (a response compressed).
     Transformed(Box<Transformed>),
+    /// A body passed on unchanged while a copy of it is kept (a response being cached).
+    Tapped(Box<Tapped>),
 }
 
 impl Body {
@@ -77,6 +79,7 @@ impl http_body::Body for Body {
                 res
             }
             Body::Transformed(b) => b.poll(cx),
+            Body::Tapped(b) => b.poll(cx),
         }
     }
 
@@ -91,6 +94,7 @@ impl http_body::Body for Body {
             Body::Streamed(b) => b.is_end_stream(),
             Body::Holding(b, _) => b.is_end_stream(),
             Body::Transformed(b) => b.done && b.trailers.is_none(),
+            Body::Tapped(b) => http_body::Body::is_end_stream(&b.inner),
         }
     }
 
@@ -106,7 +110,66 @@ impl http_body::Body for Body {
             Body::Holding(b, _) => b.size_hint(),
             // The length changes with the transform.
             Body::Transformed(_) => SizeHint::default(),
+            Body::Tapped(b) => http_body::Body::size_hint(&b.inner),
         }
+    }
+}
+
+/// What keeps a copy of a body as it passes ([`Tapped`]).
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// A piece of the body went by.
+    fn data(&mut self, piece: &Bytes);
+    /// The body ended whole (`trailers` when it had some).
+    fn end(&mut self, trailers: Option<&http::HeaderMap>);
+}
+
+/// A body passed on as it is while a [`Tap`] sees every piece (shared, not copied). A body
+/// that fails, or is dropped before its end (the client left), never reaches
+/// [`Tap::end`]: the tap learns of it by being dropped.
+#[derive(Debug)]
+pub struct Tapped {
+    inner: Body,
+    tap: Option<Box<dyn Tap>>,
+}
+
+impl Tapped {
+    /// `inner`, seen by `tap`.
+    pub fn new(inner: Body, tap: Box<dyn Tap>) -> Self {
+        Self { inner, tap: Some(tap) }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let res = http_body::Body::poll_frame(Pin::new(&mut self.inner), cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(tap) = &mut self.tap {
+                    match frame.data_ref() {
+                        Some(data) => {
+                            tap.data(data);
+                            // A writer stops polling once the body says it has ended.
+                            if http_body::Body::is_end_stream(&self.inner)
+                                && let Some(mut tap) = self.tap.take()
+                            {
+                                tap.end(None);
+                            }
+                        }
+                        None => {
+                            if let Some(mut tap) = self.tap.take() {
+                                tap.end(frame.trailers_ref());
+                            }
+                        }
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut tap) = self.tap.take() {
+                    tap.end(None);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.tap = None,
+            Poll::Pending => {}
+        }
+        res
     }
 }
 

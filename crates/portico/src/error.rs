@@ -96,6 +96,9 @@ pub enum ErrorKind {
     RateLimitUnavailable,
     /// A `publish` route's event was not acknowledged by Redis in time (503).
     BrokerUnavailable,
+    /// The client asked for an answer from the cache only (`Cache-Control: only-if-cached`)
+    /// and the cache has none (504, as RFC 9111 section 5.2.1.7 says).
+    NotCached,
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
@@ -140,7 +143,8 @@ impl GatewayError {
             | ErrorKind::Unauthorized(..)
             | ErrorKind::Forbidden(_)
             | ErrorKind::RateLimited { .. }
-            | ErrorKind::ConcurrencyLimited(_) => Side::Downstream,
+            | ErrorKind::ConcurrencyLimited(_)
+            | ErrorKind::NotCached => Side::Downstream,
             ErrorKind::ConnectFailed
             | ErrorKind::BadResponse
             | ErrorKind::ConnectTimeout(_)
@@ -178,7 +182,9 @@ impl GatewayError {
             ErrorKind::ClientAborted => CLIENT_CLOSED_REQUEST,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
-            ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) | ErrorKind::NotCached => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ErrorKind::Unauthorized(..) => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden(_) => StatusCode::FORBIDDEN,
             ErrorKind::RateLimited { .. } | ErrorKind::ConcurrencyLimited(false) => StatusCode::TOO_MANY_REQUESTS,
@@ -223,6 +229,7 @@ impl GatewayError {
             ErrorKind::KeysUnavailable | ErrorKind::RevocationUnavailable => "credentials cannot be checked right now",
             ErrorKind::RateLimitUnavailable => "rate limit store unavailable",
             ErrorKind::BrokerUnavailable => "event broker unavailable",
+            ErrorKind::NotCached => "not in the cache (only-if-cached)",
         }
     }
 
@@ -414,6 +421,7 @@ mod tests {
             (ErrorKind::UnknownOperation, 404),
             (ErrorKind::UnsupportedMediaType, 415),
             (ErrorKind::BrokerUnavailable, 503),
+            (ErrorKind::NotCached, 504),
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::HeadersTooLarge, 431),

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod compile;
 pub mod contract;
 pub mod demo;

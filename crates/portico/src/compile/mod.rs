@@ -70,6 +70,8 @@ pub struct Snapshot {
     pub tenants: crate::identity::tenants::Tenants,
     /// The global `rate_limit` and `concurrency_limit`, shared by the routes that use them.
     pub global_limits: (Option<Arc<RateLimit>>, Option<Arc<ConcurrencyLimit>>),
+    /// The global `cache`, whose store the routes that use it share.
+    pub global_cache: Option<Arc<crate::cache::Cache>>,
     /// Compiled TLS settings of each TLS listener, by listener name.
     pub listener_tls: HashMap<String, Arc<ListenerTls>>,
 }
@@ -422,6 +424,15 @@ impl Snapshot {
         // document each, which is compiled once.
         let mut contracts = HashMap::new();
         let global_contract = compile_contract("plugins", &config.plugins, metrics, &mut contracts, &mut errors);
+        // The global `cache` once: one store for every route that uses it, carried over a
+        // reload that leaves its settings as they were.
+        let prev_global_cache = prev.and_then(|p| p.global_cache.as_deref());
+        let global_cache = config.plugins.iter().find_map(|p| match p {
+            portico_config::Plugin::Cache(c) => {
+                Some(Arc::new(crate::cache::Cache::new(c, "plugins", metrics, prev_global_cache)))
+            }
+            _ => None,
+        });
         for (i, r) in config.routes.iter().enumerate() {
             // Validation allows one of publish, respond, aggregate and forwarding.
             let handler = match (&r.publish, &r.respond, &r.aggregate) {
@@ -535,11 +546,31 @@ impl Snapshot {
                         }
                         false => global_contract.clone(),
                     };
+                    let cache = match r.plugins.iter().find_map(|p| match p {
+                        portico_config::Plugin::Cache(c) => Some(c),
+                        _ => None,
+                    }) {
+                        Some(c) => {
+                            // The same route's own store, when it had one.
+                            let prev_own = prev
+                                .and_then(|p| p.routes.iter().find(|pr| *pr.name == *r.name))
+                                .and_then(|pr| pr.plugins.cache())
+                                .map(|c| c.cache())
+                                .filter(|c| {
+                                    !prev.and_then(|p| p.global_cache.as_ref()).is_some_and(|g| Arc::ptr_eq(g, c))
+                                });
+                            Some(Arc::new(crate::cache::Cache::new(c, &r.name, metrics, prev_own.map(|c| &**c))))
+                        }
+                        None => global_cache.clone(),
+                    };
+                    let route_name: Arc<str> = r.name.as_str().into();
+                    let cache = cache.map(|c| crate::cache::RouteCache::new(c, &route_name, metrics));
                     let built = crate::plugins::hooks::Built {
                         providers: &jwt_providers,
                         rate_limit: rate.as_ref(),
                         concurrency_limit: conc.as_ref(),
                         contract: contract.as_ref(),
+                        cache: cache.as_ref(),
                     };
                     Chain::compile(&portico_config::effective(&config.plugins, &r.plugins), &built)
                 },
@@ -564,6 +595,7 @@ impl Snapshot {
             rate_limit: None,
             concurrency_limit: None,
             contract: None,
+            cache: None,
         };
         let global_plugins = Chain::compile(&config.plugins.iter().collect::<Vec<_>>(), &built);
         Ok(Snapshot {
@@ -572,6 +604,7 @@ impl Snapshot {
             identity,
             global_plugins,
             global_limits,
+            global_cache,
             tenants: crate::identity::tenants::Tenants::compile(
                 &config.tenants,
                 services.and_then(|s| s.tenants.clone()),

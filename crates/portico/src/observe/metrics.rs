@@ -125,6 +125,23 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    route: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictionLabels {
+    store: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: Arc<str>,
 }
@@ -212,6 +229,11 @@ pub struct Metrics {
     tls_expiry: Family<CertificateLabels, Gauge>,
     tls_reloads: Family<ListenerResultLabels, Counter>,
     tls_handshake_errors: Family<HandshakeErrorLabels, Counter>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    cache_coalesced: Family<RouteLabel, Counter>,
+    cache_bytes: Family<StoreLabel, Gauge>,
+    cache_entries: Family<StoreLabel, Gauge>,
+    cache_evictions: Family<EvictionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -424,7 +446,38 @@ impl Metrics {
         for result in ["success", "error"] {
             reloads.get_or_create(&ResultLabel { result }).get();
         }
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "gateway_cache_lookups",
+            "Requests on cached routes by what the cache did: hit, miss, stale (answered stale while refreshing or for a failed upstream), revalidated (a 304 renewed the entry) or bypass (not for the cache)",
+            cache_lookups.clone(),
+        );
+        let cache_coalesced = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_cache_coalesced",
+            "Cache misses that waited for another request's fetch of the same entry instead of fetching, by route",
+            cache_coalesced.clone(),
+        );
+        let cache_bytes = Family::<StoreLabel, Gauge>::default();
+        registry.register(
+            "gateway_cache_bytes",
+            "Memory taken by a cache store's entries (bodies and fields), by store",
+            cache_bytes.clone(),
+        );
+        let cache_entries = Family::<StoreLabel, Gauge>::default();
+        registry.register("gateway_cache_entries", "Entries in a cache store, by store", cache_entries.clone());
+        let cache_evictions = Family::<EvictionLabels, Counter>::default();
+        registry.register(
+            "gateway_cache_evictions",
+            "Entries removed from a cache store, by store and reason: size (the store was full), expired, purged",
+            cache_evictions.clone(),
+        );
         Self {
+            cache_lookups,
+            cache_coalesced,
+            cache_bytes,
+            cache_entries,
+            cache_evictions,
             registry,
             requests,
             duration,
@@ -612,6 +665,33 @@ impl Metrics {
     /// Counts an upstream answer that broke its operation's response schema.
     pub fn response_contract_violation(&self, operation: &str) {
         self.response_contract_violations.get_or_create(&OperationLabel { operation: operation.into() }).inc();
+    }
+
+    /// A route's cache counters.
+    pub fn cache_counters(&self, route: &Arc<str>) -> crate::cache::Counters {
+        let c = |result| self.cache_lookups.get_or_create_owned(&CacheLabels { route: route.clone(), result });
+        crate::cache::Counters {
+            hit: c("hit"),
+            miss: c("miss"),
+            stale: c("stale"),
+            revalidated: c("revalidated"),
+            bypass: c("bypass"),
+            coalesced: self.cache_coalesced.get_or_create_owned(&RouteLabel { route: route.clone() }),
+        }
+    }
+
+    /// A cache store's gauges and counters.
+    pub fn cache_store(&self, store: &str) -> crate::cache::StoreMetrics {
+        let store: Arc<str> = store.into();
+        let evictions =
+            |reason| self.cache_evictions.get_or_create_owned(&EvictionLabels { store: store.clone(), reason });
+        crate::cache::StoreMetrics {
+            bytes: self.cache_bytes.get_or_create_owned(&StoreLabel { store: store.clone() }),
+            entries: self.cache_entries.get_or_create_owned(&StoreLabel { store: store.clone() }),
+            evicted_size: evictions("size"),
+            evicted_expired: evictions("expired"),
+            purged: evictions("purged"),
+        }
     }
 
     /// The counter of hedged tries, of an upstream.

@@ -127,6 +127,11 @@ pub(crate) async fn handle_unsent_id(
     let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
     let mut accept_encoding = None;
     let mut accept = None;
+    // The cache's `Cache-Status`, on a route with a `cache`.
+    let mut cache_status: Option<HeaderValue> = None;
+    // Whether the cache answered (a stored answer, or the error of a fetch others waited
+    // for: not this request's own failure, so not counted against the upstream again).
+    let mut answered_by_cache = false;
     let checked = match check_request(&req, &conn.listener) {
         Ok(seen) if seen.escaped_slash => slash_policy(&mut req, &snap, &conn.listener).map(|r| (seen, r)),
         other => other.map(|seen| (seen, None)),
@@ -262,7 +267,29 @@ pub(crate) async fn handle_unsent_id(
                                 }
                                 tenant = Some(t.id.clone());
                             }
-                            let body_phase = if hooked {
+                            // The cache, around the handler: a hit answers here (no request
+                            // hook nor the handler runs); a fetch readies the request.
+                            let mut cache_answer = None;
+                            let mut cache_ticket = None;
+                            if let Some(cache) = route.plugins.cache() {
+                                let who = crate::cache::Who {
+                                    host: host_of(&req).unwrap_or(""),
+                                    tls: conn.proto == "https",
+                                    identity: identity.as_ref(),
+                                    tenant: tenant.as_deref(),
+                                    peer_trusted,
+                                    refreshes: matches!(route.handler, Handler::Proxy(_)),
+                                };
+                                let step = Box::pin(cache.lookup(&req, &who)).await;
+                                cache_status = Some(step.status);
+                                cache_answer = step.answer;
+                                cache_ticket = step.ticket;
+                                if let Some(t) = &mut cache_ticket {
+                                    t.prepare(&mut req);
+                                }
+                            }
+                            let hit = cache_answer.is_some() && cache_ticket.is_none();
+                            let body_phase = if hooked && !hit {
                                 let ctx = HookCtx {
                                     params: &hook_params,
                                     identity: identity.as_ref(),
@@ -292,8 +319,31 @@ pub(crate) async fn handle_unsent_id(
                             };
                             // The route's handler, matched here rather than in an async
                             // wrapper, whose future would move the proxy's once more.
-                            match (&route.handler, body_phase) {
+                            let handled = match (&route.handler, body_phase) {
                                 (_, Err(e)) => Err(e),
+                                (handler, Ok(())) if let Some(answer) = cache_answer.take() => {
+                                    // A stale answer now, and its refresh in the background.
+                                    if let (Handler::Proxy(_), Some(ticket)) = (handler, cache_ticket.take()) {
+                                        refresh_in_background(
+                                            req,
+                                            ticket,
+                                            Refresh {
+                                                snap: snap.clone(),
+                                                index,
+                                                conn: conn.clone(),
+                                                shared: shared.clone(),
+                                                client_ip,
+                                                peer_trusted,
+                                                request_id: log.request_id.clone(),
+                                                client_host: client_host.clone(),
+                                                upstream_override: upstream_override.cloned(),
+                                                new_path,
+                                            },
+                                        );
+                                    }
+                                    answered_by_cache = true;
+                                    answer
+                                }
                                 (Handler::Respond(r), Ok(())) => Ok(r.response()),
                                 (Handler::Publish(p), Ok(())) => {
                                     let cx = crate::handlers::publish::Ctx {
@@ -344,6 +394,24 @@ pub(crate) async fn handle_unsent_id(
                                     };
                                     proxy::forward(req, up, ctx, &mut log.outcome).await
                                 }
+                            };
+                            match cache_ticket {
+                                None => handled,
+                                Some(ticket) => {
+                                    let failed =
+                                        handled.as_ref().err().filter(|e| e.counts_against_upstream()).cloned();
+                                    let done = ticket.complete(handled);
+                                    cache_status = Some(done.status);
+                                    // Answered stale, the upstream's failure still counts.
+                                    if done.stale_for_error
+                                        && let Some(e) = failed
+                                        && let Some(up) =
+                                            log.outcome.upstream.as_ref().or(route.upstream().map(|u| &u.name))
+                                    {
+                                        shared.metrics.backend_error(up, e.metric_kind());
+                                    }
+                                    done.result
+                                }
                             }
                         }
                     }
@@ -364,6 +432,7 @@ pub(crate) async fn handle_unsent_id(
             if let Some(r) = route
                 && let Some(upstream) = log.outcome.upstream.as_ref().or(r.upstream().map(|u| &u.name))
                 && e.counts_against_upstream()
+                && !answered_by_cache
             {
                 shared.metrics.backend_error(upstream, e.metric_kind());
                 tracing::debug!(route = %r.name, upstream = %upstream, error = %e, "upstream request failed");
@@ -371,12 +440,16 @@ pub(crate) async fn handle_unsent_id(
             e.to_response(&log.request_id)
         }
     };
+    let cached_route = cache_status.is_some();
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
     let lifecycle = route.and_then(|r| r.lifecycle.as_deref());
     // The lean loop writes fields kept as sent itself; everyone else reads the map.
-    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response() && lifecycle.is_none();
+    let keep_raw = raw_ok && slot.is_none() && !chain.touches_response() && lifecycle.is_none() && !cached_route;
     if !keep_raw && !materialise(&mut res) {
         res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
+    }
+    if let Some(status) = cache_status {
+        res.headers_mut().insert(crate::cache::CACHE_STATUS.clone(), status);
     }
     let tls = conn.proto == "https";
     let ctx = HookCtx {
@@ -436,9 +509,62 @@ pub(crate) fn refuse(
     (res, log)
 }
 
+/// What a refresh in the background needs of the request's context, owned.
+struct Refresh {
+    snap: Arc<crate::compile::Snapshot>,
+    index: usize,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    client_ip: std::net::IpAddr,
+    peer_trusted: bool,
+    request_id: HeaderValue,
+    client_host: Option<HeaderValue>,
+    upstream_override: Option<Arc<crate::upstream::Upstream>>,
+    new_path: Option<String>,
+}
+
+/// Sends the request of a stale answer's refresh (`stale-while-revalidate`) to the
+/// route's upstream in the background; the cache stores what it answers.
+fn refresh_in_background(req: Request<Body>, ticket: crate::cache::Ticket, r: Refresh) {
+    tokio::spawn(async move {
+        let route = &r.snap.routes[r.index];
+        let Handler::Proxy(up) = &route.handler else { return };
+        let ctx = proxy::ProxyCtx {
+            route,
+            new_path: r.new_path,
+            peer: &r.conn.peer_headers,
+            peer_trusted: r.peer_trusted,
+            client_ip: r.client_ip,
+            max_body: r.conn.listener.max_body,
+            shared: &r.shared,
+            tls: r.conn.tls.as_deref(),
+            upstream_override: r.upstream_override.as_ref(),
+            request_id: (&r.snap.request_id_header, &r.request_id),
+            client_host: r.client_host.as_ref(),
+            may_upgrade: false,
+            started: None,
+            timeout: None,
+        };
+        let mut outcome = Outcome::default();
+        let result = proxy::forward(req, up, ctx, &mut outcome).await;
+        if let Err(e) = &result
+            && e.counts_against_upstream()
+        {
+            let name = outcome.upstream.as_ref().unwrap_or(&up.name);
+            r.shared.metrics.backend_error(name, e.metric_kind());
+        }
+        // The body read to its end is what stores it.
+        if let Ok(res) = ticket.complete(result).result {
+            use http_body_util::BodyExt as _;
+            let mut body = res.into_body();
+            while let Some(Ok(_)) = body.frame().await {}
+        }
+    });
+}
+
 /// Puts an upstream response's fields that are kept as sent into its map; `false` when one
 /// is not valid there.
-fn materialise(res: &mut Response<Body>) -> bool {
+pub(crate) fn materialise(res: &mut Response<Body>) -> bool {
     let Body::H1(b) = res.body_mut() else { return true };
     if b.raw_fields().is_none() {
         return true;

@@ -401,6 +401,9 @@ registry! {
     /// `validate`: the request against its API contract, as the client sent it, once the
     /// caller is known and within its limits.
     Validate(super::validate::Validate),
+    /// `cache`: answers from stored responses, around the handler (the pipeline calls it
+    /// after the access phase, before the request hooks; it has no hooks of its own).
+    Cache(crate::cache::RouteCache),
     /// `query`: changes the request's query.
     Query(super::query::Query),
     /// `request_headers`: changes the request's headers.
@@ -440,6 +443,9 @@ pub struct Built<'a> {
     /// The list's `validate` contract, loaded by the compile stage (which reports a bad
     /// document).
     pub contract: Option<&'a Arc<crate::plugins::validate::Contract>>,
+    /// The list's `cache`, compiled by the compile stage for the route (its store is shared
+    /// by the routes of a global plugin and carried over reloads).
+    pub cache: Option<&'a crate::cache::RouteCache>,
 }
 
 /// Compiles one plugin of a validated config. `None` when what it names is not there: a
@@ -458,6 +464,7 @@ pub fn compile(p: &portico_config::Plugin, built: &Built<'_>) -> Option<Instance
         P::RateLimit(_) => Instance::RateLimit(built.rate_limit?.clone()),
         P::ConcurrencyLimit(_) => Instance::ConcurrencyLimit(built.concurrency_limit?.clone()),
         P::Validate(_) => Instance::Validate(super::validate::Validate::new(built.contract?.clone())),
+        P::Cache(_) => Instance::Cache(built.cache?.clone()),
         P::Query(c) => Instance::Query(super::query::Query::new(c)),
         P::RequestHeaders(c) => Instance::RequestHeaders(super::request_headers::RequestHeaders::new(c)),
         P::ResponseHeaders(c) => Instance::ResponseHeaders(super::response_headers::ResponseHeaders::new(c)),
@@ -564,6 +571,7 @@ mod tests {
         "compression: { min_size: 0B }",
         "xml: { response: to_xml }",
         "validate: { schemas: { query: { properties: { q: { type: integer } } }, body: { type: array } } }",
+        "cache: { ttl: 10s }",
     ];
 
     /// The config variant's place: a variant added to `portico_config::Plugin` does not
@@ -588,9 +596,10 @@ mod tests {
             P::Compression(_) => 14,
             P::Xml(_) => 15,
             P::Validate(_) => 16,
+            P::Cache(_) => 17,
         }
     }
-    const VARIANTS: usize = 17;
+    const VARIANTS: usize = 18;
 
     const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
     const API_KEY: &str = "k-1";
@@ -645,11 +654,20 @@ mod tests {
                 P::Validate(def) => Some(Arc::new(super::super::validate::Contract::compile(def, &metrics).unwrap())),
                 _ => None,
             };
+            let cache = match p {
+                P::Cache(def) => Some(crate::cache::RouteCache::new(
+                    Arc::new(crate::cache::Cache::new(def, "t", &metrics, None)),
+                    &Arc::from("t"),
+                    &metrics,
+                )),
+                _ => None,
+            };
             let built = Built {
                 providers: &self.providers,
                 rate_limit: rate.as_ref(),
                 concurrency_limit: concurrency.as_ref(),
                 contract: contract.as_ref(),
+                cache: cache.as_ref(),
             };
             compile(p, &built)
         }
@@ -786,7 +804,13 @@ mod tests {
     async fn an_authentication_plugin_that_did_not_build_fails_closed() {
         let f = Fixture::new();
         let jwt: P = serde_saphyr::from_str("jwt: { provider: gone }").unwrap();
-        let built = Built { providers: &HashMap::new(), rate_limit: None, concurrency_limit: None, contract: None };
+        let built = Built {
+            providers: &HashMap::new(),
+            rate_limit: None,
+            concurrency_limit: None,
+            contract: None,
+            cache: None,
+        };
         let chain = super::super::Chain::compile(&[&jwt], &built);
         assert!(chain.plugins().iter().any(|p| matches!(p, Instance::Authorize(_))), "{chain:?}");
         let req = f.request();

@@ -18,14 +18,15 @@
 //! | 7     | `rate_limit`        | 429 (a leaky bucket may delay instead); 503 with `store: redis` down and `on_store_error: deny` | | `RateLimit-*` headers |
 //! | 8     | `concurrency_limit` | 429 or 503 | | |
 //! | 9     | `validate`          | 404, 405, 415, 400 (path, query, headers) | the JSON body (400, 413) | |
-//! | 10    | `query`             | | the query | |
-//! | 11    | `request_headers`   | | headers | |
-//! | 12    | `xml`               | | an XML body as JSON (400) | a JSON answer as XML, an XML one as JSON (502) |
-//! | 13    | `request_body`      | | the JSON body (413, 400) | |
-//! | 14    | `response_body`     | | | the JSON body (502) |
-//! | 15    | `compression`       | | | the body, compressed as it streams |
-//! | 16    | `response_headers`  | | | headers |
-//! | 17    | `security_headers`  | | | headers |
+//! | 10    | `cache`             | a stored answer (the handler does not run); 504 for `only-if-cached` | takes out unkeyed headers | stores the handler's answer |
+//! | 11    | `query`             | | the query | |
+//! | 12    | `request_headers`   | | headers | |
+//! | 13    | `xml`               | | an XML body as JSON (400) | a JSON answer as XML, an XML one as JSON (502) |
+//! | 14    | `request_body`      | | the JSON body (413, 400) | |
+//! | 15    | `response_body`     | | | the JSON body (502) |
+//! | 16    | `compression`       | | | the body, compressed as it streams |
+//! | 17    | `response_headers`  | | | headers |
+//! | 18    | `security_headers`  | | | headers |
 //!
 //! So the response phase writes `security_headers`, then `response_headers` (which can
 //! adjust a security header), then the rate-limit and CORS headers (which it cannot remove
@@ -85,6 +86,8 @@ pub struct Chain {
     tenant_settings: bool,
     /// Whether the chain answers CORS preflights.
     cors: bool,
+    /// Whether the chain has a `cache`.
+    cache: bool,
     /// Credential headers not passed upstream (API keys).
     hide: Box<[HeaderName]>,
     /// A credential query parameter not passed upstream nor logged (API keys).
@@ -212,6 +215,7 @@ impl Chain {
             challenge: list.iter().find_map(Instance::challenge).unwrap_or(Challenge::Bearer),
             tenant_settings: list.iter().any(Instance::tenant_settings),
             cors: list.iter().any(|p| matches!(p, Instance::Cors(_))),
+            cache: list.iter().any(|p| matches!(p, Instance::Cache(_))),
             hide,
             hide_query,
             plugins: list.into(),
@@ -230,6 +234,18 @@ impl Chain {
     pub fn concurrency_limit(&self) -> Option<&Arc<rate_limit::ConcurrencyLimit>> {
         self.plugins.iter().find_map(|p| match p {
             Instance::ConcurrencyLimit(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The chain's cache, if any.
+    #[inline]
+    pub fn cache(&self) -> Option<&crate::cache::RouteCache> {
+        if !self.cache {
+            return None;
+        }
+        self.plugins.iter().find_map(|p| match p {
+            Instance::Cache(c) => Some(c),
             _ => None,
         })
     }
