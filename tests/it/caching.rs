@@ -417,16 +417,19 @@ async fn a_failing_fetch_does_not_hang_its_waiters() {
 async fn stale_while_revalidate_answers_at_once_and_refreshes_behind() {
     let origin = Origin::start().await;
     let gw = cached(&origin, "", "");
-    let url = gw.url("/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D30");
+    let url = gw.url("/swr?cc=max-age%3D5%2C%20stale-while-revalidate%3D30");
     let first = n_of(&get(&url).await.2);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // The origin now takes 3s: an answer sooner did not wait for it.
-    origin.delay.store(3000, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    // The origin now takes 1s: an answer sooner did not wait for it.
+    origin.delay.store(1000, Ordering::SeqCst);
     let started = std::time::Instant::now();
     let (s, h, body) = get(&url).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "answered without waiting for the origin");
+    assert!(started.elapsed() < Duration::from_millis(900), "answered without waiting for the origin");
     assert_eq!((s.as_u16(), n_of(&body)), (200, first));
     assert!(status(&h).contains("detail=stale-while-revalidate"), "{h:?}");
+    // Stale answers go on while the refresh is under way, without another refresh.
+    let (_, h, body) = get(&url).await;
+    assert!(n_of(&body) == first && status(&h).contains("stale-while-revalidate"), "{h:?}");
     // The refresh lands in the background, and is what the next request gets.
     assert!(
         Gateway::eventually(Duration::from_secs(10), || async {
@@ -612,4 +615,89 @@ fn cache_settings_are_checked() {
         "routes:\n  - { name: r, match: { prefix: / }, respond: { status: 200, body: hi }, plugins: [{ cache: {} }] }\n",
     ));
     assert!(e.contains("routes[0].plugins[0].cache: cache needs a route that proxies or aggregates"), "{e}");
+}
+
+async fn admin_post(gw: &Gateway, path: &str, body: &str) -> (http::StatusCode, serde_json::Value) {
+    let req = http::Request::post(gw.admin_url(path))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    let (s, _, b) = send(req).await;
+    (s, serde_json::from_str(&b).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn entries_are_listed_and_purged_by_key_prefix_and_tag() {
+    let origin = Origin::start().await;
+    let gw = cached(&origin, "", "");
+    let host = gw.addr().to_string();
+    let urls =
+        ["/p/1?cc=max-age%3D60&tag=prod-1%20all", "/p/2?cc=max-age%3D60&tag=prod-2%20all", "/q/1?cc=max-age%3D60"];
+    let fetch = |i: usize| {
+        let url = gw.url(urls[i]);
+        async move { n_of(&get(&url).await.2) }
+    };
+    let mut first = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        first.push(fetch(i).await);
+        let (_, h, _) = get(&gw.url(url)).await;
+        assert!(h.get("surrogate-key").is_none(), "the tags stay at the gateway");
+    }
+    let (s, _, listing) = get(&gw.admin_url("/cache?store=r")).await;
+    assert_eq!(s, 200);
+    let listing = json(&listing);
+    assert_eq!(listing["stores"][0]["entries"], 3, "{listing}");
+    let list = listing["stores"][0]["list"].as_array().unwrap();
+    let q_key = list.iter().find(|e| e["path"] == format!("{host}/q/1")).unwrap()["key"].as_str().unwrap().to_owned();
+    assert!(list.iter().any(|e| e["tags"] == serde_json::json!(["prod-1", "all"])), "{listing}");
+
+    let (s, body) = admin_post(&gw, "/cache/purge", r#"{"tag":"prod-1"}"#).await;
+    assert_eq!((s.as_u16(), &body["purged"]), (200, &serde_json::json!(1)), "{body}");
+    assert_ne!(fetch(0).await, first[0], "purged by tag: fetched again");
+    assert_eq!((fetch(1).await, fetch(2).await), (first[1], first[2]), "the others stay");
+
+    let (_, body) = admin_post(&gw, "/cache/purge", &format!(r#"{{"key":{}}}"#, serde_json::json!(q_key))).await;
+    assert_eq!(body["purged"], 1, "{body}");
+    assert_ne!(fetch(2).await, first[2], "purged by key");
+
+    let (_, body) = admin_post(&gw, "/cache/purge", &format!(r#"{{"prefix":"{host}/p/"}}"#)).await;
+    assert_eq!(body["purged"], 2, "{body}");
+    assert_ne!(fetch(1).await, first[1], "purged by prefix");
+    assert!(gw.metric("gateway_cache_evictions_total{store=\"r\",reason=\"purged\"}").await >= 4.0);
+
+    for bad in [r#"{}"#, r#"{"tag":"a","prefix":"b"}"#, r#"{"tag":""}"#, r#"{"tags":"a"}"#, "not json"] {
+        let (s, body) = admin_post(&gw, "/cache/purge", bad).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+    }
+    let (s, _, _) = get(&gw.admin_url("/cache/purge")).await;
+    assert_eq!(s, 405);
+}
+
+#[tokio::test]
+async fn a_purge_reaches_every_instance_through_redis() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let yaml = config(&format!(
+        "redis: {{ url: \"{}\", timeout: 1s }}\nupstreams:\n  o:\n    targets: [{{ url: \"{}\" }}]\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: o, plugins: [{{ cache: {{}} }}] }}\n",
+        redis.url(),
+        origin.url()
+    ));
+    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    for gw in [&a, &b] {
+        assert!(
+            Gateway::eventually(Duration::from_secs(5), || async {
+                gw.metric("gateway_redis_subscribed{channel=\"cache_purge\"}").await == 1.0
+            })
+            .await
+        );
+    }
+    let path = "/shared?cc=max-age%3D60&tag=t1";
+    let (na, nb) = (n_of(&get(&a.url(path)).await.2), n_of(&get(&b.url(path)).await.2));
+    assert_eq!((n_of(&get(&a.url(path)).await.2), n_of(&get(&b.url(path)).await.2)), (na, nb), "each has its entry");
+    let (s, body) = admin_post(&a, "/cache/purge", r#"{"tag":"t1"}"#).await;
+    assert_eq!((s.as_u16(), &body["published"]), (200, &serde_json::json!(true)), "{body}");
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || async { n_of(&get(&b.url(path)).await.2) != nb }).await,
+        "the other instance's entry is gone too"
+    );
+    assert_ne!(n_of(&get(&a.url(path)).await.2), na);
 }

@@ -2,7 +2,9 @@
 //! while draining), `/metrics` (Prometheus text format) and `/upstreams` (live target
 //! health, ejections, in-flight counts and circuit-breaker states, as JSON), and
 //! `POST /revocations` (revoke a JWT by `jti`, or every token of a subject, through the
-//! shared Redis: see docs/auth.md#revocation).
+//! shared Redis: see docs/auth.md#revocation), `GET /cache` and `POST /cache/purge` (the
+//! response cache's stores and entries; purges reach every instance through Redis: see
+//! docs/caching.md#purges-and-inspection).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,6 +44,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                     }
                     if req.uri().path() == "/revocations" {
                         return Ok::<_, Infallible>(revocations(req, &shared).await);
+                    }
+                    if req.uri().path() == "/cache/purge" {
+                        return Ok::<_, Infallible>(purge(req, &shared).await);
                     }
                     Ok::<_, Infallible>(handle(&req, &shared))
                 }
@@ -100,6 +105,19 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             let list: Vec<serde_json::Value> = names.iter().map(|n| snap.upstreams[*n].status()).collect();
             text(StatusCode::OK, "application/json", serde_json::json!({ "upstreams": list }).to_string())
         }
+        "/cache" => {
+            let q: std::collections::HashMap<String, String> =
+                form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+            let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(10_000);
+            let snap = shared.snapshot.load();
+            let body = crate::cache::purge::inspect(
+                &snap,
+                q.get("store").map(String::as_str),
+                q.get("prefix").map(String::as_str),
+                limit,
+            );
+            text(StatusCode::OK, "application/json", body.to_string())
+        }
         "/metrics" => {
             text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())
         }
@@ -143,6 +161,46 @@ async fn revocations(req: Request<Incoming>, shared: &Shared) -> Response<Body> 
         Err(e) => {
             tracing::warn!(error = %e, "revocation could not be written");
             text(StatusCode::SERVICE_UNAVAILABLE, json, r#"{"error":"redis unavailable"}"#.into())
+        }
+    }
+}
+
+/// Largest `POST /cache/purge` body.
+const MAX_PURGE_BODY: usize = 16 * 1024;
+
+/// `POST /cache/purge`: removes entries by key, host-and-path prefix or surrogate key, here
+/// and (through Redis, when configured) on every instance. 200 with how many keys this
+/// instance removed; 400 bad input; 503 when Redis is configured and the purge could not
+/// be published (this instance's stores are purged all the same).
+async fn purge(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let json = "application/json";
+    if req.method() != Method::POST {
+        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, json, r#"{"error":"method not allowed"}"#.into());
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    let body = match Limited::new(req.into_body(), MAX_PURGE_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let msg = format!("body unreadable or over {MAX_PURGE_BODY} bytes");
+            return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string());
+        }
+    };
+    let p = match crate::cache::purge::Purge::parse(&body) {
+        Ok(p) => p,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string()),
+    };
+    let removed = p.apply(&shared.snapshot.load());
+    tracing::info!(purge = ?p, removed, "cache purged");
+    let Some(purges) = &shared.services.cache_purges else {
+        return text(StatusCode::OK, json, serde_json::json!({ "purged": removed, "published": false }).to_string());
+    };
+    match purges.publish(&p).await {
+        Ok(()) => text(StatusCode::OK, json, serde_json::json!({ "purged": removed, "published": true }).to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cache purge not published to the other instances");
+            let body = serde_json::json!({ "purged": removed, "published": false, "error": "redis unavailable: other instances keep their entries" });
+            text(StatusCode::SERVICE_UNAVAILABLE, json, body.to_string())
         }
     }
 }

@@ -152,6 +152,7 @@ fn start_services(config: &Config, metrics: &Arc<Metrics>) -> Result<compile::Se
     Ok(compile::Services {
         revocations: Some(identity::revocation::Revocations::start(store.clone(), metrics)),
         tenants: Some(identity::tenants::TenantStore::start(store.clone(), metrics)),
+        cache_purges: Some(cache::purge::Purges::start(store.clone(), metrics)),
         redis: Some(store),
     })
 }
@@ -289,6 +290,9 @@ impl Gateway {
             services,
         });
         spawn_limit_sweeper(Arc::downgrade(&shared));
+        if let Some(p) = &shared.services.cache_purges {
+            p.attach(Arc::downgrade(&shared));
+        }
         let (conn_shutdown, conn_shutdown_rx) = watch::channel(false);
         let mut listeners = HashMap::new();
         for (l, sock) in bound {

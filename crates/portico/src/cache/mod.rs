@@ -16,6 +16,7 @@
 //! Override`, ...) are taken out of requests on a cached route, so that no unkeyed header
 //! can change a stored answer.
 
+pub mod purge;
 pub mod rfc;
 pub mod store;
 

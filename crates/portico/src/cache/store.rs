@@ -227,7 +227,6 @@ impl Store {
                 u32::try_from(w).unwrap_or(u32::MAX)
             })
             .expire_after(KeepFor)
-            .support_invalidation_closures()
             .eviction_listener(move |_key, slot: Arc<Slot>, cause| {
                 let w: u64 = slot.variants.iter().map(|e| e.weight()).sum();
                 m.bytes.dec_by(i64::try_from(w).unwrap_or(i64::MAX));
@@ -277,11 +276,36 @@ impl Store {
         self.entries.remove(key).is_some()
     }
 
-    /// Removes every entry `f` picks (done in the background by the store; the entries are
-    /// gone for lookups at once).
-    pub fn remove_if(&self, f: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
-        // Refused only when the store was built without invalidation closures.
-        let _ = self.entries.invalidate_entries_if(move |_, slot| slot.variants.iter().any(|e| f(e)));
+    /// Removes every key with an entry `f` picks (the key and the entry); how many.
+    pub fn purge(&self, f: impl Fn(&str, &Entry) -> bool) -> usize {
+        let keys: Vec<Arc<str>> = self
+            .entries
+            .iter()
+            .filter(|(k, slot)| slot.variants.iter().any(|e| f(k, e)))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        keys.iter().filter(|k| self.entries.remove(&***k).is_some()).count()
+    }
+
+    /// Up to `limit` entries that `f` picks, with their keys.
+    pub fn list(&self, limit: usize, f: impl Fn(&Entry) -> bool) -> Vec<(Arc<str>, Arc<Entry>)> {
+        self.entries
+            .iter()
+            .flat_map(|(k, slot)| {
+                slot.variants.iter().filter(|e| f(e)).map(|e| ((*k).clone(), e.clone())).collect::<Vec<_>>()
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// How many keys are stored.
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// How many bytes the entries weigh.
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
     }
 
     /// Settles pending evictions (for tests and the admin API's counts).

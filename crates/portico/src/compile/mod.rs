@@ -33,6 +33,8 @@ pub struct Services {
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
     /// Tenant settings in Redis, when `redis` is configured.
     pub tenants: Option<Arc<crate::identity::tenants::TenantStore>>,
+    /// Cache purges from every instance, when `redis` is configured.
+    pub cache_purges: Option<Arc<crate::cache::purge::Purges>>,
 }
 
 /// A compiled config.
