@@ -701,3 +701,90 @@ async fn a_purge_reaches_every_instance_through_redis() {
     );
     assert_ne!(n_of(&get(&a.url(path)).await.2), na);
 }
+
+fn shared_tier(origin: &Origin, redis: &RedisServer) -> String {
+    config(&format!(
+        "redis: {{ url: \"{}\", timeout: 300ms }}\nupstreams:\n  o:\n    targets: [{{ url: \"{}\" }}]\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: o, plugins: [{{ cache: {{ store: redis }} }}] }}\n",
+        redis.url(),
+        origin.url()
+    ))
+}
+
+#[tokio::test]
+async fn an_answer_one_instance_fetched_is_served_by_the_others_through_redis() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let yaml = shared_tier(&origin, &redis);
+    let (a, b, c) = (Gateway::start(&yaml), Gateway::start(&yaml), Gateway::start(&yaml));
+    // Behind a load balancer every instance sees the same host (here, each its own port).
+    let path = "/tiered?cc=max-age%3D60&tag=t2&vary=Accept-Language";
+    let (_, h, first) = get_with(&a.url(path), &[("accept-language", "en"), ("host", "api.test")]).await;
+    assert!(status(&h).contains("stored"), "{h:?}");
+    // Written to Redis in the background, once the body has ended.
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || async { redis.cmd(&["DBSIZE"]) != "0" }).await,
+        "stored in Redis"
+    );
+    let (_, h, body) = get_with(&b.url(path), &[("accept-language", "en"), ("host", "api.test")]).await;
+    assert!(status(&h).starts_with("Portico; hit") && body == first, "the second instance answers from Redis: {h:?}");
+    let (_, h, body) = get_with(&c.url(path), &[("accept-language", "en"), ("host", "api.test")]).await;
+    assert!(status(&h).starts_with("Portico; hit") && body == first, "{h:?}");
+    assert_eq!(origin.hits(), 1, "one fetch for three instances");
+    // Another variant is fetched (Vary), and the value then holds both.
+    let fr = get_with(&b.url(path), &[("accept-language", "fr"), ("host", "api.test")]).await.2;
+    assert_eq!(json(&fr)["lang"], "fr");
+    assert_eq!(origin.hits(), 2);
+
+    // A purge by tag: gone from every instance's memory, and from Redis for all.
+    let (s, body) = admin_post(&c, "/cache/purge", r#"{"tag":"t2"}"#).await;
+    assert_eq!((s.as_u16(), &body["published"]), (200, &serde_json::json!(true)), "{body}");
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || async {
+            n_of(&get_with(&a.url(path), &[("accept-language", "en"), ("host", "api.test")]).await.2) != n_of(&first)
+        })
+        .await
+    );
+    assert_eq!(origin.hits(), 3, "fetched once more, by the first instance to ask");
+    // A fourth instance, started after the purge, refuses the purged value still in
+    // Redis (the purge is kept there): it sees the new entry or fetches.
+    let d = Gateway::start(&yaml);
+    let after = n_of(&get_with(&d.url(path), &[("accept-language", "en"), ("host", "api.test")]).await.2);
+    assert_ne!(after, n_of(&first), "the purged answer never comes back");
+}
+
+#[tokio::test]
+async fn with_redis_down_the_cache_works_from_memory_and_says_so_once() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let gw = Gateway::start(&shared_tier(&origin, &redis));
+    redis.stop();
+    for i in 0..5 {
+        let url = gw.url(&format!("/down/{i}?cc=max-age%3D60"));
+        let (s1, ..) = get(&url).await;
+        let (s2, h, _) = get(&url).await;
+        assert_eq!((s1.as_u16(), s2.as_u16()), (200, 200));
+        assert!(status(&h).starts_with("Portico; hit"), "memory still answers: {h:?}");
+    }
+    assert_eq!(origin.hits(), 5);
+    assert!(gw.logged("serving from memory only").await);
+    let warned = gw.stderr_text().matches("serving from memory only").count();
+    assert_eq!(warned, 1, "logged once per outage");
+    redis.restart();
+    assert!(
+        gw.logged("cache: redis answers again").await || {
+            // Asked again only after a second of rest, on the next miss.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            get(&gw.url("/down/again?cc=max-age%3D60")).await;
+            get(&gw.url("/down/again2?cc=max-age%3D60")).await;
+            gw.logged("cache: redis answers again").await
+        }
+    );
+}
+
+#[test]
+fn a_redis_store_needs_redis() {
+    let e = validation_errors(&config(
+        "upstreams:\n  o:\n    targets: [{ url: \"http://127.0.0.1:9\" }]\nroutes:\n  - { name: r, match: { prefix: / }, upstream: o, plugins: [{ cache: { store: redis } }] }\n",
+    ));
+    assert!(e.contains("routes[0].plugins[0].cache.store: store: redis needs a top-level redis"), "{e}");
+}

@@ -57,6 +57,10 @@ pub struct Cache {
     /// The largest body that is stored. A larger answer streams to the client and is not
     /// stored.
     pub max_object_size: ByteSize,
+    /// Where entries live: `memory` (this instance only) or `redis` (this instance's memory
+    /// first, then the top-level `redis`, shared by every instance: an answer one instance
+    /// fetched is served by all). With Redis down, the cache works from memory alone.
+    pub store: CacheStore,
     /// The response header that lists an answer's surrogate keys (tags, space separated)
     /// for purging by tag. Taken out of the answer the client gets.
     pub surrogate_key_header: String,
@@ -78,6 +82,7 @@ impl Default for Cache {
             lock_timeout: Duration::from_secs(5),
             max_size: ByteSize::mib(64),
             max_object_size: ByteSize::mib(1),
+            store: CacheStore::Memory,
             surrogate_key_header: "Surrogate-Key".into(),
         }
     }
@@ -91,6 +96,17 @@ pub struct QueryKey {
     pub include: Vec<String>,
     /// These parameters are left out of the key (tracking parameters such as `utm_source`).
     pub exclude: Vec<String>,
+}
+
+/// See [`Cache::store`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStore {
+    /// In this instance's memory.
+    #[default]
+    Memory,
+    /// In memory, then in the shared Redis.
+    Redis,
 }
 
 /// See [`Cache::credentialed`].
@@ -115,8 +131,12 @@ pub enum RequestCacheControl {
     Ignore,
 }
 
-/// Checks a `cache` plugin (at `path`).
-pub fn check(path: &str, c: &Cache, err: &mut impl FnMut(String, String)) {
+/// Checks a `cache` plugin (at `path`); `redis` tells whether a top-level `redis` is
+/// configured.
+pub fn check(path: &str, c: &Cache, redis: bool, err: &mut impl FnMut(String, String)) {
+    if c.store == CacheStore::Redis && !redis {
+        err(format!("{path}.store"), "store: redis needs a top-level redis (the entries are shared through it)".into());
+    }
     if c.max_ttl.get().is_zero() {
         err(format!("{path}.max_ttl"), "must be above 0".into());
     }

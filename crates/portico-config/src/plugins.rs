@@ -896,7 +896,7 @@ fn check_list(
             Plugin::Mtls(_) => {}
             Plugin::Validate(v) => crate::contract::check(&pp, v, err),
             Plugin::Cache(c) => {
-                crate::cache::check(&pp, c, err);
+                crate::cache::check(&pp, c, config.redis.is_some(), err);
                 if let Some(r) = route
                     && (r.respond.is_some() || r.publish.is_some())
                 {

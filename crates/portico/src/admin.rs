@@ -186,7 +186,7 @@ async fn purge(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string());
         }
     };
-    let p = match crate::cache::purge::Purge::parse(&body) {
+    let mut p = match crate::cache::purge::Purge::parse(&body) {
         Ok(p) => p,
         Err(msg) => return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string()),
     };
@@ -195,7 +195,12 @@ async fn purge(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let Some(purges) = &shared.services.cache_purges else {
         return text(StatusCode::OK, json, serde_json::json!({ "purged": removed, "published": false }).to_string());
     };
-    match purges.publish(&p).await {
+    p.at = Some(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+    let published = async {
+        p.apply_shared(&shared.snapshot.load_full(), purges).await?;
+        purges.publish(&p).await
+    };
+    match published.await {
         Ok(()) => text(StatusCode::OK, json, serde_json::json!({ "purged": removed, "published": true }).to_string()),
         Err(e) => {
             tracing::warn!(error = %e, "cache purge not published to the other instances");

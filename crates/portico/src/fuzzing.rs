@@ -233,3 +233,12 @@ pub fn jwks(body: &[u8]) -> Result<Vec<(Option<String>, Vec<jsonwebtoken::Algori
         })
         .collect())
 }
+
+/// `cache::tier::decode` and `encode`: a value of the cache's shared tier, as read back from
+/// Redis (which any instance, or anyone who can write to that Redis, may have written),
+/// encoded again when it decodes.
+pub fn cache_value(value: &[u8]) -> Option<Vec<u8>> {
+    let entries = crate::cache::tier::decode(value).ok()?;
+    let entries: Vec<std::sync::Arc<crate::cache::Entry>> = entries.into_iter().map(std::sync::Arc::new).collect();
+    Some(crate::cache::tier::encode(&entries))
+}

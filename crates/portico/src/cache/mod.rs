@@ -19,6 +19,7 @@
 pub mod purge;
 pub mod rfc;
 pub mod store;
+pub mod tier;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -76,19 +77,38 @@ static NOT_STORED: [HeaderName; 8] = [
 pub struct Cache {
     settings: Settings,
     store: Arc<Store>,
+    /// The shared tier (`store: redis`).
+    tier: Option<Arc<tier::Tier>>,
     key_headers: Box<[HeaderName]>,
     surrogate: HeaderName,
 }
 
 impl Cache {
     /// Compiles validated settings, taking `prev`'s store when its settings are the same.
-    pub fn new(settings: &Settings, name: &str, metrics: &crate::observe::Metrics, prev: Option<&Cache>) -> Self {
+    /// `services` has the shared Redis, for `store: redis`.
+    pub fn new(
+        settings: &Settings,
+        name: &str,
+        metrics: &crate::observe::Metrics,
+        prev: Option<&Cache>,
+        services: Option<&crate::compile::Services>,
+    ) -> Self {
         let store = match prev {
             Some(p) if p.settings == *settings => p.store.clone(),
             _ => Store::new(settings.max_size.get(), metrics.cache_store(name)),
         };
+        let tier = match (settings.store, services.and_then(|s| s.redis.as_ref())) {
+            (portico_config::cache::CacheStore::Redis, Some(redis)) => Some(Arc::new(tier::Tier::new(
+                redis.clone(),
+                services.and_then(|s| s.cache_purges.clone()),
+                name,
+                settings.max_object_size.get(),
+            ))),
+            _ => None,
+        };
         Self {
             store,
+            tier,
             key_headers: settings
                 .key_headers
                 .iter()
@@ -103,6 +123,11 @@ impl Cache {
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The shared tier, with `store: redis`.
+    pub fn tier(&self) -> Option<&Arc<tier::Tier>> {
+        self.tier.as_ref()
     }
 }
 
@@ -227,7 +252,14 @@ impl RouteCache {
         let mut collapsed = false;
         loop {
             let now = SystemTime::now();
-            let slot = store.get(&key);
+            let mut slot = store.get(&key);
+            // Not in memory: the shared tier, where another instance may have stored it.
+            if slot.is_none()
+                && let Some(tier) = &self.cache.tier
+                && let Some(entries) = Box::pin(tier.get(&key)).await
+            {
+                slot = Some(store.insert_all(key.clone(), entries));
+            }
             let found = slot.as_ref().and_then(|s| s.variants.iter().find(|e| e.matches(headers)).cloned());
             let fwd = match (&slot, &found) {
                 (None, _) => "uri-miss",
@@ -624,7 +656,10 @@ impl Ticket {
             && let Some(stale) = self.stale.take()
         {
             let entry = Arc::new(refreshed(&stale, res.headers(), self.requested, now, self.cache.settings()));
-            self.cache.cache.store.insert(self.key.clone(), entry.clone());
+            let slot = self.cache.cache.store.insert(self.key.clone(), entry.clone());
+            if let Some(tier) = &self.cache.cache.tier {
+                tier.put(&self.key, &slot);
+            }
             counters.revalidated.inc();
             self.finish(Flight::Stored);
             let status = self.status("; fwd-status=304; stored");
@@ -654,6 +689,7 @@ impl Ticket {
                 let body = std::mem::take(res.body_mut());
                 let filler = Filler {
                     store: self.cache.cache.store.clone(),
+                    tier: self.cache.cache.tier.clone(),
                     key: self.key.clone(),
                     entry: Some(entry),
                     pieces: Vec::new(),
@@ -807,6 +843,7 @@ fn refreshed(stale: &Entry, fields: &HeaderMap, requested: SystemTime, now: Syst
 #[derive(Debug)]
 struct Filler {
     store: Arc<Store>,
+    tier: Option<Arc<tier::Tier>>,
     key: Arc<str>,
     entry: Option<Entry>,
     pieces: Vec<Bytes>,
@@ -855,7 +892,10 @@ impl Tap for Filler {
             }
         };
         entry.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(self.size));
-        self.store.insert(self.key.clone(), Arc::new(entry));
+        let slot = self.store.insert(self.key.clone(), Arc::new(entry));
+        if let Some(tier) = &self.tier {
+            tier.put(&self.key, &slot);
+        }
         if let Some(l) = self.leader.take() {
             l.finish(Flight::Stored);
         }

@@ -26,6 +26,10 @@ pub struct Purge {
     /// Only this store (a route's name, or `plugins` for the global cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// When it was made (ms since the epoch), set by the instance that publishes it: an
+    /// entry in the shared tier stored before then is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
 }
 
 impl Purge {
@@ -42,6 +46,15 @@ impl Purge {
         Ok(p)
     }
 
+    /// Whether it removes `e` (by prefix or tag: a key purge removes the key itself).
+    fn covers(&self, store: &str, e: &Entry) -> bool {
+        if self.store.as_deref().is_some_and(|s| s != store) || self.key.is_some() {
+            return false;
+        }
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.at.unwrap_or(0));
+        e.received <= at && self.matches("", e)
+    }
+
     fn matches(&self, key: &str, e: &Entry) -> bool {
         match (&self.key, &self.prefix, &self.tag) {
             (Some(k), ..) => k == key,
@@ -49,6 +62,24 @@ impl Purge {
             (.., Some(t)) => e.tags.iter().any(|x| **x == *t),
             _ => false,
         }
+    }
+
+    /// Removes what the purge covers from the shared tiers: a key's Redis value at once; for
+    /// a prefix or a tag, the purge is kept in Redis (`{prefix}cache:purges`, a week), so
+    /// every instance refuses the older entries it reads, resubscribed ones included.
+    pub async fn apply_shared(&self, snap: &Snapshot, purges: &Purges) -> Result<(), crate::store::redis::StoreError> {
+        let tiers: Vec<_> = stores(snap)
+            .into_iter()
+            .filter(|(name, _)| self.store.as_deref().is_none_or(|s| s == &**name))
+            .filter_map(|(_, c)| c.tier().cloned())
+            .collect();
+        if let Some(key) = &self.key {
+            for t in &tiers {
+                t.delete(key).await?;
+            }
+            return Ok(());
+        }
+        purges.remember(self).await
     }
 
     /// Applies the purge to this instance's stores; how many keys it removed.
@@ -59,6 +90,10 @@ impl Purge {
             .map(|(_, c)| c.store.purge(|k, e| self.matches(k, e)))
             .sum()
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The distinct cache stores of a snapshot, by name.
@@ -123,7 +158,11 @@ pub fn inspect(snap: &Snapshot, store: Option<&str>, prefix: Option<&str>, limit
 pub struct Purges {
     store: Arc<RedisStore>,
     channel: String,
+    /// The prefix and tag purges of the last week, for entries read from the shared tier.
+    recent: parking_lot::RwLock<Vec<Purge>>,
     shared: OnceLock<Weak<crate::Shared>>,
+    /// Itself, for the tasks it starts.
+    me: OnceLock<Weak<Purges>>,
     /// Set once the first subscription is made: a later one may have missed purges.
     subscribed: std::sync::atomic::AtomicBool,
 }
@@ -141,9 +180,12 @@ impl Purges {
         let me = Arc::new(Self {
             store: store.clone(),
             channel: channel.clone(),
+            recent: parking_lot::RwLock::new(Vec::new()),
             shared: OnceLock::new(),
+            me: OnceLock::new(),
             subscribed: std::sync::atomic::AtomicBool::new(false),
         });
+        let _ = me.me.set(Arc::downgrade(&me));
         let sub: Arc<dyn Subscriber> = me.clone();
         store.subscribe(channel, &sub, metrics.redis_subscribed("cache_purge"));
         me
@@ -152,6 +194,66 @@ impl Purges {
     /// Gives the subscriber the process's state, whose current stores it purges.
     pub fn attach(&self, shared: Weak<crate::Shared>) {
         let _ = self.shared.set(shared);
+    }
+
+    /// How long prefix and tag purges are kept: past any entry's life.
+    const KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+    /// The most recent purges kept in memory.
+    const MAX_KEPT: usize = 10_000;
+
+    fn zset(&self) -> String {
+        format!("{}cache:purges", self.store.prefix())
+    }
+
+    /// Whether a prefix or tag purge since it was stored removed `e` (of store `store`).
+    pub fn purged(&self, store: &str, e: &Entry) -> bool {
+        self.recent.read().iter().any(|p| p.covers(store, e))
+    }
+
+    fn note(&self, p: Purge) {
+        if p.key.is_some() {
+            return;
+        }
+        let mut recent = self.recent.write();
+        let horizon = now_ms().saturating_sub(Self::KEPT.as_millis() as u64);
+        recent.retain(|q| q.at.unwrap_or(0) >= horizon && *q != p);
+        recent.push(p);
+        let over = recent.len().saturating_sub(Self::MAX_KEPT);
+        recent.drain(..over);
+    }
+
+    /// Keeps a prefix or tag purge in Redis for a week.
+    async fn remember(&self, p: &Purge) -> Result<(), crate::store::redis::StoreError> {
+        let at = p.at.unwrap_or_else(now_ms);
+        let horizon = at.saturating_sub(Self::KEPT.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZADD")
+            .arg(self.zset())
+            .arg(at)
+            .arg(serde_json::to_string(p).unwrap_or_default())
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.zset())
+            .arg("-inf")
+            .arg(format!("({horizon}"))
+            .ignore();
+        self.store.exec(&pipe, self.store.timeout()).await
+    }
+
+    /// Reads the purges kept in Redis (after a resubscription).
+    async fn reload(&self) {
+        let horizon = now_ms().saturating_sub(Self::KEPT.as_millis() as u64);
+        let cmd = redis::cmd("ZRANGEBYSCORE").arg(self.zset()).arg(horizon).arg("+inf").clone();
+        match self.store.query::<Vec<Vec<u8>>>(&cmd, self.store.timeout()).await {
+            Ok(list) => {
+                for p in list.iter().filter_map(|v| Purge::parse(v).ok()) {
+                    self.note(p);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cache purges kept in redis could not be read"),
+        }
     }
 
     /// Publishes a purge for every instance (this one included, through the channel).
@@ -167,6 +269,7 @@ impl Subscriber for Purges {
         let Some(shared) = self.shared.get().and_then(Weak::upgrade) else { return };
         match Purge::parse(payload) {
             Ok(p) => {
+                self.note(p.clone());
                 let n = p.apply(&shared.snapshot.load());
                 tracing::info!(purge = ?p, removed = n, "cache purge applied");
             }
@@ -177,7 +280,11 @@ impl Subscriber for Purges {
     /// Purges published while there was no subscription are lost: every store is emptied
     /// rather than kept with entries that should be gone.
     fn resync(&self) {
-        if !self.subscribed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let first = !self.subscribed.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(me) = self.me.get().and_then(Weak::upgrade) {
+            tokio::spawn(async move { me.reload().await });
+        }
+        if first {
             return;
         }
         let Some(shared) = self.shared.get().and_then(Weak::upgrade) else { return };

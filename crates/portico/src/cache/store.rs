@@ -110,6 +110,13 @@ pub struct Slot {
     keep: Duration,
 }
 
+impl Slot {
+    /// How long from its insertion the slot is kept.
+    pub fn keep(&self) -> Duration {
+        self.keep
+    }
+}
+
 /// Variants kept per key: past this, the oldest is dropped.
 const MAX_VARIANTS: usize = 8;
 
@@ -253,9 +260,9 @@ impl Store {
         self.entries.get(key)
     }
 
-    /// Stores `entry` under `key`, replacing the variant with the same `Vary` values.
-    pub fn insert(&self, key: Arc<str>, entry: Arc<Entry>) {
-        let now = SystemTime::now();
+    /// Stores `entry` under `key`, replacing the variant with the same `Vary` values; the
+    /// key's entries as they now are.
+    pub fn insert(&self, key: Arc<str>, entry: Arc<Entry>) -> Arc<Slot> {
         let mut variants = vec![entry.clone()];
         if let Some(old) = self.entries.get(&key) {
             let same = |e: &Entry| {
@@ -264,11 +271,20 @@ impl Store {
             variants
                 .extend(old.variants.iter().filter(|e| !same(e) && !e.vary.is_empty()).take(MAX_VARIANTS - 1).cloned());
         }
+        self.insert_all(key, variants)
+    }
+
+    /// Stores `variants` as the key's entries (from the shared tier).
+    pub fn insert_all(&self, key: Arc<str>, mut variants: Vec<Arc<Entry>>) -> Arc<Slot> {
+        let now = SystemTime::now();
+        variants.truncate(MAX_VARIANTS);
         let keep = variants.iter().map(|e| e.keep(now)).max().unwrap_or_default();
         let w: u64 = variants.iter().map(|e| e.weight()).sum();
         self.metrics.bytes.inc_by(i64::try_from(w).unwrap_or(i64::MAX));
         self.metrics.entries.inc_by(variants.len() as i64);
-        self.entries.insert(key, Arc::new(Slot { variants: variants.into(), keep }));
+        let slot = Arc::new(Slot { variants: variants.into(), keep });
+        self.entries.insert(key, slot.clone());
+        slot
     }
 
     /// Removes the entries under `key`; whether there were any.

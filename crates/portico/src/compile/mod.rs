@@ -431,7 +431,7 @@ impl Snapshot {
         let prev_global_cache = prev.and_then(|p| p.global_cache.as_deref());
         let global_cache = config.plugins.iter().find_map(|p| match p {
             portico_config::Plugin::Cache(c) => {
-                Some(Arc::new(crate::cache::Cache::new(c, "plugins", metrics, prev_global_cache)))
+                Some(Arc::new(crate::cache::Cache::new(c, "plugins", metrics, prev_global_cache, services)))
             }
             _ => None,
         });
@@ -561,7 +561,13 @@ impl Snapshot {
                                 .filter(|c| {
                                     !prev.and_then(|p| p.global_cache.as_ref()).is_some_and(|g| Arc::ptr_eq(g, c))
                                 });
-                            Some(Arc::new(crate::cache::Cache::new(c, &r.name, metrics, prev_own.map(|c| &**c))))
+                            Some(Arc::new(crate::cache::Cache::new(
+                                c,
+                                &r.name,
+                                metrics,
+                                prev_own.map(|c| &**c),
+                                services,
+                            )))
                         }
                         None => global_cache.clone(),
                     };

@@ -656,7 +656,7 @@ mod tests {
             };
             let cache = match p {
                 P::Cache(def) => Some(crate::cache::RouteCache::new(
-                    Arc::new(crate::cache::Cache::new(def, "t", &metrics, None)),
+                    Arc::new(crate::cache::Cache::new(def, "t", &metrics, None, None)),
                     &Arc::from("t"),
                     &metrics,
                 )),
