@@ -5,8 +5,13 @@ Used instead of wrk there because wrk's latency distribution did not match the
 throughput it measured against a backend that stalls some requests (wrk said p75 98 ms
 for a server whose every connection answered 95% of requests in 2.5 ms; this client,
 and one request at a time, both showed the 2.5 ms). Prints: requests, req/s, p50, p90,
-p99, p99.9 in ms, and non-2xx answers."""
+p99, p99.9 in ms, and non-2xx answers.
+A `{n}` in the URL's path is replaced by a number counting up over all connections, so that
+every request asks for a new path (the caching rows: every request a miss). A HOST
+environment variable sets the Host header."""
 import http.client
+import itertools
+import os
 import sys
 import threading
 import time
@@ -17,6 +22,8 @@ CONNS, SECS = int(sys.argv[2]), float(sys.argv[3])
 path = url.path or "/"
 lat, bad = [], [0]
 lock = threading.Lock()
+counter = itertools.count(1)
+headers = {"Host": os.environ["HOST"]} if "HOST" in os.environ else {}
 
 
 def run():
@@ -25,7 +32,7 @@ def run():
     end = time.perf_counter() + SECS
     while time.perf_counter() < end:
         t = time.perf_counter()
-        c.request("GET", path)
+        c.request("GET", path.replace("{n}", str(next(counter))), headers=headers)
         r = c.getresponse()
         r.read()
         mine.append((time.perf_counter() - t) * 1000)

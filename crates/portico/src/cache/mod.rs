@@ -639,7 +639,12 @@ impl Ticket {
                 }
                 counters.miss.inc();
                 let status = self.status(&format!("; fwd-status={}", e.status().as_u16()));
-                self.finish(Flight::Failed(e.clone()));
+                // The upstream's failure is every waiter's answer; the client's own (a body
+                // it broke off) is not: another waiter fetches.
+                match e.side() {
+                    Side::Downstream => self.finish(Flight::Abandoned),
+                    _ => self.finish(Flight::Failed(e.clone())),
+                }
                 return Completed { result: Err(e), status, stale_for_error: false };
             }
         };

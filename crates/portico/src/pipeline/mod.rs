@@ -127,8 +127,10 @@ pub(crate) async fn handle_unsent_id(
     let mut origin = if snap.global_plugins.has_cors() { req.headers().get(header::ORIGIN).cloned() } else { None };
     let mut accept_encoding = None;
     let mut accept = None;
-    // The cache's `Cache-Status`, on a route with a `cache`.
-    let mut cache_status: Option<HeaderValue> = None;
+    // What the cache decided, on a route with a `cache` (boxed: one pointer in the
+    // request's future, which every request moves, cached or not). Its `status` is the
+    // answer's `Cache-Status`.
+    let mut cached: Option<Box<crate::cache::Step>> = None;
     // Whether the cache answered (a stored answer, or the error of a fetch others waited
     // for: not this request's own failure, so not counted against the upstream again).
     let mut answered_by_cache = false;
@@ -136,7 +138,7 @@ pub(crate) async fn handle_unsent_id(
         Ok(seen) if seen.escaped_slash => slash_policy(&mut req, &snap, &conn.listener).map(|r| (seen, r)),
         other => other.map(|seen| (seen, None)),
     };
-    let result = match checked {
+    let mut result = match checked {
         Err(e) => Err(e),
         Ok(_) if conn.listener.redirect_https.is_some() => redirect_https(&req, conn.listener.redirect_https),
         Ok((_, Some(redirect))) => Ok(redirect),
@@ -269,8 +271,6 @@ pub(crate) async fn handle_unsent_id(
                             }
                             // The cache, around the handler: a hit answers here (no request
                             // hook nor the handler runs); a fetch readies the request.
-                            let mut cache_answer = None;
-                            let mut cache_ticket = None;
                             if let Some(cache) = route.plugins.cache() {
                                 let who = crate::cache::Who {
                                     host: host_of(&req).unwrap_or(""),
@@ -280,15 +280,13 @@ pub(crate) async fn handle_unsent_id(
                                     peer_trusted,
                                     refreshes: matches!(route.handler, Handler::Proxy(_)),
                                 };
-                                let step = Box::pin(cache.lookup(&req, &who)).await;
-                                cache_status = Some(step.status);
-                                cache_answer = step.answer;
-                                cache_ticket = step.ticket;
-                                if let Some(t) = &mut cache_ticket {
+                                let mut step = Box::new(Box::pin(cache.lookup(&req, &who)).await);
+                                if let Some(t) = &mut step.ticket {
                                     t.prepare(&mut req);
                                 }
+                                cached = Some(step);
                             }
-                            let hit = cache_answer.is_some() && cache_ticket.is_none();
+                            let hit = cached.as_ref().is_some_and(|c| c.answer.is_some() && c.ticket.is_none());
                             let body_phase = if hooked && !hit {
                                 let ctx = HookCtx {
                                     params: &hook_params,
@@ -319,11 +317,14 @@ pub(crate) async fn handle_unsent_id(
                             };
                             // The route's handler, matched here rather than in an async
                             // wrapper, whose future would move the proxy's once more.
-                            let handled = match (&route.handler, body_phase) {
+                            match (&route.handler, body_phase) {
                                 (_, Err(e)) => Err(e),
-                                (handler, Ok(())) if let Some(answer) = cache_answer.take() => {
+                                (handler, Ok(()))
+                                    if let Some(c) = cached.as_mut()
+                                        && let Some(answer) = c.answer.take() =>
+                                {
                                     // A stale answer now, and its refresh in the background.
-                                    if let (Handler::Proxy(_), Some(ticket)) = (handler, cache_ticket.take()) {
+                                    if let (Handler::Proxy(_), Some(ticket)) = (handler, c.ticket.take()) {
                                         refresh_in_background(
                                             req,
                                             ticket,
@@ -394,24 +395,6 @@ pub(crate) async fn handle_unsent_id(
                                     };
                                     proxy::forward(req, up, ctx, &mut log.outcome).await
                                 }
-                            };
-                            match cache_ticket {
-                                None => handled,
-                                Some(ticket) => {
-                                    let failed =
-                                        handled.as_ref().err().filter(|e| e.counts_against_upstream()).cloned();
-                                    let done = ticket.complete(handled);
-                                    cache_status = Some(done.status);
-                                    // Answered stale, the upstream's failure still counts.
-                                    if done.stale_for_error
-                                        && let Some(e) = failed
-                                        && let Some(up) =
-                                            log.outcome.upstream.as_ref().or(route.upstream().map(|u| &u.name))
-                                    {
-                                        shared.metrics.backend_error(up, e.metric_kind());
-                                    }
-                                    done.result
-                                }
                             }
                         }
                     }
@@ -419,6 +402,24 @@ pub(crate) async fn handle_unsent_id(
             }
         }
     };
+    // The cache's fetch: the answer is stored as it streams, or a stale entry answers for
+    // a failed upstream. (Changed in place: a request without one moves nothing.)
+    if let Some(ticket) = cached.as_mut().and_then(|c| c.ticket.take()) {
+        let failed = result.as_ref().err().filter(|e| e.counts_against_upstream()).cloned();
+        let done = ticket.complete(result);
+        if let Some(c) = cached.as_mut() {
+            c.status = done.status;
+        }
+        // Answered stale, the upstream's failure still counts.
+        if done.stale_for_error
+            && let Some(e) = failed
+            && let Some(r) = log.route.map(|i| &snap.routes[i])
+            && let Some(up) = log.outcome.upstream.as_ref().or(r.upstream().map(|u| &u.name))
+        {
+            shared.metrics.backend_error(up, e.metric_kind());
+        }
+        result = done.result;
+    }
 
     let route = log.route.map(|i| &snap.routes[i]);
     // The body phase changes what a handler answered, not the gateway's own answers.
@@ -440,7 +441,7 @@ pub(crate) async fn handle_unsent_id(
             e.to_response(&log.request_id)
         }
     };
-    let cached_route = cache_status.is_some();
+    let cached_route = cached.is_some();
     let chain = route.map_or(&snap.global_plugins, |r| &r.plugins);
     let lifecycle = route.and_then(|r| r.lifecycle.as_deref());
     // The lean loop writes fields kept as sent itself; everyone else reads the map.
@@ -448,8 +449,8 @@ pub(crate) async fn handle_unsent_id(
     if !keep_raw && !materialise(&mut res) {
         res = GatewayError::new(ErrorKind::BadResponse).to_response(&log.request_id);
     }
-    if let Some(status) = cache_status {
-        res.headers_mut().insert(crate::cache::CACHE_STATUS.clone(), status);
+    if let Some(c) = cached {
+        res.headers_mut().insert(crate::cache::CACHE_STATUS.clone(), c.status);
     }
     let tls = conn.proto == "https";
     let ctx = HookCtx {
