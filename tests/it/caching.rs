@@ -113,6 +113,9 @@ async fn answer(
     if let Some(cc) = q.get("cc") {
         res = res.header("cache-control", cc);
     }
+    if let Some(code) = q.get("status").and_then(|c| c.parse::<u16>().ok()) {
+        return res.status(code).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    }
     if q.contains_key("etag") {
         res = res.header("etag", &etag);
         if h.get("if-none-match").is_some_and(|v| v.to_str().unwrap_or("") == etag) {
@@ -141,6 +144,7 @@ async fn answer(
             "version": etag,
             "xfh": seen("x-forwarded-host"),
             "xou": seen("x-original-url"),
+            "xou_": seen("x_original_url"),
             "xfs": seen("x-forwarded-scheme"),
             "override": seen("x-http-method-override"),
             "user": seen("x-user-id"),
@@ -517,12 +521,14 @@ async fn unkeyed_headers_neither_change_nor_reach_a_stored_answer() {
             ("x-original-url", "/admin"),
             ("x-forwarded-scheme", "nothttps"),
             ("x-http-method-override", "DELETE"),
+            ("x_original_url", "/admin/export"),
         ],
     )
     .await;
     let seen = json(&poisoned);
     assert_ne!(seen["xfh"], "evil.test", "the gateway sets X-Forwarded-Host itself for an untrusted client");
     assert_eq!((seen["xou"].as_str(), seen["xfs"].as_str(), seen["override"].as_str()), (Some(""), Some(""), Some("")));
+    assert_eq!(seen["xou_"], "", "nor its CGI spelling (X_Original_URL)");
     let (_, _, clean) = get(&url).await;
     assert_eq!(clean, poisoned, "the same entry, and nothing of the attacker's in it");
     assert!(!clean.contains("evil.test") && !clean.contains("/admin") && !clean.contains("DELETE"));
@@ -787,4 +793,68 @@ fn a_redis_store_needs_redis() {
         "upstreams:\n  o:\n    targets: [{ url: \"http://127.0.0.1:9\" }]\nroutes:\n  - { name: r, match: { prefix: / }, upstream: o, plugins: [{ cache: { store: redis } }] }\n",
     ));
     assert!(e.contains("routes[0].plugins[0].cache.store: store: redis needs a top-level redis"), "{e}");
+}
+
+#[tokio::test]
+async fn empty_answers_are_stored_and_a_head_never_fills_an_entry() {
+    let origin = Origin::start().await;
+    let gw = cached(&origin, "", "");
+    // A 204 has no body to stream: it is stored all the same.
+    let url = gw.url("/empty?cc=max-age%3D60&status=204");
+    let (s, h, _) = get(&url).await;
+    assert_eq!(s, 204, "{h:?}");
+    let (s, h, _) = get(&url).await;
+    assert!(s == 204 && status(&h).starts_with("Portico; hit"), "{h:?}");
+    assert_eq!(origin.hits(), 1);
+    // An entry within stale-while-revalidate, asked for with HEAD: answered from the entry,
+    // no refresh by HEAD (whose empty answer would otherwise become the GET's entry).
+    let url = gw.url("/swr-head?cc=max-age%3D1%2C%20stale-while-revalidate%3D60");
+    let (_, _, body) = get(&url).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let head = http::Request::head(&url).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    let (s, h, _) = send(head).await;
+    assert!(s == 200 && status(&h).contains("stale-while-revalidate"), "{h:?}");
+    let hits = origin.hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.hits(), hits, "no refresh for a HEAD");
+    let (_, _, again) = get(&url).await;
+    assert_eq!(json(&again)["path"], json(&body)["path"], "a GET still gets a whole body");
+    // A HEAD that misses goes upstream as HEAD and stores nothing.
+    let url = gw.url("/head-miss?cc=max-age%3D60");
+    let head = http::Request::head(&url).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+    send(head).await;
+    let (_, h, body) = get(&url).await;
+    assert!(!body.is_empty() && status(&h).contains("fwd=uri-miss"), "{h:?}");
+}
+
+#[tokio::test]
+async fn key_header_values_are_keyed_byte_for_byte() {
+    let origin = Origin::start().await;
+    let gw = cached(&origin, "key_headers: [x-country]", "");
+    let url = gw.url("/geo?cc=max-age%3D60");
+    let odd = http::Request::get(&url)
+        .header("x-country", http::HeaderValue::from_bytes(b"\xff").unwrap())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let (_, _, with_odd) = send(odd).await;
+    let (_, _, without) = get(&url).await;
+    let (_, _, fr) = get_with(&url, &[("x-country", "fr")]).await;
+    let ns = [n_of(&with_odd), n_of(&without), n_of(&fr)];
+    assert!(ns[0] != ns[1] && ns[1] != ns[2] && ns[0] != ns[2], "three entries: {ns:?}");
+}
+
+#[tokio::test]
+async fn a_global_cache_passes_routes_that_answer_themselves_by() {
+    let origin = Origin::start().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  o:\n    targets: [{{ url: \"{}\" }}]\nplugins: [{{ cache: {{ ttl: 60s }} }}]\nroutes:\n  - {{ name: fixed, match: {{ prefix: /fixed }}, respond: {{ status: 200, body: hi }} }}\n  - {{ name: r, match: {{ prefix: / }}, upstream: o }}\n",
+        origin.url()
+    )));
+    let (s, h, _) = get(&gw.url("/fixed")).await;
+    assert!(s == 200 && h.get("cache-status").is_none(), "{h:?}");
+    let (_, h, _) = get(&gw.url("/proxied")).await;
+    assert!(status(&h).contains("stored"), "{h:?}");
+    let (_, h, _) = get(&gw.url("/proxied")).await;
+    assert!(status(&h).starts_with("Portico; hit"), "{h:?}");
+    assert_eq!(gw.metric("gateway_cache_entries{store=\"plugins\"}").await, 1.0);
 }

@@ -39,6 +39,14 @@ async fn demo_serves_the_printed_examples() {
         instances.push_str(json(&b)["instance"].as_str().unwrap());
     }
     assert_eq!(instances, "aaba", "3:1 smooth weighted round robin");
+    // The cached catalog: a miss, then the same answer from the cache.
+    assert!(printed.iter().any(|l| l.contains("/api/catalog")), "{printed:?}");
+    let (s, h, first) = get(&format!("{base}/api/catalog")).await;
+    assert_eq!(s, 200, "{first}");
+    assert!(h["cache-status"].to_str().unwrap().contains("fwd=uri-miss"), "{h:?}");
+    let (_, h, again) = get(&format!("{base}/api/catalog")).await;
+    assert!(h["cache-status"].to_str().unwrap().starts_with("Portico; hit"), "{h:?}");
+    assert_eq!(again, first);
     assert_eq!(get(&format!("{base}/api/users/1")).await.0, 200);
     let (ok, out) =
         curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", &format!("{base}/api/users/1")]).await;

@@ -133,8 +133,13 @@ pub struct Tapped {
 }
 
 impl Tapped {
-    /// `inner`, seen by `tap`.
-    pub fn new(inner: Body, tap: Box<dyn Tap>) -> Self {
+    /// `inner`, seen by `tap`. A body already at its end (an empty one, which a writer never
+    /// polls) has ended for the tap at once.
+    pub fn new(inner: Body, mut tap: Box<dyn Tap>) -> Self {
+        if http_body::Body::is_end_stream(&inner) {
+            tap.end(None);
+            return Self { inner, tap: None };
+        }
         Self { inner, tap: Some(tap) }
     }
 

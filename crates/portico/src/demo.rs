@@ -61,6 +61,12 @@ routes:
     match: { prefix: /api/products }
     upstream: products
     rewrite: { strip_prefix: /api }
+  - name: catalog
+    # The product list from a cache: one entry for everyone, fresh for 30s.
+    match: { path: /api/catalog, methods: [GET] }
+    upstream: products
+    rewrite: { path: /products }
+    plugins: [{ cache: { shared: true, ttl: 30s } }]
   - name: recommendations
     match: { path: "/api/recommendations/{user}", methods: [GET] }
     upstream: recommendations
@@ -206,7 +212,8 @@ pub fn instructions(gateway: SocketAddr, admin: Option<SocketAddr>, token: &str)
          \x20 curl -s -i -X DELETE {g}/api/users/1         # 405 with Allow\n\
          \x20 curl -s -i {g}/nope                          # 404, JSON error with requestId\n\
          \x20 curl -s --http2-prior-knowledge {g}/api/users/1   # HTTP/2 cleartext\n\
-         \x20 curl -s {g}/api/home/1                       # one answer from four services, shaped\n\n\
+         \x20 curl -s {g}/api/home/1                       # one answer from four services, shaped\n\
+         \x20 for i in 1 2; do curl -s -o /dev/null -D - {g}/api/catalog | grep -i cache-status; done   # a miss, then a hit\n\n\
          With a demo JWT (HS256, user 1, role customer, valid for a day):\n\
          \x20 TOKEN={token}\n\
          \x20 curl -s -H \"Authorization: Bearer $TOKEN\" {g}/api/account   # the service sees X-User-ID: 1\n\

@@ -183,6 +183,9 @@ pub struct Who<'a> {
     /// Whether the route's handler can refresh an entry in the background (a proxy): else
     /// a stale entry is fetched again in the foreground.
     pub refreshes: bool,
+    /// The identity headers the gateway sets for the caller (roles, plan, forwarded
+    /// claims): their values are part of a caller's key, since the upstream sees them.
+    pub identity_fields: &'a [HeaderName],
 }
 
 /// What the cache decided for a request.
@@ -282,16 +285,18 @@ impl RouteCache {
                         self.counters.stale.inc();
                         let ttl = ttl_of(e, now);
                         let status = status_value(&format!("hit; ttl={ttl}; detail=stale-while-revalidate"));
-                        // One refresh at a time: if a fetch is under way, it will do.
-                        let ticket = match store.lead(&key) {
-                            Ok(leader) => {
+                        // One refresh at a time: if a fetch is under way, it will do. A HEAD
+                        // does not refresh (only a GET's answer fills the entry).
+                        let lead = if head { None } else { store.lead(&key, s.lock_timeout.get()).ok() };
+                        let ticket = match lead {
+                            Some(leader) => {
                                 let mut t = self.ticket(key.clone(), req, who, directives.as_ref(), "stale");
                                 t.leader = Some(leader);
                                 t.stale = Some(e.clone());
                                 t.background = true;
                                 Some(t)
                             }
-                            Err(_) => None,
+                            None => None,
                         };
                         return Step { answer: Some(Ok(answer(e, headers, head, now))), ticket, status };
                     }
@@ -316,7 +321,7 @@ impl RouteCache {
                 ticket.store &= !head;
                 return Step { answer: None, ticket: Some(ticket), status: HeaderValue::from_static("Portico") };
             }
-            let mut rx = match store.lead(&key) {
+            let mut rx = match store.lead(&key, s.lock_timeout.get()) {
                 Ok(leader) => {
                     ticket.leader = Some(leader);
                     return Step { answer: None, ticket: Some(ticket), status: HeaderValue::from_static("Portico") };
@@ -400,6 +405,19 @@ impl RouteCache {
             let _ = write!(k, "{}:", v.len());
             k.push_str(v);
         };
+        // A field's bytes as text: visible ASCII as it is, anything else (and `%`) as
+        // `%XX`, so that two values are one part only when they are the same bytes.
+        let bytes = |v: Option<&HeaderValue>| -> String {
+            let mut out = String::new();
+            for &b in v.map_or(&[][..], HeaderValue::as_bytes) {
+                if b.is_ascii_graphic() && b != b'%' || b == b' ' {
+                    out.push(char::from(b));
+                } else {
+                    let _ = write!(out, "%{b:02X}");
+                }
+            }
+            out
+        };
         part(&self.route);
         part(if who.tls { "https" } else { "http" });
         part(&who.host.to_ascii_lowercase());
@@ -411,19 +429,22 @@ impl RouteCache {
                 Some(id) => {
                     part(id.method);
                     part(&id.user_id);
+                    // What else the upstream learns of the caller (two tokens of one
+                    // subject may carry other roles or claims).
+                    for name in who.identity_fields {
+                        part(&bytes(store::joined(req.headers(), name).as_ref()));
+                    }
                 }
                 None => part(""),
             }
         }
         let value = |name: &HeaderName| store::joined(req.headers(), name);
         for name in &*self.cache.key_headers {
-            let v = value(name);
-            part(v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""));
+            part(&bytes(value(name).as_ref()));
         }
         if who.peer_trusted {
             for name in [&X_FORWARDED_HOST, &X_FORWARDED_PROTO] {
-                let v = value(name);
-                part(v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""));
+                part(&bytes(value(name).as_ref()));
             }
         }
         k
@@ -439,16 +460,20 @@ fn has_body(req: &Request<Body>) -> bool {
 }
 
 /// The query's parameters sorted by name (repeated ones in their order), without the ones
-/// left out of the key.
+/// left out of the key. Names are compared percent-decoded (`i%64` is `id`). A query with
+/// `;` keeps every parameter: some servers split on it too, and a parameter hidden in an
+/// excluded one (`utm_source=x;id=5`) must not leave the key.
 fn sorted_query(query: &str, include: &[String], exclude: &[String]) -> String {
-    let mut params: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let name = p.split_once('=').map_or(*p, |(n, _)| n);
-            (include.is_empty() || include.iter().any(|i| i == name)) && !exclude.iter().any(|e| e == name)
-        })
-        .collect();
+    let filtered = (!include.is_empty() || !exclude.is_empty()) && !query.contains(';');
+    let keyed = |p: &&str| {
+        if !filtered {
+            return true;
+        }
+        let raw = p.split_once('=').map_or(*p, |(n, _)| n);
+        let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        (include.is_empty() || include.iter().any(|i| *i == name)) && !exclude.iter().any(|e| *e == name)
+    };
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).filter(keyed).collect();
     params.sort_by_key(|p| p.split_once('=').map_or(*p, |(n, _)| n));
     params.join("&")
 }
@@ -591,6 +616,24 @@ impl Ticket {
                 headers.remove(name);
             }
         }
+        // CGI-style servers read `X_Original_URL` as `X-Original-URL`: those spellings go too.
+        if headers.keys().any(|k| k.as_str().contains('_')) {
+            let spelled: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| {
+                    let name = k.as_str();
+                    name.contains('_')
+                        && UNKEYED.iter().any(|u| {
+                            u.as_str().len() == name.len()
+                                && u.as_str().bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+                        })
+                })
+                .cloned()
+                .collect();
+            for k in spelled {
+                headers.remove(k);
+            }
+        }
         if !self.store {
             return;
         }
@@ -724,7 +767,11 @@ impl Ticket {
     fn storable(&self, res: &Response<Body>, now: SystemTime, tags: Box<[Box<str>]>) -> Option<Entry> {
         let s = self.cache.settings();
         let h = res.headers();
-        if !self.store || !s.statuses.contains(&res.status().as_u16()) || h.contains_key(header::SET_COOKIE) {
+        if !self.store
+            || self.head
+            || !s.statuses.contains(&res.status().as_u16())
+            || h.contains_key(header::SET_COOKIE)
+        {
             return None;
         }
         if h.contains_key(header::CONTENT_RANGE) {
@@ -920,6 +967,8 @@ mod tests {
         assert_eq!(sorted_query("utm_source=x&id=1", &none, &["utm_source".into()]), "id=1");
         assert_eq!(sorted_query("utm_source=x&id=1&q=2", &["q".into(), "id".into()], &none), "id=1&q=2");
         assert_eq!(sorted_query("", &none, &none), "");
+        assert_eq!(sorted_query("i%64=7&x=1", &["id".into()], &none), "i%64=7", "names compared decoded");
+        assert_eq!(sorted_query("utm_source=x;id=5&a=1", &none, &["utm_source".into()]), "a=1&utm_source=x;id=5");
     }
 
     fn entry(fresh: u64, age: u64) -> Entry {

@@ -165,6 +165,9 @@ pub struct Purges {
     me: OnceLock<Weak<Purges>>,
     /// Set once the first subscription is made: a later one may have missed purges.
     subscribed: std::sync::atomic::AtomicBool,
+    /// The purges kept in Redis have been read since the last (re)subscription: until
+    /// then, entries read from the shared tier cannot be checked against them.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Purges {
@@ -184,6 +187,7 @@ impl Purges {
             shared: OnceLock::new(),
             me: OnceLock::new(),
             subscribed: std::sync::atomic::AtomicBool::new(false),
+            ready: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = me.me.set(Arc::downgrade(&me));
         let sub: Arc<dyn Subscriber> = me.clone();
@@ -242,17 +246,32 @@ impl Purges {
         self.store.exec(&pipe, self.store.timeout()).await
     }
 
-    /// Reads the purges kept in Redis (after a resubscription).
+    /// Whether entries read from the shared tier can be checked against the purges.
+    pub fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Reads the purges kept in Redis (after a (re)subscription), trying again until it
+    /// can; then the shared tier is read again.
     async fn reload(&self) {
         let horizon = now_ms().saturating_sub(Self::KEPT.as_millis() as u64);
         let cmd = redis::cmd("ZRANGEBYSCORE").arg(self.zset()).arg(horizon).arg("+inf").clone();
-        match self.store.query::<Vec<Vec<u8>>>(&cmd, self.store.timeout()).await {
-            Ok(list) => {
-                for p in list.iter().filter_map(|v| Purge::parse(v).ok()) {
-                    self.note(p);
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match self.store.query::<Vec<Vec<u8>>>(&cmd, self.store.timeout()).await {
+                Ok(list) => {
+                    for p in list.iter().filter_map(|v| Purge::parse(v).ok()) {
+                        self.note(p);
+                    }
+                    self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache purges kept in redis could not be read; the shared tier waits for them");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cache purges kept in redis could not be read"),
         }
     }
 
@@ -281,6 +300,7 @@ impl Subscriber for Purges {
     /// rather than kept with entries that should be gone.
     fn resync(&self) {
         let first = !self.subscribed.swap(true, std::sync::atomic::Ordering::SeqCst);
+        self.ready.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(me) = self.me.get().and_then(Weak::upgrade) {
             tokio::spawn(async move { me.reload().await });
         }

@@ -157,7 +157,7 @@ impl Leader {
             return;
         }
         let mut flights = self.store.flights.lock();
-        if flights.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.tx)) {
+        if flights.get(&self.key).is_some_and(|(f, _)| Arc::ptr_eq(f, &self.tx)) {
             flights.remove(&self.key);
         }
         drop(flights);
@@ -186,10 +186,14 @@ pub struct StoreMetrics {
     pub purged: Counter,
 }
 
+/// A fetch under way: what its waiters watch, and when it began.
+type InFlight = (Arc<watch::Sender<Flight>>, std::time::Instant);
+
 /// One cache's entries and fetches in flight.
 pub struct Store {
     entries: moka::sync::Cache<Arc<str>, Arc<Slot>>,
-    flights: Mutex<HashMap<Arc<str>, Arc<watch::Sender<Flight>>>>,
+    /// The fetches under way, with when each began.
+    flights: Mutex<HashMap<Arc<str>, InFlight>>,
     metrics: StoreMetrics,
 }
 
@@ -201,7 +205,9 @@ impl std::fmt::Debug for Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // A store replaced by a reload with other settings: its entries leave the gauges.
+        // A store replaced by a reload with other settings: its entries leave the gauges
+        // (expired ones through the listener first: the iterator does not see them).
+        self.entries.run_pending_tasks();
         for (_, slot) in self.entries.iter() {
             let w: u64 = slot.variants.iter().map(|e| e.weight()).sum();
             self.metrics.bytes.dec_by(i64::try_from(w).unwrap_or(i64::MAX));
@@ -330,13 +336,18 @@ impl Store {
     }
 
     /// Takes the lead of the fetch for `key`, or the fetch already under way to wait for.
-    pub fn lead(self: &Arc<Self>, key: &Arc<str>) -> Result<Leader, watch::Receiver<Flight>> {
+    /// A fetch that has led for longer than `max_lead` (its client stopped reading, say) is
+    /// taken over: its waiters have given up on it by then, and it no longer holds up
+    /// everyone else.
+    pub fn lead(self: &Arc<Self>, key: &Arc<str>, max_lead: Duration) -> Result<Leader, watch::Receiver<Flight>> {
         let mut flights = self.flights.lock();
-        if let Some(tx) = flights.get(key) {
+        if let Some((tx, since)) = flights.get(key)
+            && since.elapsed() < max_lead
+        {
             return Err(tx.subscribe());
         }
         let tx = Arc::new(watch::channel(Flight::Pending).0);
-        flights.insert(key.clone(), tx.clone());
+        flights.insert(key.clone(), (tx.clone(), std::time::Instant::now()));
         Ok(Leader { store: self.clone(), key: key.clone(), tx, done: false })
     }
 

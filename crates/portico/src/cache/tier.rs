@@ -83,7 +83,8 @@ impl Tier {
     /// The entries Redis holds for `key`, without those a purge removed since they were
     /// stored; `None` on a miss, a value that does not decode, or Redis failing.
     pub async fn get(&self, key: &str) -> Option<Vec<Arc<Entry>>> {
-        if self.skipping() {
+        // Until the purges kept in Redis are known, what it holds cannot be trusted.
+        if self.skipping() || self.purges.as_ref().is_some_and(|p| !p.ready()) {
             return None;
         }
         let cmd = redis::cmd("GET").arg(self.redis_key(key)).clone();

@@ -465,6 +465,8 @@ impl Snapshot {
                     Handler::Proxy(up.clone())
                 }
             };
+            // Only a route that forwards has answers to cache: a global `cache` passes the others by.
+            let forwards = matches!(handler, Handler::Proxy(_) | Handler::Aggregate(_));
             let split = (!r.split.is_empty()).then(|| {
                 let mut total = 0u64;
                 let shares = r
@@ -569,7 +571,8 @@ impl Snapshot {
                                 services,
                             )))
                         }
-                        None => global_cache.clone(),
+                        None if forwards => global_cache.clone(),
+                        None => None,
                     };
                     let route_name: Arc<str> = r.name.as_str().into();
                     let cache = cache.map(|c| crate::cache::RouteCache::new(c, &route_name, metrics));

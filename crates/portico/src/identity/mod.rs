@@ -293,6 +293,12 @@ impl IdentityHeaders {
         }
     }
 
+    /// Every identity header the gateway removes from client requests and may set itself
+    /// (the caller's ID, roles, tenant, plan, forwarded claims, certificate fields).
+    pub fn names(&self) -> &[HeaderName] {
+        &self.strip
+    }
+
     /// Adds the caller's identity to the upstream request.
     pub fn apply(&self, id: &Identity, headers: &mut HeaderMap) {
         match id.consumer.as_ref().filter(|c| *c.id == *id.user_id).and_then(|c| c.id_header.clone()) {

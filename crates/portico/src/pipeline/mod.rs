@@ -279,6 +279,7 @@ pub(crate) async fn handle_unsent_id(
                                     tenant: tenant.as_deref(),
                                     peer_trusted,
                                     refreshes: matches!(route.handler, Handler::Proxy(_)),
+                                    identity_fields: snap.identity.names(),
                                 };
                                 let mut step = Box::new(Box::pin(cache.lookup(&req, &who)).await);
                                 if let Some(t) = &mut step.ticket {
