@@ -858,3 +858,77 @@ async fn a_global_cache_passes_routes_that_answer_themselves_by() {
     assert!(status(&h).starts_with("Portico; hit"), "{h:?}");
     assert_eq!(gw.metric("gateway_cache_entries{store=\"plugins\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn the_shared_tier_and_its_purges_work_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let origin = Origin::start().await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let yaml = config(&format!(
+        "redis: {{ cluster: [{}], timeout: 1s }}\nupstreams:\n  o:\n    targets: [{{ url: \"{}\" }}]\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: o, plugins: [{{ cache: {{ store: redis }} }}] }}\n",
+        nodes.join(", "),
+        origin.url()
+    ));
+    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    let host = [("host", "api.test")];
+    // Several keys, so that they land on more than one node.
+    let mut first = Vec::new();
+    for i in 0..6 {
+        first.push(n_of(&get_with(&a.url(&format!("/c/{i}?cc=max-age%3D60&tag=all")), &host).await.2));
+    }
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || async { cluster.keys_per_node().iter().sum::<u64>() >= 6 })
+            .await,
+        "stored across the cluster: {:?}",
+        cluster.keys_per_node()
+    );
+    for (i, n) in first.iter().enumerate() {
+        let (_, h, body) = get_with(&b.url(&format!("/c/{i}?cc=max-age%3D60&tag=all")), &host).await;
+        assert!(status(&h).starts_with("Portico; hit") && n_of(&body) == *n, "{i}: {h:?}");
+    }
+    assert_eq!(origin.hits(), 6);
+    let (s, body) = admin_post(&b, "/cache/purge", r#"{"tag":"all"}"#).await;
+    assert_eq!((s.as_u16(), &body["published"]), (200, &serde_json::json!(true)), "{body}");
+    assert!(
+        Gateway::eventually(Duration::from_secs(5), || async {
+            n_of(&get_with(&a.url("/c/0?cc=max-age%3D60&tag=all"), &host).await.2) != first[0]
+        })
+        .await,
+        "purged on every instance"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_timeout_is_answered_by_a_stale_entry() {
+    let origin = Origin::start().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  o:\n    targets: [{{ url: \"{}\" }}]\n    timeouts: {{ request: 300ms }}\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: o, plugins: [{{ cache: {{ serve_stale_on_error: 1m }} }}] }}\n",
+        origin.url()
+    )));
+    let url = gw.url("/t?cc=max-age%3D1");
+    let first = n_of(&get(&url).await.2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.delay.store(2000, Ordering::SeqCst);
+    let (s, h, body) = get(&url).await;
+    assert_eq!((s.as_u16(), n_of(&body)), (200, first), "{h:?}");
+    assert!(status(&h).contains("fwd-status=504") && status(&h).contains("stale-if-error"), "{h:?}");
+    assert!(gw.metric("gateway_backend_errors_total{upstream=\"o\",kind=\"timeout\"}").await >= 1.0);
+}
+
+#[tokio::test]
+async fn the_cache_admin_endpoints_need_the_admin_token() {
+    let origin = Origin::start().await;
+    let gw = Gateway::start(
+        &config(&format!(
+            "upstreams:\n  o:\n    targets: [{{ url: \"{}\" }}]\nroutes:\n  - {{ name: r, match: {{ prefix: / }}, upstream: o, plugins: [{{ cache: {{}} }}] }}\n",
+            origin.url()
+        ))
+        .replace("admin:\n  bind: 127.0.0.1:0\n", "admin:\n  bind: 127.0.0.1:0\n  token: s3cret-admin-token-1\n"),
+    );
+    assert_eq!(get(&gw.admin_url("/cache")).await.0, 401);
+    let (s, _) = admin_post(&gw, "/cache/purge", r#"{"tag":"x"}"#).await;
+    assert_eq!(s, 401);
+    let (s, _, body) = get_with(&gw.admin_url("/cache"), &[("authorization", "Bearer s3cret-admin-token-1")]).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(json(&body)["stores"][0]["store"], "r");
+}
