@@ -132,20 +132,15 @@ const MAX_REVOCATION_BODY: usize = 4096;
 /// or Redis failed.
 async fn revocations(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let json = "application/json";
-    if req.method() != Method::POST {
-        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, json, r#"{"error":"method not allowed"}"#.into());
-        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return res;
+    if let Some(refused) = only_post(&req) {
+        return refused;
     }
     let Some(service) = &shared.services.revocations else {
         return text(StatusCode::SERVICE_UNAVAILABLE, json, r#"{"error":"no redis configured"}"#.into());
     };
-    let body = match Limited::new(req.into_body(), MAX_REVOCATION_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            let msg = format!("body unreadable or over {MAX_REVOCATION_BODY} bytes");
-            return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string());
-        }
+    let body = match post_body(req, MAX_REVOCATION_BODY).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let what = match crate::identity::revocation::parse_request(&body) {
         Ok(w) => w,
@@ -174,17 +169,12 @@ const MAX_PURGE_BODY: usize = 16 * 1024;
 /// be published (this instance's stores are purged all the same).
 async fn purge(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let json = "application/json";
-    if req.method() != Method::POST {
-        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, json, r#"{"error":"method not allowed"}"#.into());
-        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return res;
+    if let Some(refused) = only_post(&req) {
+        return refused;
     }
-    let body = match Limited::new(req.into_body(), MAX_PURGE_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            let msg = format!("body unreadable or over {MAX_PURGE_BODY} bytes");
-            return text(StatusCode::BAD_REQUEST, json, serde_json::json!({ "error": msg }).to_string());
-        }
+    let body = match post_body(req, MAX_PURGE_BODY).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let mut p = match crate::cache::purge::Purge::parse(&body) {
         Ok(p) => p,
@@ -206,6 +196,27 @@ async fn purge(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             tracing::warn!(error = %e, "cache purge not published to the other instances");
             let body = serde_json::json!({ "purged": removed, "published": false, "error": "redis unavailable: other instances keep their entries" });
             text(StatusCode::SERVICE_UNAVAILABLE, json, body.to_string())
+        }
+    }
+}
+
+/// 405 with `Allow: POST` for anything but a POST.
+fn only_post(req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() == Method::POST {
+        return None;
+    }
+    let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "application/json", r#"{"error":"method not allowed"}"#.into());
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    Some(res)
+}
+
+/// A POST's body, up to `max` bytes; 400 past it or when it breaks off.
+async fn post_body(req: Request<Incoming>, max: usize) -> Result<bytes::Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => {
+            let msg = format!("body unreadable or over {max} bytes");
+            Err(text(StatusCode::BAD_REQUEST, "application/json", serde_json::json!({ "error": msg }).to_string()))
         }
     }
 }

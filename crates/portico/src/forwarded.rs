@@ -47,6 +47,30 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAdd
     (client, true)
 }
 
+/// Removes the fields whose names are one of `names` spelled with `_` for `-`
+/// (`X_Original_URL` for `X-Original-URL`): CGI-style servers (WSGI, PHP, nginx with
+/// `underscores_in_headers`) read them as the same field.
+pub fn remove_cgi_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let spelled: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let name = k.as_str();
+            name.contains('_')
+                && names.iter().any(|s| {
+                    s.as_str().len() == name.len()
+                        && s.as_str().bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+                })
+        })
+        .cloned()
+        .collect();
+    for k in spelled {
+        headers.remove(k);
+    }
+}
+
 /// One `X-Forwarded-For` element: `192.0.2.1`, `2001:db8::1`, `192.0.2.1:4711`,
 /// `[2001:db8::1]:4711`, with spaces around.
 fn parse_element(raw: &[u8]) -> Option<IpAddr> {

@@ -617,23 +617,7 @@ impl Ticket {
             }
         }
         // CGI-style servers read `X_Original_URL` as `X-Original-URL`: those spellings go too.
-        if headers.keys().any(|k| k.as_str().contains('_')) {
-            let spelled: Vec<HeaderName> = headers
-                .keys()
-                .filter(|k| {
-                    let name = k.as_str();
-                    name.contains('_')
-                        && UNKEYED.iter().any(|u| {
-                            u.as_str().len() == name.len()
-                                && u.as_str().bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-                        })
-                })
-                .cloned()
-                .collect();
-            for k in spelled {
-                headers.remove(k);
-            }
-        }
+        crate::forwarded::remove_cgi_spellings(headers, &UNKEYED);
         if !self.store {
             return;
         }

@@ -272,25 +272,8 @@ impl IdentityHeaders {
             return;
         }
         crate::forwarded::remove_present(headers, &self.strip);
-        // CGI-style servers (WSGI, PHP, nginx with `underscores_in_headers`) read
-        // `X_User_ID` as `X-User-ID`: such spellings of identity headers go too.
-        if headers.keys().any(|k| k.as_str().contains('_')) {
-            let forged: Vec<HeaderName> = headers
-                .keys()
-                .filter(|k| {
-                    let name = k.as_str();
-                    name.contains('_')
-                        && self.strip.iter().any(|s| {
-                            s.as_str().len() == name.len()
-                                && s.as_str().bytes().zip(name.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-                        })
-                })
-                .cloned()
-                .collect();
-            for k in forged {
-                headers.remove(k);
-            }
-        }
+        // CGI-style servers read `X_User_ID` as `X-User-ID`: such spellings go too.
+        crate::forwarded::remove_cgi_spellings(headers, &self.strip);
     }
 
     /// Every identity header the gateway removes from client requests and may set itself
