@@ -20,6 +20,7 @@ mod errors;
 mod events;
 mod framing;
 mod gaps;
+mod grpc;
 mod hedging;
 mod lean_server;
 mod lifecycle;

@@ -26,6 +26,7 @@ use crate::compile::CompiledRoute;
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::forwarded;
 use crate::pipeline::{Outcome, host_of};
+use crate::proto::grpc;
 use crate::upstream::{self, Exchange, PickKey, Upstream, retry};
 
 /// What the proxy needs besides the request.
@@ -137,6 +138,15 @@ pub async fn forward(
     }
     let started = ctx.started.unwrap_or_else(Instant::now);
     let timeout = ctx.timeout.unwrap_or_else(|| route.timeout_for(upstream));
+    // A gRPC client's deadline, when shorter (never longer: the route's is the limit).
+    let grpc_timeout = match req.version() {
+        Version::HTTP_2 => req.headers().get(&grpc::GRPC_TIMEOUT).map(grpc::parse_timeout),
+        _ => None,
+    };
+    let timeout = match grpc_timeout {
+        Some(Some(t)) => t.min(timeout),
+        _ => timeout,
+    };
     let deadline = started + timeout;
 
     // Without limits (the usual case), no wait is set up at all.
@@ -272,6 +282,10 @@ pub async fn forward(
         let sent = if tries == 1 && !may_have_waited { started } else { Instant::now() };
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
+        // The upstream learns the time this try has left (an unreadable value is replaced).
+        if grpc_timeout.is_some() {
+            h.insert(grpc::GRPC_TIMEOUT.clone(), grpc::encode_timeout(try_timeout));
+        }
         // A hedged request's tries record their own outcomes: no flight here then.
         let mut flight = None;
         let res = match (hedge, &replay) {

@@ -134,6 +134,8 @@ pub(crate) async fn handle_unsent_id(
     // Whether the cache answered (a stored answer, or the error of a fetch others waited
     // for: not this request's own failure, so not counted against the upstream again).
     let mut answered_by_cache = false;
+    // A gRPC request gets the gateway's own errors as gRPC statuses.
+    let grpc = crate::proto::grpc::is_grpc(req.version(), req.headers());
     let checked = match check_request(&req, &conn.listener) {
         Ok(seen) if seen.escaped_slash => slash_policy(&mut req, &snap, &conn.listener).map(|r| (seen, r)),
         other => other.map(|seen| (seen, None)),
@@ -439,7 +441,10 @@ pub(crate) async fn handle_unsent_id(
                 shared.metrics.backend_error(upstream, e.metric_kind());
                 tracing::debug!(route = %r.name, upstream = %upstream, error = %e, "upstream request failed");
             }
-            e.to_response(&log.request_id)
+            match grpc {
+                true => crate::proto::grpc::error_response(&e, &log.request_id, &snap.request_id_header),
+                false => e.to_response(&log.request_id),
+            }
         }
     };
     let cached_route = cached.is_some();

@@ -1,3 +1,4 @@
 //! Wire protocols the gateway speaks itself.
 
+pub mod grpc;
 pub mod h1;

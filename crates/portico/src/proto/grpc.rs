@@ -1,0 +1,191 @@
+//! What the gateway itself must know of gRPC (over HTTP/2) to proxy it: which requests are
+//! gRPC, the `grpc-timeout` deadline (read, honoured, and sent on with the time left), and
+//! the gateway's own errors answered as gRPC statuses in a trailers-only response rather
+//! than as JSON (gRPC over HTTP/2, "Responses": `:status 200`, `content-type`,
+//! `grpc-status`, `grpc-message`, no body).
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version, header};
+
+use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
+
+/// `grpc-timeout`.
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+/// `grpc-status`.
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`.
+pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// Whether a request is gRPC: HTTP/2 with `content-type: application/grpc` (or
+/// `application/grpc+proto`, `+json`, ...). gRPC-Web (`application/grpc-web`) is not.
+pub fn is_grpc(version: Version, headers: &HeaderMap) -> bool {
+    if version != Version::HTTP_2 {
+        return false;
+    }
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return false };
+    let b = ct.as_bytes();
+    let base = b"application/grpc";
+    b.len() >= base.len()
+        && b[..base.len()].eq_ignore_ascii_case(base)
+        && matches!(b.get(base.len()), None | Some(b'+' | b';'))
+}
+
+/// The deadline a `grpc-timeout` value asks for: 1 to 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`); `None` when it is not one.
+pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
+    let b = v.as_bytes();
+    let (digits, unit) = b.split_at(b.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A deadline as a `grpc-timeout` value: the finest unit whose count fits in 8 digits.
+pub fn encode_timeout(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let (n, unit) = if d.as_micros() <= MAX {
+        (d.as_micros(), 'u')
+    } else if d.as_millis() <= MAX {
+        (d.as_millis(), 'm')
+    } else if u128::from(d.as_secs()) <= MAX {
+        (u128::from(d.as_secs()), 'S')
+    } else {
+        ((u128::from(d.as_secs()) / 60).min(MAX), 'M')
+    };
+    HeaderValue::try_from(format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
+}
+
+/// The gRPC status code (and its name) of a gateway error.
+pub fn status_of(e: &GatewayError) -> (u8, &'static str) {
+    match e.kind {
+        ErrorKind::ClientAborted => (1, "CANCELLED"),
+        ErrorKind::BadRequest(_) | ErrorKind::ContractViolation(_) | ErrorKind::UnsupportedMediaType => {
+            (3, "INVALID_ARGUMENT")
+        }
+        ErrorKind::RequestTimeout | ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => {
+            (4, "DEADLINE_EXCEEDED")
+        }
+        ErrorKind::Forbidden(_) => (7, "PERMISSION_DENIED"),
+        ErrorKind::RateLimited { .. }
+        | ErrorKind::ConcurrencyLimited(_)
+        | ErrorKind::PayloadTooLarge
+        | ErrorKind::HeadersTooLarge
+        | ErrorKind::UriTooLong => (8, "RESOURCE_EXHAUSTED"),
+        ErrorKind::NotFound | ErrorKind::MethodNotAllowed(_) | ErrorKind::UnknownOperation | ErrorKind::Retired(_) => {
+            (12, "UNIMPLEMENTED")
+        }
+        ErrorKind::ConnectFailed
+        | ErrorKind::BadResponse
+        | ErrorKind::NoTarget
+        | ErrorKind::UpstreamMaxInFlight
+        | ErrorKind::RouteMaxInFlight
+        | ErrorKind::CircuitOpen(_)
+        | ErrorKind::KeysUnavailable
+        | ErrorKind::RevocationUnavailable
+        | ErrorKind::RateLimitUnavailable
+        | ErrorKind::BrokerUnavailable
+        | ErrorKind::NotCached => (14, "UNAVAILABLE"),
+        ErrorKind::Unauthorized(..) => (16, "UNAUTHENTICATED"),
+    }
+}
+
+/// A gateway error as a gRPC answer: `200`, `content-type: application/grpc`, the status and
+/// its message (percent-encoded as the protocol asks), the request ID; no body, so the
+/// fields are the trailers (a trailers-only response).
+pub fn error_response(e: &GatewayError, request_id: &HeaderValue, request_id_name: &HeaderName) -> Response<Body> {
+    let (code, _) = status_of(e);
+    let mut res = Response::new(Body::Empty);
+    *res.status_mut() = StatusCode::OK;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code)));
+    let message: String = percent_encoding::utf8_percent_encode(e.public_message(), &MESSAGE).collect();
+    if let Ok(v) = HeaderValue::try_from(message) {
+        h.insert(GRPC_MESSAGE.clone(), v);
+    }
+    if let Some(retry) = retry_after(e) {
+        h.insert(header::RETRY_AFTER, retry);
+    }
+    h.insert(request_id_name.clone(), request_id.clone());
+    res
+}
+
+/// What `grpc-message` percent-encodes: everything outside printable ASCII, and `%`.
+const MESSAGE: percent_encoding::AsciiSet = percent_encoding::CONTROLS.add(b'%');
+
+fn retry_after(e: &GatewayError) -> Option<HeaderValue> {
+    let res = e.to_response(&HeaderValue::from_static(""));
+    res.headers().get(header::RETRY_AFTER).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_told_by_version_and_content_type() {
+        let h = |ct: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            m
+        };
+        assert!(is_grpc(Version::HTTP_2, &h("application/grpc")));
+        assert!(is_grpc(Version::HTTP_2, &h("application/grpc+proto")));
+        assert!(is_grpc(Version::HTTP_2, &h("Application/GRPC; charset=utf-8")));
+        assert!(!is_grpc(Version::HTTP_2, &h("application/grpc-web")));
+        assert!(!is_grpc(Version::HTTP_2, &h("application/json")));
+        assert!(!is_grpc(Version::HTTP_11, &h("application/grpc")));
+        assert!(!is_grpc(Version::HTTP_2, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn timeouts_are_read_and_written_in_every_unit() {
+        let p = |s: &str| parse_timeout(&HeaderValue::from_str(s).unwrap());
+        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(p("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(p("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(p("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(p("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(p("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "1x", "-1S", "1.5S", " 1S", "1 S"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+        assert_eq!(encode_timeout(Duration::from_millis(1500)), "1500000u");
+        assert_eq!(encode_timeout(Duration::from_secs(200)), "200000m");
+        assert_eq!(encode_timeout(Duration::from_secs(200_000)), "200000S");
+        for d in [Duration::from_micros(7), Duration::from_millis(123_456), Duration::from_secs(9_000_000)] {
+            let back = parse_timeout(&encode_timeout(d)).unwrap();
+            assert!(back <= d && d - back < Duration::from_secs(60), "{d:?} -> {back:?}");
+        }
+    }
+
+    #[test]
+    fn errors_become_trailers_only_answers_with_their_status() {
+        let id = HeaderValue::from_static("req-1");
+        let name = HeaderName::from_static("x-request-id");
+        let res = error_response(&GatewayError::new(ErrorKind::Forbidden("not allowed")), &id, &name);
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], "7");
+        assert_eq!(res.headers()["grpc-message"], "not allowed");
+        assert_eq!(res.headers()["x-request-id"], "req-1");
+        let res = error_response(&GatewayError::new(ErrorKind::CircuitOpen(Duration::from_secs(3))), &id, &name);
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert!(res.headers().contains_key("retry-after"));
+        assert_eq!(status_of(&GatewayError::new(ErrorKind::UpstreamTimeout(Duration::ZERO))).0, 4);
+        assert_eq!(status_of(&GatewayError::new(ErrorKind::NotFound)).0, 12);
+        assert_eq!(status_of(&GatewayError::new(ErrorKind::Unauthorized(crate::error::Challenge::Bearer, "x"))).0, 16);
+    }
+}
