@@ -4,6 +4,8 @@
 //! left, and the gateway's own errors answered as gRPC statuses.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -38,65 +40,85 @@ fn trailers(status: u32, message: &str) -> http::HeaderMap {
 /// `Fail` (a trailers-only NOT_FOUND), `Hang` (answers after 10 s). Every answer tells the
 /// `grpc-timeout` and `te` the server was sent.
 async fn grpc_server() -> std::net::SocketAddr {
+    grpc_server_counting().await.0
+}
+
+/// [`grpc_server`], with the count of `Flaky` calls: the first two are answered
+/// UNAVAILABLE without a message, the others like `Unary`.
+async fn grpc_server_counting() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let flaky = Arc::new(AtomicUsize::new(0));
+    let calls = flaky.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let flaky = flaky.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let seen = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                    let (timeout, te) = (seen("grpc-timeout"), seen("te"));
-                    let mut res = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("x-seen-timeout", timeout)
-                        .header("x-seen-te", te);
-                    let body: Boxed = match req.uri().path() {
-                        "/test.Echo/Unary" => {
-                            let got = req.into_body().collect().await.unwrap().to_bytes();
-                            let frames = vec![Ok(Frame::data(got)), Ok(Frame::trailers(trailers(0, "")))];
-                            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let flaky = flaky.clone();
+                    async move {
+                        let seen =
+                            |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                        let (timeout, te) = (seen("grpc-timeout"), seen("te"));
+                        let mut res = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("x-seen-timeout", timeout)
+                            .header("x-seen-te", te);
+                        let flaky_call = req.uri().path() == "/test.Echo/Flaky";
+                        if flaky_call && flaky.fetch_add(1, Ordering::SeqCst) < 2 {
+                            res = res.header("grpc-status", "14").header("grpc-message", "try again");
+                            return Ok::<_, Infallible>(
+                                res.body(BodyExt::boxed(http_body_util::Empty::new())).unwrap(),
+                            );
                         }
-                        "/test.Echo/Stream" => {
-                            let s = futures_util::stream::unfold(0u32, |i| async move {
-                                match i {
-                                    0..5 => {
-                                        tokio::time::sleep(Duration::from_millis(150)).await;
-                                        Some((Ok(Frame::data(message(format!("m{i}").as_bytes()))), i + 1))
+                        let body: Boxed = match req.uri().path() {
+                            "/test.Echo/Unary" | "/test.Echo/Flaky" => {
+                                let got = req.into_body().collect().await.unwrap().to_bytes();
+                                let frames = vec![Ok(Frame::data(got)), Ok(Frame::trailers(trailers(0, "")))];
+                                BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+                            }
+                            "/test.Echo/Stream" => {
+                                let s = futures_util::stream::unfold(0u32, |i| async move {
+                                    match i {
+                                        0..5 => {
+                                            tokio::time::sleep(Duration::from_millis(150)).await;
+                                            Some((Ok(Frame::data(message(format!("m{i}").as_bytes()))), i + 1))
+                                        }
+                                        5 => Some((Ok(Frame::trailers(trailers(0, ""))), 6)),
+                                        _ => None,
                                     }
-                                    5 => Some((Ok(Frame::trailers(trailers(0, ""))), 6)),
-                                    _ => None,
-                                }
-                            });
-                            BodyExt::boxed(StreamBody::new(s))
-                        }
-                        "/test.Echo/Chat" => {
-                            let incoming = req.into_body();
-                            let s = futures_util::stream::unfold(Some(incoming), |body| async move {
-                                let mut body = body?;
-                                match body.frame().await {
-                                    Some(Ok(f)) => match f.into_data() {
-                                        Ok(d) => Some((Ok(Frame::data(d)), Some(body))),
-                                        Err(_) => Some((Ok(Frame::trailers(trailers(0, ""))), None)),
-                                    },
-                                    _ => Some((Ok(Frame::trailers(trailers(0, ""))), None)),
-                                }
-                            });
-                            BodyExt::boxed(StreamBody::new(s))
-                        }
-                        "/test.Echo/Fail" => {
-                            res = res.header("grpc-status", "5").header("grpc-message", "no such thing");
-                            BodyExt::boxed(http_body_util::Empty::new())
-                        }
-                        "/test.Echo/Hang" => {
-                            tokio::time::sleep(Duration::from_secs(10)).await;
-                            BodyExt::boxed(http_body_util::Empty::new())
-                        }
-                        _ => {
-                            res = res.header("grpc-status", "12");
-                            BodyExt::boxed(http_body_util::Empty::new())
-                        }
-                    };
-                    Ok::<_, Infallible>(res.body(body).unwrap())
+                                });
+                                BodyExt::boxed(StreamBody::new(s))
+                            }
+                            "/test.Echo/Chat" => {
+                                let incoming = req.into_body();
+                                let s = futures_util::stream::unfold(Some(incoming), |body| async move {
+                                    let mut body = body?;
+                                    match body.frame().await {
+                                        Some(Ok(f)) => match f.into_data() {
+                                            Ok(d) => Some((Ok(Frame::data(d)), Some(body))),
+                                            Err(_) => Some((Ok(Frame::trailers(trailers(0, ""))), None)),
+                                        },
+                                        _ => Some((Ok(Frame::trailers(trailers(0, ""))), None)),
+                                    }
+                                });
+                                BodyExt::boxed(StreamBody::new(s))
+                            }
+                            "/test.Echo/Fail" => {
+                                res = res.header("grpc-status", "5").header("grpc-message", "no such thing");
+                                BodyExt::boxed(http_body_util::Empty::new())
+                            }
+                            "/test.Echo/Hang" => {
+                                tokio::time::sleep(Duration::from_secs(10)).await;
+                                BodyExt::boxed(http_body_util::Empty::new())
+                            }
+                            _ => {
+                                res = res.header("grpc-status", "12");
+                                BodyExt::boxed(http_body_util::Empty::new())
+                            }
+                        };
+                        Ok::<_, Infallible>(res.body(body).unwrap())
+                    }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -104,7 +126,7 @@ async fn grpc_server() -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, calls)
 }
 
 fn gateway(server: std::net::SocketAddr, extra_routes: &str) -> Gateway {
@@ -274,4 +296,32 @@ async fn the_gateways_own_errors_are_grpc_statuses() {
     // A plain HTTP/1.1 client on the same route still gets the JSON error.
     let (s, _, body) = get(&gw.url("/test.Down/Call")).await;
     assert_eq!((s.as_u16(), json(&body)["status"].as_u64()), (502, Some(502)));
+}
+
+#[tokio::test]
+async fn a_call_the_service_did_not_start_on_is_retried_on_the_named_statuses() {
+    let (server, calls) = grpc_server_counting().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  g:\n    targets: [{{ url: \"http://{server}\" }}]\n    protocol: http2\n    retries: {{ attempts: 2, grpc_statuses: [UNAVAILABLE], backoff: 1ms }}\n  plain:\n    targets: [{{ url: \"http://{server}\" }}]\n    protocol: http2\n    retries: {{ attempts: 2, backoff: 1ms }}\nroutes:\n  - {{ name: retried, match: {{ prefix: /test.Echo/ }}, upstream: g }}\n  - {{ name: plain, match: {{ path: \"/plain/{{m}}\" }}, upstream: plain, rewrite: {{ path: \"/test.Echo/{{m}}\" }} }}\n"
+    )));
+    let (head, data, trailers) = unary(&gw.url("/test.Echo/Flaky"), b"once more", &[]).await;
+    assert!(head.get("grpc-status").is_none(), "{head:?}");
+    assert_eq!((data, trailers["grpc-status"].to_str().unwrap()), (message(b"once more"), "0"));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "two UNAVAILABLE answers, then the call");
+    assert_eq!(gw.metric("gateway_upstream_retries_total{upstream=\"g\"}").await, 2.0);
+    // Without grpc_statuses, a POST is not retried: the client gets the UNAVAILABLE.
+    calls.store(0, Ordering::SeqCst);
+    let (head, ..) = unary(&gw.url("/plain/Flaky"), b"x", &[]).await;
+    assert_eq!(head["grpc-status"], "14");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn grpc_statuses_are_checked() {
+    let e = validation_errors(&config(
+        "upstreams:\n  g:\n    targets: [{ url: \"http://127.0.0.1:9\" }]\n    retries: { grpc_statuses: [UNAVAILABLE, OK, unavailable] }\nroutes:\n  - { name: r, match: { prefix: / }, upstream: g }\n",
+    ));
+    assert!(e.contains("upstreams.g.retries.grpc_statuses[1]: OK is not a failure to retry"), "{e}");
+    assert!(e.contains("upstreams.g.retries.grpc_statuses[2]"), "{e}");
+    assert!(!e.contains("grpc_statuses[0]"), "{e}");
 }

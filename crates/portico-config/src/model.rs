@@ -539,9 +539,35 @@ pub struct Retries {
     pub idempotency_key: bool,
     /// Upstream answers that are retried, besides connection failures and timeouts.
     pub statuses: Vec<u16>,
+    /// gRPC statuses that are retried (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, ...), whatever
+    /// the call's method, when the upstream answered with that status and no message (a
+    /// trailers-only answer: the service did not start on the call). Empty (the default):
+    /// gRPC answers are never retried.
+    pub grpc_statuses: Vec<String>,
     /// Request bodies up to this size are kept for replay; larger ones are not retried.
     pub max_body: ByteSize,
 }
+
+/// The gRPC status names, by code (0 to 16).
+pub const GRPC_STATUSES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 impl Default for Retries {
     fn default() -> Self {
@@ -554,6 +580,7 @@ impl Default for Retries {
             methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].map(String::from).to_vec(),
             idempotency_key: false,
             statuses: vec![502, 503, 504],
+            grpc_statuses: Vec::new(),
             max_body: ByteSize::kib(64),
         }
     }

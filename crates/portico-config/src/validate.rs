@@ -482,6 +482,16 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
                 err(format!("{rp}.statuses[{i}]"), format!("{s}: only 5xx answers are retried"));
             }
         }
+        for (i, s) in r.grpc_statuses.iter().enumerate() {
+            match crate::model::GRPC_STATUSES.iter().position(|n| n == s) {
+                Some(0) => err(format!("{rp}.grpc_statuses[{i}]"), "OK is not a failure to retry".into()),
+                Some(_) => {}
+                None => err(
+                    format!("{rp}.grpc_statuses[{i}]"),
+                    format!("{s:?} is not a gRPC status name (UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, ...)"),
+                ),
+            }
+        }
     }
     if let Some(cb) = &up.circuit_breaker {
         let cp = format!("{p}.circuit_breaker");

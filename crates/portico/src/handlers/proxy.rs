@@ -139,9 +139,10 @@ pub async fn forward(
     let started = ctx.started.unwrap_or_else(Instant::now);
     let timeout = ctx.timeout.unwrap_or_else(|| route.timeout_for(upstream));
     // A gRPC client's deadline, when shorter (never longer: the route's is the limit).
-    let grpc_timeout = match req.version() {
-        Version::HTTP_2 => req.headers().get(&grpc::GRPC_TIMEOUT).map(grpc::parse_timeout),
-        _ => None,
+    let grpc_call = grpc::is_grpc(req.version(), req.headers());
+    let grpc_timeout = match grpc_call {
+        true => req.headers().get(&grpc::GRPC_TIMEOUT).map(grpc::parse_timeout),
+        false => None,
     };
     let timeout = match grpc_timeout {
         Some(Some(t)) => t.min(timeout),
@@ -311,7 +312,13 @@ pub async fn forward(
                     flight.finish(res.status().is_server_error());
                 }
                 let retry_status = policy.is_some_and(|p| p.statuses.contains(&res.status().as_u16()));
-                if !(retry_status && repeatable && can_retry && retry_allowed(upstream, policy, tries, deadline).await)
+                // A gRPC call the service did not start on (a trailers-only answer with a
+                // status the policy names) is retried whatever its method.
+                let retry_grpc = grpc_call
+                    && policy.is_some_and(|p| !p.grpc_statuses.is_empty() && grpc::retryable(&res, &p.grpc_statuses));
+                if !((retry_status && repeatable || retry_grpc)
+                    && can_retry
+                    && retry_allowed(upstream, policy, tries, deadline).await)
                 {
                     break Ok(res);
                 }

@@ -67,6 +67,18 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
     HeaderValue::try_from(format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
 }
 
+/// Whether an upstream's answer is a trailers-only gRPC answer (no message: the service did
+/// not start on the call) with one of `statuses` (by name).
+pub fn retryable<B: http_body::Body>(res: &Response<B>, statuses: &[String]) -> bool {
+    let Some(code) =
+        res.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    else {
+        return false;
+    };
+    let Some(name) = portico_config::GRPC_STATUSES.get(code) else { return false };
+    res.body().is_end_stream() && statuses.iter().any(|s| s == name)
+}
+
 /// The gRPC status code (and its name) of a gateway error.
 pub fn status_of(e: &GatewayError) -> (u8, &'static str) {
     match e.kind {
