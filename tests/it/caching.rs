@@ -722,6 +722,10 @@ async fn an_answer_one_instance_fetched_is_served_by_the_others_through_redis() 
     let origin = Origin::start().await;
     let yaml = shared_tier(&origin, &redis);
     let (a, b, c) = (Gateway::start(&yaml), Gateway::start(&yaml), Gateway::start(&yaml));
+    // Each instance reads the tier once it knows the purges kept in Redis.
+    for gw in [&a, &b, &c] {
+        assert!(gw.logged("the shared tier is in use").await);
+    }
     // Behind a load balancer every instance sees the same host (here, each its own port).
     let path = "/tiered?cc=max-age%3D60&tag=t2&vary=Accept-Language";
     let (_, h, first) = get_with(&a.url(path), &[("accept-language", "en"), ("host", "api.test")]).await;
@@ -754,6 +758,7 @@ async fn an_answer_one_instance_fetched_is_served_by_the_others_through_redis() 
     // A fourth instance, started after the purge, refuses the purged value still in
     // Redis (the purge is kept there): it sees the new entry or fetches.
     let d = Gateway::start(&yaml);
+    assert!(d.logged("the shared tier is in use").await);
     let after = n_of(&get_with(&d.url(path), &[("accept-language", "en"), ("host", "api.test")]).await.2);
     assert_ne!(after, n_of(&first), "the purged answer never comes back");
 }
@@ -870,6 +875,9 @@ async fn the_shared_tier_and_its_purges_work_on_a_redis_cluster() {
         origin.url()
     ));
     let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    for gw in [&a, &b] {
+        assert!(gw.logged("the shared tier is in use").await);
+    }
     let host = [("host", "api.test")];
     // Several keys, so that they land on more than one node.
     let mut first = Vec::new();

@@ -325,3 +325,77 @@ fn grpc_statuses_are_checked() {
     assert!(e.contains("upstreams.g.retries.grpc_statuses[2]"), "{e}");
     assert!(!e.contains("grpc_statuses[0]"), "{e}");
 }
+
+/// An HTTP/2 server that answers the gRPC health protocol with `serving` (1 SERVING,
+/// 2 NOT_SERVING) for the service it is asked about, and `/test.Echo/Unary` with an empty
+/// OK. Records the services it was asked about.
+async fn health_server(serving: Arc<AtomicUsize>, asked: Arc<std::sync::Mutex<Vec<Vec<u8>>>>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (serving, asked) = (serving.clone(), asked.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (serving, asked) = (serving.clone(), asked.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let got = req.into_body().collect().await.unwrap().to_bytes();
+                        let reply = match path.as_str() {
+                            "/grpc.health.v1.Health/Check" => {
+                                asked.lock().unwrap().push(got.get(5..).unwrap_or_default().to_vec());
+                                message(&[0x08, serving.load(Ordering::SeqCst) as u8])
+                            }
+                            _ => message(b""),
+                        };
+                        let frames = vec![Ok(Frame::data(reply)), Ok(Frame::trailers(trailers(0, "")))];
+                        let body: Boxed = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)));
+                        Ok::<_, Infallible>(
+                            http::Response::builder().header("content-type", "application/grpc").body(body).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn targets_are_checked_with_the_grpc_health_protocol() {
+    let serving = Arc::new(AtomicUsize::new(1));
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = health_server(serving.clone(), asked.clone()).await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  g:\n    targets: [{{ url: \"http://{server}\" }}]\n    protocol: http2\n    health_check: {{ interval: 100ms, timeout: 100ms, unhealthy_after: 1, healthy_after: 1, grpc: {{ service: orders.v1.Orders }} }}\nroutes:\n  - {{ name: r, match: {{ prefix: /test.Echo/ }}, upstream: g }}\n"
+    )));
+    let healthy =
+        || async { gw.metric(&format!("gateway_upstream_target_healthy{{upstream=\"g\",target=\"{server}\"}}")).await };
+    assert!(Gateway::eventually(Duration::from_secs(5), || async { !asked.lock().unwrap().is_empty() }).await);
+    assert_eq!(asked.lock().unwrap()[0], b"\x0a\x10orders.v1.Orders", "HealthCheckRequest {{ service }}");
+    assert_eq!(healthy().await, 1.0);
+    let (_, _, t) = unary(&gw.url("/test.Echo/Unary"), b"x", &[]).await;
+    assert_eq!(t["grpc-status"], "0");
+    // NOT_SERVING: the target leaves the rotation, and the call is the gateway's UNAVAILABLE.
+    serving.store(2, Ordering::SeqCst);
+    assert!(Gateway::eventually(Duration::from_secs(5), || async { healthy().await == 0.0 }).await);
+    let (h, ..) = unary(&gw.url("/test.Echo/Unary"), b"x", &[]).await;
+    assert_eq!(h["grpc-status"], "14", "{h:?}");
+    assert!(gw.stderr_text().contains("serving status 2 (not SERVING)"), "the reason is logged");
+    serving.store(1, Ordering::SeqCst);
+    assert!(Gateway::eventually(Duration::from_secs(5), || async { healthy().await == 1.0 }).await);
+}
+
+#[test]
+fn a_grpc_health_check_needs_http2() {
+    let e = validation_errors(&config(
+        "upstreams:\n  g:\n    targets: [{ url: \"http://127.0.0.1:9\" }]\n    health_check: { grpc: {} }\nroutes:\n  - { name: r, match: { prefix: / }, upstream: g }\n",
+    ));
+    assert!(
+        e.contains("upstreams.g.health_check.grpc: the gRPC health protocol needs the upstream's protocol: http2"),
+        "{e}"
+    );
+}

@@ -673,6 +673,18 @@ pub struct HealthCheck {
     pub unhealthy_after: u32,
     /// Consecutive passed checks that mark an unhealthy target healthy again.
     pub healthy_after: u32,
+    /// Check with the gRPC health protocol (`grpc.health.v1.Health/Check`) instead of a GET
+    /// of `path`: healthy when the target answers `SERVING` for this service. Needs
+    /// `protocol: http2`.
+    pub grpc: Option<GrpcHealth>,
+}
+
+/// `health_check.grpc`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcHealth {
+    /// The service asked about (`orders.v1.Orders`); empty: the server as a whole.
+    pub service: String,
 }
 
 impl Default for HealthCheck {
@@ -684,6 +696,7 @@ impl Default for HealthCheck {
             expected_statuses: vec!["200-399".into()],
             unhealthy_after: 3,
             healthy_after: 2,
+            grpc: None,
         }
     }
 }

@@ -428,6 +428,9 @@ fn check_upstream(name: &str, up: &Upstream, err: &mut impl FnMut(String, String
                 err(format!("{hp}.expected_statuses[{i}]"), format!("{r:?} is not a status (200) or range (200-399)"));
             }
         }
+        if hc.grpc.is_some() && up.protocol != crate::model::UpstreamProtocol::Http2 {
+            err(format!("{hp}.grpc"), "the gRPC health protocol needs the upstream's protocol: http2".into());
+        }
     }
     if let Some(od) = &up.outlier_detection {
         let op = format!("{p}.outlier_detection");

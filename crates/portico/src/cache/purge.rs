@@ -260,10 +260,12 @@ impl Purges {
         loop {
             match self.store.query::<Vec<Vec<u8>>>(&cmd, self.store.timeout()).await {
                 Ok(list) => {
+                    let n = list.len();
                     for p in list.iter().filter_map(|v| Purge::parse(v).ok()) {
                         self.note(p);
                     }
                     self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!(purges = n, "cache purges kept in redis read; the shared tier is in use");
                     return;
                 }
                 Err(e) => {

@@ -79,6 +79,81 @@ pub fn retryable<B: http_body::Body>(res: &Response<B>, statuses: &[String]) -> 
     res.body().is_end_stream() && statuses.iter().any(|s| s == name)
 }
 
+/// One gRPC message: the 5-byte prefix (not compressed, the length) and `payload`.
+pub fn message(payload: &[u8]) -> bytes::Bytes {
+    let mut b = Vec::with_capacity(5 + payload.len());
+    b.push(0);
+    b.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    b.extend_from_slice(payload);
+    b.into()
+}
+
+/// A `grpc.health.v1.HealthCheckRequest` for `service`, encoded: field 1, a string.
+///
+/// Written by hand rather than with a protobuf crate: one field out and one in are the
+/// whole of the health protocol, and the gateway has no other use for protobuf yet.
+pub fn health_request(service: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + service.len());
+    if !service.is_empty() {
+        out.push(0x0a);
+        put_varint(&mut out, service.len() as u64);
+        out.extend_from_slice(service.as_bytes());
+    }
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `status` (field 1) of the `grpc.health.v1.HealthCheckResponse` in a call's body
+/// (one message, with its prefix): `1` is `SERVING`. `None` when the body is not one
+/// well-formed message (a compressed message included).
+pub fn health_status(body: &[u8]) -> Option<u64> {
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let mut msg = rest.get(4..)?;
+    if flag != 0 || msg.len() != len {
+        return None;
+    }
+    // proto3 leaves out a field at its default: no field 1 is status 0 (UNKNOWN).
+    let mut status = 0;
+    while !msg.is_empty() {
+        let key = varint(&mut msg)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = varint(&mut msg)?,
+            (_, 0) => {
+                varint(&mut msg)?;
+            }
+            (_, 1) => msg = msg.get(8..)?,
+            (_, 2) => {
+                let n = usize::try_from(varint(&mut msg)?).ok()?;
+                msg = msg.get(n..)?;
+            }
+            (_, 5) => msg = msg.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
 /// The gRPC status code (and its name) of a gateway error.
 pub fn status_of(e: &GatewayError) -> (u8, &'static str) {
     match e.kind {
@@ -181,6 +256,23 @@ mod tests {
             let back = parse_timeout(&encode_timeout(d)).unwrap();
             assert!(back <= d && d - back < Duration::from_secs(60), "{d:?} -> {back:?}");
         }
+    }
+
+    #[test]
+    fn health_messages_are_written_and_read() {
+        assert_eq!(health_request(""), Vec::<u8>::new());
+        assert_eq!(health_request("a.B"), b"\x0a\x03a.B");
+        let m = |payload: &[u8]| message(payload).to_vec();
+        assert_eq!(health_status(&m(b"\x08\x01")), Some(1));
+        assert_eq!(health_status(&m(b"\x08\x02")), Some(2));
+        assert_eq!(health_status(&m(b"")), Some(0), "proto3: the default left out");
+        // Unknown fields of every wire type are passed over.
+        assert_eq!(health_status(&m(b"\x10\x05\x1a\x02hi\x08\x01\x25abcd")), Some(1));
+        assert_eq!(health_status(&m(b"\x08")), None, "cut short");
+        assert_eq!(health_status(b"\x00\x00\x00\x00\x05\x08\x01"), None, "length does not match");
+        assert_eq!(health_status(b"\x01\x00\x00\x00\x02\x08\x01"), None, "compressed");
+        assert_eq!(health_status(b""), None);
+        assert_eq!(health_status(&m(b"\x0b")), None, "a group: not in proto3");
     }
 
     #[test]

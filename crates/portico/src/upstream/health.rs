@@ -36,10 +36,12 @@ pub fn spawn(up: &Arc<Upstream>) {
             for t in &set.targets {
                 let (up, target, path, ranges) = (up.clone(), t.clone(), path.clone(), ranges.clone());
                 let timeout = hc.timeout.get();
+                let grpc = hc.grpc.clone();
                 checks.spawn(async move {
-                    let outcome = match path {
-                        Ok(path) => probe(&up, &target, &path, timeout, &ranges).await,
-                        Err(e) => Err(e),
+                    let outcome = match (grpc, path) {
+                        (Some(g), _) => probe_grpc(&up, &target, &g.service, timeout).await,
+                        (None, Ok(path)) => probe(&up, &target, &path, timeout, &ranges).await,
+                        (None, Err(e)) => Err(e),
                     };
                     (target, outcome)
                 });
@@ -99,4 +101,51 @@ async fn probe(
     // Read (and discard) the body so the connection can be reused.
     let _ = tokio::time::timeout(timeout, res.into_body().collect()).await;
     if ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) { Ok(()) } else { Err(format!("status {status}")) }
+}
+
+/// One gRPC check (`grpc.health.v1.Health/Check`): healthy when the target answers, within
+/// the timeout, `grpc-status: 0` and a `HealthCheckResponse` whose status is `SERVING`.
+async fn probe_grpc(up: &Upstream, target: &Target, service: &str, timeout: Duration) -> Result<(), String> {
+    use crate::proto::grpc;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::USER_AGENT, http::HeaderValue::from_static("portico-health-check"));
+    headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(grpc::GRPC_TIMEOUT.clone(), grpc::encode_timeout(timeout));
+    let pq = http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+    let x = Exchange {
+        method: &Method::POST,
+        pq: &pq,
+        host: &target.host_header,
+        headers: &mut headers,
+        added: None,
+        upgrade: false,
+    };
+    let mut body = Body::full(grpc::message(&grpc::health_request(service)));
+    let now = Instant::now();
+    let res = match up.send(target, x, &mut body, now, now + timeout).await {
+        Err(super::Error::Timeout) => return Err(format!("no answer within {timeout:?}")),
+        Err(e) => return Err(format!("request failed: {e}")),
+        Ok(res) => res,
+    };
+    if res.status() != http::StatusCode::OK {
+        return Err(format!("status {}", res.status().as_u16()));
+    }
+    let head_status = res.headers().get(&grpc::GRPC_STATUS).cloned();
+    let collected = match tokio::time::timeout(timeout, res.into_body().collect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("answer broke off: {e}")),
+        Err(_) => return Err(format!("no whole answer within {timeout:?}")),
+    };
+    let status = head_status.or_else(|| collected.trailers().and_then(|t| t.get(&grpc::GRPC_STATUS).cloned()));
+    match status.as_ref().map(http::HeaderValue::as_bytes) {
+        Some(b"0") => {}
+        Some(other) => return Err(format!("grpc-status {}", String::from_utf8_lossy(other))),
+        None => return Err("no grpc-status".into()),
+    }
+    match grpc::health_status(&collected.to_bytes()) {
+        Some(1) => Ok(()),
+        Some(s) => Err(format!("serving status {s} (not SERVING)")),
+        None => Err("not a HealthCheckResponse".into()),
+    }
 }
