@@ -104,6 +104,14 @@ async fn grpc_server_counting() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                                 });
                                 BodyExt::boxed(StreamBody::new(s))
                             }
+                            "/test.Echo/Down" => {
+                                res = res.header("grpc-status", "14").header("grpc-message", "overloaded");
+                                BodyExt::boxed(http_body_util::Empty::new())
+                            }
+                            "/test.Echo/Invalid" => {
+                                res = res.header("grpc-status", "3").header("grpc-message", "bad field");
+                                BodyExt::boxed(http_body_util::Empty::new())
+                            }
                             "/test.Echo/Fail" => {
                                 res = res.header("grpc-status", "5").header("grpc-message", "no such thing");
                                 BodyExt::boxed(http_body_util::Empty::new())
@@ -397,5 +405,30 @@ fn a_grpc_health_check_needs_http2() {
     assert!(
         e.contains("upstreams.g.health_check.grpc: the gRPC health protocol needs the upstream's protocol: http2"),
         "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_services_failures_open_the_breaker_and_the_callers_do_not() {
+    let server = grpc_server().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  g:\n    targets: [{{ url: \"http://{server}\" }}]\n    protocol: http2\n    circuit_breaker: {{ error_rate: 50%, min_requests: 4, window: 10s, open_for: 30s }}\nroutes:\n  - {{ name: r, match: {{ prefix: /test.Echo/ }}, upstream: g }}\n"
+    )));
+    let breaker = || async { gw.metric("gateway_circuit_breaker_state{upstream=\"g\"}").await };
+    // The caller's mistakes (INVALID_ARGUMENT) say nothing of the service.
+    for _ in 0..6 {
+        let (h, ..) = unary(&gw.url("/test.Echo/Invalid"), b"x", &[]).await;
+        assert_eq!(h["grpc-status"], "3");
+    }
+    assert_eq!(breaker().await, 0.0, "closed");
+    // The service's own failures (UNAVAILABLE) open it, and then the gateway answers.
+    for _ in 0..6 {
+        unary(&gw.url("/test.Echo/Down"), b"x", &[]).await;
+    }
+    assert_eq!(breaker().await, 1.0, "open");
+    let (h, ..) = unary(&gw.url("/test.Echo/Unary"), b"x", &[]).await;
+    assert_eq!(
+        (h["grpc-status"].to_str().unwrap(), h["grpc-message"].to_str().unwrap()),
+        ("14", "upstream circuit open")
     );
 }

@@ -309,7 +309,7 @@ pub async fn forward(
         let (err, sent_upstream) = match res {
             Ok(res) => {
                 if let Some(flight) = flight {
-                    flight.finish(res.status().is_server_error());
+                    flight.finish(grpc::upstream_failed(&res, grpc_call));
                 }
                 let retry_status = policy.is_some_and(|p| p.statuses.contains(&res.status().as_u16()));
                 // A gRPC call the service did not start on (a trailers-only answer with a
@@ -375,7 +375,7 @@ pub async fn forward(
 
     if let Some(mut ticket) = permit {
         let failed = match &result {
-            Ok(res) => Some(res.status().is_server_error()),
+            Ok(res) => Some(grpc::upstream_failed(res, grpc_call)),
             // The client's fault says nothing of the upstream: the ticket is given back.
             Err(e) if e.side() == Side::Downstream => None,
             Err(e) => Some(e.side() == Side::Upstream || e.kind == ErrorKind::NoTarget),

@@ -67,6 +67,19 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
     HeaderValue::try_from(format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0m"))
 }
 
+/// Whether an upstream's answer says the upstream failed: a 5xx, or for a gRPC call a
+/// trailers-only answer whose status is the service's failure (UNKNOWN, DEADLINE_EXCEEDED,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS). Statuses about the call itself (INVALID_ARGUMENT,
+/// NOT_FOUND, UNIMPLEMENTED, PERMISSION_DENIED, ...) are the caller's, and never count
+/// against the upstream. A status in trailers after messages is not seen here.
+pub fn upstream_failed<B>(res: &Response<B>, grpc_call: bool) -> bool {
+    if res.status().is_server_error() {
+        return true;
+    }
+    grpc_call
+        && res.headers().get(&GRPC_STATUS).is_some_and(|v| matches!(v.as_bytes(), b"2" | b"4" | b"13" | b"14" | b"15"))
+}
+
 /// Whether an upstream's answer is a trailers-only gRPC answer (no message: the service did
 /// not start on the call) with one of `statuses` (by name).
 pub fn retryable<B: http_body::Body>(res: &Response<B>, statuses: &[String]) -> bool {
