@@ -50,10 +50,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (IpAdd
 /// Removes the fields whose names are one of `names` spelled with `_` for `-`
 /// (`X_Original_URL` for `X-Original-URL`): CGI-style servers (WSGI, PHP, nginx with
 /// `underscores_in_headers`) read them as the same field.
+#[inline]
 pub fn remove_cgi_spellings(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if !headers.keys().any(|k| k.as_str().contains('_')) {
-        return;
+    // Usually no name has a `_`: checked here, inline, before any call.
+    if headers.keys().any(|k| k.as_str().contains('_')) {
+        remove_spelled(headers, names);
     }
+}
+
+#[inline(never)]
+fn remove_spelled(headers: &mut HeaderMap, names: &[HeaderName]) {
     let spelled: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {

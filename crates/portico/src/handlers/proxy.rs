@@ -140,14 +140,15 @@ pub async fn forward(
     let timeout = ctx.timeout.unwrap_or_else(|| route.timeout_for(upstream));
     // A gRPC client's deadline, when shorter (never longer: the route's is the limit).
     let grpc_call = grpc::is_grpc(req.version(), req.headers());
-    let grpc_timeout = match grpc_call {
-        true => req.headers().get(&grpc::GRPC_TIMEOUT).map(grpc::parse_timeout),
-        false => None,
-    };
-    let timeout = match grpc_timeout {
-        Some(Some(t)) => t.min(timeout),
-        _ => timeout,
-    };
+    // Whether the client gave a deadline, which each try then passes on.
+    let mut tells_deadline = false;
+    let mut timeout = timeout;
+    if grpc_call && let Some(v) = req.headers().get(&grpc::GRPC_TIMEOUT) {
+        tells_deadline = true;
+        if let Some(t) = grpc::parse_timeout(v) {
+            timeout = t.min(timeout);
+        }
+    }
     let deadline = started + timeout;
 
     // Without limits (the usual case), no wait is set up at all.
@@ -284,7 +285,7 @@ pub async fn forward(
         let left = deadline.saturating_duration_since(sent);
         let try_timeout = if per_try.is_zero() { left } else { per_try.min(left) };
         // The upstream learns the time this try has left (an unreadable value is replaced).
-        if grpc_timeout.is_some() {
+        if tells_deadline {
             h.insert(grpc::GRPC_TIMEOUT.clone(), grpc::encode_timeout(try_timeout));
         }
         // A hedged request's tries record their own outcomes: no flight here then.

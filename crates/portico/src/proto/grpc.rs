@@ -20,6 +20,7 @@ pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Whether a request is gRPC: HTTP/2 with `content-type: application/grpc` (or
 /// `application/grpc+proto`, `+json`, ...). gRPC-Web (`application/grpc-web`) is not.
+#[inline]
 pub fn is_grpc(version: Version, headers: &HeaderMap) -> bool {
     if version != Version::HTTP_2 {
         return false;
@@ -72,6 +73,7 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
 /// INTERNAL, UNAVAILABLE, DATA_LOSS). Statuses about the call itself (INVALID_ARGUMENT,
 /// NOT_FOUND, UNIMPLEMENTED, PERMISSION_DENIED, ...) are the caller's, and never count
 /// against the upstream. A status in trailers after messages is not seen here.
+#[inline]
 pub fn upstream_failed<B>(res: &Response<B>, grpc_call: bool) -> bool {
     if res.status().is_server_error() {
         return true;
