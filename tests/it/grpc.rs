@@ -263,6 +263,8 @@ async fn grpc_timeout_is_the_deadline_and_goes_on_with_the_time_left() {
     assert!(data.is_empty());
     assert_eq!(head["grpc-status"], "4", "{head:?}");
     assert_eq!(head["content-type"], "application/grpc");
+    // The client's own deadline: nothing counted against the upstream.
+    assert_eq!(gw.metric("gateway_backend_errors_total{upstream=\"g\",kind=\"timeout\"}").await, 0.0);
 }
 
 fn parse(v: &str) -> Duration {

@@ -54,6 +54,10 @@ pub enum ErrorKind {
     /// The request's deadline passed while the gateway was waiting for the client's body,
     /// not for the upstream (408, as nginx's `client_body_timeout`).
     RequestTimeout,
+    /// The deadline the client itself set (gRPC's `grpc-timeout`, shorter than the
+    /// route's) passed before the upstream answered (504): the client's choice, never
+    /// counted against the upstream.
+    ClientDeadline,
     /// The upstream refused the connection or could not be reached (502).
     ConnectFailed,
     /// The upstream reset the connection or sent a malformed response (502).
@@ -140,6 +144,7 @@ impl GatewayError {
             | ErrorKind::UriTooLong
             | ErrorKind::ClientAborted
             | ErrorKind::RequestTimeout
+            | ErrorKind::ClientDeadline
             | ErrorKind::Unauthorized(..)
             | ErrorKind::Forbidden(_)
             | ErrorKind::RateLimited { .. }
@@ -181,6 +186,7 @@ impl GatewayError {
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::ClientAborted => CLIENT_CLOSED_REQUEST,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ClientDeadline => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ConnectFailed | ErrorKind::BadResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) | ErrorKind::NotCached => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -215,6 +221,7 @@ impl GatewayError {
             ErrorKind::UriTooLong => "request target too long",
             ErrorKind::ClientAborted => "client closed request",
             ErrorKind::RequestTimeout => "request body not received in time",
+            ErrorKind::ClientDeadline => "the call's deadline passed",
             ErrorKind::ConnectFailed => "upstream unavailable",
             ErrorKind::BadResponse => "bad response from upstream",
             ErrorKind::ConnectTimeout(_) => "upstream connect timeout",
@@ -264,6 +271,21 @@ impl GatewayError {
         }
     }
 
+    /// The `Retry-After` of this error's answer: a rate limit's wait, 1 s for a full
+    /// concurrency limit, the breaker's time until probes (whole seconds, rounded up), and a
+    /// short, honest 1 s for every other error not of the client's making.
+    pub fn retry_after(&self) -> Option<HeaderValue> {
+        match self.kind {
+            ErrorKind::RateLimited { retry_after, .. } => Some(HeaderValue::from(retry_after)),
+            ErrorKind::ConcurrencyLimited(_) => Some(HeaderValue::from_static("1")),
+            ErrorKind::CircuitOpen(wait) => {
+                HeaderValue::from_str(&wait.as_millis().div_ceil(1000).max(1).to_string()).ok()
+            }
+            _ if self.side() != Side::Downstream => Some(HeaderValue::from_static("1")),
+            _ => None,
+        }
+    }
+
     /// The response for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Body> {
         if let ErrorKind::Retired(Some(replacement)) = &self.kind {
@@ -299,24 +321,11 @@ impl GatewayError {
         if let ErrorKind::Unauthorized(challenge, message) = self.kind {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.header(message));
         }
-        if let ErrorKind::RateLimited { info, retry_after } = &self.kind {
+        if let ErrorKind::RateLimited { info, .. } = &self.kind {
             info.write(res.headers_mut());
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-            return res;
         }
-        if let ErrorKind::ConcurrencyLimited(_) = self.kind {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return res;
-        }
-        if let ErrorKind::CircuitOpen(wait) = self.kind {
-            // Whole seconds, rounded up: when probes are let through again.
-            let secs = wait.as_millis().div_ceil(1000).max(1);
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        } else if self.side() != Side::Downstream {
-            // Tell the client not to hammer: a short, honest hint.
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(v) = self.retry_after() {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
         }
         res
     }
@@ -422,6 +431,7 @@ mod tests {
             (ErrorKind::UnsupportedMediaType, 415),
             (ErrorKind::BrokerUnavailable, 503),
             (ErrorKind::NotCached, 504),
+            (ErrorKind::ClientDeadline, 504),
             (ErrorKind::MethodNotAllowed("GET".into()), 405),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::HeadersTooLarge, 431),

@@ -142,11 +142,17 @@ pub async fn forward(
     let grpc_call = grpc::is_grpc(req.version(), req.headers());
     // Whether the client gave a deadline, which each try then passes on.
     let mut tells_deadline = false;
+    // Whether that deadline is the one in force (shorter than the route's): then its
+    // passing is the client's choice, not the upstream's slowness.
+    let mut client_deadline = false;
     let mut timeout = timeout;
     if grpc_call && let Some(v) = req.headers().get(&grpc::GRPC_TIMEOUT) {
         tells_deadline = true;
-        if let Some(t) = grpc::parse_timeout(v) {
-            timeout = t.min(timeout);
+        if let Some(t) = grpc::parse_timeout(v)
+            && t < timeout
+        {
+            timeout = t;
+            client_deadline = true;
         }
     }
     let deadline = started + timeout;
@@ -310,7 +316,7 @@ pub async fn forward(
         let (err, sent_upstream) = match res {
             Ok(res) => {
                 if let Some(flight) = flight {
-                    flight.finish(grpc::upstream_failed(&res, grpc_call));
+                    flight.finish(grpc::upstream_failed(&res, grpc_call, client_deadline));
                 }
                 let retry_status = policy.is_some_and(|p| p.statuses.contains(&res.status().as_u16()));
                 // A gRPC call the service did not start on (a trailers-only answer with a
@@ -331,6 +337,13 @@ pub async fn forward(
             Err(upstream::Error::Timeout) if watch.as_ref().is_some_and(ClientBodyWatch::waiting_for_client) => {
                 drop(flight);
                 (GatewayError::new(ErrorKind::RequestTimeout), true)
+            }
+            // The client's own deadline passed: nothing against the target.
+            Err(upstream::Error::Timeout)
+                if client_deadline && deadline.saturating_duration_since(Instant::now()).is_zero() =>
+            {
+                drop(flight);
+                (GatewayError::new(ErrorKind::ClientDeadline), true)
             }
             Err(upstream::Error::Timeout) => {
                 if let Some(flight) = flight {
@@ -376,7 +389,7 @@ pub async fn forward(
 
     if let Some(mut ticket) = permit {
         let failed = match &result {
-            Ok(res) => Some(grpc::upstream_failed(res, grpc_call)),
+            Ok(res) => Some(grpc::upstream_failed(res, grpc_call, client_deadline)),
             // The client's fault says nothing of the upstream: the ticket is given back.
             Err(e) if e.side() == Side::Downstream => None,
             Err(e) => Some(e.side() == Side::Upstream || e.kind == ErrorKind::NoTarget),

@@ -72,14 +72,18 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
 /// trailers-only answer whose status is the service's failure (UNKNOWN, DEADLINE_EXCEEDED,
 /// INTERNAL, UNAVAILABLE, DATA_LOSS). Statuses about the call itself (INVALID_ARGUMENT,
 /// NOT_FOUND, UNIMPLEMENTED, PERMISSION_DENIED, ...) are the caller's, and never count
-/// against the upstream. A status in trailers after messages is not seen here.
+/// against the upstream; nor does DEADLINE_EXCEEDED when the client's own deadline was the
+/// one in force (`client_deadline`). A status in trailers after messages is not seen here.
 #[inline]
-pub fn upstream_failed<B>(res: &Response<B>, grpc_call: bool) -> bool {
+pub fn upstream_failed<B>(res: &Response<B>, grpc_call: bool, client_deadline: bool) -> bool {
     if res.status().is_server_error() {
         return true;
     }
     grpc_call
-        && res.headers().get(&GRPC_STATUS).is_some_and(|v| matches!(v.as_bytes(), b"2" | b"4" | b"13" | b"14" | b"15"))
+        && res.headers().get(&GRPC_STATUS).is_some_and(|v| match v.as_bytes() {
+            b"4" => !client_deadline,
+            b => matches!(b, b"2" | b"13" | b"14" | b"15"),
+        })
 }
 
 /// Whether an upstream's answer is a trailers-only gRPC answer (no message: the service did
@@ -176,9 +180,10 @@ pub fn status_of(e: &GatewayError) -> (u8, &'static str) {
         ErrorKind::BadRequest(_) | ErrorKind::ContractViolation(_) | ErrorKind::UnsupportedMediaType => {
             (3, "INVALID_ARGUMENT")
         }
-        ErrorKind::RequestTimeout | ErrorKind::ConnectTimeout(_) | ErrorKind::UpstreamTimeout(_) => {
-            (4, "DEADLINE_EXCEEDED")
-        }
+        ErrorKind::RequestTimeout
+        | ErrorKind::ClientDeadline
+        | ErrorKind::ConnectTimeout(_)
+        | ErrorKind::UpstreamTimeout(_) => (4, "DEADLINE_EXCEEDED"),
         ErrorKind::Forbidden(_) => (7, "PERMISSION_DENIED"),
         ErrorKind::RateLimited { .. }
         | ErrorKind::ConcurrencyLimited(_)
@@ -217,7 +222,7 @@ pub fn error_response(e: &GatewayError, request_id: &HeaderValue, request_id_nam
     if let Ok(v) = HeaderValue::try_from(message) {
         h.insert(GRPC_MESSAGE.clone(), v);
     }
-    if let Some(retry) = retry_after(e) {
+    if let Some(retry) = e.retry_after() {
         h.insert(header::RETRY_AFTER, retry);
     }
     h.insert(request_id_name.clone(), request_id.clone());
@@ -226,11 +231,6 @@ pub fn error_response(e: &GatewayError, request_id: &HeaderValue, request_id_nam
 
 /// What `grpc-message` percent-encodes: everything outside printable ASCII, and `%`.
 const MESSAGE: percent_encoding::AsciiSet = percent_encoding::CONTROLS.add(b'%');
-
-fn retry_after(e: &GatewayError) -> Option<HeaderValue> {
-    let res = e.to_response(&HeaderValue::from_static(""));
-    res.headers().get(header::RETRY_AFTER).cloned()
-}
 
 #[cfg(test)]
 mod tests {
